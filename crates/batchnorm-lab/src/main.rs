@@ -1,0 +1,2 @@
+//! bnlab (placeholder).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Training stack (placeholder).
