@@ -1,1 +1,48 @@
-//! batchnorm (placeholder).
+//! Batch Normalization (Ioffe & Szegedy, 2015) with exactly PyTorch's semantics, more exact than
+//! PyTorch in `f32`.
+//!
+//! Each channel of an input of logical shape (N, C, spatial...) is normalised over the
+//! m = N * prod(spatial) values it has in the batch, then scaled and shifted:
+//!
+//! ```text
+//! y = (x - mean) / sqrt(var + eps) * weight + bias      var: biased (divided by m)
+//! ```
+//!
+//! - [`Mode::Train`]: batch statistics; the running mean and UNBIASED variance (m / (m - 1)) move
+//!   by `new = (1 - momentum) * old + momentum * batch`.
+//! - [`Mode::Eval`]: the running statistics (or batch statistics when not tracking).
+//! - [`BatchNorm::backward`]: closed-form gradients for x, weight and bias.
+//!
+//! Memory may be channels-first (NCHW...) or channels-last (NHWC...): see [`Layout`] and
+//! [`Shape`]. Statistics accumulate in `f64`; see `docs/design.md` for the numerics.
+//!
+//! ```
+//! use batchnorm::{BatchNorm, BatchNormConfig, Layout, Mode, Shape};
+//! // A [4, 1, 3, 3] batch: one channel of 36 values.
+//! let shape = Shape::new(&[4, 1, 3, 3], Layout::ChannelsFirst)?;
+//! let x: Vec<f32> = (0..36).map(|i| 1e6 + i as f32).collect();
+//! let mut y = vec![0.0; 36];
+//! let mut bn = BatchNorm::<f32>::new(1, BatchNormConfig::default())?;
+//! bn.forward(&x, &shape, Mode::Train, &mut y)?;
+//! let mean_y = y.iter().sum::<f32>() / 36.0;
+//! assert!(mean_y.abs() < 1e-6);
+//! # Ok::<(), batchnorm::BatchNormError>(())
+//! ```
+
+mod backward;
+mod batch_norm;
+mod config;
+mod element;
+mod error;
+mod forward;
+mod layout;
+mod running_stats;
+mod stats;
+mod tuning;
+
+pub use batch_norm::{BatchNorm, Grads, Saved};
+pub use config::{BatchNormConfig, Mode, Statistics};
+pub use element::Element;
+pub use error::{BatchNormError, Result};
+pub use layout::{Geometry, Layout, Shape, MAX_RANK};
+pub use stats::Moments;

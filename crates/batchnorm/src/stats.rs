@@ -1,0 +1,237 @@
+//! Per-channel statistics: count, mean and sum of squared deviations, accumulated in `f64`.
+//!
+//! Each contiguous chunk is summarised by the corrected two-pass algorithm (mean first, then the
+//! centred sums re-read from cache), and chunks are merged with Chan et al.'s pairwise update.
+//! The naive `E[x^2] - E[x]^2` is never used: it cancels catastrophically for large offsets.
+
+use crate::element::Element;
+use crate::layout::Geometry;
+use crate::tuning::{LANES, MIN_BLOCK_ROWS, ROW_BLOCK_ELEMS, RUN_CHUNK};
+
+/// Summary statistics of a set of values: count, mean, and M2 = sum((x - mean)^2).
+///
+/// Two summaries merge into the summary of the union ([`Moments::merge`]), in any order, up to
+/// rounding in the last bits.
+///
+/// ```
+/// use batchnorm::Moments;
+/// let a = Moments::of_slice(&[1.0f32, 2.0, 3.0]);
+/// let b = Moments::of_slice(&[4.0f32, 5.0]);
+/// let all = a.merge(b);
+/// assert_eq!(all.count, 5);
+/// assert!((all.mean - 3.0).abs() < 1e-15);
+/// assert!((all.variance() - 2.0).abs() < 1e-15); // biased: M2 / n
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Moments {
+    /// Number of values.
+    pub count: u64,
+    /// Their mean.
+    pub mean: f64,
+    /// Sum of squared deviations from the mean.
+    pub m2: f64,
+}
+
+impl Moments {
+    /// The summary of no values.
+    pub const EMPTY: Self = Self {
+        count: 0,
+        mean: 0.0,
+        m2: 0.0,
+    };
+
+    /// The summary of `xs` by the corrected two-pass algorithm, in `f64`.
+    pub fn of_slice<T: Element>(xs: &[T]) -> Self {
+        if xs.is_empty() {
+            return Self::EMPTY;
+        }
+        let n = xs.len() as f64;
+        let mean = sum(xs) / n;
+        let (dev, sq) = centred_sums(xs, mean);
+        Self::from_centred(xs.len() as u64, mean, dev, sq)
+    }
+
+    /// Builds the summary from the sums `dev = sum(x - c)` and `sq = sum((x - c)^2)` around a
+    /// provisional centre `c` close to the mean (corrected two-pass: Chan, Golub & LeVeque 1983).
+    fn from_centred(count: u64, centre: f64, dev: f64, sq: f64) -> Self {
+        let n = count as f64;
+        let m2 = (sq - dev * dev / n).max(0.0);
+        Self {
+            count,
+            mean: centre + dev / n,
+            m2,
+        }
+    }
+
+    /// The summary of the union of the two sets (Chan, Golub & LeVeque's pairwise update).
+    pub fn merge(self, other: Self) -> Self {
+        if other.count == 0 {
+            return self;
+        }
+        if self.count == 0 {
+            return other;
+        }
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let n = na + nb;
+        let delta = other.mean - self.mean;
+        Self {
+            count: self.count + other.count,
+            mean: self.mean + delta * (nb / n),
+            m2: self.m2 + other.m2 + delta * delta * (na * nb / n),
+        }
+    }
+
+    /// The biased (population) variance M2 / n, the one batch normalization divides by.
+    pub fn variance(&self) -> f64 {
+        self.m2 / self.count as f64
+    }
+
+    /// The unbiased (sample) variance M2 / (n - 1), the one the running variance tracks.
+    pub fn unbiased_variance(&self) -> f64 {
+        self.m2 / (self.count as f64 - 1.0)
+    }
+}
+
+/// `sum(xs)` in `f64` with [`LANES`] independent accumulators.
+fn sum<T: Element>(xs: &[T]) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x.to_f64();
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(tail) {
+        *a += x.to_f64();
+    }
+    acc.iter().sum()
+}
+
+/// `(sum(x - c), sum((x - c)^2))` in `f64` with [`LANES`] independent accumulators.
+fn centred_sums<T: Element>(xs: &[T], c: f64) -> (f64, f64) {
+    let mut dev = [0.0f64; LANES];
+    let mut sq = [0.0f64; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for ((d, s), &x) in dev.iter_mut().zip(sq.iter_mut()).zip(ch) {
+            let v = x.to_f64() - c;
+            *d += v;
+            *s += v * v;
+        }
+    }
+    for ((d, s), &x) in dev.iter_mut().zip(sq.iter_mut()).zip(tail) {
+        let v = x.to_f64() - c;
+        *d += v;
+        *s += v * v;
+    }
+    (dev.iter().sum(), sq.iter().sum())
+}
+
+/// Per-channel moments of `x` laid out as `geo`; `out` has one entry per channel.
+pub(crate) fn channel_moments<T: Element>(x: &[T], geo: Geometry, out: &mut [Moments]) {
+    debug_assert_eq!(x.len(), geo.len());
+    debug_assert_eq!(out.len(), geo.channels);
+    if geo.is_rows() {
+        row_moments(x, geo.channels, out);
+    } else {
+        run_moments(x, geo, out);
+    }
+}
+
+/// Channels-first: every (outer, channel) pair is a contiguous run, summarised chunk by chunk.
+fn run_moments<T: Element>(x: &[T], geo: Geometry, out: &mut [Moments]) {
+    for (c, m) in out.iter_mut().enumerate() {
+        let mut acc = Moments::EMPTY;
+        for o in 0..geo.outer {
+            let start = (o * geo.channels + c) * geo.inner;
+            for chunk in x[start..start + geo.inner].chunks(RUN_CHUNK) {
+                acc = acc.merge(Moments::of_slice(chunk));
+            }
+        }
+        *m = acc;
+    }
+}
+
+/// Channels-last: rows of `channels` values; blocks of rows are summed, centred on the block
+/// mean while still in cache, and merged per channel.
+fn row_moments<T: Element>(x: &[T], channels: usize, out: &mut [Moments]) {
+    let rows_per_block = (ROW_BLOCK_ELEMS / channels).max(MIN_BLOCK_ROWS);
+    let mut sums = vec![0.0f64; channels];
+    let mut dev = vec![0.0f64; channels];
+    let mut sq = vec![0.0f64; channels];
+    out.fill(Moments::EMPTY);
+    for block in x.chunks(rows_per_block * channels) {
+        let rows = block.len() / channels;
+        sums.fill(0.0);
+        for row in block.chunks_exact(channels) {
+            for (s, &v) in sums.iter_mut().zip(row) {
+                *s += v.to_f64();
+            }
+        }
+        let n = rows as f64;
+        for s in sums.iter_mut() {
+            *s /= n; // now the block mean
+        }
+        dev.fill(0.0);
+        sq.fill(0.0);
+        for row in block.chunks_exact(channels) {
+            for (((d, q), &mean), &v) in dev.iter_mut().zip(sq.iter_mut()).zip(&sums).zip(row) {
+                let t = v.to_f64() - mean;
+                *d += t;
+                *q += t * t;
+            }
+        }
+        for (c, m) in out.iter_mut().enumerate() {
+            *m = m.merge(Moments::from_centred(rows as u64, sums[c], dev[c], sq[c]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_offset_keeps_the_variance() {
+        // 1e9 + {0, 1, 2, 3}: E[x^2] - E[x]^2 in f64 loses every digit here.
+        let xs: Vec<f64> = (0..4).map(|i| 1e9 + f64::from(i)).collect();
+        let m = Moments::of_slice(&xs);
+        assert_eq!(m.mean, 1e9 + 1.5);
+        assert_eq!(m.variance(), 1.25);
+    }
+
+    #[test]
+    fn rows_and_runs_agree_on_the_same_values() {
+        // 3 rows x 2 channels (channels-last) versus the same data transposed (channels-first).
+        let rows = [1.0f32, 10.0, 2.0, 20.0, 4.0, 40.0];
+        let runs = [1.0f32, 2.0, 4.0, 10.0, 20.0, 40.0];
+        let mut a = [Moments::EMPTY; 2];
+        let mut b = [Moments::EMPTY; 2];
+        channel_moments(
+            &rows,
+            Geometry {
+                outer: 3,
+                channels: 2,
+                inner: 1,
+            },
+            &mut a,
+        );
+        channel_moments(
+            &runs,
+            Geometry {
+                outer: 1,
+                channels: 2,
+                inner: 3,
+            },
+            &mut b,
+        );
+        for c in 0..2 {
+            assert_eq!(a[c].count, 3);
+            assert!((a[c].mean - b[c].mean).abs() <= 1e-14 * b[c].mean.abs());
+            assert!((a[c].m2 - b[c].m2).abs() <= 1e-13 * b[c].m2);
+        }
+        assert!((a[1].mean - 70.0 / 3.0).abs() < 1e-13);
+    }
+}

@@ -1,0 +1,239 @@
+//! Every PyTorch reference case in `tests/fixtures/` (made by `make_fixtures.py`, PyTorch 2.15):
+//! forward outputs, running statistics after one and several steps, saved statistics, and the
+//! backward pass, in every layout and mode.
+//!
+//! Two checks per quantity:
+//! - ours against the f64 reference (`common::reference`) run on the same inputs, to the
+//!   exactness target: f32 outputs within 1e-5 * (1 + |y|), f64 within 1e-12;
+//! - PyTorch's own output against the same reference, which proves the reference (and so our
+//!   semantics) is PyTorch's. PyTorch accumulates in f32, and its documented error on
+//!   `nchw_offset_1e4` is 4.9e-4, so that check allows 1e-3 relative to the largest element.
+
+mod common;
+
+use batchnorm::{BatchNorm, BatchNormConfig, Mode, Shape};
+use common::fixture::Fixture;
+use common::reference::RefBn;
+use common::{max_err_vs_largest, max_rel_err, narrow, widen};
+
+/// PyTorch computes in f32 with f32 accumulators: see the module doc.
+const PYTORCH_F32_TOL: f64 = 1e-3;
+
+struct Tol {
+    /// Outputs, relative to 1 + |y| (the exactness target for f32).
+    y: f64,
+    /// Running and saved statistics: rounding the f64 result once to T, plus the rounding of the
+    /// input buffers, is a few units in the last place.
+    stats: f64,
+    /// Gradients relative to the largest element (the target for f32).
+    grad: f64,
+}
+
+fn run_case(name: &str) {
+    let fx = Fixture::load(name);
+    match fx.meta("dtype") {
+        "f32" => run_typed::<f32>(
+            &fx,
+            Tol {
+                y: 1e-5,
+                stats: 1e-6,
+                grad: 1e-5,
+            },
+        ),
+        "f64" => run_typed::<f64>(
+            &fx,
+            Tol {
+                y: 1e-12,
+                stats: 1e-13,
+                grad: 1e-12,
+            },
+        ),
+        other => panic!("{name}: unknown dtype {other}"),
+    }
+}
+
+fn run_typed<T: batchnorm::Element>(fx: &Fixture, tol: Tol) {
+    let name = &fx.name;
+    let dims = fx.dims();
+    let layout = fx.layout();
+    let c = dims[1];
+    let momentum = match fx.meta("momentum") {
+        "none" => None,
+        m => Some(m.parse().unwrap()),
+    };
+    let cfg = BatchNormConfig {
+        eps: fx.meta("eps").parse().unwrap(),
+        momentum,
+        affine: fx.flag("affine"),
+        track_running_stats: fx.flag("track_running_stats"),
+    };
+    let mode = if fx.meta("mode") == "train" {
+        Mode::Train
+    } else {
+        Mode::Eval
+    };
+    let steps: usize = fx.meta("steps").parse().unwrap();
+    let nbt_in: u64 = fx.meta("num_batches_tracked_in").parse().unwrap();
+
+    let mut bn = BatchNorm::<T>::new(c, cfg).unwrap();
+    let mut reference = RefBn::new(c, cfg.eps, cfg.momentum, cfg.track_running_stats);
+    if cfg.affine {
+        bn.weight = narrow(&fx.get("weight"));
+        bn.bias = narrow(&fx.get("bias"));
+        reference.weight = fx.get("weight");
+        reference.bias = fx.get("bias");
+    }
+    if cfg.track_running_stats {
+        bn.running_mean = narrow(&fx.get("running_mean_in"));
+        bn.running_var = narrow(&fx.get("running_var_in"));
+        bn.num_batches_tracked = nbt_in;
+        reference.running_mean = fx.get("running_mean_in");
+        reference.running_var = fx.get("running_var_in");
+        reference.num_batches_tracked = nbt_in;
+    }
+
+    let shape = Shape::new(&dims, layout).unwrap();
+    let mut y = vec![T::ZERO; shape.len()];
+    let mut last = None;
+    for s in 0..steps {
+        let x64 = fx.get(&format!("x{s}"));
+        let x: Vec<T> = narrow(&x64);
+        let saved = bn.forward(&x, &shape, mode, &mut y).unwrap();
+        let out = reference.forward(&x64, &dims, layout, mode == Mode::Train);
+        last = Some((x, x64, saved, out));
+    }
+    let (x, x64, saved, out) = last.unwrap();
+
+    // Forward output.
+    let err = max_rel_err(&widen(&y), &out.y);
+    assert!(err <= tol.y, "{name}: y vs f64 reference: {err:e}");
+    assert!(
+        max_rel_err(&fx.get("y"), &out.y) <= PYTORCH_F32_TOL,
+        "{name}: PyTorch y disagrees"
+    );
+    if fx.has("y_f64") {
+        // PyTorch's own f64 reference, computed from the same inputs.
+        let err = max_rel_err(&widen(&y), &fx.get("y_f64"));
+        assert!(err <= tol.y, "{name}: y vs y_f64: {err:e}");
+    }
+
+    // Running statistics after all steps.
+    if cfg.track_running_stats {
+        assert_eq!(
+            bn.num_batches_tracked,
+            fx.meta("num_batches_tracked_out").parse::<u64>().unwrap()
+        );
+        for (ours, key, truth) in [
+            (
+                &bn.running_mean,
+                "running_mean_out",
+                &reference.running_mean,
+            ),
+            (&bn.running_var, "running_var_out", &reference.running_var),
+        ] {
+            let err = max_rel_err(&widen(ours), truth);
+            assert!(err <= tol.stats, "{name}: {key} vs reference: {err:e}");
+            let err = max_rel_err(&fx.get(key), truth);
+            assert!(
+                err <= PYTORCH_F32_TOL,
+                "{name}: PyTorch {key} disagrees: {err:e}"
+            );
+        }
+    }
+
+    // Saved statistics (only where batch statistics were used, as PyTorch saves them).
+    if fx.has("saved_mean") {
+        assert!(out.batch_stats);
+        let err = max_rel_err(&widen(&saved.mean), &out.mean);
+        assert!(err <= tol.stats, "{name}: saved mean: {err:e}");
+        let err = max_rel_err(&widen(&saved.invstd), &out.invstd);
+        assert!(err <= tol.stats, "{name}: saved invstd: {err:e}");
+        assert!(max_rel_err(&fx.get("saved_mean"), &out.mean) <= PYTORCH_F32_TOL);
+        let err = max_rel_err(&fx.get("saved_invstd"), &out.invstd);
+        assert!(
+            err <= PYTORCH_F32_TOL,
+            "{name}: PyTorch saved invstd disagrees: {err:e}"
+        );
+    }
+    if fx.has("saved_var_f64") {
+        let err = max_rel_err(&out.var, &fx.get("saved_var_f64"));
+        assert!(
+            err <= 1e-12,
+            "{name}: reference variance vs PyTorch's f64 variance: {err:e}"
+        );
+    }
+
+    // Backward of the last step.
+    let dy64 = fx.get("dy");
+    let dy: Vec<T> = narrow(&dy64);
+    let mut dx = vec![T::ZERO; shape.len()];
+    let grads = bn.backward(&x, &dy, &shape, &saved, &mut dx).unwrap();
+    let (rdx, rdw, rdb) = reference.backward(&x64, &dy64, &dims, layout, &out);
+    let err = max_err_vs_largest(&widen(&dx), &rdx);
+    assert!(err <= tol.grad, "{name}: dx: {err:e}");
+    // PyTorch forms dx from terms of size |dy * weight * invstd| in f32; when they cancel (m = 2:
+    // dx is about dy * eps / var) its error is relative to those terms, not to dx.
+    let k_max = (0..c)
+        .map(|ch| (reference.weight[ch] * out.invstd[ch]).abs())
+        .fold(0.0, f64::max);
+    let term_scale = dy64.iter().fold(0.0f64, |m, v| m.max(v.abs())) * k_max;
+    let pt_err = fx
+        .get("dx")
+        .iter()
+        .zip(&rdx)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        pt_err <= PYTORCH_F32_TOL * term_scale,
+        "{name}: PyTorch dx disagrees: {pt_err:e}"
+    );
+    if cfg.affine {
+        for (ours, key, truth) in [
+            (&grads.weight, "dweight", &rdw),
+            (&grads.bias, "dbias", &rdb),
+        ] {
+            let err = max_rel_err(&widen(ours), truth);
+            assert!(err <= tol.grad, "{name}: {key}: {err:e}");
+            let err = max_rel_err(&fx.get(key), truth);
+            assert!(
+                err <= PYTORCH_F32_TOL,
+                "{name}: PyTorch {key} disagrees: {err:e}"
+            );
+        }
+    } else {
+        assert!(grads.weight.is_empty() && grads.bias.is_empty());
+    }
+}
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        $(#[test] fn $name() { run_case(stringify!($name)); })*
+
+        /// Every fixture file has a test above: a new case cannot be skipped by accident.
+        #[test]
+        fn every_fixture_has_a_test() {
+            let tested = [$(stringify!($name)),*];
+            for name in Fixture::all_names() {
+                assert!(tested.contains(&name.as_str()), "fixture {name} has no test");
+            }
+        }
+    };
+}
+
+cases!(
+    nc_batch_two,
+    nc_train,
+    ncdhw_train,
+    nchw_const_channel,
+    nchw_cumulative,
+    nchw_eval,
+    nchw_eval_untracked,
+    nchw_f64,
+    nchw_no_affine,
+    nchw_offset_1e4,
+    nchw_seed_example,
+    nchw_three_steps,
+    nchw_train,
+    ncl_train,
+    nhwc_train,
+);
