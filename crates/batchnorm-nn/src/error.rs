@@ -1,0 +1,111 @@
+//! The error type of the training stack.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong when building, feeding or training a network.
+///
+/// Each variant carries the numbers needed to find the mistake; bad input is an `Err`, never a
+/// panic.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NnError {
+    /// A buffer has the wrong number of elements.
+    #[error("`{buffer}` has {got} elements, expected {expected}")]
+    LengthMismatch {
+        /// Which buffer.
+        buffer: &'static str,
+        /// Its required length.
+        expected: usize,
+        /// Its actual length.
+        got: usize,
+    },
+    /// Two consecutive layers do not fit: the first's output is not the second's input.
+    #[error(
+        "layer {index} ({name}) takes {expected} values per sample, the previous layer gives {got}"
+    )]
+    LayerMismatch {
+        /// Index of the layer in the model.
+        index: usize,
+        /// Its name.
+        name: &'static str,
+        /// What it takes per sample.
+        expected: usize,
+        /// What the previous layer (or the model's input) gives per sample.
+        got: usize,
+    },
+    /// A batch larger than the workspaces were allocated for, or empty.
+    #[error("batch of {got} samples, the model's workspaces hold 1..={capacity}")]
+    BatchSize {
+        /// The largest batch the workspaces hold.
+        capacity: usize,
+        /// The batch size given.
+        got: usize,
+    },
+    /// A class label outside `0..classes`.
+    #[error("label {label} at sample {index} is outside 0..{classes}")]
+    LabelOutOfRange {
+        /// The sample.
+        index: usize,
+        /// Its label.
+        label: usize,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// `backward` was called without a preceding `forward` for the same batch.
+    #[error("{layer}: backward called before forward (or for another batch size)")]
+    BackwardBeforeForward {
+        /// The layer's name.
+        layer: &'static str,
+    },
+    /// A configuration value is out of its valid range.
+    #[error("invalid {what}: {value} ({why})")]
+    InvalidConfig {
+        /// The setting.
+        what: &'static str,
+        /// The value given.
+        value: f64,
+        /// The valid range.
+        why: &'static str,
+    },
+    /// A model with no layers, or a dimension of zero.
+    #[error("empty {what}")]
+    Empty {
+        /// What is empty.
+        what: &'static str,
+    },
+    /// The core batch-normalization kernels rejected a call.
+    #[error(transparent)]
+    BatchNorm(#[from] batchnorm::BatchNormError),
+    /// An IDX file is malformed.
+    #[error("{path}: {source}")]
+    Idx {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: crate::data::IdxError,
+    },
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating-system error.
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = NnError> = std::result::Result<T, E>;
+
+/// Checks that `buf` has exactly `expected` elements.
+pub(crate) fn check_len(buffer: &'static str, got: usize, expected: usize) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(NnError::LengthMismatch {
+            buffer,
+            expected,
+            got,
+        })
+    }
+}

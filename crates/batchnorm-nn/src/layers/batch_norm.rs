@@ -1,0 +1,163 @@
+//! Batch normalization, wrapping the core kernels of the `batchnorm` crate.
+
+use batchnorm::{BatchNormConfig, Layout, Saved, Shape};
+
+use super::{Layer, Mode, Param};
+use crate::error::{check_len, NnError, Result};
+use crate::scalar::Scalar;
+
+/// Batch normalization of samples shaped `(C)` (after a linear layer, PyTorch's `BatchNorm1d`),
+/// `(C, L)` or `(C, H, W)` (after a convolution, `BatchNorm2d`), channels first.
+///
+/// Forward, per channel over the `m = N * prod(spatial)` values of the batch (paper, Alg. 1):
+/// `xhat = (x - mu) / sqrt(sigma^2 + eps)`, `y = gamma xhat + beta`, with `mu`, `sigma^2` the batch
+/// mean and biased variance in [`Mode::Train`] and [`Mode::BatchStats`], the running ones in
+/// [`Mode::Eval`]. Only `Train` updates the running statistics.
+///
+/// Backward (paper, section 3), with `g = dL/dy`:
+/// `dL/dgamma = sum g xhat`, `dL/dbeta = sum g`, and after batch statistics
+/// `dL/dx = gamma / (m sqrt(sigma^2 + eps)) (m g - sum g - xhat sum g xhat)`; after running
+/// statistics `dL/dx = gamma g / sqrt(sigma^2 + eps)`. The sums are computed by
+/// [`batchnorm::BatchNorm::backward`].
+#[derive(Debug, Clone)]
+pub struct BatchNorm<T: Scalar> {
+    /// The core module: `weight` (gamma), `bias` (beta), running statistics.
+    pub inner: batchnorm::BatchNorm<T>,
+    /// Gradient of the loss with respect to `inner.weight`.
+    pub weight_grad: Vec<T>,
+    /// Gradient of the loss with respect to `inner.bias`.
+    pub bias_grad: Vec<T>,
+    /// Per-sample dims, channels first: `[C]`, `[C, L]` or `[C, H, W]`.
+    sample_dims: Vec<usize>,
+    sample_len: usize,
+    /// Statistics of the last forward, for backward.
+    saved: Option<(usize, Saved<T>)>,
+    /// Scratch for `dx` when the caller does not want it (the core always writes it).
+    scratch: Vec<T>,
+}
+
+impl<T: Scalar> BatchNorm<T> {
+    /// Batch normalization for samples of shape `sample_dims` (`[C, spatial...]`, at most three
+    /// spatial dims) with the core configuration `cfg` (PyTorch's defaults via
+    /// `BatchNormConfig::default()`).
+    ///
+    /// # Errors
+    /// [`NnError::Empty`] for empty or zero dims, the core's errors for a bad `cfg`.
+    pub fn new(sample_dims: &[usize], cfg: BatchNormConfig) -> Result<Self> {
+        let (&c, spatial) = sample_dims.split_first().ok_or(NnError::Empty {
+            what: "batch-norm sample shape",
+        })?;
+        if spatial.len() > 3 || sample_dims.contains(&0) {
+            return Err(NnError::Empty {
+                what: "batch-norm sample dims (need C and at most 3 non-zero spatial dims)",
+            });
+        }
+        let sample_len = sample_dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or(NnError::Empty {
+                what: "batch-norm sample (too large)",
+            })?;
+        let inner = batchnorm::BatchNorm::new(c, cfg)?;
+        Ok(BatchNorm {
+            weight_grad: vec![T::ZERO; inner.weight.len()],
+            bias_grad: vec![T::ZERO; inner.bias.len()],
+            inner,
+            sample_dims: sample_dims.to_vec(),
+            sample_len,
+            saved: None,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The logical shape `(n, C, spatial...)` of a batch of `n`.
+    fn shape(&self, n: usize) -> Result<Shape> {
+        let mut dims = [0usize; 5];
+        dims[0] = n;
+        dims[1..=self.sample_dims.len()].copy_from_slice(&self.sample_dims);
+        Ok(Shape::new(
+            &dims[..=self.sample_dims.len()],
+            Layout::ChannelsFirst,
+        )?)
+    }
+}
+
+impl<T: Scalar> Layer<T> for BatchNorm<T> {
+    fn name(&self) -> &'static str {
+        "batch_norm"
+    }
+
+    fn in_len(&self) -> usize {
+        self.sample_len
+    }
+
+    fn out_len(&self) -> usize {
+        self.sample_len
+    }
+
+    fn forward(&mut self, x: &[T], n: usize, mode: Mode, y: &mut [T]) -> Result<()> {
+        check_len("batch_norm x", x.len(), n * self.sample_len)?;
+        check_len("batch_norm y", y.len(), n * self.sample_len)?;
+        let shape = self.shape(n)?;
+        self.saved = None;
+        let saved = match mode {
+            Mode::Train => self.inner.forward(x, &shape, batchnorm::Mode::Train, y)?,
+            Mode::Eval => self.inner.forward(x, &shape, batchnorm::Mode::Eval, y)?,
+            Mode::BatchStats => {
+                self.inner
+                    .forward_without_update(x, &shape, batchnorm::Mode::Train, y)?
+            }
+        };
+        self.saved = Some((n, saved));
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        x: &[T],
+        _y: &[T],
+        dy: &[T],
+        n: usize,
+        dx: Option<&mut [T]>,
+    ) -> Result<()> {
+        check_len("batch_norm x", x.len(), n * self.sample_len)?;
+        check_len("batch_norm dy", dy.len(), n * self.sample_len)?;
+        let shape = self.shape(n)?;
+        let saved = match &self.saved {
+            Some((sn, s)) if *sn == n => s,
+            _ => {
+                return Err(NnError::BackwardBeforeForward {
+                    layer: "batch_norm",
+                })
+            }
+        };
+        let dx = match dx {
+            Some(dx) => dx,
+            None => {
+                if self.scratch.len() < n * self.sample_len {
+                    self.scratch.resize(n * self.sample_len, T::ZERO);
+                }
+                &mut self.scratch[..n * self.sample_len]
+            }
+        };
+        let grads = self.inner.backward(x, dy, &shape, saved, dx)?;
+        self.weight_grad.copy_from_slice(&grads.weight);
+        self.bias_grad.copy_from_slice(&grads.bias);
+        Ok(())
+    }
+
+    fn visit_params(&mut self, f: &mut dyn FnMut(Param<'_, T>)) {
+        if !self.inner.weight.is_empty() {
+            f(Param {
+                name: "weight",
+                value: &mut self.inner.weight,
+                grad: &mut self.weight_grad,
+            });
+            f(Param {
+                name: "bias",
+                value: &mut self.inner.bias,
+                grad: &mut self.bias_grad,
+            });
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Layers with explicit forward and backward passes.
+//!
+//! Every layer maps a batch of `n` samples, each a flat run of [`Layer::in_len`] values in memory
+//! order (for images: C x H x W, channels first), to `n` samples of [`Layer::out_len`] values. The
+//! caller owns all activation buffers (see [`crate::Sequential`]), so a layer only keeps what its
+//! backward pass needs and its parameters; adding a `Conv2d` or a pooling layer means one new
+//! file here implementing [`Layer`].
+
+mod activation;
+mod batch_norm;
+mod linear;
+
+pub use activation::{Relu, Sigmoid};
+pub use batch_norm::BatchNorm;
+pub use linear::Linear;
+
+use crate::error::Result;
+use crate::scalar::Scalar;
+
+/// How a forward pass treats layers whose behaviour differs between training and evaluation
+/// (batch normalization). Always an explicit argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Training: batch statistics, running statistics updated.
+    Train,
+    /// Evaluation: running statistics.
+    Eval,
+    /// Batch statistics as in training, but every running statistic left untouched: for looking
+    /// at what the network computes during training without changing it.
+    BatchStats,
+}
+
+/// A parameter tensor and its gradient, as handed to optimisers and gradient checks.
+#[derive(Debug)]
+pub struct Param<'a, T> {
+    /// Name within its layer (`"weight"`, `"bias"`).
+    pub name: &'static str,
+    /// The values.
+    pub value: &'a mut [T],
+    /// The gradient of the loss with respect to `value`, written by the last `backward`.
+    pub grad: &'a mut [T],
+}
+
+/// One differentiable stage of a network.
+pub trait Layer<T: Scalar>: std::fmt::Debug + Send {
+    /// Short name for messages (`"linear"`, `"batch_norm"`, `"sigmoid"`).
+    fn name(&self) -> &'static str;
+
+    /// Values per input sample.
+    fn in_len(&self) -> usize;
+
+    /// Values per output sample.
+    fn out_len(&self) -> usize;
+
+    /// Computes `y` (`n * out_len` values) from `x` (`n * in_len` values).
+    ///
+    /// # Errors
+    /// Length mismatches, and whatever the layer's kernel rejects (e.g. batch normalization of a
+    /// single sample in training).
+    fn forward(&mut self, x: &[T], n: usize, mode: Mode, y: &mut [T]) -> Result<()>;
+
+    /// Given the `x` and `y` of the last `forward` and `dy = dL/dy`, writes the parameter
+    /// gradients (overwriting them) and, when `dx` is given, `dL/dx`.
+    ///
+    /// # Errors
+    /// Length mismatches, or no preceding `forward` for a layer that keeps state.
+    fn backward(
+        &mut self,
+        x: &[T],
+        y: &[T],
+        dy: &[T],
+        n: usize,
+        dx: Option<&mut [T]>,
+    ) -> Result<()>;
+
+    /// Calls `f` on each parameter with its gradient, always in the same order.
+    fn visit_params(&mut self, _f: &mut dyn FnMut(Param<'_, T>)) {}
+}
