@@ -29,6 +29,10 @@
 //! # Ok::<(), batchnorm::BatchNormError>(())
 //! ```
 
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod backward;
 mod batch_norm;
 mod config;

@@ -48,6 +48,10 @@ fn errors(x64: &[f64], dims: &[usize], layout: Layout, seed: u64) -> ([f64; 4], 
 }
 
 fn assert_exact(label: &str, errs: [f64; 4]) {
+    println!(
+        "{label}: errors (y, dx, dweight, dbias) = {:.2e} {:.2e} {:.2e} {:.2e}",
+        errs[0], errs[1], errs[2], errs[3]
+    );
     for (what, e) in ["y", "dx", "dweight", "dbias"].iter().zip(errs) {
         assert!(
             e <= TARGET,

@@ -114,6 +114,8 @@ fn run_typed<T: batchnorm::Element>(fx: &Fixture, tol: Tol) {
     if fx.has("y_f64") {
         // PyTorch's own f64 reference, computed from the same inputs.
         let err = max_rel_err(&widen(&y), &fx.get("y_f64"));
+        let pt = max_rel_err(&fx.get("y"), &fx.get("y_f64"));
+        println!("{name}: max |y - y_f64| / (1 + |y_f64|): ours {err:.2e}, PyTorch {pt:.2e}");
         assert!(err <= tol.y, "{name}: y vs y_f64: {err:e}");
     }
 
