@@ -1,0 +1,273 @@
+//! Figure 1 of Ioffe and Szegedy (2015): a 784-100-100-100-10 sigmoid MLP on MNIST trained with
+//! and without batch normalization, from the same initial weights and the same batch order.
+//!
+//! Every `eval_every` steps both networks are evaluated: test accuracy on the 10,000 test images
+//! (the BN network with its running statistics), and the 15th/50th/85th percentiles of the input
+//! to one fixed sigmoid of the last hidden layer over a fixed probe batch of 1,000 training
+//! images, fed with batch statistics and without touching the running statistics. Results go to
+//! `metrics.csv`, `summary.json`, `fig1.png`, `fig1.svg` and `report.md`.
+
+mod network;
+mod output;
+mod train;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use batchnorm_nn::data::Mnist;
+use batchnorm_nn::{NnError, Rng};
+
+pub use network::{Variant, WIDTHS};
+pub use train::{EvalRecord, NetRun, QUANTILES};
+
+use crate::progress::Progress;
+
+/// Test images per evaluation forward pass (the workspaces hold this many).
+pub const EVAL_CHUNK: usize = 1000;
+/// Training images in the fixed probe batch.
+pub const PROBE_SIZE: usize = 1000;
+/// Which sigmoid of the last hidden layer is probed.
+pub const PROBE_UNIT: usize = 0;
+
+/// Settings of the experiment; the defaults are the paper's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// SGD steps per network. Default 50,000.
+    pub steps: usize,
+    /// Learning rate of plain SGD. Default 0.01.
+    pub lr: f64,
+    /// Images per batch. Default 60. At least 2 (batch statistics need two values).
+    pub batch_size: usize,
+    /// Standard deviation of the Gaussian initial weights. Default 0.05.
+    pub init_std: f64,
+    /// Seed of the initial weights, the batch order and the probe batch. Default 1.
+    pub seed: u64,
+    /// Steps between evaluations. Default 500.
+    pub eval_every: usize,
+    /// Threads: 2 trains the two networks at once, 1 one after the other. Default 2.
+    pub threads: usize,
+    /// Output folder. Default `out/fig1`.
+    pub out: PathBuf,
+    /// Folder holding the four MNIST IDX files (`.gz` or plain).
+    pub data: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            steps: 50_000,
+            lr: 0.01,
+            batch_size: 60,
+            init_std: 0.05,
+            seed: 1,
+            eval_every: 500,
+            threads: 2,
+            out: PathBuf::from("out/fig1"),
+            data: PathBuf::from("data/mnist"),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every setting's range.
+    ///
+    /// # Errors
+    /// [`LabError::Config`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), LabError> {
+        let bad = |what: &'static str, value: f64, why: &'static str| {
+            Err(LabError::Config { what, value, why })
+        };
+        if self.steps == 0 {
+            return bad("--steps", 0.0, "must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("--lr", self.lr, "must be finite and > 0");
+        }
+        if !(2..=60_000).contains(&self.batch_size) {
+            return bad(
+                "--batch-size",
+                self.batch_size as f64,
+                "must be between 2 and 60000",
+            );
+        }
+        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
+            return bad("--init-std", self.init_std, "must be finite and >= 0");
+        }
+        if self.eval_every == 0 {
+            return bad("--eval-every", 0.0, "must be at least 1");
+        }
+        if self.threads == 0 {
+            return bad("--threads", 0.0, "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Seed of the batch order (a stream independent of the initial weights').
+    pub(crate) fn order_seed(&self) -> u64 {
+        self.seed ^ 0x6261_7463_685f_6f72 // "batch_or"
+    }
+
+    /// Seed of the probe batch's choice.
+    pub(crate) fn probe_seed(&self) -> u64 {
+        self.seed ^ 0x7072_6f62_655f_6261 // "probe_ba"
+    }
+}
+
+/// What can go wrong in an experiment.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LabError {
+    /// A setting is out of range.
+    #[error("{what} = {value}: {why}")]
+    Config {
+        /// The option.
+        what: &'static str,
+        /// Its value.
+        value: f64,
+        /// The valid range.
+        why: &'static str,
+    },
+    /// The training stack failed (data files, shapes, kernels).
+    #[error(transparent)]
+    Nn(#[from] NnError),
+    /// A figure could not be drawn or written.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+    /// An output file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating-system error.
+        source: std::io::Error,
+    },
+    /// An internal inconsistency in setting up the experiment.
+    #[error("setup: {0}")]
+    Setup(&'static str),
+    /// A training thread panicked.
+    #[error("the training thread of the {0} network panicked")]
+    Panicked(&'static str),
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The settings used.
+    pub config: Config,
+    /// The network without batch normalization.
+    pub plain: NetRun,
+    /// The network with batch normalization.
+    pub bn: NetRun,
+    /// Seconds from the start of the run to the end of training (data loading included,
+    /// writing the outputs excluded).
+    pub wall_seconds: f64,
+    /// Seconds spent loading MNIST.
+    pub load_seconds: f64,
+}
+
+impl Outcome {
+    /// Training steps of both networks per wall-clock second (evaluation and loading included).
+    pub fn steps_per_second(&self) -> f64 {
+        2.0 * self.config.steps as f64 / self.wall_seconds
+    }
+}
+
+/// Runs the experiment and writes its outputs into `cfg.out`.
+///
+/// # Errors
+/// A bad setting, unreadable data, or an unwritable output folder.
+pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
+    cfg.validate()?;
+    let start = Instant::now();
+    let data = Mnist::load(&resolve_data_dir(&cfg.data))?;
+    let load_seconds = start.elapsed().as_secs_f64();
+
+    // The fixed probe batch: PROBE_SIZE training images chosen by the seed.
+    let mut pick: Vec<usize> = (0..data.train.len()).collect();
+    Rng::new(cfg.probe_seed()).shuffle(&mut pick);
+    let probe_size = PROBE_SIZE.min(data.train.len());
+    let mut probe = vec![0.0f32; probe_size * data.train.pixels()];
+    let mut probe_labels = vec![0u8; probe_size];
+    data.train
+        .gather(&pick[..probe_size], &mut probe, &mut probe_labels)?;
+    let inputs = train::Inputs {
+        train: &data.train,
+        test: &data.test,
+        probe: &probe,
+        probe_size,
+    };
+
+    let linears = network::initial_linears(cfg.seed, cfg.init_std)?;
+    let capacity = cfg.batch_size.max(EVAL_CHUNK).max(probe_size);
+    let plain = network::build(&linears, Variant::Plain, capacity)?;
+    let bn = network::build(&linears, Variant::BatchNorm, capacity)?;
+
+    let progress = Progress::new();
+    let bar_bn = progress.add(Variant::BatchNorm.key(), cfg.steps as u64);
+    let bar_plain = progress.add(Variant::Plain.key(), cfg.steps as u64);
+    let (bn_run, plain_run) = if cfg.threads >= 2 {
+        std::thread::scope(|s| {
+            let h = s.spawn(|| train::train(Variant::Plain, plain, &inputs, cfg, &bar_plain));
+            let bn_run = train::train(Variant::BatchNorm, bn, &inputs, cfg, &bar_bn);
+            let plain_run = h.join().map_err(|_| LabError::Panicked("plain"));
+            (bn_run, plain_run.and_then(|r| r))
+        })
+    } else {
+        let bn_run = train::train(Variant::BatchNorm, bn, &inputs, cfg, &bar_bn);
+        (
+            bn_run,
+            train::train(Variant::Plain, plain, &inputs, cfg, &bar_plain),
+        )
+    };
+    let outcome = Outcome {
+        config: cfg.clone(),
+        plain: plain_run?,
+        bn: bn_run?,
+        wall_seconds: start.elapsed().as_secs_f64(),
+        load_seconds,
+    };
+    output::write_all(&outcome)?;
+    Ok(outcome)
+}
+
+/// `dir` as given if it exists; otherwise, for a relative path, the same path under the
+/// workspace root this binary was built from (so `cargo run` works from any folder).
+fn resolve_data_dir(dir: &Path) -> PathBuf {
+    if dir.exists() || dir.is_absolute() {
+        return dir.to_path_buf();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let alt = root.join(dir);
+    if alt.exists() {
+        alt
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Prints the headline numbers and the output folder to stdout.
+pub fn print_summary(o: &Outcome) {
+    for run in [&o.bn, &o.plain] {
+        let fin = run.last().map_or(f64::NAN, |e| e.test_accuracy);
+        let best = run.best().map_or(f64::NAN, |b| b.0);
+        let to = |t| {
+            run.steps_to(t)
+                .map_or_else(|| "never".to_owned(), |s| s.to_string())
+        };
+        println!(
+            "{:>6}: final test accuracy {:.4}, best {:.4}, 90% at step {}, 95% at step {}, {:.0} steps/s",
+            run.variant.key(),
+            fin,
+            best,
+            to(0.90),
+            to(0.95),
+            run.steps_per_second(o.config.steps)
+        );
+    }
+    println!(
+        "wall time {:.1} s ({:.0} steps/s over both networks); outputs in {}",
+        o.wall_seconds,
+        o.steps_per_second(),
+        o.config.out.display()
+    );
+}

@@ -1,0 +1,83 @@
+//! The two networks of the experiment: the same 784-100-100-100-10 sigmoid MLP with and without
+//! batch normalization, built from one set of initial weights.
+
+use batchnorm::BatchNormConfig;
+use batchnorm_nn::layers::{BatchNorm, Layer, Linear, Sigmoid};
+use batchnorm_nn::{NnError, Rng, Sequential};
+
+/// Layer widths: MNIST pixels, three hidden layers of 100 sigmoids, ten classes.
+pub const WIDTHS: [usize; 5] = [784, 100, 100, 100, 10];
+
+/// Which of the two networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// No batch normalization.
+    Plain,
+    /// Batch normalization before every hidden sigmoid.
+    BatchNorm,
+}
+
+impl Variant {
+    /// The key used in files (`"plain"`, `"bn"`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Variant::Plain => "plain",
+            Variant::BatchNorm => "bn",
+        }
+    }
+
+    /// The label used in figures and reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Plain => "without BN",
+            Variant::BatchNorm => "with BN",
+        }
+    }
+}
+
+/// The four linear layers' initial weights: N(0, `std`^2), biases 0, drawn in order from
+/// `Rng::new(seed)`.
+///
+/// # Errors
+/// [`NnError::InvalidConfig`] for a negative or non-finite `std`.
+pub fn initial_linears(seed: u64, std: f64) -> Result<Vec<Linear<f32>>, NnError> {
+    let mut rng = Rng::new(seed);
+    WIDTHS
+        .windows(2)
+        .map(|w| Linear::gaussian(w[0], w[1], std, &mut rng))
+        .collect()
+}
+
+/// The network: `Linear, [BatchNorm,] Sigmoid` three times, then `Linear`, with workspaces for
+/// batches of up to `capacity`. Batch normalization uses PyTorch's defaults (eps 1e-5,
+/// momentum 0.1, learnable gamma and beta).
+///
+/// # Errors
+/// Only if the layers do not fit together, which they do by construction.
+pub fn build(
+    linears: &[Linear<f32>],
+    variant: Variant,
+    capacity: usize,
+) -> Result<Sequential<f32>, NnError> {
+    let mut layers: Vec<Box<dyn Layer<f32>>> = Vec::new();
+    let last = linears.len().saturating_sub(1);
+    for (i, l) in linears.iter().enumerate() {
+        let width = l.out_len();
+        layers.push(Box::new(l.clone()));
+        if i < last {
+            if variant == Variant::BatchNorm {
+                layers.push(Box::new(BatchNorm::new(
+                    &[width],
+                    BatchNormConfig::default(),
+                )?));
+            }
+            layers.push(Box::new(Sigmoid::new(width)?));
+        }
+    }
+    Sequential::new(layers, capacity)
+}
+
+/// The index of the layer whose input is probed: the last hidden layer's sigmoid.
+pub fn probe_layer(model: &Sequential<f32>) -> Option<usize> {
+    model.layers().iter().rposition(|l| l.name() == "sigmoid")
+}

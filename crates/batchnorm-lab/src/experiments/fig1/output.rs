@@ -1,0 +1,368 @@
+//! The experiment's files: `metrics.csv`, `summary.json`, `fig1.png`, `fig1.svg`, `report.md`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::network::Variant;
+use super::train::NetRun;
+use super::{LabError, Outcome, PROBE_SIZE, PROBE_UNIT};
+use crate::plot::{Figure, LineStyle, Panel, Series};
+
+/// Writes every output file into `outcome.config.out`, creating the folder.
+///
+/// # Errors
+/// [`LabError::Io`] or [`LabError::Plot`] naming the file that could not be written.
+pub(super) fn write_all(outcome: &Outcome) -> Result<(), LabError> {
+    let dir = &outcome.config.out;
+    std::fs::create_dir_all(dir).map_err(|source| LabError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    write(&dir.join("metrics.csv"), &metrics_csv(outcome))?;
+    let fig = figure(outcome);
+    fig.save_png(&dir.join("fig1.png"))?;
+    fig.save_svg(&dir.join("fig1.svg"))?;
+    let summary = serde_json::to_string_pretty(&summary_json(outcome)).unwrap_or_default();
+    write(&dir.join("summary.json"), &(summary + "\n"))?;
+    write(&dir.join("report.md"), &report_md(outcome))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), LabError> {
+    std::fs::write(path, text).map_err(|source| LabError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A number for CSV: empty when not finite (train loss at step 0).
+fn num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        String::new()
+    }
+}
+
+/// One row per network and evaluation.
+fn metrics_csv(o: &Outcome) -> String {
+    let mut s = String::from("net,step,train_loss,train_accuracy,test_accuracy,p15,p50,p85\n");
+    for run in [&o.bn, &o.plain] {
+        for e in &run.evals {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{}",
+                run.variant.key(),
+                e.step,
+                num(e.train_loss),
+                num(e.train_accuracy),
+                num(e.test_accuracy),
+                num(e.percentiles[0]),
+                num(e.percentiles[1]),
+                num(e.percentiles[2]),
+            );
+        }
+    }
+    s
+}
+
+fn net_json(run: &NetRun, steps: usize) -> Value {
+    let last = run.last();
+    let best = run.best();
+    json!({
+        "final_test_accuracy": last.map(|e| e.test_accuracy),
+        "best_test_accuracy": best.map(|b| b.0),
+        "best_step": best.map(|b| b.1),
+        "steps_to_90": run.steps_to(0.90),
+        "steps_to_95": run.steps_to(0.95),
+        "final_train_loss": last.map(|e| e.train_loss),
+        "final_percentiles": last.map(|e| json!({"p15": e.percentiles[0], "p50": e.percentiles[1], "p85": e.percentiles[2]})),
+        "train_seconds": run.train_seconds,
+        "eval_seconds": run.eval_seconds,
+        "steps_per_second": run.steps_per_second(steps),
+    })
+}
+
+/// The summary; `steps_to_*` are the first evaluated steps at or above the threshold, `null`
+/// when never reached.
+pub(super) fn summary_json(o: &Outcome) -> Value {
+    let c = &o.config;
+    json!({
+        "bn": net_json(&o.bn, c.steps),
+        "plain": net_json(&o.plain, c.steps),
+        "wall_seconds": o.wall_seconds,
+        "load_seconds": o.load_seconds,
+        "steps_per_second": o.steps_per_second(),
+        "config": {
+            "steps": c.steps,
+            "lr": c.lr,
+            "batch_size": c.batch_size,
+            "init_std": c.init_std,
+            "seed": c.seed,
+            "eval_every": c.eval_every,
+            "threads": c.threads,
+            "architecture": "784-100-100-100-10, sigmoid hidden units, softmax cross-entropy",
+            "optimizer": "plain SGD (no momentum, no weight decay)",
+            "batch_norm": "before each hidden sigmoid; eps 1e-5, momentum 0.1, learnable gamma/beta",
+            "probe": format!("input of sigmoid {PROBE_UNIT} of the last hidden layer over {PROBE_SIZE} fixed training images, batch statistics, running statistics untouched"),
+            "test_images": 10_000,
+        },
+    })
+}
+
+fn series(label: &str, points: Vec<(f64, f64)>, style: LineStyle) -> Series {
+    Series {
+        label: label.to_owned(),
+        points,
+        style,
+    }
+}
+
+fn percentile_panel(title: &str, run: &NetRun) -> Panel {
+    let names = ["15th percentile", "50th percentile", "85th percentile"];
+    Panel {
+        title: title.to_owned(),
+        x_label: "training steps".into(),
+        y_label: "input to the sigmoid".into(),
+        y_log: false,
+        series: names
+            .iter()
+            .enumerate()
+            .map(|(q, name)| {
+                series(
+                    name,
+                    run.evals
+                        .iter()
+                        .map(|e| (e.step as f64, e.percentiles[q]))
+                        .collect(),
+                    LineStyle::Solid,
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Laid out like the paper's Figure 1: (a) test accuracy of both networks, (b) and (c) the
+/// percentiles of the probed sigmoid input without and with BN.
+fn figure(o: &Outcome) -> Figure {
+    let acc = |run: &NetRun| {
+        run.evals
+            .iter()
+            .map(|e| (e.step as f64, e.test_accuracy))
+            .collect()
+    };
+    Figure {
+        title: "MNIST, 784-100-100-100-10 sigmoid MLP: with and without batch normalization".into(),
+        columns: 3,
+        panels: vec![
+            Panel {
+                title: "(a) Test accuracy".into(),
+                x_label: "training steps".into(),
+                y_label: "test accuracy".into(),
+                y_log: false,
+                series: vec![
+                    series(Variant::BatchNorm.label(), acc(&o.bn), LineStyle::Solid),
+                    series(Variant::Plain.label(), acc(&o.plain), LineStyle::Dashed),
+                ],
+            },
+            percentile_panel("(b) Without BN: sigmoid input", &o.plain),
+            percentile_panel("(c) With BN: sigmoid input", &o.bn),
+        ],
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |a| format!("{:.2}%", 100.0 * a))
+}
+
+fn step_or_never(v: Option<usize>) -> String {
+    v.map_or_else(|| "not reached".into(), |s| format!("{s}"))
+}
+
+/// Range (max - min) of a percentile over the evaluations after step 0.
+fn spread(run: &NetRun, q: usize) -> f64 {
+    let vals = run
+        .evals
+        .iter()
+        .filter(|e| e.step > 0)
+        .map(|e| e.percentiles[q]);
+    let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    hi - lo
+}
+
+fn first_after_zero(run: &NetRun) -> Option<&super::EvalRecord> {
+    run.evals.iter().find(|e| e.step > 0)
+}
+
+/// The report: the figure, the numbers, and findings stated from them.
+fn report_md(o: &Outcome) -> String {
+    let c = &o.config;
+    let (bn, plain) = (&o.bn, &o.plain);
+    let fin = |r: &NetRun| r.last().map(|e| e.test_accuracy);
+    let best = |r: &NetRun| r.best();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Figure 1 of the Batch Normalization paper, reproduced\n"
+    );
+    let _ = writeln!(
+        s,
+        "![Figure 1: test accuracy; sigmoid input percentiles without and with BN](fig1.png)\n"
+    );
+    let _ = writeln!(
+        s,
+        "MNIST, 784-100-100-100-10 MLP with sigmoid hidden units, weights from N(0, {}^2), biases 0, \
+         {} steps of plain SGD (learning rate {}, batch {}), seed {}. Both networks start from the same \
+         weights and see the same batches; the BN network normalises before each hidden sigmoid. Every {} \
+         steps: accuracy on the 10,000 test images (BN with running statistics) and the 15th/50th/85th \
+         percentiles of the input to sigmoid {} of the last hidden layer over {} fixed training images \
+         (batch statistics, running statistics untouched).\n",
+        c.init_std, c.steps, c.lr, c.batch_size, c.seed, c.eval_every, PROBE_UNIT, PROBE_SIZE
+    );
+    let _ = writeln!(s, "| | with BN | without BN |\n|---|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| final test accuracy (step {}) | {} | {} |",
+        c.steps,
+        pct(fin(bn)),
+        pct(fin(plain))
+    );
+    let b = |r: &NetRun| {
+        best(r).map_or("n/a".into(), |(a, st)| {
+            format!("{:.2}% (step {st})", 100.0 * a)
+        })
+    };
+    let _ = writeln!(s, "| best test accuracy | {} | {} |", b(bn), b(plain));
+    let _ = writeln!(
+        s,
+        "| steps to 90% | {} | {} |",
+        step_or_never(bn.steps_to(0.90)),
+        step_or_never(plain.steps_to(0.90))
+    );
+    let _ = writeln!(
+        s,
+        "| steps to 95% | {} | {} |",
+        step_or_never(bn.steps_to(0.95)),
+        step_or_never(plain.steps_to(0.95))
+    );
+    let loss = |r: &NetRun| {
+        r.last()
+            .map_or("n/a".into(), |e| format!("{:.4}", e.train_loss))
+    };
+    let _ = writeln!(
+        s,
+        "| mean training loss, last {} steps | {} | {} |",
+        c.eval_every,
+        loss(bn),
+        loss(plain)
+    );
+    let p = |r: &NetRun| {
+        r.last().map_or("n/a".into(), |e| {
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                e.percentiles[0], e.percentiles[1], e.percentiles[2]
+            )
+        })
+    };
+    let _ = writeln!(
+        s,
+        "| sigmoid input p15 / p50 / p85, final | {} | {} |",
+        p(bn),
+        p(plain)
+    );
+    let _ = writeln!(
+        s,
+        "| range of p50 / p15 / p85 over the run | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} |",
+        spread(bn, 1),
+        spread(bn, 0),
+        spread(bn, 2),
+        spread(plain, 1),
+        spread(plain, 0),
+        spread(plain, 2)
+    );
+    let _ = writeln!(
+        s,
+        "| training steps/s (evaluation excluded) | {:.0} | {:.0} |\n",
+        bn.steps_per_second(c.steps),
+        plain.steps_per_second(c.steps)
+    );
+
+    let _ = writeln!(s, "## Findings\n");
+    if let (Some(fb), Some(fp)) = (fin(bn), fin(plain)) {
+        let verdict = if fb > fp {
+            "higher than"
+        } else if fb < fp {
+            "lower than"
+        } else {
+            "equal to"
+        };
+        let _ = writeln!(
+            s,
+            "- Accuracy: after {} steps the BN network reaches {} test accuracy, {verdict} the plain network's {} \
+             ({:+.2} percentage points).",
+            c.steps,
+            pct(Some(fb)),
+            pct(Some(fp)),
+            100.0 * (fb - fp)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "- Speed: the BN network first reaches 90% at step {} and 95% at step {}; the plain network at {} and {} \
+         (evaluated every {} steps).",
+        step_or_never(bn.steps_to(0.90)),
+        step_or_never(bn.steps_to(0.95)),
+        step_or_never(plain.steps_to(0.90)),
+        step_or_never(plain.steps_to(0.95)),
+        c.eval_every
+    );
+    if let (Some(b0), Some(p0), Some(bl), Some(pl)) = (
+        first_after_zero(bn),
+        first_after_zero(plain),
+        bn.last(),
+        plain.last(),
+    ) {
+        let _ = writeln!(
+            s,
+            "- Sigmoid input distribution: from step {} to step {}, the median moves from {:.2} to {:.2} with BN and \
+             from {:.2} to {:.2} without; the 15-85 band goes from [{:.2}, {:.2}] to [{:.2}, {:.2}] with BN and \
+             from [{:.2}, {:.2}] to [{:.2}, {:.2}] without. Over the whole run the median spans {:.2} with BN and \
+             {:.2} without.",
+            b0.step,
+            bl.step,
+            b0.percentiles[1],
+            bl.percentiles[1],
+            p0.percentiles[1],
+            pl.percentiles[1],
+            b0.percentiles[0],
+            b0.percentiles[2],
+            bl.percentiles[0],
+            bl.percentiles[2],
+            p0.percentiles[0],
+            p0.percentiles[2],
+            pl.percentiles[0],
+            pl.percentiles[2],
+            spread(bn, 1),
+            spread(plain, 1)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "- Time: {:.1} s wall clock for both networks with {} thread(s) (MNIST loading {:.1} s of it), \
+         {:.0} training steps/s over both networks; per network {:.0} (BN) and {:.0} (plain) steps/s with \
+         evaluation excluded, evaluation {:.1} s and {:.1} s.",
+        o.wall_seconds,
+        c.threads.min(2),
+        o.load_seconds,
+        o.steps_per_second(),
+        bn.steps_per_second(c.steps),
+        plain.steps_per_second(c.steps),
+        bn.eval_seconds,
+        plain.eval_seconds
+    );
+    let _ = writeln!(s, "\nData per evaluation: `metrics.csv`; summary: `summary.json`; figure: `fig1.png`, `fig1.svg`.");
+    s
+}

@@ -1,0 +1,255 @@
+//! Training one network, with its periodic evaluations.
+
+use std::time::Instant;
+
+use batchnorm_nn::data::Split;
+use batchnorm_nn::layers::Mode;
+use batchnorm_nn::{count_correct, Rng, Sequential, Sgd, SgdConfig, SoftmaxCrossEntropy};
+
+use super::network::{probe_layer, Variant};
+use super::{Config, LabError, EVAL_CHUNK, PROBE_UNIT};
+use crate::percentile::percentiles;
+use crate::progress::NetProgress;
+
+/// The percentiles of the probed sigmoid input that are tracked.
+pub const QUANTILES: [f64; 3] = [15.0, 50.0, 85.0];
+
+/// One evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalRecord {
+    /// Training steps done.
+    pub step: usize,
+    /// Mean training loss over the steps since the previous evaluation (NaN at step 0).
+    pub train_loss: f64,
+    /// Accuracy on the training batches since the previous evaluation (NaN at step 0).
+    pub train_accuracy: f64,
+    /// Accuracy on the whole test set (BN in evaluation mode: running statistics).
+    pub test_accuracy: f64,
+    /// 15th, 50th and 85th percentiles of the probed sigmoid's input over the probe batch.
+    pub percentiles: [f64; 3],
+}
+
+/// Everything one network's run produced.
+#[derive(Debug, Clone)]
+pub struct NetRun {
+    /// Which network.
+    pub variant: Variant,
+    /// Evaluations, at step 0, every `eval_every` steps and at the last step.
+    pub evals: Vec<EvalRecord>,
+    /// Seconds spent in training steps (batch gathering included).
+    pub train_seconds: f64,
+    /// Seconds spent evaluating.
+    pub eval_seconds: f64,
+}
+
+impl NetRun {
+    /// Training steps per second, evaluation excluded.
+    pub fn steps_per_second(&self, steps: usize) -> f64 {
+        steps as f64 / self.train_seconds
+    }
+
+    /// The first evaluated step at which test accuracy reached `threshold`.
+    pub fn steps_to(&self, threshold: f64) -> Option<usize> {
+        self.evals
+            .iter()
+            .find(|e| e.test_accuracy >= threshold)
+            .map(|e| e.step)
+    }
+
+    /// The last evaluation.
+    pub fn last(&self) -> Option<&EvalRecord> {
+        self.evals.last()
+    }
+
+    /// The best test accuracy and the step it was reached (first on ties).
+    pub fn best(&self) -> Option<(f64, usize)> {
+        self.evals
+            .iter()
+            .fold(None, |best: Option<(f64, usize)>, e| match best {
+                Some((a, _)) if a >= e.test_accuracy => best,
+                _ => Some((e.test_accuracy, e.step)),
+            })
+    }
+}
+
+/// The data a network trains and is evaluated on, shared read-only between threads.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    /// Training split.
+    pub train: &'a Split,
+    /// Test split.
+    pub test: &'a Split,
+    /// The probe batch, `PROBE_SIZE * 784` pixels scaled to [0, 1].
+    pub probe: &'a [f32],
+    /// Number of probe images.
+    pub probe_size: usize,
+}
+
+/// Batches in a seeded random order: each epoch is a fresh permutation of the training set,
+/// cut into consecutive batches; a last partial batch is dropped.
+#[derive(Debug)]
+struct Sampler {
+    rng: Rng,
+    order: Vec<usize>,
+    pos: usize,
+    batch: usize,
+}
+
+impl Sampler {
+    fn new(seed: u64, len: usize, batch: usize) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut order: Vec<usize> = (0..len).collect();
+        rng.shuffle(&mut order);
+        Sampler {
+            rng,
+            order,
+            pos: 0,
+            batch,
+        }
+    }
+
+    fn next_batch(&mut self) -> &[usize] {
+        if self.pos + self.batch > self.order.len() {
+            self.rng.shuffle(&mut self.order);
+            self.pos = 0;
+        }
+        self.pos += self.batch;
+        &self.order[self.pos - self.batch..self.pos]
+    }
+}
+
+/// Trains `model` for `cfg.steps` SGD steps, evaluating at step 0, every `cfg.eval_every`
+/// steps and at the end.
+///
+/// The batch order depends only on `cfg.seed`, so both networks see the same batches.
+///
+/// # Errors
+/// Any error of the training stack (none is expected with a valid configuration).
+pub fn train(
+    variant: Variant,
+    mut model: Sequential<f32>,
+    inputs: &Inputs<'_>,
+    cfg: &Config,
+    progress: &NetProgress,
+) -> Result<NetRun, LabError> {
+    let bs = cfg.batch_size;
+    let ce = SoftmaxCrossEntropy::new(10)?;
+    let mut sgd = Sgd::new(
+        SgdConfig {
+            lr: cfg.lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
+        &mut model,
+    )?;
+    let mut sampler = Sampler::new(cfg.order_seed(), inputs.train.len(), bs);
+    let mut labels = vec![0u8; bs];
+    let mut evaluator = Evaluator::new(inputs, &model)?;
+
+    let mut evals = Vec::with_capacity(cfg.steps / cfg.eval_every + 2);
+    let t = Instant::now();
+    evals.push(evaluator.run(&mut model, 0, f64::NAN, f64::NAN)?);
+    let mut eval_seconds = t.elapsed().as_secs_f64();
+    let mut train_seconds = 0.0;
+    let (mut loss_sum, mut correct, mut since) = (0.0, 0usize, 0usize);
+    let mut t_train = Instant::now();
+    for step in 1..=cfg.steps {
+        inputs
+            .train
+            .gather(sampler.next_batch(), model.input_mut(bs)?, &mut labels)?;
+        model.forward(bs, Mode::Train)?;
+        let (out, grad) = model.output_and_grad(bs)?;
+        let s = ce.forward_backward(out, &labels, grad)?;
+        model.backward(bs, false)?;
+        sgd.step(&mut model);
+        loss_sum += s.loss;
+        correct += s.correct;
+        since += 1;
+        if step % 100 == 0 {
+            progress.set_step(step as u64);
+        }
+        if step % cfg.eval_every == 0 || step == cfg.steps {
+            train_seconds += t_train.elapsed().as_secs_f64();
+            let t_eval = Instant::now();
+            let loss = loss_sum / since as f64;
+            let acc = correct as f64 / (since * bs) as f64;
+            let rec = evaluator.run(&mut model, step, loss, acc)?;
+            let loud = (step / cfg.eval_every) % 10 == 0 || step == cfg.steps;
+            progress.report(step as u64, loss, acc, rec.test_accuracy, loud);
+            evals.push(rec);
+            (loss_sum, correct, since) = (0.0, 0, 0);
+            eval_seconds += t_eval.elapsed().as_secs_f64();
+            t_train = Instant::now();
+        }
+    }
+    progress.set_step(cfg.steps as u64);
+    progress.finish();
+    Ok(NetRun {
+        variant,
+        evals,
+        train_seconds,
+        eval_seconds,
+    })
+}
+
+/// Test accuracy and the probe, with their buffers allocated once.
+struct Evaluator<'a> {
+    inputs: &'a Inputs<'a>,
+    test_index: Vec<usize>,
+    labels: Vec<u8>,
+    probe_values: Vec<f64>,
+    probe_layer: usize,
+    width: usize,
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(inputs: &'a Inputs<'a>, model: &Sequential<f32>) -> Result<Self, LabError> {
+        let probe_layer =
+            probe_layer(model).ok_or(LabError::Setup("the network has no sigmoid to probe"))?;
+        let width = model.layers()[probe_layer].in_len();
+        Ok(Evaluator {
+            inputs,
+            test_index: (0..inputs.test.len()).collect(),
+            labels: vec![0; EVAL_CHUNK],
+            probe_values: Vec::with_capacity(inputs.probe_size),
+            probe_layer,
+            width,
+        })
+    }
+
+    fn run(
+        &mut self,
+        model: &mut Sequential<f32>,
+        step: usize,
+        loss: f64,
+        acc: f64,
+    ) -> Result<EvalRecord, LabError> {
+        // Test accuracy: running statistics (Mode::Eval), in chunks of EVAL_CHUNK images.
+        let mut correct = 0;
+        for chunk in self.test_index.chunks(EVAL_CHUNK) {
+            let n = chunk.len();
+            self.inputs
+                .test
+                .gather(chunk, model.input_mut(n)?, &mut self.labels[..n])?;
+            let out = model.forward(n, Mode::Eval)?;
+            correct += count_correct(out, 10, &self.labels[..n])?;
+        }
+        // Probe: batch statistics as in training, running statistics untouched.
+        let n = self.inputs.probe_size;
+        model.forward_from(self.inputs.probe, n, Mode::BatchStats)?;
+        let act = model.activation(self.probe_layer, n)?;
+        self.probe_values.clear();
+        self.probe_values.extend(
+            act.chunks_exact(self.width)
+                .map(|row| f64::from(row[PROBE_UNIT])),
+        );
+        let p = percentiles(&mut self.probe_values, &QUANTILES);
+        Ok(EvalRecord {
+            step,
+            train_loss: loss,
+            train_accuracy: acc,
+            test_accuracy: correct as f64 / self.test_index.len() as f64,
+            percentiles: [p[0], p[1], p[2]],
+        })
+    }
+}

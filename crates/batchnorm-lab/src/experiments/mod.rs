@@ -1,0 +1,3 @@
+//! The experiments `bnlab` runs, one module each.
+
+pub mod fig1;
