@@ -28,7 +28,10 @@ fn fig1_short_run_writes_well_formed_outputs() {
     // metrics.csv: header, then one row per network per evaluation (steps 0, 100, 200).
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("net,step,train_loss,train_accuracy,test_accuracy,p15,p50,p85"));
+    assert_eq!(
+        lines.next(),
+        Some("net,step,train_loss,train_accuracy,test_accuracy,p15,p50,p85")
+    );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 6);
     for r in &rows {
@@ -37,7 +40,10 @@ fn fig1_short_run_writes_well_formed_outputs() {
         let acc: f64 = r[4].parse().unwrap();
         assert!((0.0..=1.0).contains(&acc));
         let p: Vec<f64> = r[5..].iter().map(|v| v.parse().unwrap()).collect();
-        assert!(p[0] <= p[1] && p[1] <= p[2], "percentiles out of order: {p:?}");
+        assert!(
+            p[0] <= p[1] && p[1] <= p[2],
+            "percentiles out of order: {p:?}"
+        );
         if r[1] == "0" {
             assert_eq!(r[2], "", "no training loss before training");
         } else {
@@ -48,10 +54,16 @@ fn fig1_short_run_writes_well_formed_outputs() {
     assert_eq!(steps, ["0", "100", "200"]);
 
     // summary.json: the keys outside checks read.
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     for net in ["bn", "plain"] {
         let n = &summary[net];
-        for key in ["final_test_accuracy", "best_test_accuracy", "steps_to_90", "steps_to_95"] {
+        for key in [
+            "final_test_accuracy",
+            "best_test_accuracy",
+            "steps_to_90",
+            "steps_to_95",
+        ] {
             assert!(n.get(key).is_some(), "summary.{net}.{key} missing");
         }
         let fin = n["final_test_accuracy"].as_f64().unwrap();
@@ -70,7 +82,10 @@ fn fig1_short_run_writes_well_formed_outputs() {
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     let svg = std::fs::read_to_string(out.join("fig1.svg")).unwrap();
     let body = svg.trim_start().trim_start_matches(|c| c != '<');
-    assert!(body.contains("<svg") && svg.trim_end().ends_with("</svg>"), "not an SVG document");
+    assert!(
+        body.contains("<svg") && svg.trim_end().ends_with("</svg>"),
+        "not an SVG document"
+    );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("](fig1.png)") && report.contains("steps to 90%"));
     std::fs::remove_dir_all(&out).unwrap();
@@ -81,7 +96,16 @@ fn help_documents_every_option() {
     let out = bnlab().args(["fig1", "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for opt in ["--steps", "--lr", "--batch-size", "--init-std", "--seed", "--eval-every", "--threads", "--out"] {
+    for opt in [
+        "--steps",
+        "--lr",
+        "--batch-size",
+        "--init-std",
+        "--seed",
+        "--eval-every",
+        "--threads",
+        "--out",
+    ] {
         assert!(help.contains(opt), "{opt} missing from --help");
     }
 }
@@ -95,7 +119,12 @@ fn bad_options_are_errors_not_panics() {
         &["fig1", "--steps", "abc"],
         &["fig1", "--data", "/nonexistent/mnist"],
     ] {
-        let out = bnlab().args(args).arg("--out").arg(temp_dir("bad")).output().unwrap();
+        let out = bnlab()
+            .args(args)
+            .arg("--out")
+            .arg(temp_dir("bad"))
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
