@@ -1,12 +1,15 @@
 //! The BatchNorm module: parameters, running statistics, forward and backward.
 
-use crate::backward::{grad_sums, input_grad, GradMaps};
+use crate::backward::{grad_sums, input_grad, GradMaps, GradSums};
 use crate::config::{BatchNormConfig, Mode, Statistics};
 use crate::element::Element;
 use crate::error::{BatchNormError, Result};
 use crate::forward::{normalize, ChannelMaps};
 use crate::layout::Shape;
+use crate::par::Par;
+use crate::plan::{channel_groups, Exec};
 use crate::running_stats;
+use crate::simd::Isa;
 use crate::stats::{channel_moments, Moments};
 
 /// Batch Normalization over the channel axis, with PyTorch's semantics
@@ -21,12 +24,19 @@ use crate::stats::{channel_moments, Moments};
 /// where, with batch statistics, `mean` is the batch mean and `var` the BIASED batch variance
 /// (divided by m), and with running statistics they are `running_mean[c]`, `running_var[c]`.
 /// Statistics are accumulated in `f64` (two-pass within cache-sized chunks, Chan merging across
-/// them), and the mean is applied as a high and a low part, so `f32` outputs stay within
+/// them) and the per-element maps are evaluated in `f64`, so `f32` outputs stay within
 /// `1e-5 * (1 + |y|)` of the `f64` truth even for inputs like `1e6 + randn`; a constant channel
 /// gives exactly `bias`.
 ///
 /// NaN or infinity in `x` propagates as in PyTorch: the channel's statistics become NaN, so do its
 /// outputs and, in training, its running statistics.
+///
+/// Execution is explicit: [`set_par`](Self::set_par) (default [`Par::Seq`]) and
+/// [`set_isa`](Self::set_isa) (default: the best the CPU has). Results are bitwise identical for
+/// every choice of both. [`forward_into`](Self::forward_into) and
+/// [`backward_into`](Self::backward_into) reuse the caller's buffers and allocate nothing once
+/// warm; [`forward`](Self::forward) and [`backward`](Self::backward) return fresh `Saved`/`Grads`
+/// (a few per-channel vectors).
 ///
 /// ```
 /// use batchnorm::{BatchNorm, BatchNormConfig, Layout, Mode, Shape};
@@ -47,7 +57,7 @@ use crate::stats::{channel_moments, Moments};
 /// assert_eq!(grads.bias, [1.0, 0.0]);
 /// # Ok::<(), batchnorm::BatchNormError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct BatchNorm<T> {
     /// gamma, one per channel (init 1); empty when not affine.
     pub weight: Vec<T>,
@@ -61,10 +71,39 @@ pub struct BatchNorm<T> {
     pub num_batches_tracked: u64,
     channels: usize,
     config: BatchNormConfig,
+    par: Par,
+    isa: Isa,
+    workspace: Workspace,
+}
+
+/// Equal parameters, buffers, configuration and execution settings (scratch space is ignored).
+impl<T: PartialEq> PartialEq for BatchNorm<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.weight == other.weight
+            && self.bias == other.bias
+            && self.running_mean == other.running_mean
+            && self.running_var == other.running_var
+            && self.num_batches_tracked == other.num_batches_tracked
+            && self.channels == other.channels
+            && self.config == other.config
+            && self.par == other.par
+            && self.isa == other.isa
+    }
+}
+
+/// Per-channel scratch, kept between calls so that warm calls allocate nothing.
+#[derive(Debug, Clone, Default)]
+struct Workspace {
+    moments: Vec<Moments>,
+    moment_parts: Vec<Moments>,
+    maps: ChannelMaps,
+    sums: Vec<GradSums>,
+    sum_parts: Vec<GradSums>,
+    grad_maps: GradMaps,
 }
 
 /// What `forward` used, kept for `backward`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Saved<T> {
     /// The per-channel mean used, rounded to `T`.
     pub mean: Vec<T>,
@@ -73,25 +112,25 @@ pub struct Saved<T> {
     /// The same two in `f64`, as normalisation used them: backward needs their exact values.
     mean64: Vec<f64>,
     invstd64: Vec<f64>,
-    shape: Shape,
-    statistics: Statistics,
+    shape: Option<Shape>,
+    statistics: Option<Statistics>,
 }
 
 impl<T> Saved<T> {
-    /// The shape of the input these statistics were computed for.
-    pub fn shape(&self) -> &Shape {
-        &self.shape
+    /// The shape of the input these statistics were computed for (`None` before any forward).
+    pub fn shape(&self) -> Option<&Shape> {
+        self.shape.as_ref()
     }
 
     /// Whether the batch's own statistics or the running ones normalised it.
-    pub fn statistics(&self) -> Statistics {
+    pub fn statistics(&self) -> Option<Statistics> {
         self.statistics
     }
 }
 
 /// Parameter gradients: `weight = sum(dy * xhat)`, `bias = sum(dy)` per channel; both empty when
 /// the module is not affine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Grads<T> {
     /// d loss / d weight.
     pub weight: Vec<T>,
@@ -119,6 +158,9 @@ impl<T: Element> BatchNorm<T> {
             num_batches_tracked: 0,
             channels,
             config,
+            par: Par::Seq,
+            isa: Isa::detect(),
+            workspace: Workspace::default(),
         })
     }
 
@@ -130,6 +172,35 @@ impl<T: Element> BatchNorm<T> {
     /// The configuration.
     pub fn config(&self) -> &BatchNormConfig {
         &self.config
+    }
+
+    /// Whether calls may use rayon's threads (results do not depend on it).
+    pub fn set_par(&mut self, par: Par) {
+        self.par = par;
+    }
+
+    /// The threading choice.
+    pub fn par(&self) -> Par {
+        self.par
+    }
+
+    /// Chooses the kernel path (results do not depend on it).
+    ///
+    /// # Errors
+    /// [`BatchNormError::UnsupportedIsa`] if this CPU cannot run it.
+    pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
+        if !isa.is_supported() {
+            return Err(BatchNormError::UnsupportedIsa {
+                isa: format!("{isa:?}"),
+            });
+        }
+        self.isa = isa;
+        Ok(())
+    }
+
+    /// The kernel path.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// Sets the running statistics back to mean 0, variance 1, no batches tracked.
@@ -156,20 +227,39 @@ impl<T: Element> BatchNorm<T> {
     /// statistics ([`BatchNormError::TooFewValues`]), a negative running variance in evaluation.
     /// On error nothing is modified.
     pub fn forward(&mut self, x: &[T], shape: &Shape, mode: Mode, y: &mut [T]) -> Result<Saved<T>> {
-        let (saved, moments) = self.statistics(x, shape, mode, y.len())?;
-        if mode == Mode::Train && self.config.track_running_stats {
+        let mut saved = Saved::default();
+        self.forward_into(x, shape, mode, y, &mut saved)?;
+        Ok(saved)
+    }
+
+    /// As [`forward`](Self::forward), writing the statistics into `saved` and reusing its
+    /// buffers: no allocation once `saved` and the module have seen this channel count.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward); on error `saved` is left empty.
+    pub fn forward_into(
+        &mut self,
+        x: &[T],
+        shape: &Shape,
+        mode: Mode,
+        y: &mut [T],
+        saved: &mut Saved<T>,
+    ) -> Result<()> {
+        let mut ws = std::mem::take(&mut self.workspace);
+        let result = self.forward_impl(x, shape, mode, y, saved, &mut ws);
+        if result.is_ok() && mode == Mode::Train && self.config.track_running_stats {
             self.num_batches_tracked += 1;
             let factor =
                 running_stats::update_factor(self.config.momentum, self.num_batches_tracked);
             running_stats::update(
                 &mut self.running_mean,
                 &mut self.running_var,
-                &moments,
+                &ws.moments,
                 factor,
             );
         }
-        self.apply(x, y, &saved);
-        Ok(saved)
+        self.workspace = ws;
+        result
     }
 
     /// As [`forward`](Self::forward), but never touches the running statistics: useful to look
@@ -184,8 +274,8 @@ impl<T: Element> BatchNorm<T> {
         mode: Mode,
         y: &mut [T],
     ) -> Result<Saved<T>> {
-        let (saved, _) = self.statistics(x, shape, mode, y.len())?;
-        self.apply(x, y, &saved);
+        let mut saved = Saved::default();
+        self.forward_impl(x, shape, mode, y, &mut saved, &mut Workspace::default())?;
         Ok(saved)
     }
 
@@ -208,67 +298,52 @@ impl<T: Element> BatchNorm<T> {
         saved: &Saved<T>,
         dx: &mut [T],
     ) -> Result<Grads<T>> {
-        self.check_input(x, shape)?;
-        if saved.shape.dims() != shape.dims() || saved.shape.geometry() != shape.geometry() {
-            return Err(BatchNormError::SavedMismatch {
-                saved: saved.shape.dims().to_vec(),
-                got: shape.dims().to_vec(),
-            });
-        }
-        check_len("dy", dy.len(), shape.len())?;
-        check_len("dx", dx.len(), shape.len())?;
-        let geo = shape.geometry();
-        let c = self.channels;
-        let mut sum_dy = vec![0.0; c];
-        let mut sum_dy_xmu = vec![0.0; c];
-        grad_sums(x, dy, geo, &saved.mean64, &mut sum_dy, &mut sum_dy_xmu);
-
-        let m = shape.per_channel() as f64;
-        let batch = saved.statistics == Statistics::Batch;
-        let mut maps = GradMaps {
-            mean: saved.mean64.clone(),
-            k: vec![0.0; c],
-            a: vec![0.0; c],
-            b: vec![0.0; c],
-        };
-        let mut dweight = Vec::with_capacity(c);
-        for ch in 0..c {
-            let invstd = saved.invstd64[ch];
-            let sum_dy_xhat = sum_dy_xmu[ch] * invstd;
-            dweight.push(T::from_f64(sum_dy_xhat));
-            maps.k[ch] = self.gamma(ch).to_f64() * invstd;
-            if batch {
-                maps.a[ch] = sum_dy[ch] / m;
-                maps.b[ch] = sum_dy_xhat * invstd / m;
-            }
-        }
-        input_grad(x, dy, dx, geo, &maps);
-        Ok(if self.config.affine {
-            Grads {
-                weight: dweight,
-                bias: sum_dy.into_iter().map(T::from_f64).collect(),
-            }
-        } else {
-            Grads {
-                weight: Vec::new(),
-                bias: Vec::new(),
-            }
-        })
+        let mut grads = Grads::default();
+        self.backward_impl(
+            x,
+            dy,
+            shape,
+            saved,
+            dx,
+            &mut grads,
+            &mut Workspace::default(),
+        )?;
+        Ok(grads)
     }
 
-    fn gamma(&self, c: usize) -> T {
+    /// As [`backward`](Self::backward), writing the parameter gradients into `grads` and reusing
+    /// its buffers and the module's scratch: no allocation once warm.
+    ///
+    /// # Errors
+    /// As [`backward`](Self::backward).
+    pub fn backward_into(
+        &mut self,
+        x: &[T],
+        dy: &[T],
+        shape: &Shape,
+        saved: &Saved<T>,
+        dx: &mut [T],
+        grads: &mut Grads<T>,
+    ) -> Result<()> {
+        let mut ws = std::mem::take(&mut self.workspace);
+        let result = self.backward_impl(x, dy, shape, saved, dx, grads, &mut ws);
+        self.workspace = ws;
+        result
+    }
+
+    fn gamma(&self, c: usize) -> f64 {
         if self.config.affine {
-            self.weight[c]
+            self.weight[c].to_f64()
         } else {
-            T::ONE
+            1.0
         }
     }
 
-    fn beta(&self, c: usize) -> T {
+    fn beta(&self, c: usize) -> f64 {
         if self.config.affine {
-            self.bias[c]
+            self.bias[c].to_f64()
         } else {
-            T::ZERO
+            0.0
         }
     }
 
@@ -300,73 +375,156 @@ impl<T: Element> BatchNorm<T> {
         )
     }
 
-    /// Validates the call and computes the statistics `mode` normalises with; also returns the
-    /// batch moments when they were computed.
-    fn statistics(
+    /// Validates, then normalises. With batch statistics the channels go group by group: a
+    /// group's statistics pass leaves its data in cache for its normalising pass. Leaves the
+    /// batch moments in `ws.moments`.
+    fn forward_impl(
         &self,
         x: &[T],
         shape: &Shape,
         mode: Mode,
-        y_len: usize,
-    ) -> Result<(Saved<T>, Vec<Moments>)> {
+        y: &mut [T],
+        saved: &mut Saved<T>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        saved.clear();
         self.check_input(x, shape)?;
-        check_len("y", y_len, shape.len())?;
-        let c = self.channels;
-        let eps = self.config.eps;
+        check_len("y", y.len(), shape.len())?;
         let statistics = self.statistics_for(mode);
-        let mut moments = Vec::new();
-        let mut mean64 = Vec::with_capacity(c);
-        let mut var64 = Vec::with_capacity(c);
-        match statistics {
-            Statistics::Batch => {
-                if shape.per_channel() < 2 {
-                    return Err(BatchNormError::TooFewValues {
-                        dims: shape.dims().to_vec(),
-                    });
-                }
-                moments = vec![Moments::EMPTY; c];
-                channel_moments(x, shape.geometry(), &mut moments);
-                mean64.extend(moments.iter().map(|m| m.mean));
-                var64.extend(moments.iter().map(Moments::variance));
-            }
-            Statistics::Running => {
-                let running = self.running_mean.iter().zip(&self.running_var);
-                for (ch, (&mean, &var)) in running.enumerate() {
-                    let var = var.to_f64();
-                    if var < 0.0 {
-                        return Err(BatchNormError::NegativeRunningVar {
-                            channel: ch,
-                            value: var,
-                        });
-                    }
-                    mean64.push(mean.to_f64());
-                    var64.push(var);
-                }
+        if statistics == Statistics::Batch && shape.per_channel() < 2 {
+            return Err(BatchNormError::TooFewValues {
+                dims: shape.dims().to_vec(),
+            });
+        }
+        if statistics == Statistics::Running {
+            if let Some(ch) = self.running_var.iter().position(|v| v.to_f64() < 0.0) {
+                let value = self.running_var[ch].to_f64();
+                return Err(BatchNormError::NegativeRunningVar { channel: ch, value });
             }
         }
-        let invstd64: Vec<f64> = var64.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        let saved = Saved {
-            mean: mean64.iter().map(|&v| T::from_f64(v)).collect(),
-            invstd: invstd64.iter().map(|&v| T::from_f64(v)).collect(),
-            mean64,
-            invstd64,
-            shape: *shape,
-            statistics,
-        };
-        Ok((saved, moments))
+
+        let (c, eps) = (self.channels, self.config.eps);
+        let geo = shape.geometry();
+        let exec = Exec::new(self.isa, self.par, shape.len());
+        saved.mean64.resize(c, 0.0);
+        saved.invstd64.resize(c, 0.0);
+        ws.maps.resize(c);
+        ws.moments.resize(c, Moments::EMPTY);
+        let set_map =
+            |saved: &mut Saved<T>, maps: &mut ChannelMaps, ch: usize, mean: f64, var: f64| {
+                let invstd = 1.0 / (var + eps).sqrt();
+                saved.mean64[ch] = mean;
+                saved.invstd64[ch] = invstd;
+                maps.mean[ch] = mean;
+                maps.scale[ch] = invstd * self.gamma(ch);
+                maps.shift[ch] = self.beta(ch);
+            };
+        match statistics {
+            Statistics::Batch => {
+                for group in channel_groups(geo, std::mem::size_of::<T>(), 1) {
+                    let parts = &mut ws.moment_parts;
+                    channel_moments(x, geo, group.clone(), exec, parts, &mut ws.moments);
+                    for ch in group.clone() {
+                        let m = ws.moments[ch];
+                        set_map(saved, &mut ws.maps, ch, m.mean, m.variance());
+                    }
+                    normalize(x, y, geo, group, exec, &ws.maps);
+                }
+            }
+            Statistics::Running => {
+                for ch in 0..c {
+                    let (mean, var) = (
+                        self.running_mean[ch].to_f64(),
+                        self.running_var[ch].to_f64(),
+                    );
+                    set_map(saved, &mut ws.maps, ch, mean, var);
+                }
+                normalize(x, y, geo, 0..c, exec, &ws.maps);
+            }
+        }
+        saved
+            .mean
+            .extend(saved.mean64.iter().map(|&v| T::from_f64(v)));
+        saved
+            .invstd
+            .extend(saved.invstd64.iter().map(|&v| T::from_f64(v)));
+        saved.shape = Some(*shape);
+        saved.statistics = Some(statistics);
+        Ok(())
     }
 
-    /// Writes `y` from `x` with the saved statistics and the affine parameters.
-    fn apply(&self, x: &[T], y: &mut [T], saved: &Saved<T>) {
-        let c = self.channels;
-        let maps = ChannelMaps {
-            mean: saved.mean64.clone(),
-            scale: (0..c)
-                .map(|ch| saved.invstd64[ch] * self.gamma(ch).to_f64())
-                .collect(),
-            shift: (0..c).map(|ch| self.beta(ch).to_f64()).collect(),
+    #[allow(clippy::too_many_arguments)]
+    fn backward_impl(
+        &self,
+        x: &[T],
+        dy: &[T],
+        shape: &Shape,
+        saved: &Saved<T>,
+        dx: &mut [T],
+        grads: &mut Grads<T>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        self.check_input(x, shape)?;
+        let (Some(saved_shape), Some(statistics)) = (saved.shape, saved.statistics) else {
+            return Err(BatchNormError::SavedMismatch {
+                saved: Vec::new(),
+                got: shape.dims().to_vec(),
+            });
         };
-        normalize(x, y, saved.shape.geometry(), &maps);
+        if saved_shape.dims() != shape.dims() || saved_shape.geometry() != shape.geometry() {
+            return Err(BatchNormError::SavedMismatch {
+                saved: saved_shape.dims().to_vec(),
+                got: shape.dims().to_vec(),
+            });
+        }
+        check_len("dy", dy.len(), shape.len())?;
+        check_len("dx", dx.len(), shape.len())?;
+
+        let c = self.channels;
+        let geo = shape.geometry();
+        let exec = Exec::new(self.isa, self.par, shape.len());
+        let m = shape.per_channel() as f64;
+        ws.sums.resize(c, GradSums::default());
+        ws.grad_maps.resize(c);
+        ws.grad_maps.mean.copy_from_slice(&saved.mean64);
+        for group in channel_groups(geo, std::mem::size_of::<T>(), 2) {
+            let (parts, sums) = (&mut ws.sum_parts, &mut ws.sums);
+            grad_sums(x, dy, geo, group.clone(), exec, &saved.mean64, parts, sums);
+            for ch in group.clone() {
+                let invstd = saved.invstd64[ch];
+                let maps = &mut ws.grad_maps;
+                maps.k[ch] = self.gamma(ch) * invstd;
+                (maps.a[ch], maps.b[ch]) = match statistics {
+                    Statistics::Batch => {
+                        (ws.sums[ch].dy / m, ws.sums[ch].dy_xmu * invstd * invstd / m)
+                    }
+                    Statistics::Running => (0.0, 0.0),
+                };
+            }
+            input_grad(x, dy, dx, geo, group, exec, &ws.grad_maps);
+        }
+        grads.weight.clear();
+        grads.bias.clear();
+        if self.config.affine {
+            let sums = ws.sums.iter().zip(&saved.invstd64);
+            grads
+                .weight
+                .extend(sums.map(|(s, &invstd)| T::from_f64(s.dy_xmu * invstd)));
+            grads.bias.extend(ws.sums.iter().map(|s| T::from_f64(s.dy)));
+        }
+        Ok(())
+    }
+}
+
+impl<T> Saved<T> {
+    /// Empties every buffer, keeping their allocations.
+    fn clear(&mut self) {
+        self.mean.clear();
+        self.invstd.clear();
+        self.mean64.clear();
+        self.invstd64.clear();
+        self.shape = None;
+        self.statistics = None;
     }
 }
 

@@ -80,7 +80,13 @@ pub enum BatchNormError {
         /// Its running variance.
         value: f64,
     },
-    /// `backward` was given statistics saved for another shape.
+    /// The kernel path asked for cannot run on this CPU.
+    #[error("this CPU cannot run the {isa} kernels")]
+    UnsupportedIsa {
+        /// The path asked for.
+        isa: String,
+    },
+    /// `backward` was given statistics saved for another shape (or none at all).
     #[error("the saved statistics belong to an input of shape {saved:?}, not {got:?}")]
     SavedMismatch {
         /// The shape the statistics were computed for.

@@ -1,14 +1,18 @@
 //! The normalising pass: one affine map per channel, applied to every element.
 
+use std::ops::Range;
+
 use crate::element::Element;
 use crate::layout::Geometry;
+use crate::par::for_each_chunk;
+use crate::plan::{channels_per_item, rows_per_block, Exec};
+use crate::simd::multiversion;
 
 /// Per-channel coefficients of `y = (x - mean) * scale + shift`, evaluated in `f64` and rounded
 /// once to the element type.
 ///
 /// `x - mean` in `f64` is exact for `f32` input near the mean, so a large offset costs no
-/// precision, and no intermediate rounding can cancel against `shift`: `y` is the correctly
-/// rounded value of the `f64` map up to two `f64` roundings.
+/// precision, and no intermediate rounding can cancel against `shift`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ChannelMaps {
     pub mean: Vec<f64>,
@@ -16,26 +20,66 @@ pub(crate) struct ChannelMaps {
     pub shift: Vec<f64>,
 }
 
-/// Applies the per-channel maps to `x`, writing `y` (both laid out as `geo`).
-pub(crate) fn normalize<T: Element>(x: &[T], y: &mut [T], geo: Geometry, maps: &ChannelMaps) {
-    debug_assert_eq!(x.len(), geo.len());
-    debug_assert_eq!(y.len(), geo.len());
-    if geo.is_rows() {
-        let c = geo.channels;
-        let (mean, scale, shift) = (&maps.mean[..c], &maps.scale[..c], &maps.shift[..c]);
+impl ChannelMaps {
+    pub fn resize(&mut self, channels: usize) {
+        self.mean.resize(channels, 0.0);
+        self.scale.resize(channels, 0.0);
+        self.shift.resize(channels, 0.0);
+    }
+}
+
+multiversion! {
+    /// One run of a single channel.
+    fn normalize_run<T>(x: &[T], y: &mut [T], mean: f64, scale: f64, shift: f64) {
+        for (yv, &xv) in y.iter_mut().zip(x) {
+            *yv = T::from_f64((xv.to_f64() - mean) * scale + shift);
+        }
+    }
+}
+
+multiversion! {
+    /// Rows of all channels, vectorised along the channels.
+    fn normalize_rows<T>(x: &[T], y: &mut [T], mean: &[f64], scale: &[f64], shift: &[f64]) {
+        let c = mean.len();
+        let (scale, shift) = (&scale[..c], &shift[..c]);
         for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
             for i in 0..c {
                 yr[i] = T::from_f64((xr[i].to_f64() - mean[i]) * scale[i] + shift[i]);
             }
         }
+    }
+}
+
+/// Applies the maps of the channels in `range` (all channels for channels-last input) to `x`,
+/// writing those channels of `y`.
+pub(crate) fn normalize<T: Element>(
+    x: &[T],
+    y: &mut [T],
+    geo: Geometry,
+    range: Range<usize>,
+    exec: Exec,
+    maps: &ChannelMaps,
+) {
+    let c = geo.channels;
+    if geo.is_rows() {
+        let rows = rows_per_block(c);
+        for_each_chunk(exec.par, y, rows * c, |b, yb| {
+            let start = b * rows * c;
+            let xb = &x[start..start + yb.len()];
+            normalize_rows(exec.isa, xb, yb, &maps.mean, &maps.scale, &maps.shift);
+        });
     } else {
-        let runs = x.chunks_exact(geo.inner).zip(y.chunks_exact_mut(geo.inner));
-        for (r, (xr, yr)) in runs.enumerate() {
-            let c = r % geo.channels;
-            let (mean, scale, shift) = (maps.mean[c], maps.scale[c], maps.shift[c]);
-            for (yv, &xv) in yr.iter_mut().zip(xr) {
-                *yv = T::from_f64((xv.to_f64() - mean) * scale + shift);
-            }
-        }
+        let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
+        for_each_chunk(exec.par, y, c * inner, |o, yo| {
+            let group = &mut yo[range.start * inner..range.end * inner];
+            for_each_chunk(exec.par, group, sub * inner, |k, yk| {
+                for (j, yr) in yk.chunks_mut(inner).enumerate() {
+                    let ch = range.start + k * sub + j;
+                    let start = (o * c + ch) * inner;
+                    let (mean, scale, shift) = (maps.mean[ch], maps.scale[ch], maps.shift[ch]);
+                    normalize_run(exec.isa, &x[start..start + inner], yr, mean, scale, shift);
+                }
+            });
+        });
     }
 }

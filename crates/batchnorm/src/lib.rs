@@ -40,7 +40,10 @@ mod element;
 mod error;
 mod forward;
 mod layout;
+mod par;
+mod plan;
 mod running_stats;
+mod simd;
 mod stats;
 mod tuning;
 
@@ -49,4 +52,6 @@ pub use config::{BatchNormConfig, Mode, Statistics};
 pub use element::Element;
 pub use error::{BatchNormError, Result};
 pub use layout::{Geometry, Layout, Shape, MAX_RANK};
+pub use par::Par;
+pub use simd::Isa;
 pub use stats::Moments;

@@ -4,9 +4,14 @@
 //! centred sums re-read from cache), and chunks are merged with Chan et al.'s pairwise update.
 //! The naive `E[x^2] - E[x]^2` is never used: it cancels catastrophically for large offsets.
 
+use std::ops::Range;
+
 use crate::element::Element;
 use crate::layout::Geometry;
-use crate::tuning::{LANES, MIN_BLOCK_ROWS, ROW_BLOCK_ELEMS, RUN_CHUNK};
+use crate::par::for_each_chunk;
+use crate::plan::{channels_per_item, rows_per_block, Exec};
+use crate::simd::multiversion;
+use crate::tuning::{LANES, RUN_CHUNK};
 
 /// Summary statistics of a set of values: count, mean, and M2 = sum((x - mean)^2).
 ///
@@ -41,18 +46,19 @@ impl Moments {
     };
 
     /// The summary of `xs` by the corrected two-pass algorithm, in `f64`.
+    #[inline(always)]
     pub fn of_slice<T: Element>(xs: &[T]) -> Self {
         if xs.is_empty() {
             return Self::EMPTY;
         }
-        let n = xs.len() as f64;
-        let mean = sum(xs) / n;
+        let mean = sum(xs) / xs.len() as f64;
         let (dev, sq) = centred_sums(xs, mean);
         Self::from_centred(xs.len() as u64, mean, dev, sq)
     }
 
     /// Builds the summary from the sums `dev = sum(x - c)` and `sq = sum((x - c)^2)` around a
     /// provisional centre `c` close to the mean (corrected two-pass: Chan, Golub & LeVeque 1983).
+    #[inline(always)]
     fn from_centred(count: u64, centre: f64, dev: f64, sq: f64) -> Self {
         let n = count as f64;
         let m2 = (sq - dev * dev / n).max(0.0);
@@ -64,6 +70,7 @@ impl Moments {
     }
 
     /// The summary of the union of the two sets (Chan, Golub & LeVeque's pairwise update).
+    #[inline]
     pub fn merge(self, other: Self) -> Self {
         if other.count == 0 {
             return self;
@@ -93,6 +100,7 @@ impl Moments {
 }
 
 /// `sum(xs)` in `f64` with [`LANES`] independent accumulators.
+#[inline(always)]
 fn sum<T: Element>(xs: &[T]) -> f64 {
     let mut acc = [0.0f64; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -109,6 +117,7 @@ fn sum<T: Element>(xs: &[T]) -> f64 {
 }
 
 /// `(sum(x - c), sum((x - c)^2))` in `f64` with [`LANES`] independent accumulators.
+#[inline(always)]
 fn centred_sums<T: Element>(xs: &[T], c: f64) -> (f64, f64) {
     let mut dev = [0.0f64; LANES];
     let mut sq = [0.0f64; LANES];
@@ -129,69 +138,90 @@ fn centred_sums<T: Element>(xs: &[T], c: f64) -> (f64, f64) {
     (dev.iter().sum(), sq.iter().sum())
 }
 
-/// Per-channel moments of `x` laid out as `geo`; `out` has one entry per channel.
-pub(crate) fn channel_moments<T: Element>(x: &[T], geo: Geometry, out: &mut [Moments]) {
-    debug_assert_eq!(x.len(), geo.len());
-    debug_assert_eq!(out.len(), geo.channels);
-    if geo.is_rows() {
-        row_moments(x, geo.channels, out);
-    } else {
-        run_moments(x, geo, out);
-    }
-}
-
-/// Channels-first: every (outer, channel) pair is a contiguous run, summarised chunk by chunk.
-fn run_moments<T: Element>(x: &[T], geo: Geometry, out: &mut [Moments]) {
-    for (c, m) in out.iter_mut().enumerate() {
+multiversion! {
+    /// The moments of one contiguous run, chunk by chunk.
+    fn run_moments<T>(xs: &[T]) -> Moments {
         let mut acc = Moments::EMPTY;
-        for o in 0..geo.outer {
-            let start = (o * geo.channels + c) * geo.inner;
-            for chunk in x[start..start + geo.inner].chunks(RUN_CHUNK) {
-                acc = acc.merge(Moments::of_slice(chunk));
-            }
+        for chunk in xs.chunks(RUN_CHUNK) {
+            acc = acc.merge(Moments::of_slice(chunk));
         }
-        *m = acc;
+        acc
     }
 }
 
-/// Channels-last: rows of `channels` values; blocks of rows are summed, centred on the block
-/// mean while still in cache, and merged per channel.
-fn row_moments<T: Element>(x: &[T], channels: usize, out: &mut [Moments]) {
-    let rows_per_block = (ROW_BLOCK_ELEMS / channels).max(MIN_BLOCK_ROWS);
-    let mut sums = vec![0.0f64; channels];
-    let mut dev = vec![0.0f64; channels];
-    let mut sq = vec![0.0f64; channels];
-    out.fill(Moments::EMPTY);
-    for block in x.chunks(rows_per_block * channels) {
-        let rows = block.len() / channels;
-        sums.fill(0.0);
-        for row in block.chunks_exact(channels) {
-            for (s, &v) in sums.iter_mut().zip(row) {
+multiversion! {
+    /// The per-channel moments of a block of rows of `out.len()` channels: summed, then centred
+    /// on the block mean while the block is still in cache. Vectorised along the channels.
+    fn block_moments<T>(block: &[T], out: &mut [Moments]) {
+        let c = out.len();
+        let rows = block.len() / c;
+        let mut mean = vec![0.0f64; c];
+        for row in block.chunks_exact(c) {
+            for (s, &v) in mean.iter_mut().zip(row) {
                 *s += v.to_f64();
             }
         }
-        let n = rows as f64;
-        for s in sums.iter_mut() {
-            *s /= n; // now the block mean
+        for s in mean.iter_mut() {
+            *s /= rows as f64;
         }
-        dev.fill(0.0);
-        sq.fill(0.0);
-        for row in block.chunks_exact(channels) {
-            for (((d, q), &mean), &v) in dev.iter_mut().zip(sq.iter_mut()).zip(&sums).zip(row) {
-                let t = v.to_f64() - mean;
+        let mut dev = vec![0.0f64; c];
+        let mut sq = vec![0.0f64; c];
+        for row in block.chunks_exact(c) {
+            for (((d, q), &m), &v) in dev.iter_mut().zip(sq.iter_mut()).zip(&mean).zip(row) {
+                let t = v.to_f64() - m;
                 *d += t;
                 *q += t * t;
             }
         }
-        for (c, m) in out.iter_mut().enumerate() {
-            *m = m.merge(Moments::from_centred(rows as u64, sums[c], dev[c], sq[c]));
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = Moments::from_centred(rows as u64, mean[i], dev[i], sq[i]);
         }
+    }
+}
+
+/// The moments of the channels in `range` (all channels for channels-last input), written to
+/// `out[range]`. `parts` is scratch for the per-piece partial moments.
+pub(crate) fn channel_moments<T: Element>(
+    x: &[T],
+    geo: Geometry,
+    range: Range<usize>,
+    exec: Exec,
+    parts: &mut Vec<Moments>,
+    out: &mut [Moments],
+) {
+    let (c, g) = (geo.channels, range.len());
+    let pieces = if geo.is_rows() {
+        let rows = rows_per_block(c);
+        parts.resize(geo.outer.div_ceil(rows) * c, Moments::EMPTY);
+        for_each_chunk(exec.par, parts, c, |b, p| {
+            let start = b * rows * c;
+            let end = (start + rows * c).min(x.len());
+            block_moments(exec.isa, &x[start..end], p);
+        });
+        geo.outer.div_ceil(rows)
+    } else {
+        let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
+        parts.resize(geo.outer * g, Moments::EMPTY);
+        for_each_chunk(exec.par, parts, g, |o, p| {
+            for_each_chunk(exec.par, p, sub, |k, pk| {
+                for (j, m) in pk.iter_mut().enumerate() {
+                    let ch = range.start + k * sub + j;
+                    let start = (o * c + ch) * inner;
+                    *m = run_moments(exec.isa, &x[start..start + inner]);
+                }
+            });
+        });
+        geo.outer
+    };
+    for (j, m) in out[range].iter_mut().enumerate() {
+        *m = (0..pieces).fold(Moments::EMPTY, |acc, p| acc.merge(parts[p * g + j]));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::Isa;
 
     #[test]
     fn huge_offset_keeps_the_variance() {
@@ -209,24 +239,23 @@ mod tests {
         let runs = [1.0f32, 2.0, 4.0, 10.0, 20.0, 40.0];
         let mut a = [Moments::EMPTY; 2];
         let mut b = [Moments::EMPTY; 2];
-        channel_moments(
-            &rows,
-            Geometry {
-                outer: 3,
-                channels: 2,
-                inner: 1,
-            },
-            &mut a,
-        );
-        channel_moments(
-            &runs,
-            Geometry {
-                outer: 1,
-                channels: 2,
-                inner: 3,
-            },
-            &mut b,
-        );
+        let exec = Exec {
+            isa: Isa::Baseline,
+            par: false,
+        };
+        let mut parts = Vec::new();
+        let g = Geometry {
+            outer: 3,
+            channels: 2,
+            inner: 1,
+        };
+        channel_moments(&rows, g, 0..2, exec, &mut parts, &mut a);
+        let g = Geometry {
+            outer: 1,
+            channels: 2,
+            inner: 3,
+        };
+        channel_moments(&runs, g, 0..2, exec, &mut parts, &mut b);
         for c in 0..2 {
             assert_eq!(a[c].count, 3);
             assert!((a[c].mean - b[c].mean).abs() <= 1e-14 * b[c].mean.abs());

@@ -5,13 +5,30 @@
 /// larger chunks spill L1, smaller ones spend more time merging partial moments.
 pub(crate) const RUN_CHUNK: usize = 4096;
 
-/// Target elements of one row block (channels-last): the block is summed, then centred from L1/L2.
-pub(crate) const ROW_BLOCK_ELEMS: usize = 8192;
+/// Target elements of one row block (channels-last): the block is summed, then centred from L2,
+/// and is the unit of parallel work. Each block costs about ten flops per channel to merge, so
+/// blocks much smaller than this make merging visible; much larger ones spill L2.
+pub(crate) const ROW_BLOCK_ELEMS: usize = 32 * 1024;
 
-/// Fewest rows in a row block, so that merging per-block moments (about ten flops per channel)
-/// stays small next to the block's own work even for very wide rows.
+/// Fewest rows in a row block, so that merging per-block moments stays small next to the
+/// block's own work even for very wide rows.
 pub(crate) const MIN_BLOCK_ROWS: usize = 16;
 
-/// Independent accumulators in the scalar reductions: lets the compiler keep one SIMD register
-/// of partial sums instead of a serial dependency chain, and fixes the summation order.
+/// Target elements of one unit of parallel work in channels-first input (several short runs
+/// are grouped up to this; long runs are one unit each). Smaller units balance threads better
+/// and cost more scheduling.
+pub(crate) const ITEM_ELEMS: usize = 16 * 1024;
+
+/// Bytes of the streams one channel group (a "wave") may hold: the group's statistics pass reads
+/// them from memory and leaves them in the last-level cache, so the second pass (normalise, or
+/// dx) reads from cache. Half of a 32 MiB L3 leaves room for the outputs being written.
+pub(crate) const WAVE_BYTES: usize = 12 * 1024 * 1024;
+
+/// Below this many elements a call stays on the calling thread: fork-join costs a few
+/// microseconds, as much as normalising ~32k elements.
+pub(crate) const PAR_MIN_ELEMS: usize = 32 * 1024;
+
+/// Independent accumulators in the reductions: lets the compiler keep one SIMD register of
+/// partial sums per lane group instead of a serial dependency chain, and fixes the summation
+/// order (so every instruction set gives the same bits).
 pub(crate) const LANES: usize = 8;

@@ -11,7 +11,7 @@
 
 mod common;
 
-use batchnorm::{BatchNorm, BatchNormConfig, Mode, Shape};
+use batchnorm::{BatchNorm, BatchNormConfig, Isa, Mode, Shape};
 use common::fixture::Fixture;
 use common::reference::RefBn;
 use common::{max_err_vs_largest, max_rel_err, narrow, widen};
@@ -31,28 +31,28 @@ struct Tol {
 
 fn run_case(name: &str) {
     let fx = Fixture::load(name);
-    match fx.meta("dtype") {
-        "f32" => run_typed::<f32>(
-            &fx,
-            Tol {
-                y: 1e-5,
-                stats: 1e-6,
-                grad: 1e-5,
-            },
-        ),
-        "f64" => run_typed::<f64>(
-            &fx,
-            Tol {
-                y: 1e-12,
-                stats: 1e-13,
-                grad: 1e-12,
-            },
-        ),
-        other => panic!("{name}: unknown dtype {other}"),
+    // Every kernel path this CPU has must pass every case.
+    for isa in Isa::available() {
+        match fx.meta("dtype") {
+            "f32" => run_typed::<f32>(&fx, isa, F32_TOL),
+            "f64" => run_typed::<f64>(&fx, isa, F64_TOL),
+            other => panic!("{name}: unknown dtype {other}"),
+        }
     }
 }
 
-fn run_typed<T: batchnorm::Element>(fx: &Fixture, tol: Tol) {
+const F32_TOL: Tol = Tol {
+    y: 1e-5,
+    stats: 1e-6,
+    grad: 1e-5,
+};
+const F64_TOL: Tol = Tol {
+    y: 1e-12,
+    stats: 1e-13,
+    grad: 1e-12,
+};
+
+fn run_typed<T: batchnorm::Element>(fx: &Fixture, isa: Isa, tol: Tol) {
     let name = &fx.name;
     let dims = fx.dims();
     let layout = fx.layout();
@@ -76,6 +76,7 @@ fn run_typed<T: batchnorm::Element>(fx: &Fixture, tol: Tol) {
     let nbt_in: u64 = fx.meta("num_batches_tracked_in").parse().unwrap();
 
     let mut bn = BatchNorm::<T>::new(c, cfg).unwrap();
+    bn.set_isa(isa).unwrap();
     let mut reference = RefBn::new(c, cfg.eps, cfg.momentum, cfg.track_running_stats);
     if cfg.affine {
         bn.weight = narrow(&fx.get("weight"));

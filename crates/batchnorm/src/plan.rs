@@ -1,0 +1,55 @@
+//! How a call is cut into work: channel groups ("waves") and the units of parallel work inside
+//! them. The cut depends only on the shape, never on the number of threads.
+
+use std::ops::Range;
+
+use crate::layout::Geometry;
+use crate::par::Par;
+use crate::simd::Isa;
+use crate::tuning::{ITEM_ELEMS, MIN_BLOCK_ROWS, ROW_BLOCK_ELEMS, WAVE_BYTES};
+
+/// The execution choices of one call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Exec {
+    pub isa: Isa,
+    /// Whether to split the work over threads.
+    pub par: bool,
+}
+
+impl Exec {
+    pub fn new(isa: Isa, par: Par, len: usize) -> Self {
+        Self {
+            isa,
+            par: par.split(len),
+        }
+    }
+}
+
+/// Rows per block for channels-last input with `channels` channels.
+pub(crate) fn rows_per_block(channels: usize) -> usize {
+    (ROW_BLOCK_ELEMS / channels).max(MIN_BLOCK_ROWS)
+}
+
+/// Channels per unit of work inside one outer block of channels-first input.
+pub(crate) fn channels_per_item(inner: usize) -> usize {
+    (ITEM_ELEMS / inner).max(1)
+}
+
+/// The channel groups processed one after the other, for a pass that keeps `streams` tensors of
+/// `elem_bytes`-sized elements in cache between its two halves. Channels-last input has one
+/// group: every row holds every channel.
+pub(crate) fn channel_groups(
+    geo: Geometry,
+    elem_bytes: usize,
+    streams: usize,
+) -> impl Iterator<Item = Range<usize>> {
+    let per_channel = geo.per_channel() * elem_bytes * streams;
+    let size = if geo.is_rows() {
+        geo.channels
+    } else {
+        (WAVE_BYTES / per_channel).clamp(1, geo.channels)
+    };
+    (0..geo.channels)
+        .step_by(size)
+        .map(move |c0| c0..(c0 + size).min(geo.channels))
+}

@@ -1,0 +1,115 @@
+//! Every execution path gives bitwise the same results: each instruction set this CPU supports,
+//! sequential or on 1, 2 and 3 rayon threads, fresh or reused buffers. The work is cut the same
+//! way whatever the threads, and no path fuses or reorders floating-point operations.
+
+mod common;
+
+use batchnorm::{BatchNorm, BatchNormConfig, Grads, Isa, Layout, Mode, Par, Saved, Shape};
+use common::{narrow, Rng};
+
+struct Outcome {
+    y: Vec<f32>,
+    running: (Vec<f32>, Vec<f32>),
+    saved: Saved<f32>,
+    dx: Vec<f32>,
+    grads: Grads<f32>,
+    y_eval: Vec<f32>,
+    dx_eval: Vec<f32>,
+}
+
+fn run(shape: &Shape, x: &[f32], dy: &[f32], isa: Isa, par: Par) -> Outcome {
+    let c = shape.channels();
+    let mut bn = BatchNorm::<f32>::new(c, BatchNormConfig::default()).unwrap();
+    bn.set_isa(isa).unwrap();
+    bn.set_par(par);
+    bn.weight = (0..c).map(|i| 1.0 + i as f32 / 7.0).collect();
+    bn.bias = (0..c).map(|i| i as f32 / 3.0 - 1.0).collect();
+    let n = shape.len();
+    let (mut y, mut dx) = (vec![0.0; n], vec![0.0; n]);
+    // Twice through the reusing entry points: warm buffers must not change anything.
+    let mut saved = Saved::default();
+    let mut grads = Grads::default();
+    for _ in 0..2 {
+        bn.forward_into(x, shape, Mode::Train, &mut y, &mut saved)
+            .unwrap();
+        bn.backward_into(x, dy, shape, &saved, &mut dx, &mut grads)
+            .unwrap();
+    }
+    let fresh = bn.backward(x, dy, shape, &saved, &mut dx).unwrap();
+    assert_eq!(fresh, grads);
+    let running = (bn.running_mean.clone(), bn.running_var.clone());
+    let mut y_eval = vec![0.0; n];
+    let eval_saved = bn.forward(x, shape, Mode::Eval, &mut y_eval).unwrap();
+    let mut dx_eval = vec![0.0; n];
+    bn.backward(x, dy, shape, &eval_saved, &mut dx_eval)
+        .unwrap();
+    Outcome {
+        y,
+        running,
+        saved,
+        dx,
+        grads,
+        y_eval,
+        dx_eval,
+    }
+}
+
+fn assert_same(a: &Outcome, b: &Outcome, label: &str) {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&a.y) == bits(&b.y), "{label}: y");
+    assert!(
+        bits(&a.running.0) == bits(&b.running.0),
+        "{label}: running_mean"
+    );
+    assert!(
+        bits(&a.running.1) == bits(&b.running.1),
+        "{label}: running_var"
+    );
+    assert!(a.saved == b.saved, "{label}: saved");
+    assert!(bits(&a.dx) == bits(&b.dx), "{label}: dx");
+    assert!(a.grads == b.grads, "{label}: grads");
+    assert!(bits(&a.y_eval) == bits(&b.y_eval), "{label}: eval y");
+    assert!(bits(&a.dx_eval) == bits(&b.dx_eval), "{label}: eval dx");
+}
+
+#[test]
+fn every_path_gives_the_same_bits() {
+    let pools: Vec<rayon::ThreadPool> = [1, 2, 3]
+        .iter()
+        .map(|&t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    // Small (sequential), channel-first runs long and short, channels-last rows, several
+    // channel groups (the largest is 15 MB of f32, above one wave), odd sizes everywhere.
+    let shapes: [(&[usize], Layout); 6] = [
+        (&[3, 5], Layout::ChannelsFirst),
+        (&[7, 3, 33, 35], Layout::ChannelsFirst),
+        (&[64, 37, 3, 5], Layout::ChannelsFirst),
+        (&[9, 13, 31, 29], Layout::ChannelsLast),
+        (&[1000, 70], Layout::ChannelsLast),
+        (&[2, 16, 400, 300], Layout::ChannelsFirst),
+    ];
+    for (s, (dims, layout)) in shapes.iter().enumerate() {
+        let shape = Shape::new(dims, *layout).unwrap();
+        let mut rng = Rng::new(s as u64);
+        let x: Vec<f32> = narrow(&rng.normals(shape.len(), 100.0, 3.0));
+        let dy: Vec<f32> = narrow(&rng.normals(shape.len(), 0.0, 1.0));
+        let reference = run(&shape, &x, &dy, Isa::Baseline, Par::Seq);
+        for isa in Isa::available() {
+            let label = format!("{dims:?} {layout:?} {isa:?}");
+            assert_same(&reference, &run(&shape, &x, &dy, isa, Par::Seq), &label);
+            for (t, pool) in pools.iter().enumerate() {
+                let out = pool.install(|| run(&shape, &x, &dy, isa, Par::Rayon));
+                assert_same(
+                    &reference,
+                    &out,
+                    &format!("{label} rayon {} threads", t + 1),
+                );
+            }
+        }
+    }
+}
