@@ -7,12 +7,15 @@
 /// Fraction of the data span added on each side of a padded linear range.
 const PAD_FRACTION: f64 = 0.05;
 /// A snapped linear range grows to the next tick when that is at most this fraction of the span
-/// away (so `0..49 900` shows as `0..50k`, with a last tick label).
-const SNAP_FRACTION: f64 = 0.05;
+/// away (so `0..49 900` shows as `0..50k` and `0..0.95` as `0..1`, each with an end label).
+const SNAP_FRACTION: f64 = 0.1;
 /// Relative tolerance on `value / step` when deciding whether a value sits on a tick (absorbs
 /// the rounding in e.g. `0.3 / 0.1`).
 const TICK_EPS: f64 = 1e-9;
-/// Most ticks one axis tries before giving up on finer steps (guards pathological `fits`).
+/// Unlabelled decades get minor ticks only while labels are at most this many decades apart (more
+/// would crowd into a solid bar).
+const MAX_DECADES_PER_LABEL_WITH_MINORS: i32 = 10;
+/// Most ticks one axis considers; finer steps are skipped (guards a pathological `target`).
 const MAX_TICKS: f64 = 200.0;
 
 /// One tick mark: its data value, its position along the axis as a fraction of the axis length
@@ -47,9 +50,10 @@ impl Axis {
     /// Linear axis over the data range `min..=max` (finite, `min <= max`).
     ///
     /// `headroom` (in `0..1`) is the fraction of the axis above the data kept free (room for a
-    /// legend); `target` is the number of intervals wanted; `fits(fractions, labels)` says whether
-    /// labels at those fractions of the axis length can be drawn without colliding. Returns
-    /// `None` when the range cannot be represented (its span overflows f64).
+    /// legend); `target` is the most intervals wanted (at most `target + 1` ticks);
+    /// `fits(fractions, labels)` says whether labels at those fractions of the axis length can be
+    /// drawn without colliding. The finest step meeting both is taken. Returns `None` when the
+    /// range cannot be represented (its span overflows f64).
     pub(crate) fn linear(
         min: f64,
         max: f64,
@@ -76,17 +80,23 @@ impl Axis {
         if !(lo.is_finite() && hi.is_finite() && span.is_finite() && span > 0.0) {
             return None;
         }
-        let mut step = nice_step(span / target.max(1) as f64);
+        let target = target.max(1);
+        // From a step giving about twice the wanted ticks, coarsen until they are few enough and
+        // their labels fit: the finest readable step.
+        let mut step = nice_step(span / (2 * target) as f64);
         loop {
             let (lo, hi) = match ends {
                 Ends::Snapped => snap(lo, hi, step),
                 Ends::Padded => (lo, hi),
             };
-            let values = multiples(lo, hi, step);
+            let Some(values) = multiples(lo, hi, step) else {
+                step = next_step(step);
+                continue;
+            };
             let labels = linear_labels(&values, step);
             let fractions: Vec<f64> = values.iter().map(|v| (v - lo) / (hi - lo)).collect();
             let coarsest = values.len() <= 2;
-            if coarsest || ((values.len() as f64) < MAX_TICKS && fits(&fractions, &labels)) {
+            if coarsest || (values.len() <= target + 1 && fits(&fractions, &labels)) {
                 let ticks = values
                     .into_iter()
                     .zip(fractions)
@@ -113,7 +123,8 @@ impl Axis {
     /// The range is widened to whole decades, so at least two major ticks show, and the major
     /// ticks are the powers of ten `10^e` with `e` a multiple of `k`, where `k` is the smallest of
     /// 1, 2, 3, 4, 5, 6, 8, 10, 20, … for which `fits` accepts the labels. Minor ticks mark
-    /// `2·10^e … 9·10^e` when every decade is labelled, and the unlabelled decades otherwise.
+    /// `2·10^e … 9·10^e` when every decade is labelled, and otherwise the unlabelled decades (while
+    /// labels are at most 10 decades apart).
     /// `headroom` is as for [`Axis::linear`].
     pub(crate) fn log(
         min: f64,
@@ -168,7 +179,7 @@ impl Axis {
                             label: None,
                         });
                     }
-                } else if e % every != 0 {
+                } else if e % every != 0 && every <= MAX_DECADES_PER_LABEL_WITH_MINORS {
                     let fraction = f64::from(e - lo) / span;
                     ticks.push(Tick {
                         value: 10f64.powi(e),
@@ -233,18 +244,23 @@ fn snap(lo: f64, hi: f64, step: f64) -> (f64, f64) {
 }
 
 /// The multiples of `step` in `lo..=hi`, computed as `k·step` (no accumulated rounding), with
-/// a value that rounds to zero made exactly zero.
-fn multiples(lo: f64, hi: f64, step: f64) -> Vec<f64> {
+/// a value that rounds to zero made exactly zero; `None` when there are more than [`MAX_TICKS`].
+fn multiples(lo: f64, hi: f64, step: f64) -> Option<Vec<f64>> {
     let first = (lo / step - TICK_EPS).ceil();
     let last = (hi / step + TICK_EPS).floor();
-    if !(first.is_finite() && last.is_finite()) || first > last || last - first > MAX_TICKS {
-        return Vec::new();
+    if !(first.is_finite() && last.is_finite()) || last - first > MAX_TICKS {
+        return None;
     }
-    // Both are integers of magnitude below 2^53 here (the span is at most MAX_TICKS steps from a
-    // finite value divided by a step no smaller than span / MAX_TICKS).
-    (first as i64..=last as i64)
-        .map(|k| if k == 0 { 0.0 } else { k as f64 * step })
-        .collect()
+    if first > last {
+        return Some(Vec::new());
+    }
+    // Both are integers of magnitude below 2^53 here (at most MAX_TICKS steps apart, from finite
+    // values divided by a step that is a sizeable fraction of their span).
+    Some(
+        (first as i64..=last as i64)
+            .map(|k| if k == 0 { 0.0 } else { k as f64 * step })
+            .collect(),
+    )
 }
 
 /// Labels for linear ticks spaced `step` apart: plain decimals with as many digits as the step
@@ -268,7 +284,12 @@ pub(crate) fn linear_labels(values: &[f64], step: f64) -> Vec<String> {
         .iter()
         .map(|&v| {
             if v == 0.0 {
-                return "0".to_string();
+                // "0.0" beside "0.5", but a bare "0" beside "10k" or "1×10⁻⁴".
+                return if suffix.is_empty() {
+                    format!("{:.*}", decimals, 0.0)
+                } else {
+                    "0".into()
+                };
             }
             let text = format!("{:.*}{suffix}", decimals, v / divisor);
             text.replace('-', "\u{2212}")

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::axis::{Axis, Ends};
 use super::font::font;
+use super::legend::Legend;
 use super::scene::{Anchor, Item, Rgb, Scene, PALETTE};
 use super::{Figure, LineStyle, Panel, PlotError};
 
@@ -27,7 +28,6 @@ const FIGURE_TITLE_SIZE: f64 = 18.0;
 const PANEL_TITLE_SIZE: f64 = 14.0;
 const AXIS_LABEL_SIZE: f64 = 12.5;
 const TICK_LABEL_SIZE: f64 = 11.0;
-const LEGEND_TEXT_SIZE: f64 = 11.0;
 const NO_DATA_SIZE: f64 = 13.0;
 
 // Gaps and lengths in logical pixels.
@@ -40,56 +40,49 @@ const TITLE_GAP: f64 = 9.0;
 const Y_LABEL_SPACING: f64 = 2.2;
 /// Smallest blank between neighbouring x tick labels.
 const X_LABEL_SPACING: f64 = 14.0;
-/// Logical pixels per wanted y tick interval (about 5 intervals on a 230 px axis).
-const PIXELS_PER_Y_TICK: f64 = 50.0;
-/// Logical pixels per wanted x tick interval (about 5 intervals on a 320 px axis).
+/// Logical pixels per wanted y tick interval (at most 8 ticks on a 220 px axis).
+const PIXELS_PER_Y_TICK: f64 = 30.0;
+/// Logical pixels per wanted x tick interval (at most 6 ticks on a 320 px axis).
 const PIXELS_PER_X_TICK: f64 = 60.0;
 /// Width assumed for the y tick labels when placing the legend, before they are known.
 const ESTIMATED_Y_LABEL_WIDTH: f64 = 35.0;
-/// Most of the plot height given to headroom for a legend that would hide data; a taller legend
-/// stays where it hides the least.
+/// Most of the plot height given to headroom for a legend that would hide data (a legend is laid
+/// out in up to three columns to fit); a taller legend stays where it hides the least.
 const MAX_HEADROOM: f64 = 0.45;
 
 // Strokes.
-const LINE_WIDTH: f64 = 1.75;
+pub(super) const LINE_WIDTH: f64 = 1.75;
 const DASH: [f64; 2] = [6.0, 3.5];
-const DOT_RADIUS: f64 = 2.4;
-const FRAME_WIDTH: f64 = 1.0;
+pub(super) const DOT_RADIUS: f64 = 2.4;
+pub(super) const FRAME_WIDTH: f64 = 1.0;
 /// Consecutive points within one column this wide (logical px) are thinned to the first, lowest,
 /// highest and last of them: the drawn envelope is unchanged and a 50 000-step curve stays small.
 const THIN_COLUMN: f64 = 0.5;
 
-// Legend box.
-const LEGEND_PADDING: f64 = 7.0;
-const LEGEND_SAMPLE: f64 = 24.0;
-const LEGEND_GAP: f64 = 7.0;
-const LEGEND_ROW: f64 = 1.5 * LEGEND_TEXT_SIZE;
-const LEGEND_INSET: f64 = 8.0;
-
 // Colours.
-const WHITE: Rgb = Rgb::hex(0xFFFFFF);
-const INK: Rgb = Rgb::hex(0x1A1A1A);
+pub(super) const WHITE: Rgb = Rgb::hex(0xFFFFFF);
+pub(super) const INK: Rgb = Rgb::hex(0x1A1A1A);
 const TICK_INK: Rgb = Rgb::hex(0x4D4D4D);
 const FRAME: Rgb = Rgb::hex(0x595959);
 const GRID: Rgb = Rgb::hex(0xE6E6E6);
 const MUTED: Rgb = Rgb::hex(0x8C8C8C);
-const LEGEND_EDGE: Rgb = Rgb::hex(0xCCCCCC);
+pub(super) const LEGEND_EDGE: Rgb = Rgb::hex(0xCCCCCC);
 
 /// A rectangle in logical pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Rect {
-    left: f64,
-    top: f64,
-    right: f64,
-    bottom: f64,
+pub(super) struct Rect {
+    pub left: f64,
+    pub top: f64,
+    pub right: f64,
+    pub bottom: f64,
 }
 
 impl Rect {
-    fn width(&self) -> f64 {
+    pub(super) fn width(&self) -> f64 {
         self.right - self.left
     }
 
-    fn height(&self) -> f64 {
+    pub(super) fn height(&self) -> f64 {
         self.bottom - self.top
     }
 }
@@ -220,15 +213,15 @@ pub(crate) fn lay_out(figure: &Figure, path: &Path) -> Result<Scene, PlotError> 
                     bottom: plot_height,
                 };
                 let traces = trace(plot, data, &x_axis, &axis);
-                if let Some((_, legend_height)) = legend_size(panel) {
-                    let headroom = (legend_height + LEGEND_INSET + 2.0) / plot_height;
-                    let crowded =
-                        best_legend_spot(plot, panel, &traces).is_some_and(|(_, c)| c > 0.0);
-                    if crowded && headroom <= MAX_HEADROOM {
+                let legend = Legend::new(panel, plot, MAX_HEADROOM);
+                if let Some(legend) = &legend {
+                    let headroom = legend.headroom(plot);
+                    let (_, hidden) = legend.best_spot(plot, &traces);
+                    if hidden > 0.0 && headroom <= MAX_HEADROOM {
                         axis = y_axis(panel, path, y0, y1, headroom, plot_height)?;
                     }
                 }
-                Some(axis)
+                Some((axis, legend))
             }
         };
         y_axes.push(axis);
@@ -236,7 +229,7 @@ pub(crate) fn lay_out(figure: &Figure, path: &Path) -> Result<Scene, PlotError> 
     let y_label_width = y_axes
         .iter()
         .flatten()
-        .flat_map(|axis| &axis.ticks)
+        .flat_map(|(axis, _)| &axis.ticks)
         .filter_map(|tick| tick.label.as_deref())
         .map(|label| f.text_width(label, TICK_LABEL_SIZE))
         .fold(0.0, f64::max);
@@ -265,14 +258,16 @@ pub(crate) fn lay_out(figure: &Figure, path: &Path) -> Result<Scene, PlotError> 
             bottom: cell_top + plot_bottom,
         };
         match (data.extent, y_axis) {
-            (Some((x0, x1, _, _)), Some(y_axis)) => {
+            (Some((x0, x1, _, _)), Some((y_axis, legend))) => {
                 let x_axis = x_axis(panel, path, x0, x1, plot_width)?;
                 draw_grid(&mut items, plot, &x_axis, &y_axis);
                 draw_frame(&mut items, plot);
                 draw_ticks(&mut items, plot, &x_axis, &y_axis);
                 let traces = trace(plot, data, &x_axis, &y_axis);
                 draw_traces(&mut items, panel, &traces);
-                draw_legend(&mut items, plot, panel, &traces);
+                if let Some(legend) = legend {
+                    legend.draw(&mut items, plot, panel, &traces);
+                }
             }
             _ => {
                 draw_frame(&mut items, plot);
@@ -388,7 +383,7 @@ fn range_overflow(panel: &Panel, path: &Path, axis: &'static str, min: f64, max:
 }
 
 /// A horizontal text item.
-fn text(x: f64, y: f64, text: &str, size: f64, color: Rgb, anchor: Anchor) -> Item {
+pub(super) fn text(x: f64, y: f64, text: &str, size: f64, color: Rgb, anchor: Anchor) -> Item {
     Item::Text {
         x,
         y,
@@ -486,10 +481,10 @@ fn draw_ticks(items: &mut Vec<Item>, plot: Rect, x_axis: &Axis, y_axis: &Axis) {
 
 /// One drawn piece of a series in logical pixels: a thinned polyline, or a lone point.
 #[derive(Debug, Clone, PartialEq)]
-struct Trace {
+pub(super) struct Trace {
     /// Index of the series in its panel (its palette colour).
-    series: usize,
-    points: Vec<(f64, f64)>,
+    pub series: usize,
+    pub points: Vec<(f64, f64)>,
 }
 
 /// The panel's runs of points mapped onto `plot` and thinned.
@@ -538,7 +533,7 @@ fn draw_traces(items: &mut Vec<Item>, panel: &Panel, traces: &[Trace]) {
     }
 }
 
-fn dash(style: LineStyle) -> Option<[f64; 2]> {
+pub(super) fn dash(style: LineStyle) -> Option<[f64; 2]> {
     match style {
         LineStyle::Solid => None,
         LineStyle::Dashed => Some(DASH),
@@ -578,158 +573,4 @@ pub(crate) fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
         start = end;
     }
     kept
-}
-
-/// Width and height of the panel's legend box, or `None` when no series has a label.
-fn legend_size(panel: &Panel) -> Option<(f64, f64)> {
-    let f = font();
-    let labels: Vec<&str> = panel
-        .series
-        .iter()
-        .map(|s| s.label.as_str())
-        .filter(|label| !label.trim().is_empty())
-        .collect();
-    if labels.is_empty() {
-        return None;
-    }
-    let text_width = labels
-        .iter()
-        .map(|label| f.text_width(label, LEGEND_TEXT_SIZE))
-        .fold(0.0, f64::max);
-    let width = 2.0 * LEGEND_PADDING + LEGEND_SAMPLE + LEGEND_GAP + text_width;
-    let height =
-        2.0 * LEGEND_PADDING + labels.len() as f64 * LEGEND_ROW - (LEGEND_ROW - LEGEND_TEXT_SIZE);
-    Some((width, height))
-}
-
-/// Where the legend goes: the top-left corner of the spot, among the four corners and the
-/// middles of the four edges of `plot` (in that order of preference), that hides the least of
-/// the traces; and how much it hides (pixels of curve). `None` when there is no legend.
-fn best_legend_spot(plot: Rect, panel: &Panel, traces: &[Trace]) -> Option<((f64, f64), f64)> {
-    let (width, height) = legend_size(panel)?;
-    let left = plot.left + LEGEND_INSET;
-    let right = plot.right - LEGEND_INSET - width;
-    let top = plot.top + LEGEND_INSET;
-    let bottom = plot.bottom - LEGEND_INSET - height;
-    let centre_x = (plot.left + plot.right - width) / 2.0;
-    let centre_y = (plot.top + plot.bottom - height) / 2.0;
-    let spots = [
-        (right, top),
-        (left, top),
-        (right, bottom),
-        (left, bottom),
-        (centre_x, top),
-        (centre_x, bottom),
-        (right, centre_y),
-        (left, centre_y),
-    ];
-    let mut best: Option<((f64, f64), f64)> = None;
-    for (x, y) in spots {
-        // A small margin: a curve just grazing the box also counts.
-        let area = Rect {
-            left: x - 3.0,
-            top: y - 3.0,
-            right: x + width + 3.0,
-            bottom: y + height + 3.0,
-        };
-        let hidden = hidden_length(area, traces);
-        if best.map_or(true, |(_, least)| hidden < least) {
-            best = Some(((x, y), hidden));
-        }
-    }
-    best
-}
-
-/// The legend box listing the labelled series, at the best spot.
-fn draw_legend(items: &mut Vec<Item>, plot: Rect, panel: &Panel, traces: &[Trace]) {
-    let f = font();
-    let (Some((width, height)), Some(((x, y), _))) =
-        (legend_size(panel), best_legend_spot(plot, panel, traces))
-    else {
-        return;
-    };
-    items.push(Item::Box {
-        x,
-        y,
-        width,
-        height,
-        corner_radius: 3.0,
-        fill: WHITE,
-        fill_opacity: 0.9,
-        stroke: LEGEND_EDGE,
-        stroke_width: FRAME_WIDTH,
-    });
-    let entries = panel
-        .series
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| !s.label.trim().is_empty());
-    for (row, (index, series)) in entries.enumerate() {
-        let color = PALETTE[index % PALETTE.len()];
-        let middle = y + LEGEND_PADDING + LEGEND_TEXT_SIZE / 2.0 + row as f64 * LEGEND_ROW;
-        let sample_left = x + LEGEND_PADDING;
-        items.push(Item::Line {
-            points: vec![(sample_left, middle), (sample_left + LEGEND_SAMPLE, middle)],
-            color,
-            width: LINE_WIDTH,
-            dash: dash(series.style),
-        });
-        let text_x = sample_left + LEGEND_SAMPLE + LEGEND_GAP;
-        let baseline = middle + f.cap_height(LEGEND_TEXT_SIZE) / 2.0;
-        items.push(text(
-            text_x,
-            baseline,
-            &series.label,
-            LEGEND_TEXT_SIZE,
-            INK,
-            Anchor::Start,
-        ));
-    }
-}
-
-/// Length of the traces inside `area`, a lone point counting as its diameter.
-fn hidden_length(area: Rect, traces: &[Trace]) -> f64 {
-    let mut hidden = 0.0;
-    for trace in traces {
-        if let [(x, y)] = trace.points[..] {
-            if x >= area.left && x <= area.right && y >= area.top && y <= area.bottom {
-                hidden += 2.0 * DOT_RADIUS;
-            }
-        }
-        for pair in trace.points.windows(2) {
-            hidden += clipped_length(area, pair[0], pair[1]);
-        }
-    }
-    hidden
-}
-
-/// Length of the part of the segment `a`–`b` inside `area` (Liang–Barsky clipping).
-fn clipped_length(area: Rect, a: (f64, f64), b: (f64, f64)) -> f64 {
-    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-    let mut t0: f64 = 0.0;
-    let mut t1: f64 = 1.0;
-    for (p, q) in [
-        (-dx, a.0 - area.left),
-        (dx, area.right - a.0),
-        (-dy, a.1 - area.top),
-        (dy, area.bottom - a.1),
-    ] {
-        if p == 0.0 {
-            if q < 0.0 {
-                return 0.0;
-            }
-        } else {
-            let t = q / p;
-            if p < 0.0 {
-                t0 = t0.max(t);
-            } else {
-                t1 = t1.min(t);
-            }
-        }
-    }
-    if t0 < t1 {
-        (t1 - t0) * dx.hypot(dy)
-    } else {
-        0.0
-    }
 }

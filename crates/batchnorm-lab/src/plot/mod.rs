@@ -38,6 +38,7 @@ mod axis;
 mod error;
 mod font;
 mod layout;
+mod legend;
 mod raster;
 mod scene;
 mod svg;

@@ -606,6 +606,39 @@ fn legend_avoids_the_data() {
     let scene = lay_out(&crowded, Path::new("crowded.svg")).unwrap();
     let legend = legend_box(&scene);
     assert!(!hides_data(&scene, legend), "legend {legend:?} hides data");
+
+    // Eight series: the legend wraps into columns to fit in the headroom.
+    let eight = Figure {
+        title: String::new(),
+        columns: 1,
+        panels: vec![panel(
+            "",
+            false,
+            (0..8)
+                .map(|k| series(&format!("layer {k}"), flat(f64::from(k)), LineStyle::Solid))
+                .collect(),
+        )],
+    };
+    let scene = lay_out(&eight, Path::new("eight.svg")).unwrap();
+    let legend = legend_box(&scene);
+    assert!(!hides_data(&scene, legend), "legend {legend:?} hides data");
+    let samples: Vec<f64> = scene
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            Item::Line { points, .. }
+                if points.len() == 2 && points[0].1 == points[1].1 && points[0].0 >= legend.0 =>
+            {
+                Some(points[0].0)
+            }
+            _ => None,
+        })
+        .filter(|&x| x < legend.2)
+        .collect();
+    let mut columns = samples.clone();
+    columns.dedup();
+    assert_eq!(samples.len(), 8);
+    assert_eq!(columns.len(), 2, "legend sample columns at {columns:?}");
 }
 
 #[test]
