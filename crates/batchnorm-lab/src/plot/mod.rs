@@ -85,7 +85,8 @@ pub struct Figure {
 ///
 /// Ranges come from the finite points of all series: the y range gets a 5 % margin (a log axis
 /// is widened to whole decades instead), and the x range is widened to a neighbouring tick when
-/// one is within 5 %.
+/// one is within 10 %. The legend goes to the corner or edge of the plot area where it hides no
+/// data; when there is no such spot the y range grows at the top to make one.
 ///
 /// ```rust
 /// use batchnorm_lab::plot::{LineStyle, Panel, Series};
