@@ -313,6 +313,33 @@ impl Split {
         })
     }
 
+    /// Asks the processor to start loading the images at `indices` into its caches, so that a
+    /// later [`Split::gather`] of them does not wait on memory. A hint only: results never depend
+    /// on it; out-of-range indices are skipped; does nothing off x86-64.
+    pub fn prefetch(&self, indices: &[usize]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let p = self.pixels();
+            for &i in indices {
+                let Some(image) = self.images.get(i * p..(i + 1) * p) else {
+                    continue;
+                };
+                for line in image.chunks(64) {
+                    // SAFETY: `_mm_prefetch` only hints the cache and never faults; SSE is part of
+                    // the x86-64 baseline; the pointer is inside `self.images` anyway. (Newer
+                    // compilers consider the call safe, hence the allow.)
+                    #[allow(unused_unsafe)]
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+                    }
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = indices;
+    }
+
     /// Writes the images at `indices` into `out` (`indices.len() * pixels` values), each pixel
     /// scaled to [0, 1] as `p / 255`, and their labels into `labels`.
     ///

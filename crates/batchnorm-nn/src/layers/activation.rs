@@ -27,12 +27,6 @@ impl Sigmoid {
     }
 }
 
-/// `1 / (1 + e^-x)`, written so that it never overflows to NaN (e^-x may be inf, giving 0).
-#[inline(always)]
-pub(crate) fn sigmoid<T: Scalar>(x: T) -> T {
-    T::ONE / (T::ONE + (-x).exp())
-}
-
 impl<T: Scalar> Layer<T> for Sigmoid {
     fn name(&self) -> &'static str {
         "sigmoid"
@@ -49,9 +43,7 @@ impl<T: Scalar> Layer<T> for Sigmoid {
     fn forward(&mut self, x: &[T], n: usize, _mode: Mode, y: &mut [T]) -> Result<()> {
         check_len("sigmoid x", x.len(), n * self.len)?;
         check_len("sigmoid y", y.len(), n * self.len)?;
-        for (o, &i) in y.iter_mut().zip(x) {
-            *o = sigmoid(i);
-        }
+        T::sigmoid_slice(x, y);
         Ok(())
     }
 

@@ -193,6 +193,15 @@ fn spread(run: &NetRun, q: usize) -> f64 {
     hi - lo
 }
 
+/// "90% first reached at step 2000" or "90% never reached in N steps".
+fn reach(run: &NetRun, threshold: f64) -> String {
+    let steps = run.last().map_or(0, |e| e.step);
+    match run.steps_to(threshold) {
+        Some(s) => format!("{:.0}% first reached at step {s}", 100.0 * threshold),
+        None => format!("{:.0}% never reached in {steps} steps", 100.0 * threshold),
+    }
+}
+
 fn first_after_zero(run: &NetRun) -> Option<&super::EvalRecord> {
     run.evals.iter().find(|e| e.step > 0)
 }
@@ -311,13 +320,12 @@ fn report_md(o: &Outcome) -> String {
     }
     let _ = writeln!(
         s,
-        "- Speed: the BN network first reaches 90% at step {} and 95% at step {}; the plain network at {} and {} \
-         (evaluated every {} steps).",
-        step_or_never(bn.steps_to(0.90)),
-        step_or_never(bn.steps_to(0.95)),
-        step_or_never(plain.steps_to(0.90)),
-        step_or_never(plain.steps_to(0.95)),
-        c.eval_every
+        "- Speed (test accuracy evaluated every {} steps): with BN, {} and {}; without BN, {} and {}.",
+        c.eval_every,
+        reach(bn, 0.90),
+        reach(bn, 0.95),
+        reach(plain, 0.90),
+        reach(plain, 0.95),
     );
     if let (Some(b0), Some(p0), Some(bl), Some(pl)) = (
         first_after_zero(bn),

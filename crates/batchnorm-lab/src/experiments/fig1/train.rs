@@ -108,13 +108,23 @@ impl Sampler {
         }
     }
 
-    fn next_batch(&mut self) -> &[usize] {
+    /// Moves to the next batch, reshuffling when the epoch has no full batch left.
+    fn advance(&mut self) {
         if self.pos + self.batch > self.order.len() {
             self.rng.shuffle(&mut self.order);
             self.pos = 0;
         }
         self.pos += self.batch;
+    }
+
+    /// The batch `advance` moved to.
+    fn current(&self) -> &[usize] {
         &self.order[self.pos - self.batch..self.pos]
+    }
+
+    /// The batch after the current one, when it is in the same epoch (else not yet known).
+    fn upcoming(&self) -> Option<&[usize]> {
+        self.order.get(self.pos..self.pos + self.batch)
     }
 }
 
@@ -154,9 +164,14 @@ pub fn train(
     let (mut loss_sum, mut correct, mut since) = (0.0, 0usize, 0usize);
     let mut t_train = Instant::now();
     for step in 1..=cfg.steps {
+        sampler.advance();
         inputs
             .train
-            .gather(sampler.next_batch(), model.input_mut(bs)?, &mut labels)?;
+            .gather(sampler.current(), model.input_mut(bs)?, &mut labels)?;
+        if let Some(next) = sampler.upcoming() {
+            // Random rows of a 47 MB array miss every cache: fetch the next batch meanwhile.
+            inputs.train.prefetch(next);
+        }
         model.forward(bs, Mode::Train)?;
         let (out, grad) = model.output_and_grad(bs)?;
         let s = ce.forward_backward(out, &labels, grad)?;
