@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) only parses arguments; each experiment lives in
 //! [`experiments`], figures are drawn by [`plot`].
 
+pub mod bench;
 pub mod experiments;
 pub mod percentile;
 pub mod plot;

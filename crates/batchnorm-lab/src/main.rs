@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use batchnorm_lab::bench;
 use batchnorm_lab::experiments::fig1;
 use clap::{Args, Parser, Subcommand};
 
@@ -20,6 +21,29 @@ enum Command {
     /// (same initial weights, same batches); writes metrics.csv, summary.json, fig1.png,
     /// fig1.svg and report.md.
     Fig1(Fig1Args),
+    /// Times the BatchNorm kernels (train forward, eval forward, backward; f32) against a memory
+    /// copy (forward) or `c = a + b` (backward) of the same bytes, measured in the same run.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Shapes to measure, logical N,C[,spatial...] separated by spaces (default: the six shapes
+    /// of the benchmark table, from 64,64,56,56 down to the fig1 MLP layer 60,100).
+    #[arg(long, num_args = 1.., value_delimiter = ' ')]
+    shapes: Vec<String>,
+    /// Thread counts to measure (each gets its own pool).
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [1, 2])]
+    threads: Vec<usize>,
+    /// Only this layout: `nchw` (channels-first) or `nhwc` (channels-last); default both.
+    #[arg(long)]
+    layout: Option<String>,
+    /// Timed samples per measurement; the median is reported.
+    #[arg(long, default_value_t = 21)]
+    samples: usize,
+    /// Print one JSON array instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +96,63 @@ fn main() -> anyhow::Result<()> {
             let outcome = fig1::run(&cfg).context("bnlab fig1 failed")?;
             fig1::print_summary(&outcome);
         }
+        Command::Bench(a) => run_bench(a)?,
+    }
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+    let mut cfg = bench::Config {
+        threads: a.threads,
+        samples: a.samples.max(1),
+        ..Default::default()
+    };
+    if !a.shapes.is_empty() {
+        cfg.shapes = a
+            .shapes
+            .iter()
+            .map(|s| s.split(',').map(|d| d.trim().parse::<usize>()).collect())
+            .collect::<Result<_, _>>()
+            .context("--shapes takes comma-separated dims, e.g. 64,64,56,56")?;
+    }
+    if let Some(l) = a.layout {
+        cfg.layouts = vec![match l.as_str() {
+            "nchw" | "channels_first" => batchnorm::Layout::ChannelsFirst,
+            "nhwc" | "channels_last" => batchnorm::Layout::ChannelsLast,
+            other => anyhow::bail!("unknown layout {other:?}: use nchw or nhwc"),
+        }];
+    }
+    if !a.json {
+        println!(
+            "{:<18} {:<14} {:<13} {:>3} {:>10} {:>8} {:>6} {:>10} {:>6}",
+            "shape", "layout", "op", "thr", "median ms", "GB/s", "yard", "yard ms", "ratio"
+        );
+    }
+    let rows = bench::run(&cfg, |r| {
+        if !a.json {
+            let dims = r
+                .dims
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            println!(
+                "{:<18} {:<14} {:<13} {:>3} {:>10.3} {:>8.1} {:>6} {:>10.3} {:>6.2}",
+                dims,
+                bench::layout_name(r.layout),
+                r.op.name(),
+                r.threads,
+                r.median_ms,
+                r.gb_per_s(),
+                r.op.yardstick(),
+                r.yardstick_ms,
+                r.ratio()
+            );
+        }
+    })?;
+    if a.json {
+        let all: Vec<_> = rows.iter().map(bench::Row::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
     }
     Ok(())
 }

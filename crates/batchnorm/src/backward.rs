@@ -5,7 +5,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
-use crate::plan::{channels_per_item, rows_per_block, Exec};
+use crate::plan::{channels_per_item, fold_widened, rows_per_block, widen, Exec};
 use crate::simd::multiversion;
 use crate::tuning::LANES;
 
@@ -19,42 +19,68 @@ pub(crate) struct GradSums {
 multiversion! {
     /// The sums over one run of a single channel.
     fn run_grad_sums<T>(x: &[T], dy: &[T], mean: f64) -> GradSums {
+        // Widen a tile to f64 and form the products first (plain element-wise loops), then
+        // reduce each f64 tile into LANES accumulators: two single-input reductions vectorise
+        // where one fused two-input reduction does not.
+        const TILE: usize = 256;
         let mut s = [0.0f64; LANES];
         let mut sx = [0.0f64; LANES];
-        let xc = x.chunks_exact(LANES);
-        let dc = dy.chunks_exact(LANES);
-        let (xt, dt) = (xc.remainder(), dc.remainder());
-        for (xv, dv) in xc.zip(dc) {
-            for l in 0..LANES {
-                let d = dv[l].to_f64();
-                s[l] += d;
-                sx[l] += d * (xv[l].to_f64() - mean);
+        let mut d = [0.0f64; TILE];
+        let mut p = [0.0f64; TILE];
+        for (xs, ds) in x.chunks(TILE).zip(dy.chunks(TILE)) {
+            let n = xs.len();
+            for ((dv, pv), (&xv, &yv)) in d.iter_mut().zip(p.iter_mut()).zip(xs.iter().zip(ds)) {
+                *dv = yv.to_f64();
+                *pv = *dv * (xv.to_f64() - mean);
             }
-        }
-        for (l, (&xv, &dv)) in xt.iter().zip(dt).enumerate() {
-            let d = dv.to_f64();
-            s[l] += d;
-            sx[l] += d * (xv.to_f64() - mean);
+            accumulate_lanes(&mut s, &d[..n]);
+            accumulate_lanes(&mut sx, &p[..n]);
         }
         GradSums { dy: s.iter().sum(), dy_xmu: sx.iter().sum() }
     }
 }
 
-multiversion! {
-    /// The per-channel sums over a block of rows, vectorised along the channels.
-    fn block_grad_sums<T>(x: &[T], dy: &[T], mean: &[f64], out: &mut [GradSums]) {
-        let c = mean.len();
-        let mut s = vec![0.0f64; c];
-        let mut sx = vec![0.0f64; c];
-        for (xr, dr) in x.chunks_exact(c).zip(dy.chunks_exact(c)) {
-            for i in 0..c {
-                let d = dr[i].to_f64();
-                s[i] += d;
-                sx[i] += d * (xr[i].to_f64() - mean[i]);
-            }
+/// `acc[l] += v[i]` for `i % LANES == l`, in order.
+#[inline(always)]
+fn accumulate_lanes(acc: &mut [f64; LANES], v: &[f64]) {
+    let (chunks, tail) = v.as_chunks::<LANES>();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
         }
+    }
+    for (a, &t) in acc.iter_mut().zip(tail) {
+        *a += t;
+    }
+}
+
+multiversion! {
+    /// The per-channel sums over a block of rows, vectorised along widened rows; `mean` is the
+    /// per-channel mean repeated over one widened row.
+    fn block_grad_sums<T>(x: &[T], dy: &[T], mean: &[f64], out: &mut [GradSums]) {
+        let (c, w) = (out.len(), mean.len());
+        let mut s = vec![0.0f64; w];
+        let mut sx = vec![0.0f64; w];
+        let row = |s: &mut [f64], sx: &mut [f64], xr: &[T], dr: &[T]| {
+            let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
+            for (((s, sx), &m), (&xv, &dv)) in acc.zip(xr.iter().zip(dr)) {
+                let d = dv.to_f64();
+                *s += d;
+                *sx += d * (xv.to_f64() - m);
+            }
+        };
+        let split = x.len() / w * w;
+        for (xr, dr) in x[..split].chunks_exact(w).zip(dy[..split].chunks_exact(w)) {
+            row(&mut s, &mut sx, xr, dr);
+        }
+        for (xr, dr) in x[split..].chunks_exact(c).zip(dy[split..].chunks_exact(c)) {
+            row(&mut s, &mut sx, xr, dr);
+        }
+        let (mut s_c, mut sx_c) = (vec![0.0f64; c], vec![0.0f64; c]);
+        fold_widened(&s, &mut s_c);
+        fold_widened(&sx, &mut sx_c);
         for (i, o) in out.iter_mut().enumerate() {
-            *o = GradSums { dy: s[i], dy_xmu: sx[i] };
+            *o = GradSums { dy: s_c[i], dy_xmu: sx_c[i] };
         }
     }
 }
@@ -75,11 +101,13 @@ pub(crate) fn grad_sums<T: Element>(
     let (c, g) = (geo.channels, range.len());
     let pieces = if geo.is_rows() {
         let rows = rows_per_block(c);
+        let mut mean_w = Vec::new();
+        widen(mean, &mut mean_w);
         parts.resize(geo.outer.div_ceil(rows) * c, GradSums::default());
         for_each_chunk(exec.par, parts, c, |b, p| {
             let start = b * rows * c;
             let end = (start + rows * c).min(x.len());
-            block_grad_sums(exec.isa, &x[start..end], &dy[start..end], mean, p);
+            block_grad_sums(exec.isa, &x[start..end], &dy[start..end], &mean_w, p);
         });
         geo.outer.div_ceil(rows)
     } else {
@@ -119,6 +147,16 @@ pub(crate) struct GradMaps {
 }
 
 impl GradMaps {
+    /// The maps repeated over one widened row (see [`widen`]).
+    fn widened(&self) -> GradMaps {
+        let mut w = GradMaps::default();
+        widen(&self.mean, &mut w.mean);
+        widen(&self.k, &mut w.k);
+        widen(&self.a, &mut w.a);
+        widen(&self.b, &mut w.b);
+        w
+    }
+
     pub fn resize(&mut self, channels: usize) {
         self.mean.resize(channels, 0.0);
         self.k.resize(channels, 0.0);
@@ -158,16 +196,24 @@ multiversion! {
 }
 
 multiversion! {
-    /// dx over rows of all channels, vectorised along the channels.
-    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &GradMaps) {
-        let c = maps.mean.len();
-        let (mean, k, a, b) = (&maps.mean[..c], &maps.k[..c], &maps.a[..c], &maps.b[..c]);
-        let rows = x.chunks_exact(c).zip(dy.chunks_exact(c)).zip(dx.chunks_exact_mut(c));
-        for ((xr, dr), gr) in rows {
-            for i in 0..c {
-                let xmu = xr[i].to_f64() - mean[i];
-                gr[i] = T::from_f64(k[i] * ((dr[i].to_f64() - a[i]) - xmu * b[i]));
+    /// dx over rows of `channels` channels, vectorised along widened rows; `maps` holds the
+    /// per-channel maps repeated over one widened row.
+    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], channels: usize, maps: &GradMaps) {
+        let row = |xr: &[T], dr: &[T], gr: &mut [T]| {
+            let m = maps.mean.iter().zip(&maps.k).zip(maps.a.iter().zip(&maps.b));
+            for ((g, (&xv, &dv)), ((&mean, &k), (&a, &b))) in gr.iter_mut().zip(xr.iter().zip(dr)).zip(m) {
+                *g = T::from_f64(k * ((dv.to_f64() - a) - (xv.to_f64() - mean) * b));
             }
+        };
+        let w = maps.mean.len();
+        let split = x.len() / w * w;
+        let (gw, gt) = dx.split_at_mut(split);
+        for ((xr, dr), gr) in x[..split].chunks_exact(w).zip(dy[..split].chunks_exact(w)).zip(gw.chunks_exact_mut(w)) {
+            row(xr, dr, gr);
+        }
+        let tail = x[split..].chunks_exact(channels).zip(dy[split..].chunks_exact(channels));
+        for ((xr, dr), gr) in tail.zip(gt.chunks_exact_mut(channels)) {
+            row(xr, dr, gr);
         }
     }
 }
@@ -185,9 +231,10 @@ pub(crate) fn input_grad<T: Element>(
     let c = geo.channels;
     if geo.is_rows() {
         let rows = rows_per_block(c);
+        let wide = maps.widened();
         for_each_chunk(exec.par, dx, rows * c, |b, gb| {
             let r = b * rows * c..b * rows * c + gb.len();
-            rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gb, maps);
+            rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gb, c, &wide);
         });
     } else {
         let (inner, sub) = (geo.inner, channels_per_item(geo.inner));

@@ -5,7 +5,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
-use crate::plan::{channels_per_item, rows_per_block, Exec};
+use crate::plan::{channels_per_item, rows_per_block, widen, Exec};
 use crate::simd::multiversion;
 
 /// Per-channel coefficients of `y = (x - mean) * scale + shift`, evaluated in `f64` and rounded
@@ -38,14 +38,30 @@ multiversion! {
 }
 
 multiversion! {
-    /// Rows of all channels, vectorised along the channels.
-    fn normalize_rows<T>(x: &[T], y: &mut [T], mean: &[f64], scale: &[f64], shift: &[f64]) {
-        let c = mean.len();
-        let (scale, shift) = (&scale[..c], &shift[..c]);
-        for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
-            for i in 0..c {
-                yr[i] = T::from_f64((xr[i].to_f64() - mean[i]) * scale[i] + shift[i]);
+    /// Rows of `channels` channels, vectorised along widened rows: `mean`, `scale` and `shift`
+    /// are the per-channel maps repeated over one widened row (see [`widen`]).
+    fn normalize_rows<T>(
+        x: &[T],
+        y: &mut [T],
+        channels: usize,
+        mean: &[f64],
+        scale: &[f64],
+        shift: &[f64],
+    ) {
+        let row = |xr: &[T], yr: &mut [T]| {
+            let maps = mean.iter().zip(scale).zip(shift);
+            for ((yv, &xv), ((&m, &s), &t)) in yr.iter_mut().zip(xr).zip(maps) {
+                *yv = T::from_f64((xv.to_f64() - m) * s + t);
             }
+        };
+        let split = x.len() / mean.len() * mean.len();
+        let (xw, xt) = x.split_at(split);
+        let (yw, yt) = y.split_at_mut(split);
+        for (xr, yr) in xw.chunks_exact(mean.len()).zip(yw.chunks_exact_mut(mean.len())) {
+            row(xr, yr);
+        }
+        for (xr, yr) in xt.chunks_exact(channels).zip(yt.chunks_exact_mut(channels)) {
+            row(xr, yr);
         }
     }
 }
@@ -63,10 +79,14 @@ pub(crate) fn normalize<T: Element>(
     let c = geo.channels;
     if geo.is_rows() {
         let rows = rows_per_block(c);
+        let (mut mean, mut scale, mut shift) = (Vec::new(), Vec::new(), Vec::new());
+        widen(&maps.mean, &mut mean);
+        widen(&maps.scale, &mut scale);
+        widen(&maps.shift, &mut shift);
         for_each_chunk(exec.par, y, rows * c, |b, yb| {
             let start = b * rows * c;
             let xb = &x[start..start + yb.len()];
-            normalize_rows(exec.isa, xb, yb, &maps.mean, &maps.scale, &maps.shift);
+            normalize_rows(exec.isa, xb, yb, c, &mean, &scale, &shift);
         });
     } else {
         let (inner, sub) = (geo.inner, channels_per_item(geo.inner));

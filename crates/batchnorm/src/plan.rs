@@ -6,7 +6,7 @@ use std::ops::Range;
 use crate::layout::Geometry;
 use crate::par::Par;
 use crate::simd::Isa;
-use crate::tuning::{ITEM_ELEMS, MIN_BLOCK_ROWS, ROW_BLOCK_ELEMS, WAVE_BYTES};
+use crate::tuning::{ITEM_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_WIDTH, ROW_BLOCK_ELEMS, WAVE_BYTES};
 
 /// The execution choices of one call.
 #[derive(Debug, Clone, Copy)]
@@ -25,9 +25,39 @@ impl Exec {
     }
 }
 
-/// Rows per block for channels-last input with `channels` channels.
+/// The width of a widened row: the smallest multiple of `channels` of at least
+/// [`MIN_ROW_WIDTH`]. Channels-last kernels treat that many consecutive values as one row, so a
+/// layer with 3 channels still fills whole vectors; position `i` of a widened row belongs to
+/// channel `i % channels`.
+pub(crate) fn row_width(channels: usize) -> usize {
+    channels * MIN_ROW_WIDTH.div_ceil(channels)
+}
+
+/// Rows per block for channels-last input with `channels` channels: a whole number of widened
+/// rows.
 pub(crate) fn rows_per_block(channels: usize) -> usize {
-    (ROW_BLOCK_ELEMS / channels).max(MIN_BLOCK_ROWS)
+    let per_wide = row_width(channels) / channels;
+    (ROW_BLOCK_ELEMS / channels)
+        .max(MIN_BLOCK_ROWS)
+        .next_multiple_of(per_wide)
+}
+
+/// `pattern[i] = per_channel[i % C]` over one widened row.
+pub(crate) fn widen(per_channel: &[f64], pattern: &mut Vec<f64>) {
+    let w = row_width(per_channel.len());
+    pattern.clear();
+    pattern.extend(per_channel.iter().cycle().take(w));
+}
+
+/// Folds a widened accumulator back to one value per channel, in a fixed order.
+pub(crate) fn fold_widened(wide: &[f64], out: &mut [f64]) {
+    let c = out.len();
+    out.copy_from_slice(&wide[..c]);
+    for row in wide[c..].chunks_exact(c) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
 }
 
 /// Channels per unit of work inside one outer block of channels-first input.

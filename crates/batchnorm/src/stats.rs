@@ -9,7 +9,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
-use crate::plan::{channels_per_item, rows_per_block, Exec};
+use crate::plan::{channels_per_item, fold_widened, row_width, rows_per_block, widen, Exec};
 use crate::simd::multiversion;
 use crate::tuning::{LANES, RUN_CHUNK};
 
@@ -103,11 +103,10 @@ impl Moments {
 #[inline(always)]
 fn sum<T: Element>(xs: &[T]) -> f64 {
     let mut acc = [0.0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
+    let (chunks, tail) = xs.as_chunks::<LANES>();
     for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += x.to_f64();
+        for l in 0..LANES {
+            acc[l] += c[l].to_f64();
         }
     }
     for (a, &x) in acc.iter_mut().zip(tail) {
@@ -121,19 +120,18 @@ fn sum<T: Element>(xs: &[T]) -> f64 {
 fn centred_sums<T: Element>(xs: &[T], c: f64) -> (f64, f64) {
     let mut dev = [0.0f64; LANES];
     let mut sq = [0.0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
+    let (chunks, tail) = xs.as_chunks::<LANES>();
     for ch in chunks {
-        for ((d, s), &x) in dev.iter_mut().zip(sq.iter_mut()).zip(ch) {
-            let v = x.to_f64() - c;
-            *d += v;
-            *s += v * v;
+        for l in 0..LANES {
+            let v = ch[l].to_f64() - c;
+            dev[l] += v;
+            sq[l] += v * v;
         }
     }
-    for ((d, s), &x) in dev.iter_mut().zip(sq.iter_mut()).zip(tail) {
+    for (l, &x) in tail.iter().enumerate() {
         let v = x.to_f64() - c;
-        *d += v;
-        *s += v * v;
+        dev[l] += v;
+        sq[l] += v * v;
     }
     (dev.iter().sum(), sq.iter().sum())
 }
@@ -151,30 +149,50 @@ multiversion! {
 
 multiversion! {
     /// The per-channel moments of a block of rows of `out.len()` channels: summed, then centred
-    /// on the block mean while the block is still in cache. Vectorised along the channels.
+    /// on the block mean while the block is still in cache. Vectorised along widened rows.
     fn block_moments<T>(block: &[T], out: &mut [Moments]) {
         let c = out.len();
         let rows = block.len() / c;
-        let mut mean = vec![0.0f64; c];
-        for row in block.chunks_exact(c) {
-            for (s, &v) in mean.iter_mut().zip(row) {
-                *s += v.to_f64();
+        let w = row_width(c);
+        let (wide, tail) = block.split_at(block.len() / w * w);
+        let mut acc = vec![0.0f64; w];
+        for row in wide.chunks_exact(w) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v.to_f64();
             }
         }
-        for s in mean.iter_mut() {
-            *s /= rows as f64;
+        for row in tail.chunks_exact(c) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v.to_f64();
+            }
         }
-        let mut dev = vec![0.0f64; c];
-        let mut sq = vec![0.0f64; c];
-        for row in block.chunks_exact(c) {
-            for (((d, q), &m), &v) in dev.iter_mut().zip(sq.iter_mut()).zip(&mean).zip(row) {
+        let mut mean = vec![0.0f64; c];
+        fold_widened(&acc, &mut mean);
+        for m in mean.iter_mut() {
+            *m /= rows as f64;
+        }
+        let mut mean_w = Vec::with_capacity(w);
+        widen(&mean, &mut mean_w);
+        let mut dev = vec![0.0f64; w];
+        let mut sq = vec![0.0f64; w];
+        let centred = |dev: &mut [f64], sq: &mut [f64], row: &[T]| {
+            for (((d, q), &m), &v) in dev.iter_mut().zip(sq.iter_mut()).zip(&mean_w).zip(row) {
                 let t = v.to_f64() - m;
                 *d += t;
                 *q += t * t;
             }
+        };
+        for row in wide.chunks_exact(w) {
+            centred(&mut dev, &mut sq, row);
         }
+        for row in tail.chunks_exact(c) {
+            centred(&mut dev, &mut sq, row);
+        }
+        let (mut dev_c, mut sq_c) = (vec![0.0f64; c], vec![0.0f64; c]);
+        fold_widened(&dev, &mut dev_c);
+        fold_widened(&sq, &mut sq_c);
         for (i, o) in out.iter_mut().enumerate() {
-            *o = Moments::from_centred(rows as u64, mean[i], dev[i], sq[i]);
+            *o = Moments::from_centred(rows as u64, mean[i], dev_c[i], sq_c[i]);
         }
     }
 }

@@ -14,6 +14,11 @@ pub(crate) const ROW_BLOCK_ELEMS: usize = 32 * 1024;
 /// block's own work even for very wide rows.
 pub(crate) const MIN_BLOCK_ROWS: usize = 16;
 
+/// Fewest values in one (widened) row of channels-last input: rows of fewer channels are
+/// processed several at a time, so that the vectorised loops along a row stay long (64 f32 fill
+/// eight AVX2 registers) even for C = 3.
+pub(crate) const MIN_ROW_WIDTH: usize = 64;
+
 /// Target elements of one unit of parallel work in channels-first input (several short runs
 /// are grouped up to this; long runs are one unit each). Smaller units balance threads better
 /// and cost more scheduling.

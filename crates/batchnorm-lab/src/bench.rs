@@ -1,0 +1,286 @@
+//! `bnlab bench`: times the BatchNorm kernels against a memory-traffic yardstick measured in the
+//! same process, on the same buffers and threads.
+//!
+//! Forward passes read x and write y, so their yardstick is a copy of x into y; backward reads x
+//! and dy and writes dx, so its yardstick is `c = a + b` over the same sizes. Samples of the
+//! kernel and of its yardstick alternate, so both see the same machine noise; the report gives
+//! medians and their ratio.
+
+use std::time::{Duration, Instant};
+
+use batchnorm::{
+    BatchNorm, BatchNormConfig, BatchNormError, Grads, Layout, Mode, Par, Saved, Shape,
+};
+use rayon::prelude::*;
+use serde_json::json;
+
+/// The shapes of the issue: ResNet-sized activations, a wide fully connected layer, and the
+/// small MLP layer of `bnlab fig1` where the cost per call (not bandwidth) counts.
+pub const DEFAULT_SHAPES: [&[usize]; 6] = [
+    &[64, 64, 56, 56],
+    &[32, 256, 14, 14],
+    &[8, 3, 224, 224],
+    &[256, 1024],
+    &[128, 2048, 7, 7],
+    &[60, 100],
+];
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Logical shapes (N, C, spatial...).
+    pub shapes: Vec<Vec<usize>>,
+    /// Memory layouts (2-D shapes are measured once: both layouts are the same memory).
+    pub layouts: Vec<Layout>,
+    /// Thread counts; each gets its own rayon pool.
+    pub threads: Vec<usize>,
+    /// Timed samples per measurement (the median is reported).
+    pub samples: usize,
+    /// Minimum duration of one sample: fast calls are repeated until a sample lasts this long.
+    pub min_sample: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            shapes: DEFAULT_SHAPES.iter().map(|s| s.to_vec()).collect(),
+            layouts: vec![Layout::ChannelsFirst, Layout::ChannelsLast],
+            threads: vec![1, 2],
+            samples: 21,
+            min_sample: Duration::from_millis(2),
+        }
+    }
+}
+
+/// The three operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Training forward: batch statistics, running-statistics update, normalise.
+    ForwardTrain,
+    /// Evaluation forward with running statistics.
+    ForwardEval,
+    /// Backward after a training forward: dx, dweight, dbias.
+    Backward,
+}
+
+impl Op {
+    /// The name used in the table and the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::ForwardTrain => "forward_train",
+            Op::ForwardEval => "forward_eval",
+            Op::Backward => "backward",
+        }
+    }
+
+    /// The yardstick this operation is compared with.
+    pub fn yardstick(self) -> &'static str {
+        match self {
+            Op::ForwardTrain | Op::ForwardEval => "copy",
+            Op::Backward => "add",
+        }
+    }
+
+    /// Bytes the operation must move at least: every input read once, every output written once.
+    fn bytes(self, elems: usize) -> usize {
+        let streams = if self == Op::Backward { 3 } else { 2 };
+        streams * elems * std::mem::size_of::<f32>()
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Logical dims.
+    pub dims: Vec<usize>,
+    /// Memory layout.
+    pub layout: Layout,
+    /// Operation.
+    pub op: Op,
+    /// Threads in the pool.
+    pub threads: usize,
+    /// Median time of one call, milliseconds.
+    pub median_ms: f64,
+    /// Median time of the yardstick on the same bytes, milliseconds.
+    pub yardstick_ms: f64,
+}
+
+impl Row {
+    /// Minimum traffic divided by the median time.
+    pub fn gb_per_s(&self) -> f64 {
+        self.op.bytes(self.dims.iter().product()) as f64 / (self.median_ms * 1e6)
+    }
+
+    /// Kernel time over yardstick time: 1.0 is the speed of memory.
+    pub fn ratio(&self) -> f64 {
+        self.median_ms / self.yardstick_ms
+    }
+
+    /// The row as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "shape": self.dims,
+            "layout": layout_name(self.layout),
+            "op": self.op.name(),
+            "threads": self.threads,
+            "median_ms": self.median_ms,
+            "gb_per_s": self.gb_per_s(),
+            "yardstick": self.op.yardstick(),
+            "yardstick_ms": self.yardstick_ms,
+            "ratio": self.ratio(),
+        })
+    }
+}
+
+/// `NCHW`-style name of a layout for a rank.
+pub fn layout_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::ChannelsFirst => "channels_first",
+        Layout::ChannelsLast => "channels_last",
+    }
+}
+
+/// Runs every measurement, calling `report` after each row (for progress output).
+///
+/// # Errors
+/// A shape the kernels reject, or a thread pool that cannot be built.
+pub fn run(cfg: &Config, mut report: impl FnMut(&Row)) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &threads in &cfg.threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        for dims in &cfg.shapes {
+            for (i, &layout) in cfg.layouts.iter().enumerate() {
+                if dims.len() == 2 && i > 0 {
+                    continue; // 2-D: both layouts are the same memory
+                }
+                let shape = Shape::new(dims, layout)?;
+                for row in pool.install(|| measure_shape(cfg, &shape, threads))? {
+                    report(&row);
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Buffers of one shape, touched once so that no timing pays for page faults.
+struct Buffers {
+    x: Vec<f32>,
+    y: Vec<f32>,
+    dy: Vec<f32>,
+    dx: Vec<f32>,
+}
+
+fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>, BatchNormError> {
+    let n = shape.len();
+    let mut b = Buffers {
+        x: (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 3.0)
+            .collect(),
+        y: vec![1.0; n],
+        dy: (0..n)
+            .map(|i| ((i * 104_729) % 1000) as f32 * 0.002 - 1.0)
+            .collect(),
+        dx: vec![1.0; n],
+    };
+    let mut bn = BatchNorm::<f32>::new(shape.channels(), BatchNormConfig::default())?;
+    bn.set_par(Par::Rayon);
+    let mut saved = Saved::default();
+    let mut grads = Grads::default();
+    // Warm up the module's buffers and the caches of the yardsticks.
+    bn.forward_into(&b.x, shape, Mode::Train, &mut b.y, &mut saved)?;
+    bn.backward_into(&b.x, &b.dy, shape, &saved, &mut b.dx, &mut grads)?;
+
+    let mut rows = Vec::new();
+    for op in [Op::ForwardTrain, Op::ForwardEval, Op::Backward] {
+        let mut failure = None;
+        let (median_ms, yardstick_ms) = {
+            let Buffers { x, y, dy, dx } = &mut b;
+            let mut kernel = || {
+                let result = match op {
+                    Op::ForwardTrain => bn.forward_into(x, shape, Mode::Train, y, &mut saved),
+                    Op::ForwardEval => bn.forward_into(x, shape, Mode::Eval, y, &mut saved),
+                    Op::Backward => bn.backward_into(x, dy, shape, &saved, dx, &mut grads),
+                };
+                if let Err(e) = result {
+                    failure = Some(e);
+                }
+            };
+            // The yardstick writes a scratch copy so the kernel's own inputs stay intact.
+            let mut scratch = vec![0.0f32; n];
+            scratch.copy_from_slice(x);
+            let mut yardstick = || match op {
+                Op::Backward => add(x, dy, &mut scratch, threads),
+                _ => copy(x, &mut scratch, threads),
+            };
+            time_pair(cfg, &mut kernel, &mut yardstick)
+        };
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        rows.push(Row {
+            dims: shape.dims().to_vec(),
+            layout: shape.layout(),
+            op,
+            threads,
+            median_ms,
+            yardstick_ms,
+        });
+    }
+    Ok(rows)
+}
+
+/// `dst = src`, split over `threads` contiguous pieces (memcpy per piece).
+fn copy(src: &[f32], dst: &mut [f32], threads: usize) {
+    let piece = src.len().div_ceil(threads);
+    dst.par_chunks_mut(piece)
+        .zip(src.par_chunks(piece))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+/// `c = a + b`, split over `threads` contiguous pieces.
+fn add(a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
+    let piece = a.len().div_ceil(threads);
+    c.par_chunks_mut(piece)
+        .zip(a.par_chunks(piece).zip(b.par_chunks(piece)))
+        .for_each(|(c, (a, b))| {
+            for ((c, &a), &b) in c.iter_mut().zip(a).zip(b) {
+                *c = a + b;
+            }
+        });
+}
+
+/// Medians (ms per call) of the kernel and the yardstick, sampled alternately.
+fn time_pair(cfg: &Config, kernel: &mut dyn FnMut(), yardstick: &mut dyn FnMut()) -> (f64, f64) {
+    let reps = repetitions(cfg.min_sample, kernel).max(repetitions(cfg.min_sample, yardstick));
+    let mut k = Vec::with_capacity(cfg.samples);
+    let mut y = Vec::with_capacity(cfg.samples);
+    for _ in 0..cfg.samples {
+        k.push(sample(reps, kernel));
+        y.push(sample(reps, yardstick));
+    }
+    (median(&mut k), median(&mut y))
+}
+
+/// How many calls make one sample last at least `min`.
+fn repetitions(min: Duration, f: &mut dyn FnMut()) -> usize {
+    let one = sample(1, f).max(1e-6);
+    ((min.as_secs_f64() * 1e3 / one).ceil() as usize).clamp(1, 100_000)
+}
+
+/// Milliseconds per call over `reps` calls.
+fn sample(reps: usize, f: &mut dyn FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    t.elapsed().as_secs_f64() * 1e3 / reps as f64
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
