@@ -67,7 +67,8 @@ struct Fig1Args {
     /// batch) every this many steps, plus at step 0 and at the last step.
     #[arg(long, default_value_t = 500)]
     eval_every: usize,
-    /// Worker threads: 2 trains both networks at once (one per core), 1 one after the other.
+    /// Worker threads: 2 trains both networks at once (one per core), 1 one after the other;
+    /// more than 2 is the same as 2 (there are two networks).
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Output folder for metrics.csv, summary.json, fig1.png, fig1.svg and report.md.

@@ -43,4 +43,4 @@ pub use loss::{count_correct, LossStats, SoftmaxCrossEntropy};
 pub use model::Sequential;
 pub use optim::{Sgd, SgdConfig};
 pub use rng::Rng;
-pub use scalar::Scalar;
+pub use scalar::{exp_f32, Scalar};

@@ -5,7 +5,9 @@ use crate::layers::{Layer, Mode, Param};
 use crate::scalar::Scalar;
 
 /// Layers applied in order, with every activation and gradient buffer allocated once, in
-/// [`Sequential::new`], for batches of up to `capacity` samples: training steps allocate nothing.
+/// [`Sequential::new`], for batches of up to `capacity` samples: training steps allocate nothing
+/// of their own. (The kernels underneath do: `matrixmultiply` a packing buffer per product, the
+/// core batch-normalization kernels their returned statistics; see `tests/no_alloc.rs`.)
 ///
 /// Usage per step: fill [`Sequential::input_mut`], call [`Sequential::forward`], compute the
 /// loss gradient into [`Sequential::output_and_grad`], call [`Sequential::backward`], then let an

@@ -180,16 +180,16 @@ pub fn train(
         loss_sum += s.loss;
         correct += s.correct;
         since += 1;
-        if step % 100 == 0 {
+        if step.is_multiple_of(100) {
             progress.set_step(step as u64);
         }
-        if step % cfg.eval_every == 0 || step == cfg.steps {
+        if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
             train_seconds += t_train.elapsed().as_secs_f64();
             let t_eval = Instant::now();
             let loss = loss_sum / since as f64;
             let acc = correct as f64 / (since * bs) as f64;
             let rec = evaluator.run(&mut model, step, loss, acc)?;
-            let loud = (step / cfg.eval_every) % 10 == 0 || step == cfg.steps;
+            let loud = (step / cfg.eval_every).is_multiple_of(10) || step == cfg.steps;
             progress.report(step as u64, loss, acc, rec.test_accuracy, loud);
             evals.push(rec);
             (loss_sum, correct, since) = (0.0, 0, 0);
