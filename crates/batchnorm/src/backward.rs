@@ -5,7 +5,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
-use crate::plan::{channels_per_item, fold_widened, rows_per_block, widen, Exec};
+use crate::plan::{channels_per_item, fold_widened, rows_per_block, runs_per_piece, widen, Exec};
 use crate::simd::multiversion;
 use crate::tuning::LANES;
 
@@ -17,26 +17,47 @@ pub(crate) struct GradSums {
 }
 
 multiversion! {
-    /// The sums over one run of a single channel.
-    fn run_grad_sums<T>(x: &[T], dy: &[T], mean: f64) -> GradSums {
+    /// The sums of `out.len()` neighbouring channels over `count` consecutive outer blocks of
+    /// channels-first input: `x` and `dy` start at the first channel's run in the first block,
+    /// blocks are `stride` apart, runs `inner` long; `mean` holds those channels' means.
+    #[allow(clippy::too_many_arguments)]
+    fn unit_grad_sums<T>(
+        x: &[T],
+        dy: &[T],
+        stride: usize,
+        count: usize,
+        inner: usize,
+        mean: &[f64],
+        out: &mut [GradSums],
+    ) {
         // Widen a tile to f64 and form the products first (plain element-wise loops), then
         // reduce each f64 tile into LANES accumulators: two single-input reductions vectorise
         // where one fused two-input reduction does not.
         const TILE: usize = 256;
-        let mut s = [0.0f64; LANES];
-        let mut sx = [0.0f64; LANES];
+        let g = out.len();
+        let mut s = vec![[0.0f64; LANES]; g];
+        let mut sx = vec![[0.0f64; LANES]; g];
         let mut d = [0.0f64; TILE];
         let mut p = [0.0f64; TILE];
-        for (xs, ds) in x.chunks(TILE).zip(dy.chunks(TILE)) {
-            let n = xs.len();
-            for ((dv, pv), (&xv, &yv)) in d.iter_mut().zip(p.iter_mut()).zip(xs.iter().zip(ds)) {
-                *dv = yv.to_f64();
-                *pv = *dv * (xv.to_f64() - mean);
+        for k in 0..count {
+            let r = k * stride..k * stride + g * inner;
+            let runs = x[r.clone()].chunks_exact(inner).zip(dy[r].chunks_exact(inner));
+            for (j, (xr, dr)) in runs.enumerate() {
+                for (xs, ds) in xr.chunks(TILE).zip(dr.chunks(TILE)) {
+                    let n = xs.len();
+                    let tiles = d.iter_mut().zip(p.iter_mut());
+                    for ((dv, pv), (&xv, &yv)) in tiles.zip(xs.iter().zip(ds)) {
+                        *dv = yv.to_f64();
+                        *pv = *dv * (xv.to_f64() - mean[j]);
+                    }
+                    accumulate_lanes(&mut s[j], &d[..n]);
+                    accumulate_lanes(&mut sx[j], &p[..n]);
+                }
             }
-            accumulate_lanes(&mut s, &d[..n]);
-            accumulate_lanes(&mut sx, &p[..n]);
         }
-        GradSums { dy: s.iter().sum(), dy_xmu: sx.iter().sum() }
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = GradSums { dy: s[j].iter().sum(), dy_xmu: sx[j].iter().sum() };
+        }
     }
 }
 
@@ -111,18 +132,30 @@ pub(crate) fn grad_sums<T: Element>(
         });
         geo.outer.div_ceil(rows)
     } else {
-        let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
-        parts.resize(geo.outer * g, GradSums::default());
-        for_each_chunk(exec.par, parts, g, |o, p| {
-            for_each_chunk(exec.par, p, sub, |k, pk| {
-                for (j, s) in pk.iter_mut().enumerate() {
-                    let ch = range.start + k * sub + j;
-                    let r = (o * c + ch) * inner..(o * c + ch + 1) * inner;
-                    *s = run_grad_sums(exec.isa, &x[r.clone()], &dy[r], mean[ch]);
-                }
+        let (inner, per) = (geo.inner, runs_per_piece(geo));
+        let sub = channels_per_item(inner);
+        let pieces = geo.outer.div_ceil(per);
+        parts.resize(pieces * g, GradSums::default());
+        for_each_chunk(exec.par, parts, g, |p, row| {
+            let count = per.min(geo.outer - p * per);
+            for_each_chunk(exec.par, row, sub, |k, pk| {
+                let first = range.start + k * sub;
+                let start = (p * per * c + first) * inner;
+                let r = start..start + (count - 1) * c * inner + pk.len() * inner;
+                let m = &mean[first..first + pk.len()];
+                unit_grad_sums(
+                    exec.isa,
+                    &x[r.clone()],
+                    &dy[r],
+                    c * inner,
+                    count,
+                    inner,
+                    m,
+                    pk,
+                );
             });
         });
-        geo.outer
+        pieces
     };
     for (j, s) in out[range].iter_mut().enumerate() {
         *s = (0..pieces).fold(GradSums::default(), |acc, p| GradSums {
@@ -165,32 +198,23 @@ impl GradMaps {
     }
 }
 
-/// One channel's entry of [`GradMaps`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct GradMap {
-    mean: f64,
-    k: f64,
-    a: f64,
-    b: f64,
-}
-
-impl GradMaps {
-    fn channel(&self, c: usize) -> GradMap {
-        GradMap {
-            mean: self.mean[c],
-            k: self.k[c],
-            a: self.a[c],
-            b: self.b[c],
-        }
-    }
-}
-
 multiversion! {
-    /// dx over one run of a single channel.
-    fn run_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], map: GradMap) {
-        let GradMap { mean, k, a, b } = map;
-        for ((g, &xv), &d) in dx.iter_mut().zip(x).zip(dy) {
-            *g = T::from_f64(k * ((d.to_f64() - a) - (xv.to_f64() - mean) * b));
+    /// dx over consecutive runs of `inner` values, run `j` belonging to channel `first + j`.
+    fn runs_input_grad<T>(
+        x: &[T],
+        dy: &[T],
+        dx: &mut [T],
+        inner: usize,
+        first: usize,
+        maps: &GradMaps,
+    ) {
+        let runs = x.chunks_exact(inner).zip(dy.chunks_exact(inner)).zip(dx.chunks_exact_mut(inner));
+        for (j, ((xr, dr), gr)) in runs.enumerate() {
+            let ch = first + j;
+            let (mean, k, a, b) = (maps.mean[ch], maps.k[ch], maps.a[ch], maps.b[ch]);
+            for ((g, &xv), &d) in gr.iter_mut().zip(xr).zip(dr) {
+                *g = T::from_f64(k * ((d.to_f64() - a) - (xv.to_f64() - mean) * b));
+            }
         }
     }
 }
@@ -240,12 +264,11 @@ pub(crate) fn input_grad<T: Element>(
         let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
         for_each_chunk(exec.par, dx, c * inner, |o, go| {
             let group = &mut go[range.start * inner..range.end * inner];
-            for_each_chunk(exec.par, group, sub * inner, |kk, gk| {
-                for (j, gr) in gk.chunks_mut(inner).enumerate() {
-                    let ch = range.start + kk * sub + j;
-                    let r = (o * c + ch) * inner..(o * c + ch + 1) * inner;
-                    run_input_grad(exec.isa, &x[r.clone()], &dy[r], gr, maps.channel(ch));
-                }
+            for_each_chunk(exec.par, group, sub * inner, |k, gk| {
+                let start = (o * c + range.start + k * sub) * inner;
+                let r = start..start + gk.len();
+                let first = range.start + k * sub;
+                runs_input_grad(exec.isa, &x[r.clone()], &dy[r], gk, inner, first, maps);
             });
         });
     }

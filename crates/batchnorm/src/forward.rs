@@ -29,10 +29,14 @@ impl ChannelMaps {
 }
 
 multiversion! {
-    /// One run of a single channel.
-    fn normalize_run<T>(x: &[T], y: &mut [T], mean: f64, scale: f64, shift: f64) {
-        for (yv, &xv) in y.iter_mut().zip(x) {
-            *yv = T::from_f64((xv.to_f64() - mean) * scale + shift);
+    /// Consecutive runs of `inner` values, run `j` belonging to channel `first + j`.
+    fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, first: usize, maps: &ChannelMaps) {
+        for (j, (xr, yr)) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).enumerate() {
+            let ch = first + j;
+            let (mean, scale, shift) = (maps.mean[ch], maps.scale[ch], maps.shift[ch]);
+            for (yv, &xv) in yr.iter_mut().zip(xr) {
+                *yv = T::from_f64((xv.to_f64() - mean) * scale + shift);
+            }
         }
     }
 }
@@ -93,12 +97,9 @@ pub(crate) fn normalize<T: Element>(
         for_each_chunk(exec.par, y, c * inner, |o, yo| {
             let group = &mut yo[range.start * inner..range.end * inner];
             for_each_chunk(exec.par, group, sub * inner, |k, yk| {
-                for (j, yr) in yk.chunks_mut(inner).enumerate() {
-                    let ch = range.start + k * sub + j;
-                    let start = (o * c + ch) * inner;
-                    let (mean, scale, shift) = (maps.mean[ch], maps.scale[ch], maps.shift[ch]);
-                    normalize_run(exec.isa, &x[start..start + inner], yr, mean, scale, shift);
-                }
+                let start = (o * c + range.start + k * sub) * inner;
+                let xk = &x[start..start + yk.len()];
+                normalize_runs(exec.isa, xk, yk, inner, range.start + k * sub, maps);
             });
         });
     }

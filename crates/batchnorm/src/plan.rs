@@ -6,7 +6,9 @@ use std::ops::Range;
 use crate::layout::Geometry;
 use crate::par::Par;
 use crate::simd::Isa;
-use crate::tuning::{ITEM_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_WIDTH, ROW_BLOCK_ELEMS, WAVE_BYTES};
+use crate::tuning::{
+    ITEM_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_WIDTH, PIECE_ELEMS, ROW_BLOCK_ELEMS, WAVE_BYTES,
+};
 
 /// The execution choices of one call.
 #[derive(Debug, Clone, Copy)]
@@ -60,9 +62,16 @@ pub(crate) fn fold_widened(wide: &[f64], out: &mut [f64]) {
     }
 }
 
-/// Channels per unit of work inside one outer block of channels-first input.
+/// Neighbouring channels per unit of work in one outer block of channels-first input.
 pub(crate) fn channels_per_item(inner: usize) -> usize {
     (ITEM_ELEMS / inner).max(1)
+}
+
+/// Consecutive outer blocks whose runs are reduced together in channels-first input: short runs
+/// are gathered up to [`PIECE_ELEMS`] values per channel, so that their reduction is two-pass
+/// over cache-resident data with one merge per piece, not one per run.
+pub(crate) fn runs_per_piece(geo: Geometry) -> usize {
+    (PIECE_ELEMS / geo.inner).clamp(1, geo.outer)
 }
 
 /// The channel groups processed one after the other, for a pass that keeps `streams` tensors of

@@ -9,7 +9,9 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
-use crate::plan::{channels_per_item, fold_widened, row_width, rows_per_block, widen, Exec};
+use crate::plan::{
+    channels_per_item, fold_widened, row_width, rows_per_block, runs_per_piece, widen, Exec,
+};
 use crate::simd::multiversion;
 use crate::tuning::{LANES, RUN_CHUNK};
 
@@ -51,9 +53,12 @@ impl Moments {
         if xs.is_empty() {
             return Self::EMPTY;
         }
-        let mean = sum(xs) / xs.len() as f64;
-        let (dev, sq) = centred_sums(xs, mean);
-        Self::from_centred(xs.len() as u64, mean, dev, sq)
+        let mut acc = [0.0f64; LANES];
+        add_lanes(&mut acc, xs);
+        let mean = acc.iter().sum::<f64>() / xs.len() as f64;
+        let (mut dev, mut sq) = ([0.0f64; LANES], [0.0f64; LANES]);
+        add_centred_lanes(&mut dev, &mut sq, xs, mean);
+        Self::from_centred(xs.len() as u64, mean, dev.iter().sum(), sq.iter().sum())
     }
 
     /// Builds the summary from the sums `dev = sum(x - c)` and `sq = sum((x - c)^2)` around a
@@ -99,10 +104,9 @@ impl Moments {
     }
 }
 
-/// `sum(xs)` in `f64` with [`LANES`] independent accumulators.
+/// `acc[l] += x[i]` (in `f64`) for `i % LANES == l`, in order.
 #[inline(always)]
-fn sum<T: Element>(xs: &[T]) -> f64 {
-    let mut acc = [0.0f64; LANES];
+fn add_lanes<T: Element>(acc: &mut [f64; LANES], xs: &[T]) {
     let (chunks, tail) = xs.as_chunks::<LANES>();
     for c in chunks {
         for l in 0..LANES {
@@ -112,14 +116,11 @@ fn sum<T: Element>(xs: &[T]) -> f64 {
     for (a, &x) in acc.iter_mut().zip(tail) {
         *a += x.to_f64();
     }
-    acc.iter().sum()
 }
 
-/// `(sum(x - c), sum((x - c)^2))` in `f64` with [`LANES`] independent accumulators.
+/// `dev[l] += x[i] - c`, `sq[l] += (x[i] - c)^2` (in `f64`) for `i % LANES == l`, in order.
 #[inline(always)]
-fn centred_sums<T: Element>(xs: &[T], c: f64) -> (f64, f64) {
-    let mut dev = [0.0f64; LANES];
-    let mut sq = [0.0f64; LANES];
+fn add_centred_lanes<T: Element>(dev: &mut [f64; LANES], sq: &mut [f64; LANES], xs: &[T], c: f64) {
     let (chunks, tail) = xs.as_chunks::<LANES>();
     for ch in chunks {
         for l in 0..LANES {
@@ -133,17 +134,45 @@ fn centred_sums<T: Element>(xs: &[T], c: f64) -> (f64, f64) {
         dev[l] += v;
         sq[l] += v * v;
     }
-    (dev.iter().sum(), sq.iter().sum())
 }
 
 multiversion! {
-    /// The moments of one contiguous run, chunk by chunk.
-    fn run_moments<T>(xs: &[T]) -> Moments {
-        let mut acc = Moments::EMPTY;
-        for chunk in xs.chunks(RUN_CHUNK) {
-            acc = acc.merge(Moments::of_slice(chunk));
+    /// The moments of `out.len()` neighbouring channels over `count` consecutive outer blocks of
+    /// channels-first input: `x` starts at the first channel's run in the first block, blocks
+    /// are `stride` apart, runs `inner` long. Short runs are summed, then centred while the unit
+    /// is in cache (the corrected two-pass algorithm); long runs go chunk by chunk, merged.
+    fn unit_moments<T>(x: &[T], stride: usize, count: usize, inner: usize, out: &mut [Moments]) {
+        let g = out.len();
+        let runs = |k: usize| x[k * stride..k * stride + g * inner].chunks_exact(inner);
+        if inner > RUN_CHUNK {
+            out.fill(Moments::EMPTY);
+            for k in 0..count {
+                for (o, run) in out.iter_mut().zip(runs(k)) {
+                    for chunk in run.chunks(RUN_CHUNK) {
+                        *o = o.merge(Moments::of_slice(chunk));
+                    }
+                }
+            }
+            return;
         }
-        acc
+        let n = count * inner;
+        let mut acc = vec![[0.0f64; LANES]; g];
+        for k in 0..count {
+            for (a, run) in acc.iter_mut().zip(runs(k)) {
+                add_lanes(a, run);
+            }
+        }
+        let mean: Vec<f64> = acc.iter().map(|a| a.iter().sum::<f64>() / n as f64).collect();
+        let mut dev = vec![[0.0f64; LANES]; g];
+        let mut sq = vec![[0.0f64; LANES]; g];
+        for k in 0..count {
+            for (j, run) in runs(k).enumerate() {
+                add_centred_lanes(&mut dev[j], &mut sq[j], run, mean[j]);
+            }
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = Moments::from_centred(n as u64, mean[j], dev[j].iter().sum(), sq[j].iter().sum());
+        }
     }
 }
 
@@ -218,18 +247,19 @@ pub(crate) fn channel_moments<T: Element>(
         });
         geo.outer.div_ceil(rows)
     } else {
-        let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
-        parts.resize(geo.outer * g, Moments::EMPTY);
-        for_each_chunk(exec.par, parts, g, |o, p| {
-            for_each_chunk(exec.par, p, sub, |k, pk| {
-                for (j, m) in pk.iter_mut().enumerate() {
-                    let ch = range.start + k * sub + j;
-                    let start = (o * c + ch) * inner;
-                    *m = run_moments(exec.isa, &x[start..start + inner]);
-                }
+        let (inner, per) = (geo.inner, runs_per_piece(geo));
+        let sub = channels_per_item(inner);
+        let pieces = geo.outer.div_ceil(per);
+        parts.resize(pieces * g, Moments::EMPTY);
+        for_each_chunk(exec.par, parts, g, |p, row| {
+            let count = per.min(geo.outer - p * per);
+            for_each_chunk(exec.par, row, sub, |k, pk| {
+                let start = (p * per * c + range.start + k * sub) * inner;
+                let end = start + (count - 1) * c * inner + pk.len() * inner;
+                unit_moments(exec.isa, &x[start..end], c * inner, count, inner, pk);
             });
         });
-        geo.outer
+        pieces
     };
     for (j, m) in out[range].iter_mut().enumerate() {
         *m = (0..pieces).fold(Moments::EMPTY, |acc, p| acc.merge(parts[p * g + j]));

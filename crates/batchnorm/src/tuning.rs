@@ -19,10 +19,17 @@ pub(crate) const MIN_BLOCK_ROWS: usize = 16;
 /// eight AVX2 registers) even for C = 3.
 pub(crate) const MIN_ROW_WIDTH: usize = 64;
 
-/// Target elements of one unit of parallel work in channels-first input (several short runs
-/// are grouped up to this; long runs are one unit each). Smaller units balance threads better
-/// and cost more scheduling.
-pub(crate) const ITEM_ELEMS: usize = 16 * 1024;
+/// Target elements of one unit of parallel work in channels-first input, per outer block: short
+/// runs of neighbouring channels are grouped up to this (a contiguous 16 KiB of f32, long enough
+/// for the hardware prefetcher); long runs are one unit each. Smaller units balance threads
+/// better and cost more scheduling.
+pub(crate) const ITEM_ELEMS: usize = 4 * 1024;
+
+/// Values of one channel reduced together in channels-first input with short runs: the runs of
+/// that many consecutive outer blocks are summed, then centred, while the unit is in L2, and
+/// merged once. Larger pieces spill L2 (a unit holds up to `ITEM_ELEMS` times this over
+/// `inner`); smaller ones merge more often.
+pub(crate) const PIECE_ELEMS: usize = 1024;
 
 /// Bytes of the streams one channel group (a "wave") may hold: the group's statistics pass reads
 /// them from memory and leaves them in the last-level cache, so the second pass (normalise, or
