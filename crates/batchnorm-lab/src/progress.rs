@@ -1,6 +1,7 @@
 //! Progress display for networks training side by side.
 //!
-//! On a terminal: one `indicatif` bar per network (steps/s, loss, accuracy). Otherwise (CI,
+//! On a terminal: one `indicatif` bar per network (steps/s with evaluation included, training
+//! loss and batch accuracy since the last evaluation, test accuracy). Otherwise (CI,
 //! redirected stderr): a plain line per network every tenth evaluation and at the end.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -38,11 +39,10 @@ impl Progress {
 
     /// Adds a display for a network named `name` training `steps` steps.
     pub(crate) fn add(&self, name: &str, steps: u64) -> NetProgress {
-        let style = ProgressStyle::with_template(
-            "{prefix:>6} [{bar:30}] {pos:>6}/{len} {per_sec:>10} {msg} (eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos:>6}/{len} {msg} (eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         let bar = self.multi.add(
             ProgressBar::new(steps)
                 .with_style(style)
@@ -64,11 +64,13 @@ impl NetProgress {
 
     /// Shows the latest figures; `loud` asks for a plain line too when not on a terminal.
     pub(crate) fn report(&self, step: u64, loss: f64, train_acc: f64, test_acc: f64, loud: bool) {
-        let msg = format!("loss {loss:.4}  batch acc {train_acc:.3}  test acc {test_acc:.4}");
+        let rate = step as f64 / self.bar.elapsed().as_secs_f64().max(1e-9);
+        let msg = format!(
+            "{rate:>5.0} steps/s  loss {loss:.4}  batch acc {train_acc:.3}  test acc {test_acc:.4}"
+        );
         if !self.terminal && loud {
-            let rate = step as f64 / self.bar.elapsed().as_secs_f64().max(1e-9);
             eprintln!(
-                "{:>6} step {step:>6}: {msg}  ({rate:.0} steps/s incl. evaluation)",
+                "{:>6} step {step:>6}: {msg} (evaluation included)",
                 self.name
             );
         }
