@@ -5,7 +5,10 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
-use crate::plan::{channels_per_item, fold_widened, rows_per_block, runs_per_piece, widen, Exec};
+use crate::plan::{
+    channels_per_item, fold_widened_in_place, rows_per_block, runs_per_piece, widen, Exec,
+};
+use crate::scratch::with_zeroed;
 use crate::simd::multiversion;
 use crate::tuning::LANES;
 
@@ -35,29 +38,31 @@ multiversion! {
         // where one fused two-input reduction does not.
         const TILE: usize = 256;
         let g = out.len();
-        let mut s = vec![[0.0f64; LANES]; g];
-        let mut sx = vec![[0.0f64; LANES]; g];
         let mut d = [0.0f64; TILE];
         let mut p = [0.0f64; TILE];
-        for k in 0..count {
-            let r = k * stride..k * stride + g * inner;
-            let runs = x[r.clone()].chunks_exact(inner).zip(dy[r].chunks_exact(inner));
-            for (j, (xr, dr)) in runs.enumerate() {
-                for (xs, ds) in xr.chunks(TILE).zip(dr.chunks(TILE)) {
-                    let n = xs.len();
-                    let tiles = d.iter_mut().zip(p.iter_mut());
-                    for ((dv, pv), (&xv, &yv)) in tiles.zip(xs.iter().zip(ds)) {
-                        *dv = yv.to_f64();
-                        *pv = *dv * (xv.to_f64() - mean[j]);
+        with_zeroed(2 * g * LANES, |scratch| {
+            let (lanes, _) = scratch.as_chunks_mut::<LANES>();
+            let (s, sx) = lanes.split_at_mut(g);
+            for k in 0..count {
+                let r = k * stride..k * stride + g * inner;
+                let runs = x[r.clone()].chunks_exact(inner).zip(dy[r].chunks_exact(inner));
+                for (j, (xr, dr)) in runs.enumerate() {
+                    for (xs, ds) in xr.chunks(TILE).zip(dr.chunks(TILE)) {
+                        let n = xs.len();
+                        let tiles = d.iter_mut().zip(p.iter_mut());
+                        for ((dv, pv), (&xv, &yv)) in tiles.zip(xs.iter().zip(ds)) {
+                            *dv = yv.to_f64();
+                            *pv = *dv * (xv.to_f64() - mean[j]);
+                        }
+                        accumulate_lanes(&mut s[j], &d[..n]);
+                        accumulate_lanes(&mut sx[j], &p[..n]);
                     }
-                    accumulate_lanes(&mut s[j], &d[..n]);
-                    accumulate_lanes(&mut sx[j], &p[..n]);
                 }
             }
-        }
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = GradSums { dy: s[j].iter().sum(), dy_xmu: sx[j].iter().sum() };
-        }
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = GradSums { dy: s[j].iter().sum(), dy_xmu: sx[j].iter().sum() };
+            }
+        });
     }
 }
 
@@ -80,29 +85,29 @@ multiversion! {
     /// per-channel mean repeated over one widened row.
     fn block_grad_sums<T>(x: &[T], dy: &[T], mean: &[f64], out: &mut [GradSums]) {
         let (c, w) = (out.len(), mean.len());
-        let mut s = vec![0.0f64; w];
-        let mut sx = vec![0.0f64; w];
-        let row = |s: &mut [f64], sx: &mut [f64], xr: &[T], dr: &[T]| {
-            let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
-            for (((s, sx), &m), (&xv, &dv)) in acc.zip(xr.iter().zip(dr)) {
-                let d = dv.to_f64();
-                *s += d;
-                *sx += d * (xv.to_f64() - m);
+        with_zeroed(2 * w, |scratch| {
+            let (s, sx) = scratch.split_at_mut(w);
+            let row = |s: &mut [f64], sx: &mut [f64], xr: &[T], dr: &[T]| {
+                let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
+                for (((s, sx), &m), (&xv, &dv)) in acc.zip(xr.iter().zip(dr)) {
+                    let d = dv.to_f64();
+                    *s += d;
+                    *sx += d * (xv.to_f64() - m);
+                }
+            };
+            let split = x.len() / w * w;
+            for (xr, dr) in x[..split].chunks_exact(w).zip(dy[..split].chunks_exact(w)) {
+                row(s, sx, xr, dr);
             }
-        };
-        let split = x.len() / w * w;
-        for (xr, dr) in x[..split].chunks_exact(w).zip(dy[..split].chunks_exact(w)) {
-            row(&mut s, &mut sx, xr, dr);
-        }
-        for (xr, dr) in x[split..].chunks_exact(c).zip(dy[split..].chunks_exact(c)) {
-            row(&mut s, &mut sx, xr, dr);
-        }
-        let (mut s_c, mut sx_c) = (vec![0.0f64; c], vec![0.0f64; c]);
-        fold_widened(&s, &mut s_c);
-        fold_widened(&sx, &mut sx_c);
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = GradSums { dy: s_c[i], dy_xmu: sx_c[i] };
-        }
+            for (xr, dr) in x[split..].chunks_exact(c).zip(dy[split..].chunks_exact(c)) {
+                row(s, sx, xr, dr);
+            }
+            fold_widened_in_place(s, c);
+            fold_widened_in_place(sx, c);
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = GradSums { dy: s[i], dy_xmu: sx[i] };
+            }
+        });
     }
 }
 
@@ -117,18 +122,19 @@ pub(crate) fn grad_sums<T: Element>(
     exec: Exec,
     mean: &[f64],
     parts: &mut Vec<GradSums>,
+    wide: &mut GradMaps,
     out: &mut [GradSums],
 ) {
     let (c, g) = (geo.channels, range.len());
     let pieces = if geo.is_rows() {
         let rows = rows_per_block(c);
-        let mut mean_w = Vec::new();
-        widen(mean, &mut mean_w);
+        widen(mean, &mut wide.mean);
+        let mean_w = &wide.mean;
         parts.resize(geo.outer.div_ceil(rows) * c, GradSums::default());
         for_each_chunk(exec.par, parts, c, |b, p| {
             let start = b * rows * c;
             let end = (start + rows * c).min(x.len());
-            block_grad_sums(exec.isa, &x[start..end], &dy[start..end], &mean_w, p);
+            block_grad_sums(exec.isa, &x[start..end], &dy[start..end], mean_w, p);
         });
         geo.outer.div_ceil(rows)
     } else {
@@ -180,14 +186,12 @@ pub(crate) struct GradMaps {
 }
 
 impl GradMaps {
-    /// The maps repeated over one widened row (see [`widen`]).
-    fn widened(&self) -> GradMaps {
-        let mut w = GradMaps::default();
-        widen(&self.mean, &mut w.mean);
-        widen(&self.k, &mut w.k);
-        widen(&self.a, &mut w.a);
-        widen(&self.b, &mut w.b);
-        w
+    /// Writes the maps repeated over one widened row (see [`widen`]) into `wide`.
+    fn widen_into(&self, wide: &mut GradMaps) {
+        widen(&self.mean, &mut wide.mean);
+        widen(&self.k, &mut wide.k);
+        widen(&self.a, &mut wide.a);
+        widen(&self.b, &mut wide.b);
     }
 
     pub fn resize(&mut self, channels: usize) {
@@ -243,6 +247,7 @@ multiversion! {
 }
 
 /// Writes the channels in `range` (all channels for channels-last input) of `dx`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn input_grad<T: Element>(
     x: &[T],
     dy: &[T],
@@ -251,14 +256,16 @@ pub(crate) fn input_grad<T: Element>(
     range: Range<usize>,
     exec: Exec,
     maps: &GradMaps,
+    wide: &mut GradMaps,
 ) {
     let c = geo.channels;
     if geo.is_rows() {
         let rows = rows_per_block(c);
-        let wide = maps.widened();
+        maps.widen_into(wide);
+        let wide = &*wide;
         for_each_chunk(exec.par, dx, rows * c, |b, gb| {
             let r = b * rows * c..b * rows * c + gb.len();
-            rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gb, c, &wide);
+            rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gb, c, wide);
         });
     } else {
         let (inner, sub) = (geo.inner, channels_per_item(geo.inner));

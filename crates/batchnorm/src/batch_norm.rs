@@ -97,9 +97,12 @@ struct Workspace {
     moments: Vec<Moments>,
     moment_parts: Vec<Moments>,
     maps: ChannelMaps,
+    /// `maps` repeated over one widened row (channels-last input).
+    wide_maps: ChannelMaps,
     sums: Vec<GradSums>,
     sum_parts: Vec<GradSums>,
     grad_maps: GradMaps,
+    wide_grad_maps: GradMaps,
 }
 
 /// What `forward` used, kept for `backward`.
@@ -428,7 +431,7 @@ impl<T: Element> BatchNorm<T> {
                         let m = ws.moments[ch];
                         set_map(saved, &mut ws.maps, ch, m.mean, m.variance());
                     }
-                    normalize(x, y, geo, group, exec, &ws.maps);
+                    normalize(x, y, geo, group, exec, &ws.maps, &mut ws.wide_maps);
                 }
             }
             Statistics::Running => {
@@ -439,7 +442,7 @@ impl<T: Element> BatchNorm<T> {
                     );
                     set_map(saved, &mut ws.maps, ch, mean, var);
                 }
-                normalize(x, y, geo, 0..c, exec, &ws.maps);
+                normalize(x, y, geo, 0..c, exec, &ws.maps, &mut ws.wide_maps);
             }
         }
         saved
@@ -488,8 +491,18 @@ impl<T: Element> BatchNorm<T> {
         ws.grad_maps.resize(c);
         ws.grad_maps.mean.copy_from_slice(&saved.mean64);
         for group in channel_groups(geo, std::mem::size_of::<T>(), 2) {
-            let (parts, sums) = (&mut ws.sum_parts, &mut ws.sums);
-            grad_sums(x, dy, geo, group.clone(), exec, &saved.mean64, parts, sums);
+            let (parts, sums, wide) = (&mut ws.sum_parts, &mut ws.sums, &mut ws.wide_grad_maps);
+            grad_sums(
+                x,
+                dy,
+                geo,
+                group.clone(),
+                exec,
+                &saved.mean64,
+                parts,
+                wide,
+                sums,
+            );
             for ch in group.clone() {
                 let invstd = saved.invstd64[ch];
                 let maps = &mut ws.grad_maps;
@@ -501,7 +514,16 @@ impl<T: Element> BatchNorm<T> {
                     Statistics::Running => (0.0, 0.0),
                 };
             }
-            input_grad(x, dy, dx, geo, group, exec, &ws.grad_maps);
+            input_grad(
+                x,
+                dy,
+                dx,
+                geo,
+                group,
+                exec,
+                &ws.grad_maps,
+                &mut ws.wide_grad_maps,
+            );
         }
         grads.weight.clear();
         grads.bias.clear();

@@ -79,18 +79,19 @@ pub(crate) fn normalize<T: Element>(
     range: Range<usize>,
     exec: Exec,
     maps: &ChannelMaps,
+    wide: &mut ChannelMaps,
 ) {
     let c = geo.channels;
     if geo.is_rows() {
         let rows = rows_per_block(c);
-        let (mut mean, mut scale, mut shift) = (Vec::new(), Vec::new(), Vec::new());
-        widen(&maps.mean, &mut mean);
-        widen(&maps.scale, &mut scale);
-        widen(&maps.shift, &mut shift);
+        widen(&maps.mean, &mut wide.mean);
+        widen(&maps.scale, &mut wide.scale);
+        widen(&maps.shift, &mut wide.shift);
+        let (mean, scale, shift) = (&wide.mean, &wide.scale, &wide.shift);
         for_each_chunk(exec.par, y, rows * c, |b, yb| {
             let start = b * rows * c;
             let xb = &x[start..start + yb.len()];
-            normalize_rows(exec.isa, xb, yb, c, &mean, &scale, &shift);
+            normalize_rows(exec.isa, xb, yb, c, mean, scale, shift);
         });
     } else {
         let (inner, sub) = (geo.inner, channels_per_item(geo.inner));

@@ -43,6 +43,7 @@ mod layout;
 mod par;
 mod plan;
 mod running_stats;
+mod scratch;
 mod simd;
 mod stats;
 mod tuning;

@@ -51,12 +51,12 @@ pub(crate) fn widen(per_channel: &[f64], pattern: &mut Vec<f64>) {
     pattern.extend(per_channel.iter().cycle().take(w));
 }
 
-/// Folds a widened accumulator back to one value per channel, in a fixed order.
-pub(crate) fn fold_widened(wide: &[f64], out: &mut [f64]) {
-    let c = out.len();
-    out.copy_from_slice(&wide[..c]);
-    for row in wide[c..].chunks_exact(c) {
-        for (o, &v) in out.iter_mut().zip(row) {
+/// Folds a widened accumulator back to one value per channel, in a fixed order, into its own
+/// first `channels` entries.
+pub(crate) fn fold_widened_in_place(wide: &mut [f64], channels: usize) {
+    let (head, rest) = wide.split_at_mut(channels);
+    for row in rest.chunks_exact(channels) {
+        for (o, &v) in head.iter_mut().zip(row) {
             *o += v;
         }
     }

@@ -10,8 +10,9 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
 use crate::plan::{
-    channels_per_item, fold_widened, row_width, rows_per_block, runs_per_piece, widen, Exec,
+    channels_per_item, fold_widened_in_place, row_width, rows_per_block, runs_per_piece, Exec,
 };
+use crate::scratch::with_zeroed;
 use crate::simd::multiversion;
 use crate::tuning::{LANES, RUN_CHUNK};
 
@@ -156,23 +157,26 @@ multiversion! {
             return;
         }
         let n = count * inner;
-        let mut acc = vec![[0.0f64; LANES]; g];
-        for k in 0..count {
-            for (a, run) in acc.iter_mut().zip(runs(k)) {
-                add_lanes(a, run);
+        with_zeroed(3 * g * LANES, |scratch| {
+            let (lanes, _) = scratch.as_chunks_mut::<LANES>();
+            let (acc, rest) = lanes.split_at_mut(g);
+            let (dev, sq) = rest.split_at_mut(g);
+            for k in 0..count {
+                for (a, run) in acc.iter_mut().zip(runs(k)) {
+                    add_lanes(a, run);
+                }
             }
-        }
-        let mean: Vec<f64> = acc.iter().map(|a| a.iter().sum::<f64>() / n as f64).collect();
-        let mut dev = vec![[0.0f64; LANES]; g];
-        let mut sq = vec![[0.0f64; LANES]; g];
-        for k in 0..count {
-            for (j, run) in runs(k).enumerate() {
-                add_centred_lanes(&mut dev[j], &mut sq[j], run, mean[j]);
+            let mean = |j: usize| acc[j].iter().sum::<f64>() / n as f64;
+            for k in 0..count {
+                for (j, run) in runs(k).enumerate() {
+                    add_centred_lanes(&mut dev[j], &mut sq[j], run, mean(j));
+                }
             }
-        }
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = Moments::from_centred(n as u64, mean[j], dev[j].iter().sum(), sq[j].iter().sum());
-        }
+            for (j, o) in out.iter_mut().enumerate() {
+                let (d, q) = (dev[j].iter().sum(), sq[j].iter().sum());
+                *o = Moments::from_centred(n as u64, mean(j), d, q);
+            }
+        });
     }
 }
 
@@ -184,45 +188,45 @@ multiversion! {
         let rows = block.len() / c;
         let w = row_width(c);
         let (wide, tail) = block.split_at(block.len() / w * w);
-        let mut acc = vec![0.0f64; w];
-        for row in wide.chunks_exact(w) {
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += v.to_f64();
+        with_zeroed(4 * w, |scratch| {
+            let (acc, rest) = scratch.split_at_mut(w);
+            let (mean_w, rest) = rest.split_at_mut(w);
+            let (dev, sq) = rest.split_at_mut(w);
+            for row in wide.chunks_exact(w) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v.to_f64();
+                }
             }
-        }
-        for row in tail.chunks_exact(c) {
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += v.to_f64();
+            for row in tail.chunks_exact(c) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v.to_f64();
+                }
             }
-        }
-        let mut mean = vec![0.0f64; c];
-        fold_widened(&acc, &mut mean);
-        for m in mean.iter_mut() {
-            *m /= rows as f64;
-        }
-        let mut mean_w = Vec::with_capacity(w);
-        widen(&mean, &mut mean_w);
-        let mut dev = vec![0.0f64; w];
-        let mut sq = vec![0.0f64; w];
-        let centred = |dev: &mut [f64], sq: &mut [f64], row: &[T]| {
-            for (((d, q), &m), &v) in dev.iter_mut().zip(sq.iter_mut()).zip(&mean_w).zip(row) {
-                let t = v.to_f64() - m;
-                *d += t;
-                *q += t * t;
+            // Per-channel means, in place at the front of `acc`, then repeated over `mean_w`.
+            fold_widened_in_place(acc, c);
+            for (i, m) in mean_w.iter_mut().enumerate() {
+                *m = acc[i % c] / rows as f64;
             }
-        };
-        for row in wide.chunks_exact(w) {
-            centred(&mut dev, &mut sq, row);
-        }
-        for row in tail.chunks_exact(c) {
-            centred(&mut dev, &mut sq, row);
-        }
-        let (mut dev_c, mut sq_c) = (vec![0.0f64; c], vec![0.0f64; c]);
-        fold_widened(&dev, &mut dev_c);
-        fold_widened(&sq, &mut sq_c);
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = Moments::from_centred(rows as u64, mean[i], dev_c[i], sq_c[i]);
-        }
+            let centred = |dev: &mut [f64], sq: &mut [f64], row: &[T]| {
+                let acc = dev.iter_mut().zip(sq.iter_mut()).zip(mean_w.iter());
+                for (((d, q), &m), &v) in acc.zip(row) {
+                    let t = v.to_f64() - m;
+                    *d += t;
+                    *q += t * t;
+                }
+            };
+            for row in wide.chunks_exact(w) {
+                centred(dev, sq, row);
+            }
+            for row in tail.chunks_exact(c) {
+                centred(dev, sq, row);
+            }
+            fold_widened_in_place(dev, c);
+            fold_widened_in_place(sq, c);
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = Moments::from_centred(rows as u64, mean_w[i], dev[i], sq[i]);
+            }
+        });
     }
 }
 

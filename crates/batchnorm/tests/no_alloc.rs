@@ -1,0 +1,113 @@
+//! Warm calls of the reusing entry points allocate nothing: `forward_into` and `backward_into`
+//! with caller-provided outputs, `Saved` and `Grads`, in every layout, sequential and threaded.
+
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use batchnorm::{BatchNorm, BatchNormConfig, Grads, Layout, Mode, Par, Saved, Shape};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: defers every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+        // SAFETY: `ptr` came from `System.alloc` with this `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `realloc` is passed on unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn steps(
+    bn: &mut BatchNorm<f32>,
+    shape: &Shape,
+    bufs: &mut [Vec<f32>; 4],
+    s: &mut Saved<f32>,
+    g: &mut Grads<f32>,
+) {
+    let [x, y, dy, dx] = bufs;
+    for mode in [Mode::Train, Mode::Eval] {
+        bn.forward_into(x, shape, mode, y, s).unwrap();
+        bn.backward_into(x, dy, shape, s, dx, g).unwrap();
+    }
+}
+
+#[test]
+fn warm_calls_allocate_nothing() {
+    let cases: [(&[usize], Layout); 4] = [
+        (&[60, 100], Layout::ChannelsFirst),
+        (&[8, 16, 30, 30], Layout::ChannelsFirst),
+        (&[4, 32, 7, 7], Layout::ChannelsFirst),
+        (&[8, 3, 30, 30], Layout::ChannelsLast),
+    ];
+    for (dims, layout) in cases {
+        let shape = Shape::new(dims, layout).unwrap();
+        let n = shape.len();
+        let mut bufs = [
+            (0..n).map(|i| (i % 13) as f32).collect(),
+            vec![0.0; n],
+            (0..n).map(|i| (i % 7) as f32 - 3.0).collect(),
+            vec![0.0; n],
+        ];
+        let mut bn = BatchNorm::<f32>::new(shape.channels(), BatchNormConfig::default()).unwrap();
+        let (mut saved, mut grads) = (Saved::default(), Grads::default());
+        steps(&mut bn, &shape, &mut bufs, &mut saved, &mut grads); // warm up
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..3 {
+            steps(&mut bn, &shape, &mut bufs, &mut saved, &mut grads);
+        }
+        let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+        assert_eq!(
+            allocs, 0,
+            "{dims:?} {layout:?}: {allocs} allocations in warm calls"
+        );
+    }
+}
+
+#[test]
+fn threaded_warm_calls_allocate_nothing_per_element() {
+    // On rayon's pool the kernels themselves allocate nothing either; rayon's own bookkeeping
+    // may, but not in proportion to the work. A 1.2M-element call must stay under a handful.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let shape = Shape::new(&[16, 24, 56, 56], Layout::ChannelsLast).unwrap();
+    let n = shape.len();
+    let mut bufs = [
+        vec![1.5f32; n],
+        vec![0.0; n],
+        vec![0.25f32; n],
+        vec![0.0; n],
+    ];
+    bufs[0]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v += (i % 29) as f32);
+    let mut bn = BatchNorm::<f32>::new(24, BatchNormConfig::default()).unwrap();
+    bn.set_par(Par::Rayon);
+    let (mut saved, mut grads) = (Saved::default(), Grads::default());
+    pool.install(|| {
+        steps(&mut bn, &shape, &mut bufs, &mut saved, &mut grads);
+        let before = ALLOCS.load(Ordering::Relaxed);
+        steps(&mut bn, &shape, &mut bufs, &mut saved, &mut grads);
+        let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+        assert!(
+            allocs <= 8,
+            "{allocs} allocations in one warm threaded round"
+        );
+    });
+}
