@@ -1,6 +1,6 @@
 //! Batch normalization, wrapping the core kernels of the `batchnorm` crate.
 
-use batchnorm::{BatchNormConfig, Layout, Saved, Shape};
+use batchnorm::{BatchNormConfig, Grads, Layout, Saved, Shape};
 
 use super::{Layer, Mode, Param};
 use crate::error::{check_len, NnError, Result};
@@ -18,7 +18,8 @@ use crate::scalar::Scalar;
 /// `dL/dgamma = sum g xhat`, `dL/dbeta = sum g`, and after batch statistics
 /// `dL/dx = gamma / (m sqrt(sigma^2 + eps)) (m g - sum g - xhat sum g xhat)`; after running
 /// statistics `dL/dx = gamma g / sqrt(sigma^2 + eps)`. The sums are computed by
-/// [`batchnorm::BatchNorm::backward`].
+/// [`batchnorm::BatchNorm::backward_into`]; training steps reuse every buffer and allocate
+/// nothing.
 #[derive(Debug, Clone)]
 pub struct BatchNorm<T: Scalar> {
     /// The core module: `weight` (gamma), `bias` (beta), running statistics.
@@ -30,8 +31,11 @@ pub struct BatchNorm<T: Scalar> {
     /// Per-sample dims, channels first: `[C]`, `[C, L]` or `[C, H, W]`.
     sample_dims: Vec<usize>,
     sample_len: usize,
-    /// Statistics of the last forward, for backward.
-    saved: Option<(usize, Saved<T>)>,
+    /// Statistics of the last forward and its batch size, for backward.
+    saved: Saved<T>,
+    saved_n: Option<usize>,
+    /// The core's parameter gradients, reused between steps.
+    grads: Grads<T>,
     /// Scratch for `dx` when the caller does not want it (the core always writes it).
     scratch: Vec<T>,
 }
@@ -65,7 +69,9 @@ impl<T: Scalar> BatchNorm<T> {
             inner,
             sample_dims: sample_dims.to_vec(),
             sample_len,
-            saved: None,
+            saved: Saved::default(),
+            saved_n: None,
+            grads: Grads::default(),
             scratch: Vec::new(),
         })
     }
@@ -99,16 +105,22 @@ impl<T: Scalar> Layer<T> for BatchNorm<T> {
         check_len("batch_norm x", x.len(), n * self.sample_len)?;
         check_len("batch_norm y", y.len(), n * self.sample_len)?;
         let shape = self.shape(n)?;
-        self.saved = None;
-        let saved = match mode {
-            Mode::Train => self.inner.forward(x, &shape, batchnorm::Mode::Train, y)?,
-            Mode::Eval => self.inner.forward(x, &shape, batchnorm::Mode::Eval, y)?,
+        self.saved_n = None;
+        let saved = &mut self.saved;
+        match mode {
+            Mode::Train => self
+                .inner
+                .forward_into(x, &shape, batchnorm::Mode::Train, y, saved)?,
+            Mode::Eval => self
+                .inner
+                .forward_into(x, &shape, batchnorm::Mode::Eval, y, saved)?,
             Mode::BatchStats => {
-                self.inner
+                *saved = self
+                    .inner
                     .forward_without_update(x, &shape, batchnorm::Mode::Train, y)?
             }
         };
-        self.saved = Some((n, saved));
+        self.saved_n = Some(n);
         Ok(())
     }
 
@@ -123,14 +135,11 @@ impl<T: Scalar> Layer<T> for BatchNorm<T> {
         check_len("batch_norm x", x.len(), n * self.sample_len)?;
         check_len("batch_norm dy", dy.len(), n * self.sample_len)?;
         let shape = self.shape(n)?;
-        let saved = match &self.saved {
-            Some((sn, s)) if *sn == n => s,
-            _ => {
-                return Err(NnError::BackwardBeforeForward {
-                    layer: "batch_norm",
-                })
-            }
-        };
+        if self.saved_n != Some(n) {
+            return Err(NnError::BackwardBeforeForward {
+                layer: "batch_norm",
+            });
+        }
         let dx = match dx {
             Some(dx) => dx,
             None => {
@@ -140,7 +149,9 @@ impl<T: Scalar> Layer<T> for BatchNorm<T> {
                 &mut self.scratch[..n * self.sample_len]
             }
         };
-        let grads = self.inner.backward(x, dy, &shape, saved, dx)?;
+        let grads = &mut self.grads;
+        self.inner
+            .backward_into(x, dy, &shape, &self.saved, dx, grads)?;
         self.weight_grad.copy_from_slice(&grads.weight);
         self.bias_grad.copy_from_slice(&grads.bias);
         Ok(())
