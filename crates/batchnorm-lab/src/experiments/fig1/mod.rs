@@ -11,19 +11,14 @@ mod network;
 mod output;
 mod train;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
-
-use batchnorm_nn::data::Mnist;
-use batchnorm_nn::{NnError, Rng};
 
 pub use network::{Variant, WIDTHS};
 pub use train::{EvalRecord, NetRun, QUANTILES};
 
+pub use super::{LabError, EVAL_CHUNK};
 use crate::progress::Progress;
-
-/// Test images per evaluation forward pass (the workspaces hold this many).
-pub const EVAL_CHUNK: usize = 1000;
 /// Training images in the fixed probe batch.
 pub const PROBE_SIZE: usize = 1000;
 /// Which sigmoid of the last hidden layer is probed.
@@ -74,9 +69,7 @@ impl Config {
     /// # Errors
     /// [`LabError::Config`] naming the first bad setting.
     pub fn validate(&self) -> Result<(), LabError> {
-        let bad = |what: &'static str, value: f64, why: &'static str| {
-            Err(LabError::Config { what, value, why })
-        };
+        use super::error::bad;
         if self.steps == 0 {
             return bad("--steps", 0.0, "must be at least 1");
         }
@@ -113,42 +106,6 @@ impl Config {
     }
 }
 
-/// What can go wrong in an experiment.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LabError {
-    /// A setting is out of range.
-    #[error("{what} = {value}: {why}")]
-    Config {
-        /// The option.
-        what: &'static str,
-        /// Its value.
-        value: f64,
-        /// The valid range.
-        why: &'static str,
-    },
-    /// The training stack failed (data files, shapes, kernels).
-    #[error(transparent)]
-    Nn(#[from] NnError),
-    /// A figure could not be drawn or written.
-    #[error(transparent)]
-    Plot(#[from] crate::plot::PlotError),
-    /// An output file could not be written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The operating-system error.
-        source: std::io::Error,
-    },
-    /// An internal inconsistency in setting up the experiment.
-    #[error("setup: {0}")]
-    Setup(&'static str),
-    /// A training thread panicked.
-    #[error("the training thread of the {0} network panicked")]
-    Panicked(&'static str),
-}
-
 /// The outcome of a run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -179,17 +136,11 @@ impl Outcome {
 pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     cfg.validate()?;
     let start = Instant::now();
-    let data = Mnist::load(&resolve_data_dir(&cfg.data))?;
-    let load_seconds = start.elapsed().as_secs_f64();
+    let (data, load_seconds) = super::data::load_mnist(&cfg.data)?;
 
     // The fixed probe batch: PROBE_SIZE training images chosen by the seed.
-    let mut pick: Vec<usize> = (0..data.train.len()).collect();
-    Rng::new(cfg.probe_seed()).shuffle(&mut pick);
-    let probe_size = PROBE_SIZE.min(data.train.len());
-    let mut probe = vec![0.0f32; probe_size * data.train.pixels()];
-    let mut probe_labels = vec![0u8; probe_size];
-    data.train
-        .gather(&pick[..probe_size], &mut probe, &mut probe_labels)?;
+    let (probe, _) = super::data::fixed_batch(&data.train, cfg.probe_seed(), PROBE_SIZE)?;
+    let probe_size = probe.len() / data.train.pixels();
     let inputs = train::Inputs {
         train: &data.train,
         test: &data.test,
@@ -209,7 +160,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
         std::thread::scope(|s| {
             let h = s.spawn(|| train::train(Variant::Plain, plain, &inputs, cfg, &bar_plain));
             let bn_run = train::train(Variant::BatchNorm, bn, &inputs, cfg, &bar_bn);
-            let plain_run = h.join().map_err(|_| LabError::Panicked("plain"));
+            let plain_run = h.join().map_err(|_| LabError::Panicked("plain".into()));
             (bn_run, plain_run.and_then(|r| r))
         })
     } else {
@@ -228,21 +179,6 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     };
     output::write_all(&outcome)?;
     Ok(outcome)
-}
-
-/// `dir` as given if it exists; otherwise, for a relative path, the same path under the
-/// workspace root this binary was built from (so `cargo run` works from any folder).
-fn resolve_data_dir(dir: &Path) -> PathBuf {
-    if dir.exists() || dir.is_absolute() {
-        return dir.to_path_buf();
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let alt = root.join(dir);
-    if alt.exists() {
-        alt
-    } else {
-        dir.to_path_buf()
-    }
 }
 
 /// Prints the headline numbers and the output folder to stdout.

@@ -1,9 +1,10 @@
 //! The two networks of the experiment: the same 784-100-100-100-10 sigmoid MLP with and without
 //! batch normalization, built from one set of initial weights.
 
-use batchnorm::BatchNormConfig;
-use batchnorm_nn::layers::{BatchNorm, Layer, Linear, Sigmoid};
-use batchnorm_nn::{NnError, Rng, Sequential};
+use batchnorm_nn::layers::Linear;
+use batchnorm_nn::{NnError, Sequential};
+
+use crate::experiments::mlp::{self, Activation};
 
 /// Layer widths: MNIST pixels, three hidden layers of 100 sigmoids, ten classes.
 pub const WIDTHS: [usize; 5] = [784, 100, 100, 100, 10];
@@ -41,11 +42,7 @@ impl Variant {
 /// # Errors
 /// [`NnError::InvalidConfig`] for a negative or non-finite `std`.
 pub fn initial_linears(seed: u64, std: f64) -> Result<Vec<Linear<f32>>, NnError> {
-    let mut rng = Rng::new(seed);
-    WIDTHS
-        .windows(2)
-        .map(|w| Linear::gaussian(w[0], w[1], std, &mut rng))
-        .collect()
+    mlp::initial_linears(&WIDTHS, seed, |_| std)
 }
 
 /// The network: `Linear, [BatchNorm,] Sigmoid` three times, then `Linear`, with workspaces for
@@ -59,22 +56,12 @@ pub fn build(
     variant: Variant,
     capacity: usize,
 ) -> Result<Sequential<f32>, NnError> {
-    let mut layers: Vec<Box<dyn Layer<f32>>> = Vec::new();
-    let last = linears.len().saturating_sub(1);
-    for (i, l) in linears.iter().enumerate() {
-        let width = l.out_len();
-        layers.push(Box::new(l.clone()));
-        if i < last {
-            if variant == Variant::BatchNorm {
-                layers.push(Box::new(BatchNorm::new(
-                    &[width],
-                    BatchNormConfig::default(),
-                )?));
-            }
-            layers.push(Box::new(Sigmoid::new(width)?));
-        }
-    }
-    Sequential::new(layers, capacity)
+    mlp::build(
+        linears,
+        Activation::Sigmoid,
+        variant == Variant::BatchNorm,
+        capacity,
+    )
 }
 
 /// The index of the layer whose input is probed: the last hidden layer's sigmoid.

@@ -1,14 +1,14 @@
 //! The experiment's files: `metrics.csv`, `summary.json`, `fig1.png`, `fig1.svg`, `report.md`.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use serde_json::{json, Value};
 
 use super::network::Variant;
 use super::train::NetRun;
 use super::{LabError, Outcome, PROBE_SIZE, PROBE_UNIT};
-use crate::plot::{Figure, LineStyle, Panel, Series};
+use crate::experiments::output::{create_dir, num, pct, save_figure, series, write, write_json};
+use crate::plot::{Figure, LineStyle, Panel};
 
 /// Writes every output file into `outcome.config.out`, creating the folder.
 ///
@@ -16,33 +16,11 @@ use crate::plot::{Figure, LineStyle, Panel, Series};
 /// [`LabError::Io`] or [`LabError::Plot`] naming the file that could not be written.
 pub(super) fn write_all(outcome: &Outcome) -> Result<(), LabError> {
     let dir = &outcome.config.out;
-    std::fs::create_dir_all(dir).map_err(|source| LabError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    create_dir(dir)?;
     write(&dir.join("metrics.csv"), &metrics_csv(outcome))?;
-    let fig = figure(outcome);
-    fig.save_png(&dir.join("fig1.png"))?;
-    fig.save_svg(&dir.join("fig1.svg"))?;
-    let summary = serde_json::to_string_pretty(&summary_json(outcome)).unwrap_or_default();
-    write(&dir.join("summary.json"), &(summary + "\n"))?;
+    save_figure(&figure(outcome), dir, "fig1")?;
+    write_json(&dir.join("summary.json"), &summary_json(outcome))?;
     write(&dir.join("report.md"), &report_md(outcome))
-}
-
-fn write(path: &Path, text: &str) -> Result<(), LabError> {
-    std::fs::write(path, text).map_err(|source| LabError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// A number for CSV: empty when not finite (train loss at step 0).
-fn num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        String::new()
-    }
 }
 
 /// One row per network and evaluation.
@@ -111,14 +89,6 @@ pub(super) fn summary_json(o: &Outcome) -> Value {
     })
 }
 
-fn series(label: &str, points: Vec<(f64, f64)>, style: LineStyle) -> Series {
-    Series {
-        label: label.to_owned(),
-        points,
-        style,
-    }
-}
-
 fn percentile_panel(title: &str, run: &NetRun) -> Panel {
     let names = ["15th percentile", "50th percentile", "85th percentile"];
     Panel {
@@ -170,10 +140,6 @@ fn figure(o: &Outcome) -> Figure {
             percentile_panel("(c) With BN: sigmoid input", &o.bn),
         ],
     }
-}
-
-fn pct(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".into(), |a| format!("{:.2}%", 100.0 * a))
 }
 
 fn step_or_never(v: Option<usize>) -> String {

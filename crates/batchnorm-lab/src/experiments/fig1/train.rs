@@ -4,10 +4,12 @@ use std::time::Instant;
 
 use batchnorm_nn::data::Split;
 use batchnorm_nn::layers::Mode;
-use batchnorm_nn::{count_correct, Rng, Sequential, Sgd, SgdConfig, SoftmaxCrossEntropy};
+use batchnorm_nn::Sequential;
 
 use super::network::{probe_layer, Variant};
-use super::{Config, LabError, EVAL_CHUNK, PROBE_UNIT};
+use super::{Config, LabError, PROBE_UNIT};
+use crate::experiments::evaluate::Accuracy;
+use crate::experiments::trainer::Trainer;
 use crate::percentile::percentiles;
 use crate::progress::NetProgress;
 
@@ -85,49 +87,6 @@ pub struct Inputs<'a> {
     pub probe_size: usize,
 }
 
-/// Batches in a seeded random order: each epoch is a fresh permutation of the training set,
-/// cut into consecutive batches; a last partial batch is dropped.
-#[derive(Debug)]
-struct Sampler {
-    rng: Rng,
-    order: Vec<usize>,
-    pos: usize,
-    batch: usize,
-}
-
-impl Sampler {
-    fn new(seed: u64, len: usize, batch: usize) -> Self {
-        let mut rng = Rng::new(seed);
-        let mut order: Vec<usize> = (0..len).collect();
-        rng.shuffle(&mut order);
-        Sampler {
-            rng,
-            order,
-            pos: 0,
-            batch,
-        }
-    }
-
-    /// Moves to the next batch, reshuffling when the epoch has no full batch left.
-    fn advance(&mut self) {
-        if self.pos + self.batch > self.order.len() {
-            self.rng.shuffle(&mut self.order);
-            self.pos = 0;
-        }
-        self.pos += self.batch;
-    }
-
-    /// The batch `advance` moved to.
-    fn current(&self) -> &[usize] {
-        &self.order[self.pos - self.batch..self.pos]
-    }
-
-    /// The batch after the current one, when it is in the same epoch (else not yet known).
-    fn upcoming(&self) -> Option<&[usize]> {
-        self.order.get(self.pos..self.pos + self.batch)
-    }
-}
-
 /// Trains `model` for `cfg.steps` SGD steps, evaluating at step 0, every `cfg.eval_every`
 /// steps and at the end.
 ///
@@ -137,46 +96,24 @@ impl Sampler {
 /// Any error of the training stack (none is expected with a valid configuration).
 pub fn train(
     variant: Variant,
-    mut model: Sequential<f32>,
+    model: Sequential<f32>,
     inputs: &Inputs<'_>,
     cfg: &Config,
     progress: &NetProgress,
 ) -> Result<NetRun, LabError> {
     let bs = cfg.batch_size;
-    let ce = SoftmaxCrossEntropy::new(10)?;
-    let mut sgd = Sgd::new(
-        SgdConfig {
-            lr: cfg.lr,
-            momentum: 0.0,
-            weight_decay: 0.0,
-        },
-        &mut model,
-    )?;
-    let mut sampler = Sampler::new(cfg.order_seed(), inputs.train.len(), bs);
-    let mut labels = vec![0u8; bs];
-    let mut evaluator = Evaluator::new(inputs, &model)?;
+    let mut trainer = Trainer::new(model, cfg.lr, bs, cfg.order_seed(), inputs.train.len())?;
+    let mut evaluator = Evaluator::new(inputs, &trainer.model)?;
 
     let mut evals = Vec::with_capacity(cfg.steps / cfg.eval_every + 2);
     let t = Instant::now();
-    evals.push(evaluator.run(&mut model, 0, f64::NAN, f64::NAN)?);
+    evals.push(evaluator.run(&mut trainer.model, 0, f64::NAN, f64::NAN)?);
     let mut eval_seconds = t.elapsed().as_secs_f64();
     let mut train_seconds = 0.0;
     let (mut loss_sum, mut correct, mut since) = (0.0, 0usize, 0usize);
     let mut t_train = Instant::now();
     for step in 1..=cfg.steps {
-        sampler.advance();
-        inputs
-            .train
-            .gather(sampler.current(), model.input_mut(bs)?, &mut labels)?;
-        if let Some(next) = sampler.upcoming() {
-            // Random rows of a 47 MB array miss every cache: fetch the next batch meanwhile.
-            inputs.train.prefetch(next);
-        }
-        model.forward(bs, Mode::Train)?;
-        let (out, grad) = model.output_and_grad(bs)?;
-        let s = ce.forward_backward(out, &labels, grad)?;
-        model.backward(bs, false)?;
-        sgd.step(&mut model);
+        let s = trainer.step(inputs.train)?;
         loss_sum += s.loss;
         correct += s.correct;
         since += 1;
@@ -188,7 +125,7 @@ pub fn train(
             let t_eval = Instant::now();
             let loss = loss_sum / since as f64;
             let acc = correct as f64 / (since * bs) as f64;
-            let rec = evaluator.run(&mut model, step, loss, acc)?;
+            let rec = evaluator.run(&mut trainer.model, step, loss, acc)?;
             let loud = (step / cfg.eval_every).is_multiple_of(10) || step == cfg.steps;
             progress.report(step as u64, loss, acc, rec.test_accuracy, loud);
             evals.push(rec);
@@ -210,8 +147,7 @@ pub fn train(
 /// Test accuracy and the probe, with their buffers allocated once.
 struct Evaluator<'a> {
     inputs: &'a Inputs<'a>,
-    test_index: Vec<usize>,
-    labels: Vec<u8>,
+    accuracy: Accuracy,
     probe_values: Vec<f64>,
     probe_layer: usize,
     width: usize,
@@ -224,8 +160,7 @@ impl<'a> Evaluator<'a> {
         let width = model.layers()[probe_layer].in_len();
         Ok(Evaluator {
             inputs,
-            test_index: (0..inputs.test.len()).collect(),
-            labels: vec![0; EVAL_CHUNK],
+            accuracy: Accuracy::new(inputs.test),
             probe_values: Vec::with_capacity(inputs.probe_size),
             probe_layer,
             width,
@@ -239,16 +174,8 @@ impl<'a> Evaluator<'a> {
         loss: f64,
         acc: f64,
     ) -> Result<EvalRecord, LabError> {
-        // Test accuracy: running statistics (Mode::Eval), in chunks of EVAL_CHUNK images.
-        let mut correct = 0;
-        for chunk in self.test_index.chunks(EVAL_CHUNK) {
-            let n = chunk.len();
-            self.inputs
-                .test
-                .gather(chunk, model.input_mut(n)?, &mut self.labels[..n])?;
-            let out = model.forward(n, Mode::Eval)?;
-            correct += count_correct(out, 10, &self.labels[..n])?;
-        }
+        // Test accuracy: running statistics (Mode::Eval).
+        let test_accuracy = self.accuracy.run(model, self.inputs.test, Mode::Eval)?;
         // Probe: batch statistics as in training, running statistics untouched.
         let n = self.inputs.probe_size;
         model.forward_from(self.inputs.probe, n, Mode::BatchStats)?;
@@ -263,7 +190,7 @@ impl<'a> Evaluator<'a> {
             step,
             train_loss: loss,
             train_accuracy: acc,
-            test_accuracy: correct as f64 / self.test_index.len() as f64,
+            test_accuracy,
             percentiles: [p[0], p[1], p[2]],
         })
     }

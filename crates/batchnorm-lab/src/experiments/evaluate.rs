@@ -1,0 +1,61 @@
+//! Test-set accuracy in evaluation mode.
+
+use batchnorm_nn::data::Split;
+use batchnorm_nn::layers::Mode;
+use batchnorm_nn::{count_correct, Sequential};
+
+use super::LabError;
+
+/// Test images per evaluation forward pass: a model evaluated with [`Accuracy`] needs at least
+/// this capacity (or the test set's size, if smaller).
+pub const EVAL_CHUNK: usize = 1000;
+
+/// Accuracy on a whole split with buffers allocated once.
+#[derive(Debug)]
+pub(crate) struct Accuracy {
+    index: Vec<usize>,
+    labels: Vec<u8>,
+}
+
+impl Accuracy {
+    /// An evaluator for `split`.
+    pub(crate) fn new(split: &Split) -> Self {
+        Accuracy {
+            index: (0..split.len()).collect(),
+            labels: vec![0; EVAL_CHUNK],
+        }
+    }
+
+    /// The fraction of `split` that `model` classifies correctly in `mode` (batch normalization
+    /// with running statistics in [`Mode::Eval`]), fed in chunks of [`EVAL_CHUNK`] images.
+    /// Outputs with a NaN count as wrong.
+    ///
+    /// # Errors
+    /// [`LabError::Nn`] if the model's capacity is below the chunk or its input is not an image.
+    pub(crate) fn run(
+        &mut self,
+        model: &mut Sequential<f32>,
+        split: &Split,
+        mode: Mode,
+    ) -> Result<f64, LabError> {
+        let mut correct = 0;
+        let classes = model.out_len();
+        for chunk in self.index.chunks(EVAL_CHUNK) {
+            let n = chunk.len();
+            split.gather(chunk, model.input_mut(n)?, &mut self.labels[..n])?;
+            let out = model.forward(n, mode)?;
+            let labels = &self.labels[..n];
+            if out.iter().all(|v| v.is_finite()) {
+                correct += count_correct(out, classes, labels)?;
+            } else {
+                // A diverged network: a row with a NaN or infinity is no prediction.
+                for (row, l) in out.chunks_exact(classes).zip(labels.chunks_exact(1)) {
+                    if row.iter().all(|v| v.is_finite()) {
+                        correct += count_correct(row, classes, l)?;
+                    }
+                }
+            }
+        }
+        Ok(correct as f64 / self.index.len().max(1) as f64)
+    }
+}

@@ -1,0 +1,88 @@
+//! One network's training state and its SGD step.
+
+use batchnorm_nn::data::Split;
+use batchnorm_nn::layers::Mode;
+use batchnorm_nn::{LossStats, Sequential, Sgd, SgdConfig, SoftmaxCrossEntropy};
+
+use super::sampler::Sampler;
+use super::LabError;
+
+/// A model, plain SGD (no momentum, no weight decay), softmax cross-entropy over 10 classes and
+/// a seeded batch order.
+#[derive(Debug)]
+pub(crate) struct Trainer {
+    /// The network being trained.
+    pub(crate) model: Sequential<f32>,
+    sgd: Sgd<f32>,
+    ce: SoftmaxCrossEntropy,
+    sampler: Sampler,
+    labels: Vec<u8>,
+    batch: usize,
+}
+
+impl Trainer {
+    /// Trains `model` with learning rate `lr` on batches of `batch` images of a training set
+    /// of `train_len`, in the order fixed by `order_seed`.
+    ///
+    /// # Errors
+    /// [`LabError::Nn`] for a bad learning rate.
+    pub(crate) fn new(
+        mut model: Sequential<f32>,
+        lr: f64,
+        batch: usize,
+        order_seed: u64,
+        train_len: usize,
+    ) -> Result<Self, LabError> {
+        let sgd = Sgd::new(
+            SgdConfig {
+                lr,
+                momentum: 0.0,
+                weight_decay: 0.0,
+            },
+            &mut model,
+        )?;
+        Ok(Trainer {
+            model,
+            sgd,
+            ce: SoftmaxCrossEntropy::new(10)?,
+            sampler: Sampler::new(order_seed, train_len, batch),
+            labels: vec![0; batch],
+            batch,
+        })
+    }
+
+    /// Forward and backward on the next batch, without updating the weights: the gradients are
+    /// left in the model's parameters. Returns the batch's loss and correct count.
+    ///
+    /// # Errors
+    /// Any error of the training stack.
+    pub(crate) fn forward_backward(&mut self, train: &Split) -> Result<LossStats, LabError> {
+        let bs = self.batch;
+        self.sampler.advance();
+        train.gather(
+            self.sampler.current(),
+            self.model.input_mut(bs)?,
+            &mut self.labels,
+        )?;
+        if let Some(next) = self.sampler.upcoming() {
+            // Random rows of a 47 MB array miss every cache: fetch the next batch meanwhile.
+            train.prefetch(next);
+        }
+        self.model.forward(bs, Mode::Train)?;
+        let (out, grad) = self.model.output_and_grad(bs)?;
+        let s = self.ce.forward_backward(out, &self.labels, grad)?;
+        self.model.backward(bs, false)?;
+        Ok(s)
+    }
+
+    /// One SGD step on the next batch; returns the batch's loss (before the update) and
+    /// correct count.
+    ///
+    /// # Errors
+    /// Any error of the training stack.
+    pub(crate) fn step(&mut self, train: &Split) -> Result<LossStats, LabError> {
+        let s = self.forward_backward(train)?;
+        self.sgd.step(&mut self.model);
+        Ok(s)
+    }
+}
