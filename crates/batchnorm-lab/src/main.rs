@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use batchnorm_lab::bench;
-use batchnorm_lab::experiments::fig1;
+use batchnorm_lab::experiments::{cli, depth, fig1};
 use clap::{Args, Parser, Subcommand};
 
 /// Reproduces the Batch Normalization paper's experiments on MNIST.
@@ -24,6 +24,10 @@ enum Command {
     /// Times the BatchNorm kernels (train forward, eval forward, backward; f32) against a memory
     /// copy (forward) or `c = a + b` (backward) of the same bytes, measured in the same run.
     Bench(BenchArgs),
+    /// Gradient flow across depth: sigmoid MLPs of 3-20 hidden layers with and without BN;
+    /// gradient norm of every layer's weights and pre-activation statistics at initialisation
+    /// and after training.
+    Depth(cli::DepthArgs),
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +102,9 @@ fn main() -> anyhow::Result<()> {
             fig1::print_summary(&outcome);
         }
         Command::Bench(a) => run_bench(a)?,
+        Command::Depth(a) => {
+            depth::print_summary(&depth::run(&a.config()).context("bnlab depth failed")?);
+        }
     }
     Ok(())
 }

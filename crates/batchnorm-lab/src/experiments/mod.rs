@@ -1,13 +1,16 @@
 //! The experiments `bnlab` runs, one module each, and the pieces they share: the error type,
-//! MNIST loading, MLP construction, the training step, test accuracy and output
+//! MNIST loading, MLP construction, the training step, test accuracy, parallel runs and output
 //! files.
 
+pub mod cli;
 mod data;
+pub mod depth;
 mod error;
 mod evaluate;
 pub mod fig1;
 mod mlp;
 mod output;
+mod parallel;
 mod sampler;
 mod trainer;
 

@@ -1,0 +1,76 @@
+//! Command-line options of the experiments added after fig1 (`depth`, `lr-sweep`,
+//! `batch-size`, `cnn`, `fold`, `all`), kept beside the experiments so that `main.rs` only
+//! dispatches.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::depth;
+
+/// Options every experiment shares.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Seed of the initial weights, the batch order and any fixed batch: the same seed gives
+    /// the same numbers (timings apart).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Independent training runs at once (one per core helps; results do not depend on it).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Folder with the MNIST IDX files (train-images-idx3-ubyte[.gz], ...); a relative path is
+    /// also looked up under the source checkout.
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+}
+
+/// `bnlab depth`.
+#[derive(Debug, Clone, Args)]
+pub struct DepthArgs {
+    /// Numbers of hidden layers, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [3, 5, 10, 15, 20])]
+    pub depths: Vec<usize>,
+    /// Units per hidden layer.
+    #[arg(long, default_value_t = 100)]
+    pub width: usize,
+    /// SGD steps between the measurement at initialisation and the one after training.
+    #[arg(long, default_value_t = 1000)]
+    pub steps: usize,
+    /// Learning rate of plain SGD.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Training images per mini-batch (at least 2).
+    #[arg(long, default_value_t = 60)]
+    pub batch_size: usize,
+    /// Initial weights from N(0, (gain / sqrt(fan_in))^2); biases 0.
+    #[arg(long, default_value_t = 1.0)]
+    pub init_gain: f64,
+    /// Training images in the fixed batch the gradients and statistics are measured on.
+    #[arg(long, default_value_t = 1000)]
+    pub probe: usize,
+    /// Output folder for gradients.csv, activations.csv, summary.json, depth.png/.svg,
+    /// depth_preact.png/.svg and report.md.
+    #[arg(long, default_value = "out/depth")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl DepthArgs {
+    /// The experiment's settings.
+    pub fn config(&self) -> depth::Config {
+        depth::Config {
+            depths: self.depths.clone(),
+            width: self.width,
+            steps: self.steps,
+            lr: self.lr,
+            batch_size: self.batch_size,
+            init_gain: self.init_gain,
+            probe: self.probe,
+            seed: self.common.seed,
+            threads: self.common.threads,
+            out: self.out.clone(),
+            data: self.common.data.clone(),
+        }
+    }
+}

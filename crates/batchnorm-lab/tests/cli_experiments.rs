@@ -1,0 +1,137 @@
+//! Runs each experiment subcommand of `bnlab` end to end on real MNIST with tiny settings and
+//! checks its outputs: files exist, JSON keys, CSV rows, PNG magic, report sections.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bnlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bnlab"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bnlab-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn run_ok(args: &[&str], out: &Path) {
+    let o = bnlab().args(args).arg("--out").arg(out).output().unwrap();
+    assert!(
+        o.status.success(),
+        "bnlab {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Rows of a CSV file after checking its header; every row has the header's field count.
+fn csv_rows(path: &Path, header: &str) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(header), "{}", path.display());
+    let width = header.split(',').count();
+    lines
+        .map(|l| {
+            let r: Vec<String> = l.split(',').map(str::to_owned).collect();
+            assert_eq!(r.len(), width, "{}: {l}", path.display());
+            r
+        })
+        .collect()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `stem.png` is a PNG and `stem.svg` an SVG document.
+fn assert_figure(dir: &Path, stem: &str) {
+    let png = std::fs::read(dir.join(format!("{stem}.png"))).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{stem}.png is not a PNG"
+    );
+    let svg = std::fs::read_to_string(dir.join(format!("{stem}.svg"))).unwrap();
+    assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
+}
+
+fn report(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("report.md")).unwrap()
+}
+
+fn num(s: &str) -> f64 {
+    s.parse().unwrap_or_else(|_| panic!("not a number: {s:?}"))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn depth_writes_gradients_per_layer() {
+    let out = temp_dir("depth");
+    run_ok(
+        &[
+            "depth", "--depths", "2,4", "--steps", "20", "--probe", "100",
+        ],
+        &out,
+    );
+    let rows = csv_rows(
+        &out.join("gradients.csv"),
+        "depth,net,stage,step,layer,grad_norm",
+    );
+    // (2 + 1) + (4 + 1) linear layers, two networks each, two moments.
+    assert_eq!(rows.len(), (3 + 5) * 2 * 2);
+    for r in &rows {
+        assert!(num(&r[5]) > 0.0, "{r:?}");
+    }
+    let act = csv_rows(
+        &out.join("activations.csv"),
+        "depth,net,stage,step,layer,z_mean,z_std,act_in_mean,act_in_std",
+    );
+    assert_eq!(act.len(), (2 + 4) * 2 * 2);
+    // With BN the sigmoid input is normalised over the batch: mean 0, std 1 (gamma 1, beta 0
+    // at initialisation), up to eps = 1e-5 in the denominator and f32 rounding.
+    for r in act.iter().filter(|r| r[1] == "bn" && r[2] == "init") {
+        let (m, s) = (num(&r[7]), num(&r[8]));
+        assert!(m.abs() < 1e-4 && (s - 1.0).abs() < 1e-3, "{r:?}");
+    }
+    let s = json(&out.join("summary.json"));
+    let runs = s["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for r in runs {
+        for key in ["depth", "net", "init", "trained", "test_accuracy"] {
+            assert!(r.get(key).is_some(), "{key} missing");
+        }
+        let g = r["init"]["grad_norms"].as_array().unwrap();
+        assert_eq!(g.len(), r["depth"].as_u64().unwrap() as usize + 1);
+        assert!(f(&r["init"]["grad_norm_max_over_min"]) >= 1.0);
+    }
+    assert_eq!(s["config"]["steps"], 20);
+    assert_figure(&out, "depth");
+    assert_figure(&out, "depth_preact");
+    assert!(report(&out).contains("](depth.png)"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn bad_options_are_errors_not_panics() {
+    for args in [
+        &["depth", "--depths", "0"][..],
+        &["depth", "--lr", "-1"],
+        &["depth", "--threads", "0"],
+    ] {
+        let o = bnlab()
+            .args(args)
+            .arg("--out")
+            .arg(temp_dir("bad-exp"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains("panicked") && !err.is_empty(),
+            "{args:?}: {err}"
+        );
+    }
+}
