@@ -28,6 +28,7 @@
 
 pub mod data;
 mod error;
+pub mod fold;
 mod init;
 pub mod layers;
 mod loss;

@@ -8,11 +8,17 @@
 
 mod activation;
 mod batch_norm;
+mod conv2d;
+mod flatten;
 mod linear;
+mod max_pool;
 
 pub use activation::{Relu, Sigmoid};
 pub use batch_norm::BatchNorm;
+pub use conv2d::{Conv2d, Conv2dConfig};
+pub use flatten::Flatten;
 pub use linear::Linear;
+pub use max_pool::{MaxPool2d, MaxPool2dConfig};
 
 use crate::error::Result;
 use crate::scalar::Scalar;
@@ -42,7 +48,10 @@ pub struct Param<'a, T> {
 }
 
 /// One differentiable stage of a network.
-pub trait Layer<T: Scalar>: std::fmt::Debug + Send {
+///
+/// Layers are `'static` ([`std::any::Any`]), so a `dyn Layer` can be inspected as its concrete
+/// type with [`downcast_ref`](trait.Layer.html#method.downcast_ref) (to fold or load weights).
+pub trait Layer<T: Scalar>: std::fmt::Debug + Send + std::any::Any {
     /// Short name for messages (`"linear"`, `"batch_norm"`, `"sigmoid"`).
     fn name(&self) -> &'static str;
 
@@ -75,4 +84,24 @@ pub trait Layer<T: Scalar>: std::fmt::Debug + Send {
 
     /// Calls `f` on each parameter with its gradient, always in the same order.
     fn visit_params(&mut self, _f: &mut dyn FnMut(Param<'_, T>)) {}
+}
+
+impl<T: Scalar> dyn Layer<T> {
+    /// The layer as its concrete type `L`, if it is one.
+    ///
+    /// ```
+    /// use batchnorm_nn::layers::{Layer, Linear, Relu};
+    /// let l: Box<dyn Layer<f32>> = Box::new(Relu::new(3)?);
+    /// assert!(l.downcast_ref::<Relu>().is_some());
+    /// assert!(l.downcast_ref::<Linear<f32>>().is_none());
+    /// # Ok::<(), batchnorm_nn::NnError>(())
+    /// ```
+    pub fn downcast_ref<L: Layer<T>>(&self) -> Option<&L> {
+        (self as &dyn std::any::Any).downcast_ref()
+    }
+
+    /// The layer as its concrete type `L`, mutably, if it is one.
+    pub fn downcast_mut<L: Layer<T>>(&mut self) -> Option<&mut L> {
+        (self as &mut dyn std::any::Any).downcast_mut()
+    }
 }

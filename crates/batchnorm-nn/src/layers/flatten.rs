@@ -1,0 +1,68 @@
+//! Flattening a feature map into a vector (PyTorch's `Flatten`).
+
+use super::{Layer, Mode};
+use crate::error::{check_len, NnError, Result};
+use crate::scalar::Scalar;
+
+/// Reshapes each sample `C x H x W` into a vector of `C H W` values, in PyTorch's order
+/// (`torch.flatten` of an NCHW tensor from dim 1: index `(c H + h) W + w`).
+///
+/// Every layer here already sees a sample as a flat run in that memory order, so the map is the
+/// identity on memory: `y = x` and `dL/dx = dL/dy`. The layer exists so that a network reads
+/// as its PyTorch counterpart, layer for layer (and state-dict indices line up).
+#[derive(Debug, Clone)]
+pub struct Flatten {
+    len: usize,
+}
+
+impl Flatten {
+    /// Flattening of samples of `len` values.
+    ///
+    /// # Errors
+    /// [`NnError::Empty`] if `len` is 0.
+    pub fn new(len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(NnError::Empty {
+                what: "flatten width",
+            });
+        }
+        Ok(Flatten { len })
+    }
+}
+
+impl<T: Scalar> Layer<T> for Flatten {
+    fn name(&self) -> &'static str {
+        "flatten"
+    }
+
+    fn in_len(&self) -> usize {
+        self.len
+    }
+
+    fn out_len(&self) -> usize {
+        self.len
+    }
+
+    fn forward(&mut self, x: &[T], n: usize, _mode: Mode, y: &mut [T]) -> Result<()> {
+        check_len("flatten x", x.len(), n * self.len)?;
+        check_len("flatten y", y.len(), n * self.len)?;
+        y.copy_from_slice(x);
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        _x: &[T],
+        _y: &[T],
+        dy: &[T],
+        n: usize,
+        dx: Option<&mut [T]>,
+    ) -> Result<()> {
+        check_len("flatten dy", dy.len(), n * self.len)?;
+        if let Some(dx) = dx {
+            check_len("flatten dx", dx.len(), n * self.len)?;
+            dx.copy_from_slice(dy);
+        }
+        Ok(())
+    }
+}
