@@ -10,6 +10,7 @@ use crate::plan::{
 };
 use crate::scratch::with_zeroed;
 use crate::simd::multiversion;
+use crate::stream::write_out;
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -265,7 +266,9 @@ pub(crate) fn input_grad<T: Element>(
         let wide = &*wide;
         for_each_chunk(exec.par, dx, rows * c, |b, gb| {
             let r = b * rows * c..b * rows * c + gb.len();
-            rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gb, c, wide);
+            write_out(exec.isa, exec.stream, gb, |gb| {
+                rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gb, c, wide);
+            });
         });
     } else {
         let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
@@ -275,7 +278,9 @@ pub(crate) fn input_grad<T: Element>(
                 let start = (o * c + range.start + k * sub) * inner;
                 let r = start..start + gk.len();
                 let first = range.start + k * sub;
-                runs_input_grad(exec.isa, &x[r.clone()], &dy[r], gk, inner, first, maps);
+                write_out(exec.isa, exec.stream, gk, |gk| {
+                    runs_input_grad(exec.isa, &x[r.clone()], &dy[r], gk, inner, first, maps);
+                });
             });
         });
     }

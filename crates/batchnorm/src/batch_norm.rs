@@ -408,7 +408,7 @@ impl<T: Element> BatchNorm<T> {
 
         let (c, eps) = (self.channels, self.config.eps);
         let geo = shape.geometry();
-        let exec = Exec::new(self.isa, self.par, shape.len());
+        let exec = Exec::new(self.isa, self.par, shape.len(), std::mem::size_of::<T>());
         saved.mean64.resize(c, 0.0);
         saved.invstd64.resize(c, 0.0);
         ws.maps.resize(c);
@@ -485,7 +485,7 @@ impl<T: Element> BatchNorm<T> {
 
         let c = self.channels;
         let geo = shape.geometry();
-        let exec = Exec::new(self.isa, self.par, shape.len());
+        let exec = Exec::new(self.isa, self.par, shape.len(), std::mem::size_of::<T>());
         let m = shape.per_channel() as f64;
         ws.sums.resize(c, GradSums::default());
         ws.grad_maps.resize(c);

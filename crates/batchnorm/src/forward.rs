@@ -7,6 +7,7 @@ use crate::layout::Geometry;
 use crate::par::for_each_chunk;
 use crate::plan::{channels_per_item, rows_per_block, widen, Exec};
 use crate::simd::multiversion;
+use crate::stream::write_out;
 
 /// Per-channel coefficients of `y = (x - mean) * scale + shift`, evaluated in `f64` and rounded
 /// once to the element type.
@@ -91,7 +92,9 @@ pub(crate) fn normalize<T: Element>(
         for_each_chunk(exec.par, y, rows * c, |b, yb| {
             let start = b * rows * c;
             let xb = &x[start..start + yb.len()];
-            normalize_rows(exec.isa, xb, yb, c, mean, scale, shift);
+            write_out(exec.isa, exec.stream, yb, |yb| {
+                normalize_rows(exec.isa, xb, yb, c, mean, scale, shift);
+            });
         });
     } else {
         let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
@@ -100,7 +103,9 @@ pub(crate) fn normalize<T: Element>(
             for_each_chunk(exec.par, group, sub * inner, |k, yk| {
                 let start = (o * c + range.start + k * sub) * inner;
                 let xk = &x[start..start + yk.len()];
-                normalize_runs(exec.isa, xk, yk, inner, range.start + k * sub, maps);
+                write_out(exec.isa, exec.stream, yk, |yk| {
+                    normalize_runs(exec.isa, xk, yk, inner, range.start + k * sub, maps);
+                });
             });
         });
     }

@@ -46,6 +46,7 @@ mod running_stats;
 mod scratch;
 mod simd;
 mod stats;
+mod stream;
 mod tuning;
 
 pub use batch_norm::{BatchNorm, Grads, Saved};

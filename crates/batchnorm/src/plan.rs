@@ -16,13 +16,18 @@ pub(crate) struct Exec {
     pub isa: Isa,
     /// Whether to split the work over threads.
     pub par: bool,
+    /// Whether to write outputs with non-temporal stores (see [`crate::stream`]).
+    pub stream: bool,
 }
 
 impl Exec {
-    pub fn new(isa: Isa, par: Par, len: usize) -> Self {
+    /// For a call over `len` elements of `elem_bytes` bytes each.
+    pub fn new(isa: Isa, par: Par, len: usize, elem_bytes: usize) -> Self {
+        let stream = len * elem_bytes >= crate::stream::threshold_bytes();
         Self {
             isa,
             par: par.split(len),
+            stream,
         }
     }
 }

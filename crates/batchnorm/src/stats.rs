@@ -294,6 +294,7 @@ mod tests {
         let exec = Exec {
             isa: Isa::Baseline,
             par: false,
+            stream: false,
         };
         let mut parts = Vec::new();
         let g = Geometry {

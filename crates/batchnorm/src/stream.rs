@@ -1,0 +1,121 @@
+//! Non-temporal output for tensors larger than the cache.
+//!
+//! Writing an output the normal way first reads each cache line of the destination ("read for
+//! ownership"), so a pass that reads x and writes y moves three bytes per byte of y. When y is
+//! too large to stay in cache anyway, the kernels instead compute a piece into a small per-thread
+//! staging buffer (it stays in L1/L2) and copy it out with non-temporal stores, which skip that
+//! read: two bytes per byte, as `memcpy` does for large copies. The values are the same either
+//! way; only the stores differ.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use crate::element::Element;
+use crate::simd::Isa;
+
+/// Outputs at least this large are streamed: half the last-level cache, like glibc's `memcpy`
+/// threshold for non-temporal stores (read once from sysfs; 16 MiB where it cannot be read).
+/// The environment variable `BATCHNORM_STREAM_MIN_BYTES`, read once, overrides it.
+pub(crate) fn threshold_bytes() -> usize {
+    static BYTES: OnceLock<usize> = OnceLock::new();
+    *BYTES.get_or_init(|| {
+        let over = std::env::var("BATCHNORM_STREAM_MIN_BYTES").ok();
+        over.and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| last_level_cache_bytes().map_or(16 << 20, |b| b / 2))
+    })
+}
+
+fn last_level_cache_bytes() -> Option<usize> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.filter_map(|e| {
+        let size = std::fs::read_to_string(e.ok()?.path().join("size")).ok()?;
+        let size = size.trim();
+        let (digits, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit())?);
+        let n: usize = digits.parse().ok()?;
+        match unit {
+            "K" => Some(n << 10),
+            "M" => Some(n << 20),
+            "G" => Some(n << 30),
+            _ => None,
+        }
+    })
+    .max()
+}
+
+thread_local! {
+    /// Staging for one piece of output; `f64` words so that any element type is aligned.
+    static STAGING: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` to produce `dst`: in place, or, when `stream` is set and the path has non-temporal
+/// stores, into a staging buffer that is then streamed to `dst`.
+#[inline]
+pub(crate) fn write_out<T: Element>(
+    isa: Isa,
+    stream: bool,
+    dst: &mut [T],
+    f: impl FnOnce(&mut [T]),
+) {
+    if !(stream && isa == Isa::Avx2) {
+        return f(dst);
+    }
+    STAGING.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        let words = (std::mem::size_of_val(dst)).div_ceil(8);
+        if buf.len() < words {
+            buf.resize(words, 0.0);
+        }
+        // SAFETY: `buf` holds at least `size_of_val(dst)` bytes, aligned for `f64` and so for
+        // `T` (f32 or f64, the only `Element`s); every bit pattern is a valid `T`; the slice
+        // lives only inside this borrow of `buf`.
+        let staged =
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<T>(), dst.len()) };
+        f(staged);
+        stream_copy(dst, staged);
+    });
+}
+
+/// `dst.copy_from_slice(src)` with non-temporal stores for the 32-byte-aligned middle.
+#[cfg(target_arch = "x86_64")]
+fn stream_copy<T: Element>(dst: &mut [T], src: &[T]) {
+    debug_assert_eq!(dst.len(), src.len());
+    // SAFETY: `write_out` only calls this on the AVX2 path, which `Isa::detect` verified.
+    unsafe {
+        stream_copy_avx(
+            dst.as_mut_ptr().cast(),
+            src.as_ptr().cast(),
+            size_of_val(src),
+        )
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn stream_copy<T: Element>(dst: &mut [T], src: &[T]) {
+    dst.copy_from_slice(src);
+}
+
+/// Copies `len` bytes; the part of `dst` aligned to 32 bytes goes through non-temporal stores,
+/// then a store fence orders them before anything this thread does next.
+///
+/// # Safety
+/// The CPU supports AVX; `src` and `dst` are valid for `len` bytes and do not overlap.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_copy_avx(dst: *mut u8, src: *const u8, len: usize) {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256, _mm_sfence};
+    let head = dst.align_offset(32).min(len);
+    let body = (len - head) / 32 * 32;
+    // SAFETY: offsets stay within `len` of both buffers, which the caller guarantees valid and
+    // disjoint; `dst + head` is 32-byte aligned as the stream store needs.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, dst, head);
+        let mut i = head;
+        while i < head + body {
+            let v = _mm256_loadu_si256(src.add(i).cast::<__m256i>());
+            _mm256_stream_si256(dst.add(i).cast::<__m256i>(), v);
+            i += 32;
+        }
+        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i);
+        _mm_sfence();
+    }
+}
