@@ -37,6 +37,36 @@ impl Rng {
         }
     }
 
+    /// The generator's whole state: the four xoshiro256++ words and the unused second
+    /// Box-Muller deviate, if any. [`Rng::from_state`] continues the stream exactly from here
+    /// (checkpoints store this).
+    pub fn state(&self) -> ([u64; 4], Option<f64>) {
+        (self.s, self.spare_normal)
+    }
+
+    /// The generator whose state is `words` and `spare_normal`, as [`Rng::state`] returned
+    /// them. `None` when all four words are 0: xoshiro's fixed point, which [`Rng::new`] never
+    /// reaches and which would output zeros forever.
+    ///
+    /// ```
+    /// use batchnorm_nn::Rng;
+    /// let mut a = Rng::new(5);
+    /// a.normal();
+    /// let (words, spare) = a.state();
+    /// let mut b = Rng::from_state(words, spare).unwrap();
+    /// assert_eq!((a.normal(), a.next_u64()), (b.normal(), b.next_u64()));
+    /// assert!(Rng::from_state([0; 4], None).is_none());
+    /// ```
+    pub fn from_state(words: [u64; 4], spare_normal: Option<f64>) -> Option<Self> {
+        if words == [0; 4] {
+            return None;
+        }
+        Some(Rng {
+            s: words,
+            spare_normal,
+        })
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
@@ -115,6 +145,25 @@ mod tests {
         let vc: Vec<u64> = (0..8).map(|_| c.next_u64()).collect();
         assert_eq!(va, vb);
         assert_ne!(va, vc);
+    }
+
+    #[test]
+    fn state_round_trip_continues_the_stream() {
+        let mut a = Rng::new(11);
+        let mut order: Vec<usize> = (0..100).collect();
+        a.shuffle(&mut order);
+        let _ = a.normal(); // leaves a spare deviate in the state
+        let (words, spare) = a.state();
+        assert!(spare.is_some());
+        let mut b = Rng::from_state(words, spare).unwrap();
+        for _ in 0..5 {
+            assert_eq!(a.normal().to_bits(), b.normal().to_bits());
+            assert_eq!(a.next_u64(), b.next_u64());
+        }
+        // A changed word is another stream.
+        let mut c = Rng::from_state([words[0] ^ 1, words[1], words[2], words[3]], None).unwrap();
+        let mut d = Rng::from_state(words, None).unwrap();
+        assert_ne!(c.next_u64(), d.next_u64());
     }
 
     #[test]
