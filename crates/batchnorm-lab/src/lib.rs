@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) only parses arguments; each experiment lives in
 //! [`experiments`], figures are drawn by [`plot`].
 
+pub mod atomic_write;
 pub mod bench;
 pub mod experiments;
 pub mod percentile;
