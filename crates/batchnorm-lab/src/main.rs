@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use batchnorm_lab::bench;
-use batchnorm_lab::experiments::{cli, depth, fig1};
+use batchnorm_lab::experiments::{cli, depth, fig1, lr_sweep};
 use clap::{Args, Parser, Subcommand};
 
 /// Reproduces the Batch Normalization paper's experiments on MNIST.
@@ -28,6 +28,9 @@ enum Command {
     /// gradient norm of every layer's weights and pre-activation statistics at initialisation
     /// and after training.
     Depth(cli::DepthArgs),
+    /// Learning-rate robustness: lr 0.01-5 x {sigmoid, ReLU} x {BN, none}; final test accuracy
+    /// and whether training diverged.
+    LrSweep(cli::LrSweepArgs),
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +107,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(a) => run_bench(a)?,
         Command::Depth(a) => {
             depth::print_summary(&depth::run(&a.config()).context("bnlab depth failed")?);
+        }
+        Command::LrSweep(a) => {
+            lr_sweep::print_summary(&lr_sweep::run(&a.config()).context("bnlab lr-sweep failed")?);
         }
     }
     Ok(())

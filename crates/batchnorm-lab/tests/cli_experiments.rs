@@ -115,11 +115,71 @@ fn depth_writes_gradients_per_layer() {
 }
 
 #[test]
+fn lr_sweep_reports_accuracy_and_divergence() {
+    let out = temp_dir("lr-sweep");
+    run_ok(
+        &[
+            "lr-sweep",
+            "--lrs",
+            "0.1,50",
+            "--steps",
+            "40",
+            "--log-every",
+            "20",
+        ],
+        &out,
+    );
+    let rows = csv_rows(
+        &out.join("results.csv"),
+        "activation,net,lr,test_accuracy,diverged,diverged_at,non_finite,initial_loss,max_loss,final_loss,steps_done,train_seconds",
+    );
+    assert_eq!(rows.len(), 2 * 2 * 2, "lrs x activations x BN");
+    for r in &rows {
+        let acc = num(&r[3]);
+        assert!((0.0..=1.0).contains(&acc), "{r:?}");
+        assert_eq!(
+            r[4] == "true",
+            !r[5].is_empty(),
+            "diverged iff it has a step: {r:?}"
+        );
+    }
+    // lr 50 on ReLU without BN blows up: the detector must say so. lr 0.1 with BN must not.
+    let find = |a: &str, n: &str, lr: &str| {
+        rows.iter()
+            .find(|r| r[0] == a && r[1] == n && r[2] == lr)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find("relu", "plain", "50")[4], "true");
+    assert_eq!(find("relu", "bn", "0.1")[4], "false");
+    assert!(num(&find("relu", "bn", "0.1")[3]) > 0.5);
+    let curves = csv_rows(&out.join("curves.csv"), "activation,net,lr,step,train_loss");
+    assert!(curves.len() >= 8);
+    let s = json(&out.join("summary.json"));
+    assert_eq!(s["runs"].as_array().unwrap().len(), 8);
+    for key in [
+        "activation",
+        "net",
+        "lr",
+        "test_accuracy",
+        "diverged",
+        "diverged_at",
+    ] {
+        assert!(s["runs"][0].get(key).is_some(), "{key} missing");
+    }
+    assert_figure(&out, "lr_sweep");
+    assert!(report(&out).contains("](lr_sweep.png)"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn bad_options_are_errors_not_panics() {
     for args in [
         &["depth", "--depths", "0"][..],
         &["depth", "--lr", "-1"],
         &["depth", "--threads", "0"],
+        &["lr-sweep", "--lrs", "0"],
+        &["lr-sweep", "--batch-size", "1"],
     ] {
         let o = bnlab()
             .args(args)

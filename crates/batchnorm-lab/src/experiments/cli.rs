@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::depth;
+use super::{depth, lr_sweep};
 
 /// Options every experiment shares.
 #[derive(Debug, Clone, Args)]
@@ -67,6 +67,49 @@ impl DepthArgs {
             batch_size: self.batch_size,
             init_gain: self.init_gain,
             probe: self.probe,
+            seed: self.common.seed,
+            threads: self.common.threads,
+            out: self.out.clone(),
+            data: self.common.data.clone(),
+        }
+    }
+}
+
+/// `bnlab lr-sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct LrSweepArgs {
+    /// Learning rates, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.1, 0.5, 1.0, 2.0, 5.0])]
+    pub lrs: Vec<f64>,
+    /// SGD steps per run.
+    #[arg(long, default_value_t = 3000)]
+    pub steps: usize,
+    /// Training images per mini-batch (at least 2).
+    #[arg(long, default_value_t = 60)]
+    pub batch_size: usize,
+    /// Standard deviation of the Gaussian initial weights (fig1's); biases 0.
+    #[arg(long, default_value_t = 0.05)]
+    pub init_std: f64,
+    /// Steps per point of the training-loss curves in curves.csv.
+    #[arg(long, default_value_t = 100)]
+    pub log_every: usize,
+    /// Output folder for results.csv, curves.csv, summary.json, lr_sweep.png/.svg and
+    /// report.md.
+    #[arg(long, default_value = "out/lr-sweep")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl LrSweepArgs {
+    /// The experiment's settings.
+    pub fn config(&self) -> lr_sweep::Config {
+        lr_sweep::Config {
+            lrs: self.lrs.clone(),
+            steps: self.steps,
+            batch_size: self.batch_size,
+            init_std: self.init_std,
+            log_every: self.log_every,
             seed: self.common.seed,
             threads: self.common.threads,
             out: self.out.clone(),

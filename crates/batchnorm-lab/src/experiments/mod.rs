@@ -8,6 +8,7 @@ pub mod depth;
 mod error;
 mod evaluate;
 pub mod fig1;
+pub mod lr_sweep;
 mod mlp;
 mod output;
 mod parallel;

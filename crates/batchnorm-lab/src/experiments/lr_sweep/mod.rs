@@ -1,0 +1,326 @@
+//! Learning-rate robustness: the 784-100-100-100-10 MLP of fig1 with sigmoid or ReLU hidden
+//! units, with and without batch normalization, trained at each of several learning rates.
+//!
+//! Every run starts from the same weights and sees the same batches. Recorded: the test
+//! accuracy after the last step (BN with running statistics) and whether training diverged: a
+//! non-finite loss at any step (training stops there: the weights are NaN from then on) or a
+//! batch loss above 10 times the first batch's loss (training goes on; the flag stays).
+//!
+//! Outputs: `results.csv` (one row per run), `curves.csv` (mean training loss per window),
+//! `summary.json`, `lr_sweep.png`/`.svg`, `report.md`.
+
+mod output;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use batchnorm_nn::data::Split;
+use batchnorm_nn::layers::Mode;
+
+use super::error::bad;
+use super::evaluate::Accuracy;
+use super::mlp::{self, Activation};
+use super::parallel::run_jobs;
+use super::trainer::Trainer;
+use super::{LabError, EVAL_CHUNK};
+use crate::progress::Progress;
+
+/// Layer widths: as fig1.
+pub const WIDTHS: [usize; 5] = [784, 100, 100, 100, 10];
+/// A batch loss above this multiple of the first batch's loss marks a run as diverged.
+pub const DIVERGENCE_FACTOR: f64 = 10.0;
+
+/// Settings of the experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Learning rates. Default 0.01, 0.1, 0.5, 1, 2, 5.
+    pub lrs: Vec<f64>,
+    /// SGD steps per run. Default 3,000.
+    pub steps: usize,
+    /// Images per batch. Default 60.
+    pub batch_size: usize,
+    /// Initial weights from N(0, std^2), biases 0 (fig1's). Default 0.05.
+    pub init_std: f64,
+    /// Steps per point of the training-loss curves. Default 100.
+    pub log_every: usize,
+    /// Seed of the weights and the batch order. Default 1.
+    pub seed: u64,
+    /// Runs trained at once. Default 2.
+    pub threads: usize,
+    /// Output folder. Default `out/lr-sweep`.
+    pub out: PathBuf,
+    /// Folder holding the MNIST IDX files.
+    pub data: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            lrs: vec![0.01, 0.1, 0.5, 1.0, 2.0, 5.0],
+            steps: 3000,
+            batch_size: 60,
+            init_std: 0.05,
+            log_every: 100,
+            seed: 1,
+            threads: 2,
+            out: PathBuf::from("out/lr-sweep"),
+            data: PathBuf::from("data/mnist"),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every setting's range.
+    ///
+    /// # Errors
+    /// [`LabError::Config`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), LabError> {
+        if self.lrs.is_empty() {
+            return bad("--lrs", 0.0, "need at least one learning rate");
+        }
+        if let Some(&lr) = self.lrs.iter().find(|lr| !(lr.is_finite() && **lr > 0.0)) {
+            return bad("--lrs", lr, "each must be finite and > 0");
+        }
+        if self.steps == 0 {
+            return bad("--steps", 0.0, "must be at least 1");
+        }
+        if !(2..=60_000).contains(&self.batch_size) {
+            return bad(
+                "--batch-size",
+                self.batch_size as f64,
+                "must be between 2 and 60000",
+            );
+        }
+        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
+            return bad("--init-std", self.init_std, "must be finite and >= 0");
+        }
+        if self.log_every == 0 {
+            return bad("--log-every", 0.0, "must be at least 1");
+        }
+        if self.threads == 0 {
+            return bad("--threads", 0.0, "must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn order_seed(&self) -> u64 {
+        self.seed ^ 0x6261_7463_685f_6f72 // "batch_or", as fig1
+    }
+}
+
+/// One training run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Hidden nonlinearity.
+    pub activation: Activation,
+    /// With batch normalization.
+    pub batch_norm: bool,
+    /// Learning rate.
+    pub lr: f64,
+    /// Loss of the first batch (before any update).
+    pub initial_loss: f64,
+    /// Largest finite batch loss seen.
+    pub max_loss: f64,
+    /// Mean training loss over the last `log_every` steps trained (NaN once diverged to NaN).
+    pub final_loss: f64,
+    /// First step whose loss was non-finite or above 10x the initial loss.
+    pub diverged_at: Option<usize>,
+    /// Whether the loss became NaN or infinite (training stopped there).
+    pub non_finite: bool,
+    /// Steps trained.
+    pub steps_done: usize,
+    /// Test accuracy after training (BN with running statistics; a row with a NaN counts as
+    /// wrong).
+    pub test_accuracy: f64,
+    /// Mean training loss per window of `log_every` steps: (last step of the window, loss).
+    pub curve: Vec<(usize, f64)>,
+    /// Seconds of training.
+    pub train_seconds: f64,
+}
+
+impl Run {
+    /// `"bn"` or `"plain"`.
+    pub fn net_key(&self) -> &'static str {
+        if self.batch_norm {
+            "bn"
+        } else {
+            "plain"
+        }
+    }
+
+    /// Whether the run diverged (NaN or loss above 10x the initial loss).
+    pub fn diverged(&self) -> bool {
+        self.diverged_at.is_some()
+    }
+}
+
+/// The outcome of a sweep.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The settings used.
+    pub config: Config,
+    /// Runs by activation (sigmoid first), BN first, then learning rate.
+    pub runs: Vec<Run>,
+    /// Wall-clock seconds (loading included, writing excluded).
+    pub wall_seconds: f64,
+}
+
+impl Outcome {
+    /// The runs of one activation and variant, by learning rate.
+    pub fn series(&self, activation: Activation, batch_norm: bool) -> Vec<&Run> {
+        self.runs
+            .iter()
+            .filter(|r| r.activation == activation && r.batch_norm == batch_norm)
+            .collect()
+    }
+}
+
+/// Runs the sweep and writes its outputs into `cfg.out`.
+///
+/// # Errors
+/// A bad setting, unreadable data, or an unwritable output folder.
+pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
+    cfg.validate()?;
+    let start = Instant::now();
+    let (data, _) = super::data::load_mnist(&cfg.data)?;
+    let linears = mlp::initial_linears(&WIDTHS, cfg.seed, |_| cfg.init_std)?;
+    let mut jobs = Vec::new();
+    for activation in [Activation::Sigmoid, Activation::Relu] {
+        for bn in [true, false] {
+            for &lr in &cfg.lrs {
+                jobs.push((activation, bn, lr));
+            }
+        }
+    }
+    let progress = Progress::new();
+    let total = jobs.len();
+    let runs = run_jobs(&jobs, cfg.threads, |i, &(activation, bn, lr)| {
+        let name = format!(
+            "{} {} lr {lr}",
+            activation.key(),
+            if bn { "bn" } else { "plain" }
+        );
+        let bar = progress.add(&name, cfg.steps as u64);
+        let model = mlp::build(&linears, activation, bn, cfg.batch_size.max(EVAL_CHUNK))?;
+        let r = train_one(
+            cfg,
+            model,
+            (activation, bn, lr),
+            &data.train,
+            &data.test,
+            &bar,
+        )?;
+        bar.report(
+            r.steps_done as u64,
+            r.final_loss,
+            f64::NAN,
+            r.test_accuracy,
+            false,
+        );
+        bar.finish();
+        // On a terminal the bars show the same; elsewhere (CI, a log file) a line per run.
+        if !std::io::stderr().is_terminal() {
+            eprintln!(
+                "[lr-sweep {}/{total}] {name}: test accuracy {:.4}{}",
+                i + 1,
+                r.test_accuracy,
+                match (r.diverged_at, r.non_finite) {
+                    (Some(s), true) => format!(", diverged (NaN) at step {s}"),
+                    (Some(s), false) => format!(", diverged (loss > 10x initial) at step {s}"),
+                    (None, _) => String::new(),
+                }
+            );
+        }
+        Ok(r)
+    })?;
+    let outcome = Outcome {
+        config: cfg.clone(),
+        runs,
+        wall_seconds: start.elapsed().as_secs_f64(),
+    };
+    output::write_all(&outcome)?;
+    Ok(outcome)
+}
+
+fn train_one(
+    cfg: &Config,
+    model: batchnorm_nn::Sequential<f32>,
+    (activation, batch_norm, lr): (Activation, bool, f64),
+    train: &Split,
+    test: &Split,
+    bar: &crate::progress::NetProgress,
+) -> Result<Run, LabError> {
+    let mut trainer = Trainer::new(model, lr, cfg.batch_size, cfg.order_seed(), train.len())?;
+    let t = Instant::now();
+    let (mut initial_loss, mut max_loss) = (f64::NAN, f64::NEG_INFINITY);
+    let (mut diverged_at, mut non_finite) = (None, false);
+    let (mut window, mut since) = (0.0, 0usize);
+    let mut curve = Vec::new();
+    let mut final_loss = f64::NAN;
+    let mut steps_done = 0;
+    for step in 1..=cfg.steps {
+        let loss = trainer.step(train)?.loss;
+        steps_done = step;
+        if step == 1 {
+            initial_loss = loss;
+        }
+        if !loss.is_finite() {
+            diverged_at.get_or_insert(step);
+            non_finite = true;
+            curve.push((step, loss));
+            final_loss = loss;
+            break;
+        }
+        max_loss = max_loss.max(loss);
+        if loss > DIVERGENCE_FACTOR * initial_loss {
+            diverged_at.get_or_insert(step);
+        }
+        window += loss;
+        since += 1;
+        if step.is_multiple_of(cfg.log_every) || step == cfg.steps {
+            final_loss = window / since as f64;
+            curve.push((step, final_loss));
+            (window, since) = (0.0, 0);
+        }
+        if step.is_multiple_of(100) {
+            bar.set_step(step as u64);
+        }
+    }
+    let train_seconds = t.elapsed().as_secs_f64();
+    let test_accuracy = Accuracy::new(test).run(&mut trainer.model, test, Mode::Eval)?;
+    Ok(Run {
+        activation,
+        batch_norm,
+        lr,
+        initial_loss,
+        max_loss,
+        final_loss,
+        diverged_at,
+        non_finite,
+        steps_done,
+        test_accuracy,
+        curve,
+        train_seconds,
+    })
+}
+
+/// Prints one line per run to stdout.
+pub fn print_summary(o: &Outcome) {
+    for r in &o.runs {
+        println!(
+            "{:>7} {:>5} lr {:>5}: test accuracy {:.4}, final loss {:.4}{}",
+            r.activation.key(),
+            r.net_key(),
+            r.lr,
+            r.test_accuracy,
+            r.final_loss,
+            if r.diverged() { ", diverged" } else { "" }
+        );
+    }
+    println!(
+        "wall time {:.1} s; outputs in {}",
+        o.wall_seconds,
+        o.config.out.display()
+    );
+}
