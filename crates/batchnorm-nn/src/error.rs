@@ -84,6 +84,17 @@ pub enum NnError {
         /// What is wrong with it.
         source: crate::data::IdxError,
     },
+    /// A safetensors file is malformed.
+    #[error("{path}: {source}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: crate::safetensors::SafetensorsError,
+    },
+    /// A state dict does not fit the model it is loaded into.
+    #[error(transparent)]
+    StateDict(#[from] crate::state_dict::StateDictError),
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {

@@ -36,7 +36,9 @@ pub mod matmul;
 mod model;
 mod optim;
 mod rng;
+pub mod safetensors;
 mod scalar;
+pub mod state_dict;
 
 pub use error::{NnError, Result};
 pub use init::gaussian;

@@ -68,6 +68,14 @@ pub enum IdxError {
         /// At least this many extra bytes.
         extra: usize,
     },
+    /// Bytes after the end of the gzip stream (junk, or a second member).
+    #[error("{extra} unexpected bytes after the {stream}-byte gzip stream")]
+    AfterGzip {
+        /// Length of the gzip stream.
+        stream: usize,
+        /// Bytes after it.
+        extra: usize,
+    },
     /// The gzip stream is corrupt (bad header, bad deflate data, CRC or length mismatch).
     #[error("corrupt gzip stream: {source}")]
     Gzip {
@@ -118,7 +126,19 @@ const MAX_DEFLATE_RATIO: usize = 1032;
 pub fn decode_idx(bytes: &[u8]) -> std::result::Result<IdxArray, IdxError> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let bound = bytes.len().saturating_mul(MAX_DEFLATE_RATIO);
-        decode_stream(flate2::read::GzDecoder::new(bytes), bound, true)
+        // The buffered decoder reads the slice only as far as the gzip member goes, so what
+        // is left after it is known: a second member or junk is refused like bytes after the
+        // data of a plain file.
+        let mut gz = flate2::bufread::GzDecoder::new(bytes);
+        let array = decode_stream(&mut gz, bound, true)?;
+        let rest = gz.get_ref().len();
+        if rest > 0 {
+            return Err(IdxError::AfterGzip {
+                stream: bytes.len() - rest,
+                extra: rest,
+            });
+        }
+        Ok(array)
     } else {
         decode_stream(bytes, bytes.len(), false)
     }
