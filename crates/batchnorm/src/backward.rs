@@ -33,6 +33,7 @@ multiversion! {
         inner: usize,
         mean: &[f64],
         out: &mut [GradSums],
+        scratch: &mut [f64],
     ) {
         // Widen a tile to f64 and form the products first (plain element-wise loops), then
         // reduce each f64 tile into LANES accumulators: two single-input reductions vectorise
@@ -41,29 +42,27 @@ multiversion! {
         let g = out.len();
         let mut d = [0.0f64; TILE];
         let mut p = [0.0f64; TILE];
-        with_zeroed(2 * g * LANES, |scratch| {
-            let (lanes, _) = scratch.as_chunks_mut::<LANES>();
-            let (s, sx) = lanes.split_at_mut(g);
-            for k in 0..count {
-                let r = k * stride..k * stride + g * inner;
-                let runs = x[r.clone()].chunks_exact(inner).zip(dy[r].chunks_exact(inner));
-                for (j, (xr, dr)) in runs.enumerate() {
-                    for (xs, ds) in xr.chunks(TILE).zip(dr.chunks(TILE)) {
-                        let n = xs.len();
-                        let tiles = d.iter_mut().zip(p.iter_mut());
-                        for ((dv, pv), (&xv, &yv)) in tiles.zip(xs.iter().zip(ds)) {
-                            *dv = yv.to_f64();
-                            *pv = *dv * (xv.to_f64() - mean[j]);
-                        }
-                        accumulate_lanes(&mut s[j], &d[..n]);
-                        accumulate_lanes(&mut sx[j], &p[..n]);
+        let (lanes, _) = scratch.as_chunks_mut::<LANES>();
+        let (s, sx) = lanes.split_at_mut(g);
+        for k in 0..count {
+            let r = k * stride..k * stride + g * inner;
+            let runs = x[r.clone()].chunks_exact(inner).zip(dy[r].chunks_exact(inner));
+            for (j, (xr, dr)) in runs.enumerate() {
+                for (xs, ds) in xr.chunks(TILE).zip(dr.chunks(TILE)) {
+                    let n = xs.len();
+                    let tiles = d.iter_mut().zip(p.iter_mut());
+                    for ((dv, pv), (&xv, &yv)) in tiles.zip(xs.iter().zip(ds)) {
+                        *dv = yv.to_f64();
+                        *pv = *dv * (xv.to_f64() - mean[j]);
                     }
+                    accumulate_lanes(&mut s[j], &d[..n]);
+                    accumulate_lanes(&mut sx[j], &p[..n]);
                 }
             }
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = GradSums { dy: s[j].iter().sum(), dy_xmu: sx[j].iter().sum() };
-            }
-        });
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = GradSums { dy: s[j].iter().sum(), dy_xmu: sx[j].iter().sum() };
+        }
     }
 }
 
@@ -84,31 +83,35 @@ fn accumulate_lanes(acc: &mut [f64; LANES], v: &[f64]) {
 multiversion! {
     /// The per-channel sums over a block of rows, vectorised along widened rows; `mean` is the
     /// per-channel mean repeated over one widened row.
-    fn block_grad_sums<T>(x: &[T], dy: &[T], mean: &[f64], out: &mut [GradSums]) {
+    fn block_grad_sums<T>(
+        x: &[T],
+        dy: &[T],
+        mean: &[f64],
+        out: &mut [GradSums],
+        scratch: &mut [f64],
+    ) {
         let (c, w) = (out.len(), mean.len());
-        with_zeroed(2 * w, |scratch| {
-            let (s, sx) = scratch.split_at_mut(w);
-            let row = |s: &mut [f64], sx: &mut [f64], xr: &[T], dr: &[T]| {
-                let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
-                for (((s, sx), &m), (&xv, &dv)) in acc.zip(xr.iter().zip(dr)) {
-                    let d = dv.to_f64();
-                    *s += d;
-                    *sx += d * (xv.to_f64() - m);
-                }
-            };
-            let split = x.len() / w * w;
-            for (xr, dr) in x[..split].chunks_exact(w).zip(dy[..split].chunks_exact(w)) {
-                row(s, sx, xr, dr);
+        let (s, sx) = scratch.split_at_mut(w);
+        let row = |s: &mut [f64], sx: &mut [f64], xr: &[T], dr: &[T]| {
+            let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
+            for (((s, sx), &m), (&xv, &dv)) in acc.zip(xr.iter().zip(dr)) {
+                let d = dv.to_f64();
+                *s += d;
+                *sx += d * (xv.to_f64() - m);
             }
-            for (xr, dr) in x[split..].chunks_exact(c).zip(dy[split..].chunks_exact(c)) {
-                row(s, sx, xr, dr);
-            }
-            fold_widened_in_place(s, c);
-            fold_widened_in_place(sx, c);
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = GradSums { dy: s[i], dy_xmu: sx[i] };
-            }
-        });
+        };
+        let split = x.len() / w * w;
+        for (xr, dr) in x[..split].chunks_exact(w).zip(dy[..split].chunks_exact(w)) {
+            row(s, sx, xr, dr);
+        }
+        for (xr, dr) in x[split..].chunks_exact(c).zip(dy[split..].chunks_exact(c)) {
+            row(s, sx, xr, dr);
+        }
+        fold_widened_in_place(s, c);
+        fold_widened_in_place(sx, c);
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = GradSums { dy: s[i], dy_xmu: sx[i] };
+        }
     }
 }
 
@@ -135,7 +138,10 @@ pub(crate) fn grad_sums<T: Element>(
         for_each_chunk(exec.par, parts, c, |b, p| {
             let start = b * rows * c;
             let end = (start + rows * c).min(x.len());
-            block_grad_sums(exec.isa, &x[start..end], &dy[start..end], mean_w, p);
+            let (xs, ds) = (&x[start..end], &dy[start..end]);
+            with_zeroed(2 * mean_w.len(), |s| {
+                block_grad_sums(exec.isa, xs, ds, mean_w, p, s)
+            });
         });
         geo.outer.div_ceil(rows)
     } else {
@@ -150,16 +156,10 @@ pub(crate) fn grad_sums<T: Element>(
                 let start = (p * per * c + first) * inner;
                 let r = start..start + (count - 1) * c * inner + pk.len() * inner;
                 let m = &mean[first..first + pk.len()];
-                unit_grad_sums(
-                    exec.isa,
-                    &x[r.clone()],
-                    &dy[r],
-                    c * inner,
-                    count,
-                    inner,
-                    m,
-                    pk,
-                );
+                let (xs, ds) = (&x[r.clone()], &dy[r]);
+                with_zeroed(2 * pk.len() * LANES, |s| {
+                    unit_grad_sums(exec.isa, xs, ds, c * inner, count, inner, m, pk, s)
+                });
             });
         });
         pieces

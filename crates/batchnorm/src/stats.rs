@@ -142,7 +142,14 @@ multiversion! {
     /// channels-first input: `x` starts at the first channel's run in the first block, blocks
     /// are `stride` apart, runs `inner` long. Short runs are summed, then centred while the unit
     /// is in cache (the corrected two-pass algorithm); long runs go chunk by chunk, merged.
-    fn unit_moments<T>(x: &[T], stride: usize, count: usize, inner: usize, out: &mut [Moments]) {
+    fn unit_moments<T>(
+        x: &[T],
+        stride: usize,
+        count: usize,
+        inner: usize,
+        out: &mut [Moments],
+        scratch: &mut [f64],
+    ) {
         let g = out.len();
         let runs = |k: usize| x[k * stride..k * stride + g * inner].chunks_exact(inner);
         if inner > RUN_CHUNK {
@@ -157,76 +164,72 @@ multiversion! {
             return;
         }
         let n = count * inner;
-        with_zeroed(3 * g * LANES, |scratch| {
-            let (lanes, _) = scratch.as_chunks_mut::<LANES>();
-            let (acc, rest) = lanes.split_at_mut(g);
-            let (dev, sq) = rest.split_at_mut(g);
-            for k in 0..count {
-                for (a, run) in acc.iter_mut().zip(runs(k)) {
-                    add_lanes(a, run);
-                }
+        let (lanes, _) = scratch.as_chunks_mut::<LANES>();
+        let (acc, rest) = lanes.split_at_mut(g);
+        let (dev, sq) = rest.split_at_mut(g);
+        for k in 0..count {
+            for (a, run) in acc.iter_mut().zip(runs(k)) {
+                add_lanes(a, run);
             }
-            let mean = |j: usize| acc[j].iter().sum::<f64>() / n as f64;
-            for k in 0..count {
-                for (j, run) in runs(k).enumerate() {
-                    add_centred_lanes(&mut dev[j], &mut sq[j], run, mean(j));
-                }
+        }
+        let mean = |j: usize| acc[j].iter().sum::<f64>() / n as f64;
+        for k in 0..count {
+            for (j, run) in runs(k).enumerate() {
+                add_centred_lanes(&mut dev[j], &mut sq[j], run, mean(j));
             }
-            for (j, o) in out.iter_mut().enumerate() {
-                let (d, q) = (dev[j].iter().sum(), sq[j].iter().sum());
-                *o = Moments::from_centred(n as u64, mean(j), d, q);
-            }
-        });
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            let (d, q) = (dev[j].iter().sum(), sq[j].iter().sum());
+            *o = Moments::from_centred(n as u64, mean(j), d, q);
+        }
     }
 }
 
 multiversion! {
     /// The per-channel moments of a block of rows of `out.len()` channels: summed, then centred
     /// on the block mean while the block is still in cache. Vectorised along widened rows.
-    fn block_moments<T>(block: &[T], out: &mut [Moments]) {
+    fn block_moments<T>(block: &[T], out: &mut [Moments], scratch: &mut [f64]) {
         let c = out.len();
         let rows = block.len() / c;
         let w = row_width(c);
         let (wide, tail) = block.split_at(block.len() / w * w);
-        with_zeroed(4 * w, |scratch| {
-            let (acc, rest) = scratch.split_at_mut(w);
-            let (mean_w, rest) = rest.split_at_mut(w);
-            let (dev, sq) = rest.split_at_mut(w);
-            for row in wide.chunks_exact(w) {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += v.to_f64();
-                }
+        let (acc, rest) = scratch.split_at_mut(w);
+        let (mean_w, rest) = rest.split_at_mut(w);
+        let (dev, sq) = rest.split_at_mut(w);
+        for row in wide.chunks_exact(w) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v.to_f64();
             }
-            for row in tail.chunks_exact(c) {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += v.to_f64();
-                }
+        }
+        for row in tail.chunks_exact(c) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v.to_f64();
             }
-            // Per-channel means, in place at the front of `acc`, then repeated over `mean_w`.
-            fold_widened_in_place(acc, c);
-            for (i, m) in mean_w.iter_mut().enumerate() {
-                *m = acc[i % c] / rows as f64;
+        }
+        // Per-channel means, in place at the front of `acc`, then repeated over `mean_w`.
+        fold_widened_in_place(acc, c);
+        for (i, m) in mean_w.iter_mut().enumerate() {
+            *m = acc[i % c] / rows as f64;
+        }
+        let centred = |dev: &mut [f64], sq: &mut [f64], row: &[T]| {
+            let acc = dev.iter_mut().zip(sq.iter_mut()).zip(mean_w.iter());
+            for (((d, q), &m), &v) in acc.zip(row) {
+                let t = v.to_f64() - m;
+                *d += t;
+                *q += t * t;
             }
-            let centred = |dev: &mut [f64], sq: &mut [f64], row: &[T]| {
-                let acc = dev.iter_mut().zip(sq.iter_mut()).zip(mean_w.iter());
-                for (((d, q), &m), &v) in acc.zip(row) {
-                    let t = v.to_f64() - m;
-                    *d += t;
-                    *q += t * t;
-                }
-            };
-            for row in wide.chunks_exact(w) {
-                centred(dev, sq, row);
-            }
-            for row in tail.chunks_exact(c) {
-                centred(dev, sq, row);
-            }
-            fold_widened_in_place(dev, c);
-            fold_widened_in_place(sq, c);
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = Moments::from_centred(rows as u64, mean_w[i], dev[i], sq[i]);
-            }
-        });
+        };
+        for row in wide.chunks_exact(w) {
+            centred(dev, sq, row);
+        }
+        for row in tail.chunks_exact(c) {
+            centred(dev, sq, row);
+        }
+        fold_widened_in_place(dev, c);
+        fold_widened_in_place(sq, c);
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = Moments::from_centred(rows as u64, mean_w[i], dev[i], sq[i]);
+        }
     }
 }
 
@@ -247,7 +250,9 @@ pub(crate) fn channel_moments<T: Element>(
         for_each_chunk(exec.par, parts, c, |b, p| {
             let start = b * rows * c;
             let end = (start + rows * c).min(x.len());
-            block_moments(exec.isa, &x[start..end], p);
+            with_zeroed(4 * row_width(c), |s| {
+                block_moments(exec.isa, &x[start..end], p, s)
+            });
         });
         geo.outer.div_ceil(rows)
     } else {
@@ -260,7 +265,9 @@ pub(crate) fn channel_moments<T: Element>(
             for_each_chunk(exec.par, row, sub, |k, pk| {
                 let start = (p * per * c + range.start + k * sub) * inner;
                 let end = start + (count - 1) * c * inner + pk.len() * inner;
-                unit_moments(exec.isa, &x[start..end], c * inner, count, inner, pk);
+                with_zeroed(3 * pk.len() * LANES, |s| {
+                    unit_moments(exec.isa, &x[start..end], c * inner, count, inner, pk, s)
+                });
             });
         });
         pieces

@@ -45,8 +45,14 @@ fn steps(
     }
 }
 
+/// One test: the counter is global and tests in one binary run on parallel threads.
 #[test]
 fn warm_calls_allocate_nothing() {
+    sequential_warm_calls_allocate_nothing();
+    threaded_warm_calls_allocate_nothing_per_element();
+}
+
+fn sequential_warm_calls_allocate_nothing() {
     let cases: [(&[usize], Layout); 4] = [
         (&[60, 100], Layout::ChannelsFirst),
         (&[8, 16, 30, 30], Layout::ChannelsFirst),
@@ -77,7 +83,6 @@ fn warm_calls_allocate_nothing() {
     }
 }
 
-#[test]
 fn threaded_warm_calls_allocate_nothing_per_element() {
     // On rayon's pool the kernels themselves allocate nothing either; rayon's own bookkeeping
     // may, but not in proportion to the work. A 1.2M-element call must stay under a handful.
