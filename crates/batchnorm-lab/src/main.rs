@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use batchnorm_lab::bench;
-use batchnorm_lab::experiments::{cli, depth, fig1, lr_sweep};
+use batchnorm_lab::experiments::{batch_size, cli, depth, fig1, lr_sweep};
 use clap::{Args, Parser, Subcommand};
 
 /// Reproduces the Batch Normalization paper's experiments on MNIST.
@@ -31,6 +31,9 @@ enum Command {
     /// Learning-rate robustness: lr 0.01-5 x {sigmoid, ReLU} x {BN, none}; final test accuracy
     /// and whether training diverged.
     LrSweep(cli::LrSweepArgs),
+    /// Batch size: the BN MLP at batch 2-128 for the same number of examples; test accuracy
+    /// with running statistics.
+    BatchSize(cli::BatchSizeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +111,9 @@ fn main() -> anyhow::Result<()> {
         Command::Depth(a) => {
             depth::print_summary(&depth::run(&a.config()).context("bnlab depth failed")?);
         }
+        Command::BatchSize(a) => batch_size::print_summary(
+            &batch_size::run(&a.config()).context("bnlab batch-size failed")?,
+        ),
         Command::LrSweep(a) => {
             lr_sweep::print_summary(&lr_sweep::run(&a.config()).context("bnlab lr-sweep failed")?);
         }

@@ -173,6 +173,54 @@ fn lr_sweep_reports_accuracy_and_divergence() {
 }
 
 #[test]
+fn batch_size_reports_both_kinds_of_statistics() {
+    let out = temp_dir("batch-size");
+    run_ok(
+        &[
+            "batch-size",
+            "--batch-sizes",
+            "3,32",
+            "--examples",
+            "960",
+            "--evals",
+            "2",
+        ],
+        &out,
+    );
+    let rows = csv_rows(
+        &out.join("results.csv"),
+        "batch_size,lr,steps,test_accuracy,test_accuracy_batch_stats,final_train_loss,train_seconds",
+    );
+    assert_eq!(rows.len(), 2);
+    // Same examples: 960 / 3 and 960 / 32 steps; lr scaled by B / 128.
+    assert_eq!((rows[0][0].as_str(), rows[0][2].as_str()), ("3", "320"));
+    assert_eq!((rows[1][0].as_str(), rows[1][2].as_str()), ("32", "30"));
+    assert_eq!(num(&rows[1][1]), 0.25);
+    for r in &rows {
+        for v in [num(&r[3]), num(&r[4])] {
+            assert!((0.0..=1.0).contains(&v), "{r:?}");
+        }
+    }
+    // Evaluations at 0 and 2 points per run.
+    let curves = csv_rows(&out.join("curves.csv"), "batch_size,examples,test_accuracy");
+    assert_eq!(curves.len(), 2 * 3);
+    let s = json(&out.join("summary.json"));
+    for key in [
+        "batch_size",
+        "lr",
+        "steps",
+        "test_accuracy",
+        "test_accuracy_batch_stats",
+    ] {
+        assert!(s["runs"][0].get(key).is_some(), "{key} missing");
+    }
+    assert_eq!(s["config"]["examples"], 960);
+    assert_figure(&out, "batch_size");
+    assert!(report(&out).contains("](batch_size.png)"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn bad_options_are_errors_not_panics() {
     for args in [
         &["depth", "--depths", "0"][..],
@@ -180,6 +228,8 @@ fn bad_options_are_errors_not_panics() {
         &["depth", "--threads", "0"],
         &["lr-sweep", "--lrs", "0"],
         &["lr-sweep", "--batch-size", "1"],
+        &["batch-size", "--batch-sizes", "1"],
+        &["batch-size", "--examples", "10", "--batch-sizes", "64"],
     ] {
         let o = bnlab()
             .args(args)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{depth, lr_sweep};
+use super::{batch_size, depth, lr_sweep};
 
 /// Options every experiment shares.
 #[derive(Debug, Clone, Args)]
@@ -110,6 +110,53 @@ impl LrSweepArgs {
             batch_size: self.batch_size,
             init_std: self.init_std,
             log_every: self.log_every,
+            seed: self.common.seed,
+            threads: self.common.threads,
+            out: self.out.clone(),
+            data: self.common.data.clone(),
+        }
+    }
+}
+
+/// `bnlab batch-size`.
+#[derive(Debug, Clone, Args)]
+pub struct BatchSizeArgs {
+    /// Batch sizes, comma-separated (each 2 to 1000).
+    #[arg(long, value_delimiter = ',', default_values_t = [2, 4, 8, 16, 32, 64, 128])]
+    pub batch_sizes: Vec<usize>,
+    /// Training examples every run sees (steps = examples / batch size).
+    #[arg(long, default_value_t = 120_000)]
+    pub examples: usize,
+    /// Learning rate at batch size --lr-batch; batch B uses lr * B / lr-batch.
+    #[arg(long, default_value_t = 1.0)]
+    pub lr: f64,
+    /// The batch size --lr refers to.
+    #[arg(long, default_value_t = 128)]
+    pub lr_batch: usize,
+    /// Standard deviation of the Gaussian initial weights (fig1's); biases 0.
+    #[arg(long, default_value_t = 0.05)]
+    pub init_std: f64,
+    /// Test-accuracy evaluations per run, evenly spaced.
+    #[arg(long, default_value_t = 10)]
+    pub evals: usize,
+    /// Output folder for results.csv, curves.csv, summary.json, batch_size.png/.svg and
+    /// report.md.
+    #[arg(long, default_value = "out/batch-size")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl BatchSizeArgs {
+    /// The experiment's settings.
+    pub fn config(&self) -> batch_size::Config {
+        batch_size::Config {
+            batch_sizes: self.batch_sizes.clone(),
+            examples: self.examples,
+            lr: self.lr,
+            lr_batch: self.lr_batch,
+            init_std: self.init_std,
+            evals: self.evals,
             seed: self.common.seed,
             threads: self.common.threads,
             out: self.out.clone(),

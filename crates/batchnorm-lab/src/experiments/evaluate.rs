@@ -22,7 +22,7 @@ impl Accuracy {
     pub(crate) fn new(split: &Split) -> Self {
         Accuracy {
             index: (0..split.len()).collect(),
-            labels: vec![0; EVAL_CHUNK],
+            labels: vec![0; EVAL_CHUNK.min(split.len())],
         }
     }
 
@@ -38,9 +38,35 @@ impl Accuracy {
         split: &Split,
         mode: Mode,
     ) -> Result<f64, LabError> {
+        self.run_chunked(model, split, mode, EVAL_CHUNK)
+    }
+
+    /// As [`Accuracy::run`] with the split fed in consecutive batches of `chunk` images (at
+    /// most [`EVAL_CHUNK`]); a last smaller batch is fed as it is, except that a last single
+    /// image joins the batch before it when that stays within [`EVAL_CHUNK`]. With [`Mode::BatchStats`], batch normalization
+    /// uses each batch's own statistics.
+    ///
+    /// # Errors
+    /// As [`Accuracy::run`]; a split of one image in [`Mode::BatchStats`] (no variance).
+    pub(crate) fn run_chunked(
+        &mut self,
+        model: &mut Sequential<f32>,
+        split: &Split,
+        mode: Mode,
+        chunk: usize,
+    ) -> Result<f64, LabError> {
         let mut correct = 0;
         let classes = model.out_len();
-        for chunk in self.index.chunks(EVAL_CHUNK) {
+        let chunk = chunk.clamp(1, EVAL_CHUNK);
+        let len = self.index.len();
+        let mut start = 0;
+        while start < len {
+            let mut end = (start + chunk).min(len);
+            if len - end == 1 && end + 1 - start <= EVAL_CHUNK {
+                end = len;
+            }
+            let chunk = &self.index[start..end];
+            start = end;
             let n = chunk.len();
             split.gather(chunk, model.input_mut(n)?, &mut self.labels[..n])?;
             let out = model.forward(n, mode)?;

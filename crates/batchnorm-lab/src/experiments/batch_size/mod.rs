@@ -1,0 +1,281 @@
+//! Batch size and BN: fig1's BN network trained with several batch sizes for the same number of
+//! training examples, the learning rate scaled linearly with the batch size (the same step per
+//! example).
+//!
+//! Test accuracy is measured with the running statistics (evaluation mode, as deployed) and,
+//! for comparison, with batch statistics over consecutive test batches of the training batch
+//! size (the statistics the network was trained with).
+//!
+//! Outputs: `results.csv`, `curves.csv`, `summary.json`, `batch_size.png`/`.svg`, `report.md`.
+
+mod output;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use batchnorm_nn::data::Mnist;
+use batchnorm_nn::layers::Mode;
+
+use super::error::bad;
+use super::evaluate::Accuracy;
+use super::mlp::{self, Activation};
+use super::parallel::run_jobs;
+use super::trainer::Trainer;
+use super::{LabError, EVAL_CHUNK};
+use crate::progress::Progress;
+
+/// Layer widths: as fig1.
+pub const WIDTHS: [usize; 5] = [784, 100, 100, 100, 10];
+
+/// Settings of the experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Batch sizes. Default 2, 4, 8, 16, 32, 64, 128.
+    pub batch_sizes: Vec<usize>,
+    /// Training examples each run sees (steps = examples / batch size). Default 120,000
+    /// (two epochs).
+    pub examples: usize,
+    /// Learning rate at batch size `lr_batch`; a batch of `B` uses `lr * B / lr_batch`.
+    /// Default 1.0.
+    pub lr: f64,
+    /// The batch size `lr` refers to. Default 128.
+    pub lr_batch: usize,
+    /// Initial weights from N(0, std^2), biases 0 (fig1's). Default 0.05.
+    pub init_std: f64,
+    /// Test accuracy is evaluated this many times per run, evenly spaced in examples.
+    /// Default 10.
+    pub evals: usize,
+    /// Seed of the weights and the batch order. Default 1.
+    pub seed: u64,
+    /// Runs trained at once. Default 2.
+    pub threads: usize,
+    /// Output folder. Default `out/batch-size`.
+    pub out: PathBuf,
+    /// Folder holding the MNIST IDX files.
+    pub data: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            batch_sizes: vec![2, 4, 8, 16, 32, 64, 128],
+            examples: 120_000,
+            lr: 1.0,
+            lr_batch: 128,
+            init_std: 0.05,
+            evals: 10,
+            seed: 1,
+            threads: 2,
+            out: PathBuf::from("out/batch-size"),
+            data: PathBuf::from("data/mnist"),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every setting's range.
+    ///
+    /// # Errors
+    /// [`LabError::Config`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), LabError> {
+        if self.batch_sizes.is_empty()
+            || self
+                .batch_sizes
+                .iter()
+                .any(|b| !(2..=EVAL_CHUNK).contains(b))
+        {
+            return bad(
+                "--batch-sizes",
+                0.0,
+                "need at least one, each between 2 and 1000",
+            );
+        }
+        let largest = self.batch_sizes.iter().copied().max().unwrap_or(2);
+        if self.examples < largest {
+            return bad(
+                "--examples",
+                self.examples as f64,
+                "must be at least the largest batch size",
+            );
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("--lr", self.lr, "must be finite and > 0");
+        }
+        if self.lr_batch == 0 {
+            return bad("--lr-batch", 0.0, "must be at least 1");
+        }
+        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
+            return bad("--init-std", self.init_std, "must be finite and >= 0");
+        }
+        if self.evals == 0 {
+            return bad("--evals", 0.0, "must be at least 1");
+        }
+        if self.threads == 0 {
+            return bad("--threads", 0.0, "must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn order_seed(&self) -> u64 {
+        self.seed ^ 0x6261_7463_685f_6f72 // "batch_or", as fig1
+    }
+
+    /// The learning rate of batch size `b`.
+    pub fn lr_for(&self, b: usize) -> f64 {
+        self.lr * b as f64 / self.lr_batch as f64
+    }
+}
+
+/// One batch size's run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Batch size.
+    pub batch_size: usize,
+    /// Learning rate used.
+    pub lr: f64,
+    /// SGD steps (examples / batch size).
+    pub steps: usize,
+    /// Test accuracy with running statistics after the last step.
+    pub test_accuracy: f64,
+    /// Test accuracy with batch statistics over test batches of `batch_size`.
+    pub test_accuracy_batch_stats: f64,
+    /// Mean training loss over the last tenth of the run.
+    pub final_train_loss: f64,
+    /// (examples seen, test accuracy with running statistics) along the run.
+    pub curve: Vec<(usize, f64)>,
+    /// Seconds of training (evaluations excluded).
+    pub train_seconds: f64,
+}
+
+/// The outcome.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The settings used.
+    pub config: Config,
+    /// Runs by batch size, ascending.
+    pub runs: Vec<Run>,
+    /// Wall-clock seconds (loading included, writing excluded).
+    pub wall_seconds: f64,
+}
+
+/// Runs the experiment and writes its outputs into `cfg.out`.
+///
+/// # Errors
+/// A bad setting, unreadable data, or an unwritable output folder.
+pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
+    cfg.validate()?;
+    let start = Instant::now();
+    let (data, _) = super::data::load_mnist(&cfg.data)?;
+    let linears = mlp::initial_linears(&WIDTHS, cfg.seed, |_| cfg.init_std)?;
+    // Smallest batches first: they take the most steps.
+    let mut jobs = cfg.batch_sizes.clone();
+    jobs.sort_unstable();
+    jobs.dedup();
+    let progress = Progress::new();
+    let total = jobs.len();
+    let runs = run_jobs(&jobs, cfg.threads, |i, &b| {
+        let steps = cfg.examples / b;
+        let bar = progress.add(&format!("batch {b}"), steps as u64);
+        let model = mlp::build(&linears, Activation::Sigmoid, true, EVAL_CHUNK)?;
+        let r = train_one(cfg, model, b, &data, &bar)?;
+        bar.report(
+            steps as u64,
+            r.final_train_loss,
+            f64::NAN,
+            r.test_accuracy,
+            false,
+        );
+        bar.finish();
+        if !std::io::stderr().is_terminal() {
+            eprintln!(
+                "[batch-size {}/{total}] batch {b}, lr {}: test accuracy {:.4} (running statistics), {:.4} (batch statistics), {:.1} s",
+                i + 1,
+                r.lr,
+                r.test_accuracy,
+                r.test_accuracy_batch_stats,
+                r.train_seconds
+            );
+        }
+        Ok(r)
+    })?;
+    let outcome = Outcome {
+        config: cfg.clone(),
+        runs,
+        wall_seconds: start.elapsed().as_secs_f64(),
+    };
+    output::write_all(&outcome)?;
+    Ok(outcome)
+}
+
+fn train_one(
+    cfg: &Config,
+    model: batchnorm_nn::Sequential<f32>,
+    b: usize,
+    data: &Mnist,
+    bar: &crate::progress::NetProgress,
+) -> Result<Run, LabError> {
+    let steps = cfg.examples / b;
+    let lr = cfg.lr_for(b);
+    let mut trainer = Trainer::new(model, lr, b, cfg.order_seed(), data.train.len())?;
+    let mut acc = Accuracy::new(&data.test);
+    let eval_at: Vec<usize> = (1..=cfg.evals)
+        .map(|k| (steps * k / cfg.evals).max(1))
+        .collect();
+    let tail_from = steps - steps / 10;
+    let (mut tail_loss, mut tail_n) = (0.0, 0usize);
+    let mut curve = vec![(0, acc.run(&mut trainer.model, &data.test, Mode::Eval)?)];
+    let mut train_seconds = 0.0;
+    let mut t = Instant::now();
+    for step in 1..=steps {
+        let loss = trainer.step(&data.train)?.loss;
+        if step > tail_from {
+            tail_loss += loss;
+            tail_n += 1;
+        }
+        if step.is_multiple_of(1000) {
+            bar.set_step(step as u64);
+        }
+        if eval_at.contains(&step) {
+            train_seconds += t.elapsed().as_secs_f64();
+            let a = acc.run(&mut trainer.model, &data.test, Mode::Eval)?;
+            curve.push((step * b, a));
+            t = Instant::now();
+        }
+    }
+    train_seconds += t.elapsed().as_secs_f64();
+    let test_accuracy = curve.last().map_or(f64::NAN, |c| c.1);
+    let test_accuracy_batch_stats =
+        acc.run_chunked(&mut trainer.model, &data.test, Mode::BatchStats, b)?;
+    Ok(Run {
+        batch_size: b,
+        lr,
+        steps,
+        test_accuracy,
+        test_accuracy_batch_stats,
+        final_train_loss: tail_loss / tail_n.max(1) as f64,
+        curve,
+        train_seconds,
+    })
+}
+
+/// Prints one line per run to stdout.
+pub fn print_summary(o: &Outcome) {
+    for r in &o.runs {
+        println!(
+            "batch {:>4} (lr {:.4}, {} steps): test accuracy {:.4} with running statistics, {:.4} with batch statistics; final loss {:.4}; {:.1} s",
+            r.batch_size,
+            r.lr,
+            r.steps,
+            r.test_accuracy,
+            r.test_accuracy_batch_stats,
+            r.final_train_loss,
+            r.train_seconds
+        );
+    }
+    println!(
+        "wall time {:.1} s; outputs in {}",
+        o.wall_seconds,
+        o.config.out.display()
+    );
+}
