@@ -88,6 +88,16 @@ struct Fig1Args {
     /// also looked up under the source checkout.
     #[arg(long, default_value = "data/mnist")]
     data: PathBuf,
+    /// Save a checkpoint every N steps and at the last step, into <out>/checkpoint (or the
+    /// --resume folder): each network's PyTorch state dict (safetensors) and a JSON with the
+    /// step, batch order, generator state and metrics. Writes are atomic: a killed run keeps
+    /// its previous checkpoint.
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
+    /// Continue the run checkpointed in DIR (made with the same --steps, --lr, --batch-size,
+    /// --init-std, --seed and --eval-every); it ends exactly as an uninterrupted run would.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,6 +113,8 @@ fn main() -> anyhow::Result<()> {
                 threads: a.threads,
                 out: a.out,
                 data: a.data,
+                checkpoint_every: a.checkpoint_every,
+                resume: a.resume,
             };
             let outcome = fig1::run(&cfg).context("bnlab fig1 failed")?;
             fig1::print_summary(&outcome);

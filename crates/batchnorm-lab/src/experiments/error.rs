@@ -35,6 +35,9 @@ pub enum LabError {
     /// An internal inconsistency in setting up the experiment.
     #[error("setup: {0}")]
     Setup(&'static str),
+    /// A checkpoint could not be saved or resumed (boxed: it is the largest error).
+    #[error(transparent)]
+    Checkpoint(Box<super::fig1::checkpoint::CheckpointError>),
     /// A training thread panicked.
     #[error("the training thread of the {0} network panicked")]
     Panicked(String),

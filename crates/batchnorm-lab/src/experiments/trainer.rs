@@ -4,7 +4,7 @@ use batchnorm_nn::data::Split;
 use batchnorm_nn::layers::Mode;
 use batchnorm_nn::{LossStats, Sequential, Sgd, SgdConfig, SoftmaxCrossEntropy};
 
-use super::sampler::Sampler;
+use super::sampler::{Sampler, SamplerState};
 use super::LabError;
 
 /// A model, plain SGD (no momentum, no weight decay), softmax cross-entropy over 10 classes and
@@ -73,6 +73,21 @@ impl Trainer {
         let s = self.ce.forward_backward(out, &self.labels, grad)?;
         self.model.backward(bs, false)?;
         Ok(s)
+    }
+
+    /// The batch order's state (for checkpoints). Plain SGD keeps no state of its own: the
+    /// model and this are all a resumed run needs.
+    pub(crate) fn sampler_state(&self) -> SamplerState {
+        self.sampler.state()
+    }
+
+    /// Continues the batch order from `state` (taken by [`Trainer::sampler_state`]).
+    ///
+    /// # Errors
+    /// A message if `state` does not fit this training set and batch size.
+    pub(crate) fn restore_sampler(&mut self, state: SamplerState) -> Result<(), String> {
+        self.sampler = Sampler::from_state(state, self.sampler.epoch_len(), self.batch)?;
+        Ok(())
     }
 
     /// One SGD step on the next batch; returns the batch's loss (before the update) and

@@ -7,6 +7,7 @@
 //! images, fed with batch statistics and without touching the running statistics. Results go to
 //! `metrics.csv`, `summary.json`, `fig1.png`, `fig1.svg` and `report.md`.
 
+pub mod checkpoint;
 mod network;
 mod output;
 mod train;
@@ -45,6 +46,11 @@ pub struct Config {
     pub out: PathBuf,
     /// Folder holding the four MNIST IDX files (`.gz` or plain).
     pub data: PathBuf,
+    /// Save a checkpoint every this many steps and at the last step, into
+    /// [`checkpoint::dir`]. Default `None`: no checkpoints.
+    pub checkpoint_every: Option<usize>,
+    /// Continue the run checkpointed in this folder (same settings required). Default `None`.
+    pub resume: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -59,6 +65,8 @@ impl Default for Config {
             threads: 2,
             out: PathBuf::from("out/fig1"),
             data: PathBuf::from("data/mnist"),
+            checkpoint_every: None,
+            resume: None,
         }
     }
 }
@@ -91,6 +99,9 @@ impl Config {
         }
         if self.threads == 0 {
             return bad("--threads", 0.0, "must be at least 1");
+        }
+        if self.checkpoint_every == Some(0) {
+            return bad("--checkpoint-every", 0.0, "must be at least 1");
         }
         Ok(())
     }
@@ -153,21 +164,48 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     let plain = network::build(&linears, Variant::Plain, capacity)?;
     let bn = network::build(&linears, Variant::BatchNorm, capacity)?;
 
+    let (mut resume_bn, mut resume_plain) = (None, None);
+    if let Some(dir) = &cfg.resume {
+        let n = data.train.len();
+        resume_bn = checkpoint::load(dir, Variant::BatchNorm, cfg, n)?;
+        resume_plain = checkpoint::load(dir, Variant::Plain, cfg, n)?;
+        if resume_bn.is_none() && resume_plain.is_none() {
+            let dir = dir.clone();
+            return Err(checkpoint::CheckpointError::Missing { dir }.into());
+        }
+    }
+
     let progress = Progress::new();
     let bar_bn = progress.add(Variant::BatchNorm.key(), cfg.steps as u64);
     let bar_plain = progress.add(Variant::Plain.key(), cfg.steps as u64);
     let (bn_run, plain_run) = if cfg.threads >= 2 {
         std::thread::scope(|s| {
-            let h = s.spawn(|| train::train(Variant::Plain, plain, &inputs, cfg, &bar_plain));
-            let bn_run = train::train(Variant::BatchNorm, bn, &inputs, cfg, &bar_bn);
+            let h = s.spawn(|| {
+                train::train(
+                    Variant::Plain,
+                    plain,
+                    &inputs,
+                    cfg,
+                    &bar_plain,
+                    resume_plain,
+                )
+            });
+            let bn_run = train::train(Variant::BatchNorm, bn, &inputs, cfg, &bar_bn, resume_bn);
             let plain_run = h.join().map_err(|_| LabError::Panicked("plain".into()));
             (bn_run, plain_run.and_then(|r| r))
         })
     } else {
-        let bn_run = train::train(Variant::BatchNorm, bn, &inputs, cfg, &bar_bn);
+        let bn_run = train::train(Variant::BatchNorm, bn, &inputs, cfg, &bar_bn, resume_bn);
         (
             bn_run,
-            train::train(Variant::Plain, plain, &inputs, cfg, &bar_plain),
+            train::train(
+                Variant::Plain,
+                plain,
+                &inputs,
+                cfg,
+                &bar_plain,
+                resume_plain,
+            ),
         )
     };
     let outcome = Outcome {

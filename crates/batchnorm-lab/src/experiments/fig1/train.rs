@@ -6,6 +6,7 @@ use batchnorm_nn::data::Split;
 use batchnorm_nn::layers::Mode;
 use batchnorm_nn::Sequential;
 
+use super::checkpoint::{self, NetState, Resumed};
 use super::network::{probe_layer, Variant};
 use super::{Config, LabError, PROBE_UNIT};
 use crate::experiments::evaluate::Accuracy;
@@ -88,59 +89,89 @@ pub struct Inputs<'a> {
 }
 
 /// Trains `model` for `cfg.steps` SGD steps, evaluating at step 0, every `cfg.eval_every`
-/// steps and at the end.
+/// steps and at the end; with `cfg.checkpoint_every`, saves a checkpoint at those steps and
+/// at the end. With `resume`, continues from that checkpoint instead of from `model`'s
+/// weights and step 0, exactly as the interrupted run would have.
 ///
 /// The batch order depends only on `cfg.seed`, so both networks see the same batches.
 ///
 /// # Errors
-/// Any error of the training stack (none is expected with a valid configuration).
+/// Any error of the training stack (none is expected with a valid configuration), or a
+/// checkpoint that cannot be written or does not fit.
 pub fn train(
     variant: Variant,
     model: Sequential<f32>,
     inputs: &Inputs<'_>,
     cfg: &Config,
     progress: &NetProgress,
+    resume: Option<Resumed>,
 ) -> Result<NetRun, LabError> {
     let bs = cfg.batch_size;
     let mut trainer = Trainer::new(model, cfg.lr, bs, cfg.order_seed(), inputs.train.len())?;
     let mut evaluator = Evaluator::new(inputs, &trainer.model)?;
-
-    let mut evals = Vec::with_capacity(cfg.steps / cfg.eval_every + 2);
-    let t = Instant::now();
-    evals.push(evaluator.run(&mut trainer.model, 0, f64::NAN, f64::NAN)?);
-    let mut eval_seconds = t.elapsed().as_secs_f64();
-    let mut train_seconds = 0.0;
-    let (mut loss_sum, mut correct, mut since) = (0.0, 0usize, 0usize);
+    let mut st = match resume {
+        Some(r) => {
+            let st = r.restore(&mut trainer)?;
+            progress.set_step(st.step as u64);
+            st
+        }
+        None => {
+            let t = Instant::now();
+            let first = evaluator.run(&mut trainer.model, 0, f64::NAN, f64::NAN)?;
+            NetState {
+                step: 0,
+                evals: vec![first],
+                loss_sum: 0.0,
+                correct: 0,
+                since: 0,
+                train_seconds: 0.0,
+                eval_seconds: t.elapsed().as_secs_f64(),
+            }
+        }
+    };
+    let save_to = cfg
+        .checkpoint_every
+        .map(|every| (checkpoint::dir(cfg), every));
     let mut t_train = Instant::now();
-    for step in 1..=cfg.steps {
+    for step in st.step + 1..=cfg.steps {
         let s = trainer.step(inputs.train)?;
-        loss_sum += s.loss;
-        correct += s.correct;
-        since += 1;
+        st.step = step;
+        st.loss_sum += s.loss;
+        st.correct += s.correct;
+        st.since += 1;
         if step.is_multiple_of(100) {
             progress.set_step(step as u64);
         }
         if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
-            train_seconds += t_train.elapsed().as_secs_f64();
+            st.train_seconds += t_train.elapsed().as_secs_f64();
             let t_eval = Instant::now();
-            let loss = loss_sum / since as f64;
-            let acc = correct as f64 / (since * bs) as f64;
+            let loss = st.loss_sum / st.since as f64;
+            let acc = st.correct as f64 / (st.since * bs) as f64;
             let rec = evaluator.run(&mut trainer.model, step, loss, acc)?;
             let loud = (step / cfg.eval_every).is_multiple_of(10) || step == cfg.steps;
             progress.report(step as u64, loss, acc, rec.test_accuracy, loud);
-            evals.push(rec);
-            (loss_sum, correct, since) = (0.0, 0, 0);
-            eval_seconds += t_eval.elapsed().as_secs_f64();
+            st.evals.push(rec);
+            (st.loss_sum, st.correct, st.since) = (0.0, 0, 0);
+            st.eval_seconds += t_eval.elapsed().as_secs_f64();
             t_train = Instant::now();
+        }
+        if let Some((dir, every)) = &save_to {
+            if step.is_multiple_of(*every) || step == cfg.steps {
+                // After the step's evaluation, so the checkpoint holds it; not timed as training.
+                st.train_seconds += t_train.elapsed().as_secs_f64();
+                let sampler = trainer.sampler_state();
+                checkpoint::save(dir, variant, cfg, &mut trainer.model, &st, &sampler)?;
+                t_train = Instant::now();
+            }
         }
     }
     progress.set_step(cfg.steps as u64);
     progress.finish();
     Ok(NetRun {
         variant,
-        evals,
-        train_seconds,
-        eval_seconds,
+        evals: st.evals,
+        train_seconds: st.train_seconds,
+        eval_seconds: st.eval_seconds,
     })
 }
 
