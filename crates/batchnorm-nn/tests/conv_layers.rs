@@ -336,6 +336,10 @@ fn wrong_lengths_are_errors_not_panics() {
     assert!(conv.backward(&x, &y, &y, 2, Some(&mut dx[1..])).is_err());
     assert!(conv.backward(&x[1..], &y, &y, 2, None).is_err());
     conv.backward(&x, &y, &y, 2, Some(&mut dx)).unwrap();
+    // A batch size whose n * len overflows: an error, not an overflow panic (debug builds).
+    let huge = usize::MAX / 4;
+    assert!(conv.forward(&x, huge, Mode::Train, &mut y).is_err());
+    assert!(conv.backward(&x, &y, &y, huge, None).is_err());
 
     let mut pool = MaxPool2d::new(MaxPool2dConfig::new(2, 2, [4, 4])).unwrap();
     let x = vec![0.0f32; 32];
@@ -345,10 +349,16 @@ fn wrong_lengths_are_errors_not_panics() {
     let mut dx = vec![0.0f32; 32];
     assert!(pool.backward(&x, &y, &y[1..], 1, Some(&mut dx)).is_err());
     assert!(pool.backward(&x, &y, &y, 1, Some(&mut dx[1..])).is_err());
+    assert!(pool
+        .forward(&x, usize::MAX / 4, Mode::Train, &mut y)
+        .is_err());
 
     let mut flat = Flatten::new(4).unwrap();
     let mut y = [0.0f32; 4];
     assert!(Layer::<f32>::forward(&mut flat, &[0.0; 3], 1, Mode::Eval, &mut y).is_err());
+    assert!(
+        Layer::<f32>::forward(&mut flat, &[0.0; 4], usize::MAX / 2, Mode::Eval, &mut y).is_err()
+    );
 
     // A pooling layer that does not fit the convolution before it.
     let layers: Vec<Box<dyn Layer<f32>>> = vec![

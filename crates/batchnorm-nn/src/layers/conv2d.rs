@@ -1,7 +1,7 @@
 //! Two-dimensional convolution (PyTorch's `Conv2d`: a cross-correlation) by im2col and GEMM.
 
-use super::{Layer, Mode, Param};
-use crate::error::{check_len, NnError, Result};
+use super::{check_batch, Layer, Mode, Param};
+use crate::error::{NnError, Result};
 use crate::init;
 use crate::matmul::{gemm, MatRef};
 use crate::rng::Rng;
@@ -355,8 +355,8 @@ impl<T: Scalar> Layer<T> for Conv2d<T> {
     }
 
     fn forward(&mut self, x: &[T], n: usize, _mode: Mode, y: &mut [T]) -> Result<()> {
-        check_len("conv2d x", x.len(), n * self.in_len)?;
-        check_len("conv2d y", y.len(), n * self.out_len)?;
+        check_batch("conv2d x", x.len(), n, self.in_len)?;
+        check_batch("conv2d y", y.len(), n, self.out_len)?;
         let (rows, npos) = (self.fan_in(), self.geom.positions());
         let w = MatRef::row_major(&self.weight, self.cfg.out_channels, rows);
         let beta = if self.bias.is_empty() {
@@ -392,10 +392,10 @@ impl<T: Scalar> Layer<T> for Conv2d<T> {
         n: usize,
         mut dx: Option<&mut [T]>,
     ) -> Result<()> {
-        check_len("conv2d x", x.len(), n * self.in_len)?;
-        check_len("conv2d dy", dy.len(), n * self.out_len)?;
+        check_batch("conv2d x", x.len(), n, self.in_len)?;
+        check_batch("conv2d dy", dy.len(), n, self.out_len)?;
         if let Some(dx) = dx.as_deref() {
-            check_len("conv2d dx", dx.len(), n * self.in_len)?;
+            check_batch("conv2d dx", dx.len(), n, self.in_len)?;
         }
         let (rows, npos, o) = (self.fan_in(), self.geom.positions(), self.cfg.out_channels);
         self.weight_grad.fill(T::ZERO);

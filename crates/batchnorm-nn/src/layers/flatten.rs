@@ -1,7 +1,7 @@
 //! Flattening a feature map into a vector (PyTorch's `Flatten`).
 
-use super::{Layer, Mode};
-use crate::error::{check_len, NnError, Result};
+use super::{check_batch, Layer, Mode};
+use crate::error::{NnError, Result};
 use crate::scalar::Scalar;
 
 /// Reshapes each sample `C x H x W` into a vector of `C H W` values, in PyTorch's order
@@ -44,8 +44,8 @@ impl<T: Scalar> Layer<T> for Flatten {
     }
 
     fn forward(&mut self, x: &[T], n: usize, _mode: Mode, y: &mut [T]) -> Result<()> {
-        check_len("flatten x", x.len(), n * self.len)?;
-        check_len("flatten y", y.len(), n * self.len)?;
+        check_batch("flatten x", x.len(), n, self.len)?;
+        check_batch("flatten y", y.len(), n, self.len)?;
         y.copy_from_slice(x);
         Ok(())
     }
@@ -58,9 +58,9 @@ impl<T: Scalar> Layer<T> for Flatten {
         n: usize,
         dx: Option<&mut [T]>,
     ) -> Result<()> {
-        check_len("flatten dy", dy.len(), n * self.len)?;
+        check_batch("flatten dy", dy.len(), n, self.len)?;
         if let Some(dx) = dx {
-            check_len("flatten dx", dx.len(), n * self.len)?;
+            check_batch("flatten dx", dx.len(), n, self.len)?;
             dx.copy_from_slice(dy);
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Two-dimensional max pooling (PyTorch's `MaxPool2d`, floor mode, dilation 1).
 
-use super::{Layer, Mode};
-use crate::error::{check_len, NnError, Result};
+use super::{check_batch, Layer, Mode};
+use crate::error::{NnError, Result};
 use crate::scalar::Scalar;
 
 /// The shape of a [`MaxPool2d`]; [`MaxPool2dConfig::new`] gives PyTorch's defaults.
@@ -239,8 +239,8 @@ impl<T: Scalar> Layer<T> for MaxPool2d {
     }
 
     fn forward(&mut self, x: &[T], n: usize, _mode: Mode, y: &mut [T]) -> Result<()> {
-        check_len("max_pool2d x", x.len(), n * self.in_len)?;
-        check_len("max_pool2d y", y.len(), n * self.out_len)?;
+        check_batch("max_pool2d x", x.len(), n, self.in_len)?;
+        check_batch("max_pool2d y", y.len(), n, self.out_len)?;
         let plane_in = self.cfg.input_hw[0] * self.cfg.input_hw[1];
         let plane_out = self.out_hw[0] * self.out_hw[1];
         let [w, ow] = [self.cfg.input_hw[1], self.out_hw[1]];
@@ -268,17 +268,14 @@ impl<T: Scalar> Layer<T> for MaxPool2d {
         n: usize,
         dx: Option<&mut [T]>,
     ) -> Result<()> {
-        check_len("max_pool2d x", x.len(), n * self.in_len)?;
-        check_len("max_pool2d dy", dy.len(), n * self.out_len)?;
+        check_batch("max_pool2d x", x.len(), n, self.in_len)?;
+        check_batch("max_pool2d dy", dy.len(), n, self.out_len)?;
         let Some(dx) = dx else {
             return Ok(());
         };
-        check_len("max_pool2d dx", dx.len(), n * self.in_len)?;
-        let [h, w] = self.cfg.input_hw;
-        if !(self.is_2x2() && h % 2 == 0 && w % 2 == 0) {
-            // Only 2 x 2 pooling of even sizes writes every element below.
-            dx.fill(T::ZERO);
-        }
+        check_batch("max_pool2d dx", dx.len(), n, self.in_len)?;
+        let w = self.cfg.input_hw[1];
+        dx.fill(T::ZERO);
         let plane_in = self.cfg.input_hw[0] * self.cfg.input_hw[1];
         let plane_out = self.out_hw[0] * self.out_hw[1];
         let ow = self.out_hw[1];
@@ -288,19 +285,15 @@ impl<T: Scalar> Layer<T> for MaxPool2d {
             .zip(dx.chunks_exact_mut(plane_in))
         {
             if self.is_2x2() {
-                // Windows do not overlap: each input gets its window's gradient or 0, written
-                // directly (inputs in no window, past an odd H or W, keep the 0 of the fill).
+                // Windows do not overlap: one store per window, at the argmax's offset
+                // `(k / 2) W + k % 2` within the window's two rows (computed, not branched on:
+                // `k` is unpredictable).
                 let rows = xp.chunks_exact(2 * w).zip(dp.chunks_exact_mut(2 * w));
                 for ((xr, dr), gr) in rows.zip(gp.chunks_exact(ow)) {
                     let (top, bottom) = xr.split_at(w);
-                    let (dtop, dbottom) = dr.split_at_mut(w);
                     for (q, &g) in gr.iter().enumerate() {
-                        let c = 2 * q;
-                        // An indexed store, not four compares: `k` is unpredictable.
-                        let mut window = [T::ZERO; 4];
-                        window[argmax_2x2(top, bottom, c).0 & 3] = g;
-                        dtop[c..c + 2].copy_from_slice(&window[..2]);
-                        dbottom[c..c + 2].copy_from_slice(&window[2..]);
+                        let k = argmax_2x2(top, bottom, 2 * q).0;
+                        dr[2 * q + (k & 1) + (k >> 1 & 1) * w] = g;
                     }
                 }
             } else {

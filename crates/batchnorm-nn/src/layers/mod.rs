@@ -3,8 +3,9 @@
 //! Every layer maps a batch of `n` samples, each a flat run of [`Layer::in_len`] values in memory
 //! order (for images: C x H x W, channels first), to `n` samples of [`Layer::out_len`] values. The
 //! caller owns all activation buffers (see [`crate::Sequential`]), so a layer only keeps what its
-//! backward pass needs and its parameters; adding a `Conv2d` or a pooling layer means one new
-//! file here implementing [`Layer`].
+//! backward pass needs and its parameters; a new kind of layer is one new file here implementing
+//! [`Layer`] (as [`Conv2d`], [`MaxPool2d`] and [`Flatten`] are). Parameters are public, in
+//! PyTorch's memory order (linear weight `[out, in]`, conv weight `[out, in, kh, kw]`).
 
 mod activation;
 mod batch_norm;
@@ -20,8 +21,21 @@ pub use flatten::Flatten;
 pub use linear::Linear;
 pub use max_pool::{MaxPool2d, MaxPool2dConfig};
 
-use crate::error::Result;
+use crate::error::{NnError, Result};
 use crate::scalar::Scalar;
+
+/// Checks that a buffer holds `n` samples of `len` values: `got == n * len`, where a product that
+/// overflows is a mismatch too (a huge `n` is an `Err`, never an overflow panic).
+pub(crate) fn check_batch(buffer: &'static str, got: usize, n: usize, len: usize) -> Result<()> {
+    match n.checked_mul(len) {
+        Some(expected) if expected == got => Ok(()),
+        expected => Err(NnError::LengthMismatch {
+            buffer,
+            expected: expected.unwrap_or(usize::MAX),
+            got,
+        }),
+    }
+}
 
 /// How a forward pass treats layers whose behaviour differs between training and evaluation
 /// (batch normalization). Always an explicit argument.
