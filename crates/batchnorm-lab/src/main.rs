@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use batchnorm_lab::bench;
-use batchnorm_lab::experiments::{batch_size, cli, depth, fig1, lr_sweep};
+use batchnorm_lab::experiments::{batch_size, cli, cnn, depth, fig1, lr_sweep};
 use clap::{Args, Parser, Subcommand};
 
 /// Reproduces the Batch Normalization paper's experiments on MNIST.
@@ -34,6 +34,9 @@ enum Command {
     /// Batch size: the BN MLP at batch 2-128 for the same number of examples; test accuracy
     /// with running statistics.
     BatchSize(cli::BatchSizeArgs),
+    /// A conv net (conv3x3(8)-BN2d-ReLU-maxpool2, conv3x3(16)-BN2d-ReLU-maxpool2,
+    /// linear(784,10)) with and without BN: test accuracy along the run, time per epoch.
+    Cnn(cli::CnnArgs),
 }
 
 #[derive(Debug, Args)]
@@ -123,12 +126,13 @@ fn main() -> anyhow::Result<()> {
         Command::Depth(a) => {
             depth::print_summary(&depth::run(&a.config()).context("bnlab depth failed")?);
         }
-        Command::BatchSize(a) => batch_size::print_summary(
-            &batch_size::run(&a.config()).context("bnlab batch-size failed")?,
-        ),
+        Command::Cnn(a) => cnn::print_summary(&cnn::run(&a.config()).context("bnlab cnn failed")?),
         Command::LrSweep(a) => {
             lr_sweep::print_summary(&lr_sweep::run(&a.config()).context("bnlab lr-sweep failed")?);
         }
+        Command::BatchSize(a) => batch_size::print_summary(
+            &batch_size::run(&a.config()).context("bnlab batch-size failed")?,
+        ),
     }
     Ok(())
 }

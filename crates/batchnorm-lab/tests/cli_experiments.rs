@@ -221,6 +221,54 @@ fn batch_size_reports_both_kinds_of_statistics() {
 }
 
 #[test]
+fn cnn_writes_fig1_style_outputs_and_epoch_times() {
+    let out = temp_dir("cnn");
+    run_ok(
+        &[
+            "cnn",
+            "--epochs",
+            "2",
+            "--max-steps-per-epoch",
+            "15",
+            "--eval-every",
+            "10",
+        ],
+        &out,
+    );
+    let rows = csv_rows(
+        &out.join("metrics.csv"),
+        "net,step,train_loss,train_accuracy,test_accuracy",
+    );
+    // Steps 0, 10, 20, 30 (the end) per network.
+    let steps: Vec<&str> = rows
+        .iter()
+        .filter(|r| r[0] == "bn")
+        .map(|r| r[1].as_str())
+        .collect();
+    assert_eq!(steps, ["0", "10", "20", "30"]);
+    assert_eq!(rows.len(), 8);
+    let s = json(&out.join("summary.json"));
+    for net in ["bn", "plain"] {
+        for key in [
+            "final_test_accuracy",
+            "best_test_accuracy",
+            "steps_to_95",
+            "steps_to_98",
+            "seconds_per_epoch",
+        ] {
+            assert!(s[net].get(key).is_some(), "{net}.{key} missing");
+        }
+        assert_eq!(s[net]["epoch_seconds"].as_array().unwrap().len(), 2);
+        assert!(f(&s[net]["seconds_per_epoch"]) > 0.0);
+    }
+    // 30 steps of a conv net with BN at lr 0.05: well above chance (10%).
+    assert!(f(&s["bn"]["final_test_accuracy"]) > 0.5);
+    assert_figure(&out, "cnn");
+    assert!(report(&out).contains("](cnn.png)") && report(&out).contains("per epoch"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn bad_options_are_errors_not_panics() {
     for args in [
         &["depth", "--depths", "0"][..],
@@ -229,6 +277,7 @@ fn bad_options_are_errors_not_panics() {
         &["lr-sweep", "--lrs", "0"],
         &["lr-sweep", "--batch-size", "1"],
         &["batch-size", "--batch-sizes", "1"],
+        &["cnn", "--epochs", "0"],
         &["batch-size", "--examples", "10", "--batch-sizes", "64"],
     ] {
         let o = bnlab()

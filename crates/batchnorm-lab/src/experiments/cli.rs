@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{batch_size, depth, lr_sweep};
+use super::{batch_size, cnn, depth, lr_sweep};
 
 /// Options every experiment shares.
 #[derive(Debug, Clone, Args)]
@@ -157,6 +157,48 @@ impl BatchSizeArgs {
             lr_batch: self.lr_batch,
             init_std: self.init_std,
             evals: self.evals,
+            seed: self.common.seed,
+            threads: self.common.threads,
+            out: self.out.clone(),
+            data: self.common.data.clone(),
+        }
+    }
+}
+
+/// `bnlab cnn`.
+#[derive(Debug, Clone, Args)]
+pub struct CnnArgs {
+    /// Passes over the 60,000 training images.
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Learning rate of plain SGD.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f64,
+    /// Training images per mini-batch (2 to 1000).
+    #[arg(long, default_value_t = 60)]
+    pub batch_size: usize,
+    /// Evaluate test accuracy every this many steps (and at step 0 and the end).
+    #[arg(long, default_value_t = 250)]
+    pub eval_every: usize,
+    /// Run only this many steps per epoch (a short run; the time per epoch is extrapolated).
+    #[arg(long)]
+    pub max_steps_per_epoch: Option<usize>,
+    /// Output folder for metrics.csv, summary.json, cnn.png/.svg and report.md.
+    #[arg(long, default_value = "out/cnn")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl CnnArgs {
+    /// The experiment's settings.
+    pub fn config(&self) -> cnn::Config {
+        cnn::Config {
+            epochs: self.epochs,
+            lr: self.lr,
+            batch_size: self.batch_size,
+            eval_every: self.eval_every,
+            max_steps_per_epoch: self.max_steps_per_epoch,
             seed: self.common.seed,
             threads: self.common.threads,
             out: self.out.clone(),

@@ -4,6 +4,8 @@
 
 pub mod batch_size;
 pub mod cli;
+pub mod cnn;
+mod convnet;
 mod data;
 pub mod depth;
 mod error;
