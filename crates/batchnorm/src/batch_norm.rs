@@ -23,10 +23,10 @@ use crate::stats::{channel_moments, Moments};
 ///
 /// where, with batch statistics, `mean` is the batch mean and `var` the BIASED batch variance
 /// (divided by m), and with running statistics they are `running_mean[c]`, `running_var[c]`.
-/// Statistics are accumulated in `f64` (two-pass within cache-sized chunks, Chan merging across
-/// them) and the per-element maps are evaluated in `f64`, so `f32` outputs stay within
+/// Statistics are accumulated in `f64` (two-pass within cache-sized pieces, Chan merging across
+/// them) and the mean is subtracted as a high and a low part, so `f32` outputs stay within
 /// `1e-5 * (1 + |y|)` of the `f64` truth even for inputs like `1e6 + randn`; a constant channel
-/// gives exactly `bias`.
+/// gives exactly `bias`. The backward map is evaluated in `f64`.
 ///
 /// NaN or infinity in `x` propagates as in PyTorch: the channel's statistics become NaN, so do its
 /// outputs and, in training, its running statistics.
@@ -73,7 +73,7 @@ pub struct BatchNorm<T> {
     config: BatchNormConfig,
     par: Par,
     isa: Isa,
-    workspace: Workspace,
+    workspace: Workspace<T>,
 }
 
 /// Equal parameters, buffers, configuration and execution settings (scratch space is ignored).
@@ -92,17 +92,32 @@ impl<T: PartialEq> PartialEq for BatchNorm<T> {
 }
 
 /// Per-channel scratch, kept between calls so that warm calls allocate nothing.
-#[derive(Debug, Clone, Default)]
-struct Workspace {
+#[derive(Debug, Clone)]
+struct Workspace<T> {
     moments: Vec<Moments>,
     moment_parts: Vec<Moments>,
-    maps: ChannelMaps,
+    maps: ChannelMaps<T>,
     /// `maps` repeated over one widened row (channels-last input).
-    wide_maps: ChannelMaps,
+    wide_maps: ChannelMaps<T>,
     sums: Vec<GradSums>,
     sum_parts: Vec<GradSums>,
     grad_maps: GradMaps,
     wide_grad_maps: GradMaps,
+}
+
+impl<T> Default for Workspace<T> {
+    fn default() -> Self {
+        Self {
+            moments: Vec::new(),
+            moment_parts: Vec::new(),
+            maps: ChannelMaps::default(),
+            wide_maps: ChannelMaps::default(),
+            sums: Vec::new(),
+            sum_parts: Vec::new(),
+            grad_maps: GradMaps::default(),
+            wide_grad_maps: GradMaps::default(),
+        }
+    }
 }
 
 /// What `forward` used, kept for `backward`.
@@ -388,7 +403,7 @@ impl<T: Element> BatchNorm<T> {
         mode: Mode,
         y: &mut [T],
         saved: &mut Saved<T>,
-        ws: &mut Workspace,
+        ws: &mut Workspace<T>,
     ) -> Result<()> {
         saved.clear();
         self.check_input(x, shape)?;
@@ -414,13 +429,11 @@ impl<T: Element> BatchNorm<T> {
         ws.maps.resize(c);
         ws.moments.resize(c, Moments::EMPTY);
         let set_map =
-            |saved: &mut Saved<T>, maps: &mut ChannelMaps, ch: usize, mean: f64, var: f64| {
+            |saved: &mut Saved<T>, maps: &mut ChannelMaps<T>, ch: usize, mean: f64, var: f64| {
                 let invstd = 1.0 / (var + eps).sqrt();
                 saved.mean64[ch] = mean;
                 saved.invstd64[ch] = invstd;
-                maps.mean[ch] = mean;
-                maps.scale[ch] = invstd * self.gamma(ch);
-                maps.shift[ch] = self.beta(ch);
+                maps.set(ch, mean, invstd, self.gamma(ch), self.beta(ch));
             };
         match statistics {
             Statistics::Batch => {
@@ -465,7 +478,7 @@ impl<T: Element> BatchNorm<T> {
         saved: &Saved<T>,
         dx: &mut [T],
         grads: &mut Grads<T>,
-        ws: &mut Workspace,
+        ws: &mut Workspace<T>,
     ) -> Result<()> {
         self.check_input(x, shape)?;
         let (Some(saved_shape), Some(statistics)) = (saved.shape, saved.statistics) else {

@@ -9,60 +9,91 @@ use crate::plan::{channels_per_item, rows_per_block, widen, Exec};
 use crate::simd::multiversion;
 use crate::stream::write_out;
 
-/// Per-channel coefficients of `y = (x - mean) * scale + shift`, evaluated in `f64` and rounded
-/// once to the element type.
+/// Per-channel coefficients of `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated in the
+/// element type.
 ///
-/// `x - mean` in `f64` is exact for `f32` input near the mean, so a large offset costs no
-/// precision, and no intermediate rounding can cancel against `shift`.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ChannelMaps {
-    pub mean: Vec<f64>,
-    pub scale: Vec<f64>,
-    pub shift: Vec<f64>,
+/// The `f64` mean travels as two values of the element type, `mean_hi = round(mean)` and
+/// `mean_lo = round(mean - mean_hi)`: `x - mean_hi` is exact (Sterbenz) when `x` is within a
+/// factor two of the mean, so a large offset costs no precision, a constant channel gives
+/// exactly `shift`, and `mean_lo` restores the bits `mean_hi` could not hold. The remaining
+/// roundings are relative to `|(x - mean) * scale|` and `|y|`, a few units in the last place.
+#[derive(Debug, Clone)]
+pub(crate) struct ChannelMaps<T> {
+    pub mean_hi: Vec<T>,
+    pub mean_lo: Vec<T>,
+    pub scale: Vec<T>,
+    pub shift: Vec<T>,
 }
 
-impl ChannelMaps {
+impl<T> Default for ChannelMaps<T> {
+    fn default() -> Self {
+        Self {
+            mean_hi: Vec::new(),
+            mean_lo: Vec::new(),
+            scale: Vec::new(),
+            shift: Vec::new(),
+        }
+    }
+}
+
+impl<T: Element> ChannelMaps<T> {
     pub fn resize(&mut self, channels: usize) {
-        self.mean.resize(channels, 0.0);
-        self.scale.resize(channels, 0.0);
-        self.shift.resize(channels, 0.0);
+        self.mean_hi.resize(channels, T::ZERO);
+        self.mean_lo.resize(channels, T::ZERO);
+        self.scale.resize(channels, T::ZERO);
+        self.shift.resize(channels, T::ZERO);
+    }
+
+    /// Sets channel `ch` to normalise with `mean` and `invstd`, then scale by `gamma` and shift
+    /// by `beta` (all `f64`, rounded here once each).
+    pub fn set(&mut self, ch: usize, mean: f64, invstd: f64, gamma: f64, beta: f64) {
+        let hi = T::from_f64(mean);
+        self.mean_hi[ch] = hi;
+        self.mean_lo[ch] = T::from_f64(mean - hi.to_f64());
+        self.scale[ch] = T::from_f64(invstd * gamma);
+        self.shift[ch] = T::from_f64(beta);
+    }
+
+    /// Writes the maps repeated over one widened row (see [`widen`]) into `wide`.
+    fn widen_into(&self, wide: &mut ChannelMaps<T>) {
+        widen(&self.mean_hi, &mut wide.mean_hi);
+        widen(&self.mean_lo, &mut wide.mean_lo);
+        widen(&self.scale, &mut wide.scale);
+        widen(&self.shift, &mut wide.shift);
     }
 }
 
 multiversion! {
     /// Consecutive runs of `inner` values, run `j` belonging to channel `first + j`.
-    fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, first: usize, maps: &ChannelMaps) {
+    fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, first: usize, maps: &ChannelMaps<T>) {
         for (j, (xr, yr)) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).enumerate() {
             let ch = first + j;
-            let (mean, scale, shift) = (maps.mean[ch], maps.scale[ch], maps.shift[ch]);
+            let (hi, lo) = (maps.mean_hi[ch], maps.mean_lo[ch]);
+            let (scale, shift) = (maps.scale[ch], maps.shift[ch]);
             for (yv, &xv) in yr.iter_mut().zip(xr) {
-                *yv = T::from_f64((xv.to_f64() - mean) * scale + shift);
+                *yv = ((xv - hi) - lo) * scale + shift;
             }
         }
     }
 }
 
 multiversion! {
-    /// Rows of `channels` channels, vectorised along widened rows: `mean`, `scale` and `shift`
-    /// are the per-channel maps repeated over one widened row (see [`widen`]).
-    fn normalize_rows<T>(
-        x: &[T],
-        y: &mut [T],
-        channels: usize,
-        mean: &[f64],
-        scale: &[f64],
-        shift: &[f64],
-    ) {
+    /// Rows of `channels` channels, vectorised along widened rows: `wide` holds the per-channel
+    /// maps repeated over one widened row (see [`widen`]).
+    fn normalize_rows<T>(x: &[T], y: &mut [T], channels: usize, wide: &ChannelMaps<T>) {
+        let w = wide.mean_hi.len();
+        let (hi, lo) = (&wide.mean_hi[..w], &wide.mean_lo[..w]);
+        let (scale, shift) = (&wide.scale[..w], &wide.shift[..w]);
         let row = |xr: &[T], yr: &mut [T]| {
-            let maps = mean.iter().zip(scale).zip(shift);
-            for ((yv, &xv), ((&m, &s), &t)) in yr.iter_mut().zip(xr).zip(maps) {
-                *yv = T::from_f64((xv.to_f64() - m) * s + t);
+            let maps = hi.iter().zip(lo).zip(scale.iter().zip(shift));
+            for ((yv, &xv), ((&h, &l), (&s, &t))) in yr.iter_mut().zip(xr).zip(maps) {
+                *yv = ((xv - h) - l) * s + t;
             }
         };
-        let split = x.len() / mean.len() * mean.len();
+        let split = x.len() / w * w;
         let (xw, xt) = x.split_at(split);
         let (yw, yt) = y.split_at_mut(split);
-        for (xr, yr) in xw.chunks_exact(mean.len()).zip(yw.chunks_exact_mut(mean.len())) {
+        for (xr, yr) in xw.chunks_exact(w).zip(yw.chunks_exact_mut(w)) {
             row(xr, yr);
         }
         for (xr, yr) in xt.chunks_exact(channels).zip(yt.chunks_exact_mut(channels)) {
@@ -79,21 +110,19 @@ pub(crate) fn normalize<T: Element>(
     geo: Geometry,
     range: Range<usize>,
     exec: Exec,
-    maps: &ChannelMaps,
-    wide: &mut ChannelMaps,
+    maps: &ChannelMaps<T>,
+    wide: &mut ChannelMaps<T>,
 ) {
     let c = geo.channels;
     if geo.is_rows() {
         let rows = rows_per_block(c);
-        widen(&maps.mean, &mut wide.mean);
-        widen(&maps.scale, &mut wide.scale);
-        widen(&maps.shift, &mut wide.shift);
-        let (mean, scale, shift) = (&wide.mean, &wide.scale, &wide.shift);
+        maps.widen_into(wide);
+        let wide = &*wide;
         for_each_chunk(exec.par, y, rows * c, |b, yb| {
             let start = b * rows * c;
             let xb = &x[start..start + yb.len()];
             write_out(exec.isa, exec.stream, yb, |yb| {
-                normalize_rows(exec.isa, xb, yb, c, mean, scale, shift);
+                normalize_rows(exec.isa, xb, yb, c, wide);
             });
         });
     } else {

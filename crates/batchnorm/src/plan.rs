@@ -50,7 +50,7 @@ pub(crate) fn rows_per_block(channels: usize) -> usize {
 }
 
 /// `pattern[i] = per_channel[i % C]` over one widened row.
-pub(crate) fn widen(per_channel: &[f64], pattern: &mut Vec<f64>) {
+pub(crate) fn widen<V: Copy>(per_channel: &[V], pattern: &mut Vec<V>) {
     let w = row_width(per_channel.len());
     pattern.clear();
     pattern.extend(per_channel.iter().cycle().take(w));
