@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The `bnlab bench` measurements on PyTorch CPU, for a side-by-side comparison.
 
-Usage: python bench/peers/pytorch_bn.py [--threads 1 2] [--samples 21] [--json]
+Usage: python bench/peers/pytorch_bn.py [--threads 1 2] [--samples 21] [--shapes 64,64,56,56 ...] [--json]
 Needs: pip install torch   (not needed by the project's tests)
 
 For each shape, layout (NCHW = contiguous, NHWC = torch.channels_last) and thread count it
@@ -92,11 +92,13 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--samples", type=int, default=21)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--shapes", nargs="+", help="logical dims, e.g. 64,64,56,56 (default: the bnlab bench shapes)")
     a = ap.parse_args()
+    shapes = [tuple(int(d) for d in s.split(",")) for s in a.shapes] if a.shapes else SHAPES
     rows = []
     for t in a.threads:
         torch.set_num_threads(t)
-        for dims in SHAPES:
+        for dims in shapes:
             for layout in (["channels_first", "channels_last"] if len(dims) == 4 else ["channels_first"]):
                 for r in bench_shape(dims, layout, a.samples):
                     rows.append(r)

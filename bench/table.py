@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Markdown table of `bnlab bench --json` beside `bench/peers/pytorch_bn.py --json`.
+
+Usage:
+  cargo run --release -p batchnorm-lab -- bench --json > ours.json
+  python bench/peers/pytorch_bn.py --json > torch.json        # optional
+  python bench/table.py ours.json [torch.json]
+Ratios are each kernel's median time over its yardstick's median time (copy of x for the
+forward passes, c = a + b for backward), both measured in the same process.
+"""
+import json
+import sys
+
+
+def key(r, op):
+    return (tuple(r["shape"]), r["layout"], op, r["threads"])
+
+
+def main():
+    ours = json.load(open(sys.argv[1]))
+    torch = {}
+    if len(sys.argv) > 2:
+        for r in json.load(open(sys.argv[2])):
+            torch[key(r, r["op"])] = r
+    print("| shape | layout | op | threads | ours ms | GB/s | yardstick ms | ours / yardstick"
+          + (" | PyTorch ms (prealloc) | PyTorch / its yardstick | PyTorch ms (allocating)" if torch else "") + " |")
+    print("|---|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if torch else ""))
+    for r in ours:
+        shape = "x".join(map(str, r["shape"]))
+        line = (f"| {shape} | {r['layout']} | {r['op']} | {r['threads']} | {r['median_ms']:.3f} | "
+                f"{r['gb_per_s']:.1f} | {r['yardstick_ms']:.3f} | **{r['ratio']:.2f}** |")
+        if torch:
+            t = torch.get(key(r, r["op"]))
+            a = torch.get(key(r, r["op"] + "_alloc"))
+            line += (f" {t['median_ms']:.3f} | {t['ratio']:.2f} |" if t else " - | - |")
+            line += (f" {a['median_ms']:.3f} |" if a else " - |")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
