@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use batchnorm_lab::bench;
-use batchnorm_lab::experiments::{batch_size, cli, cnn, depth, fig1, lr_sweep};
+use batchnorm_lab::experiments::{batch_size, cli, cnn, depth, fig1, fold, lr_sweep};
 use clap::{Args, Parser, Subcommand};
 
 /// Reproduces the Batch Normalization paper's experiments on MNIST.
@@ -37,6 +37,9 @@ enum Command {
     /// A conv net (conv3x3(8)-BN2d-ReLU-maxpool2, conv3x3(16)-BN2d-ReLU-maxpool2,
     /// linear(784,10)) with and without BN: test accuracy along the run, time per epoch.
     Cnn(cli::CnnArgs),
+    /// Folding eval-mode BN into the preceding Linear/Conv2d: folded vs unfolded outputs
+    /// (against an f64 oracle) and the inference speed-up, measured in the same run.
+    Fold(cli::FoldArgs),
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +130,9 @@ fn main() -> anyhow::Result<()> {
             depth::print_summary(&depth::run(&a.config()).context("bnlab depth failed")?);
         }
         Command::Cnn(a) => cnn::print_summary(&cnn::run(&a.config()).context("bnlab cnn failed")?),
+        Command::Fold(a) => {
+            fold::print_summary(&fold::run(&a.config()).context("bnlab fold failed")?);
+        }
         Command::LrSweep(a) => {
             lr_sweep::print_summary(&lr_sweep::run(&a.config()).context("bnlab lr-sweep failed")?);
         }

@@ -269,6 +269,57 @@ fn cnn_writes_fig1_style_outputs_and_epoch_times() {
 }
 
 #[test]
+fn fold_agrees_with_the_unfolded_networks_and_times_both() {
+    let out = temp_dir("fold");
+    run_ok(
+        &[
+            "fold",
+            "--mlp-steps",
+            "30",
+            "--cnn-steps",
+            "10",
+            "--batch-sizes",
+            "1,50",
+            "--repeats",
+            "1",
+            "--images",
+            "50",
+        ],
+        &out,
+    );
+    let s = json(&out.join("summary.json"));
+    // Every BN is folded away: the MLP loses 3 layers, the conv net 2.
+    for (net, before, after) in [("mlp", 10, 7), ("cnn", 10, 8)] {
+        let n = &s["nets"][net];
+        assert_eq!(n["layers_unfolded"], before);
+        assert_eq!(n["layers_folded"], after);
+        // The folded network computes the unfolded one's function: its error against the f64
+        // oracle is of the order of the unfolded f32 network's (see Agreement::within_tolerance).
+        assert_eq!(n["within_tolerance"], true, "{net}: {n}");
+        assert!(
+            f(&n["max_abs_diff"]) < 1e-4 * f(&n["max_abs_logit"]).max(1.0),
+            "{net}: {n}"
+        );
+        assert!(
+            n["prediction_mismatches"].as_u64().unwrap() <= 2,
+            "{net}: {n}"
+        );
+        assert_eq!(n["timings"].as_array().unwrap().len(), 2);
+    }
+    let rows = csv_rows(
+        &out.join("timing.csv"),
+        "net,batch,images,unfolded_ms,folded_ms,speedup",
+    );
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        assert!(num(&r[3]) > 0.0 && num(&r[4]) > 0.0, "{r:?}");
+    }
+    assert_figure(&out, "fold");
+    assert!(report(&out).contains("](fold.png)"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn bad_options_are_errors_not_panics() {
     for args in [
         &["depth", "--depths", "0"][..],
@@ -278,6 +329,7 @@ fn bad_options_are_errors_not_panics() {
         &["lr-sweep", "--batch-size", "1"],
         &["batch-size", "--batch-sizes", "1"],
         &["cnn", "--epochs", "0"],
+        &["fold", "--batch-sizes", "0"],
         &["batch-size", "--examples", "10", "--batch-sizes", "64"],
     ] {
         let o = bnlab()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{batch_size, cnn, depth, lr_sweep};
+use super::{batch_size, cnn, depth, fold, lr_sweep};
 
 /// Options every experiment shares.
 #[derive(Debug, Clone, Args)]
@@ -199,6 +199,48 @@ impl CnnArgs {
             batch_size: self.batch_size,
             eval_every: self.eval_every,
             max_steps_per_epoch: self.max_steps_per_epoch,
+            seed: self.common.seed,
+            threads: self.common.threads,
+            out: self.out.clone(),
+            data: self.common.data.clone(),
+        }
+    }
+}
+
+/// `bnlab fold`.
+#[derive(Debug, Clone, Args)]
+pub struct FoldArgs {
+    /// SGD steps of the BN MLP before folding.
+    #[arg(long, default_value_t = 2000)]
+    pub mlp_steps: usize,
+    /// SGD steps of the BN conv net before folding.
+    #[arg(long, default_value_t = 500)]
+    pub cnn_steps: usize,
+    /// Batch sizes the inference time is measured at (1 to 1000), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100, 1000])]
+    pub batch_sizes: Vec<usize>,
+    /// Timed passes per network, version and batch size (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    pub repeats: usize,
+    /// Test images per timed pass.
+    #[arg(long, default_value_t = 1000)]
+    pub images: usize,
+    /// Output folder for timing.csv, summary.json, fold.png/.svg and report.md.
+    #[arg(long, default_value = "out/fold")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl FoldArgs {
+    /// The experiment's settings.
+    pub fn config(&self) -> fold::Config {
+        fold::Config {
+            mlp_steps: self.mlp_steps,
+            cnn_steps: self.cnn_steps,
+            batch_sizes: self.batch_sizes.clone(),
+            repeats: self.repeats,
+            images: self.images,
             seed: self.common.seed,
             threads: self.common.threads,
             out: self.out.clone(),

@@ -21,6 +21,9 @@ pub enum LabError {
     /// The training stack failed (data files, shapes, kernels).
     #[error(transparent)]
     Nn(#[from] NnError),
+    /// Folding batch normalization into the preceding layer failed.
+    #[error(transparent)]
+    Fold(#[from] batchnorm_nn::fold::FoldError),
     /// A figure could not be drawn or written.
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),

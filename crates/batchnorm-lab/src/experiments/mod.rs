@@ -11,6 +11,7 @@ pub mod depth;
 mod error;
 mod evaluate;
 pub mod fig1;
+pub mod fold;
 pub mod lr_sweep;
 mod mlp;
 mod output;
