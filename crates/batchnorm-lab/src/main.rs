@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use batchnorm_lab::bench;
-use batchnorm_lab::experiments::{batch_size, cli, cnn, depth, fig1, fold, lr_sweep};
+use batchnorm_lab::experiments::{all, batch_size, cli, cnn, depth, fig1, fold, lr_sweep};
 use clap::{Args, Parser, Subcommand};
 
 /// Reproduces the Batch Normalization paper's experiments on MNIST.
@@ -40,6 +40,9 @@ enum Command {
     /// Folding eval-mode BN into the preceding Linear/Conv2d: folded vs unfolded outputs
     /// (against an f64 oracle) and the inference speed-up, measured in the same run.
     Fold(cli::FoldArgs),
+    /// Every experiment at its defaults (fig1, depth, lr-sweep, batch-size, cnn, fold) into
+    /// <out>/<name>/, then one combined <out>/report.md and <out>/index.html.
+    All(cli::AllArgs),
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             depth::print_summary(&depth::run(&a.config()).context("bnlab depth failed")?);
         }
         Command::Cnn(a) => cnn::print_summary(&cnn::run(&a.config()).context("bnlab cnn failed")?),
+        Command::All(a) => all::print_summary(&all::run(&a.config()).context("bnlab all failed")?),
         Command::Fold(a) => {
             fold::print_summary(&fold::run(&a.config()).context("bnlab fold failed")?);
         }

@@ -320,6 +320,53 @@ fn fold_agrees_with_the_unfolded_networks_and_times_both() {
 }
 
 #[test]
+fn all_quick_runs_every_experiment_and_combines_the_reports() {
+    let out = temp_dir("all");
+    run_ok(&["all", "--quick"], &out);
+    let sections = ["fig1", "depth", "lr-sweep", "batch-size", "cnn", "fold"];
+    for (name, stem) in [
+        ("fig1", "fig1"),
+        ("depth", "depth"),
+        ("lr-sweep", "lr_sweep"),
+        ("batch-size", "batch_size"),
+        ("cnn", "cnn"),
+        ("fold", "fold"),
+    ] {
+        let dir = out.join(name);
+        assert!(dir.join("summary.json").is_file(), "{name}/summary.json");
+        assert_figure(&dir, stem);
+    }
+    let combined = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for name in sections {
+        assert!(
+            combined.contains(&format!("| `bnlab {name}` | `{name}/` |")),
+            "{name}"
+        );
+    }
+    // Headings one level down; every figure link points into its experiment's folder and exists.
+    assert!(combined.contains("\n## Figure 1 of the Batch Normalization paper"));
+    let links: Vec<&str> = combined
+        .split("](")
+        .skip(1)
+        .map(|r| &r[..r.find(')').unwrap()])
+        .filter(|l| l.ends_with(".png"))
+        .collect();
+    assert!(links.len() >= 7, "{links:?}");
+    for l in &links {
+        assert!(out.join(l).is_file(), "broken link {l}");
+    }
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    for l in &links {
+        assert!(
+            html.contains(&format!("<img src=\"{l}\"")),
+            "{l} not in index.html"
+        );
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn bad_options_are_errors_not_panics() {
     for args in [
         &["depth", "--depths", "0"][..],
@@ -330,6 +377,7 @@ fn bad_options_are_errors_not_panics() {
         &["batch-size", "--batch-sizes", "1"],
         &["cnn", "--epochs", "0"],
         &["fold", "--batch-sizes", "0"],
+        &["all", "--threads", "0"],
         &["batch-size", "--examples", "10", "--batch-sizes", "64"],
     ] {
         let o = bnlab()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{batch_size, cnn, depth, fold, lr_sweep};
+use super::{all, batch_size, cnn, depth, fold, lr_sweep};
 
 /// Options every experiment shares.
 #[derive(Debug, Clone, Args)]
@@ -244,6 +244,33 @@ impl FoldArgs {
             seed: self.common.seed,
             threads: self.common.threads,
             out: self.out.clone(),
+            data: self.common.data.clone(),
+        }
+    }
+}
+
+/// `bnlab all`.
+#[derive(Debug, Clone, Args)]
+pub struct AllArgs {
+    /// Parent folder: each experiment writes into <out>/<name>/, the combined report into
+    /// <out>/report.md and <out>/index.html.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Tiny settings for every experiment: checks the whole pipeline in seconds (not results).
+    #[arg(long)]
+    pub quick: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl AllArgs {
+    /// The settings.
+    pub fn config(&self) -> all::Config {
+        all::Config {
+            out: self.out.clone(),
+            quick: self.quick,
+            seed: self.common.seed,
+            threads: self.common.threads,
             data: self.common.data.clone(),
         }
     }

@@ -2,6 +2,7 @@
 //! MNIST loading, MLP construction, the training step, test accuracy, parallel runs and output
 //! files.
 
+pub mod all;
 pub mod batch_size;
 pub mod cli;
 pub mod cnn;
