@@ -125,7 +125,7 @@ pub struct BatchSizeArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [2, 4, 8, 16, 32, 64, 128])]
     pub batch_sizes: Vec<usize>,
     /// Training examples every run sees (steps = examples / batch size).
-    #[arg(long, default_value_t = 120_000)]
+    #[arg(long, default_value_t = 240_000)]
     pub examples: usize,
     /// Learning rate at batch size --lr-batch; batch B uses lr * B / lr-batch.
     #[arg(long, default_value_t = 1.0)]
@@ -220,7 +220,7 @@ pub struct FoldArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100, 1000])]
     pub batch_sizes: Vec<usize>,
     /// Timed passes per network, version and batch size (the median is reported).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 15)]
     pub repeats: usize,
     /// Test images per timed pass.
     #[arg(long, default_value_t = 1000)]

@@ -7,6 +7,10 @@ use batchnorm_nn::layers::{
 };
 use batchnorm_nn::{NnError, Rng, Sequential};
 
+/// Test images per evaluation forward pass of the conv net: its activations take 31 KB per
+/// image and layer pair, so batches of 1,000 would need about 300 MB per network.
+pub const EVAL_BATCH: usize = 250;
+
 /// `(input channels, output channels, input height = width)` of the two conv blocks.
 pub const BLOCKS: [(usize, usize, usize); 2] = [(1, 8, 28), (8, 16, 14)];
 

@@ -33,8 +33,8 @@ pub const WIDTHS: [usize; 5] = [784, 100, 100, 100, 10];
 pub struct Config {
     /// Batch sizes. Default 2, 4, 8, 16, 32, 64, 128.
     pub batch_sizes: Vec<usize>,
-    /// Training examples each run sees (steps = examples / batch size). Default 120,000
-    /// (two epochs).
+    /// Training examples each run sees (steps = examples / batch size). Default 240,000
+    /// (four epochs).
     pub examples: usize,
     /// Learning rate at batch size `lr_batch`; a batch of `B` uses `lr * B / lr_batch`.
     /// Default 1.0.
@@ -60,7 +60,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             batch_sizes: vec![2, 4, 8, 16, 32, 64, 128],
-            examples: 120_000,
+            examples: 240_000,
             lr: 1.0,
             lr_batch: 128,
             init_std: 0.05,

@@ -210,7 +210,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
         progress.add("plain", steps as u64),
     ];
     let mut runs = run_jobs(&[true, false], cfg.threads, |i, &bn| {
-        let model = convnet::build(&init, bn, cfg.batch_size.max(EVAL_CHUNK))?;
+        let model = convnet::build(&init, bn, cfg.batch_size.max(convnet::EVAL_BATCH))?;
         train(cfg, model, bn, &data.train, &data.test, &bars[i])
     })?;
     let plain = runs.pop().ok_or(LabError::Setup("no plain run"))?;
@@ -243,7 +243,12 @@ fn train(
         step: 0,
         train_loss: f64::NAN,
         train_accuracy: f64::NAN,
-        test_accuracy: acc.run(&mut trainer.model, test, Mode::Eval)?,
+        test_accuracy: acc.run_chunked(
+            &mut trainer.model,
+            test,
+            Mode::Eval,
+            convnet::EVAL_BATCH,
+        )?,
     }];
     let mut eval_seconds = t.elapsed().as_secs_f64();
     let mut epoch_seconds = Vec::with_capacity(cfg.epochs);
@@ -266,7 +271,8 @@ fn train(
                 let t_eval = Instant::now();
                 let loss = loss_sum / since as f64;
                 let train_accuracy = correct as f64 / (since * bs) as f64;
-                let test_accuracy = acc.run(&mut trainer.model, test, Mode::Eval)?;
+                let test_accuracy =
+                    acc.run_chunked(&mut trainer.model, test, Mode::Eval, convnet::EVAL_BATCH)?;
                 let loud = (step / cfg.eval_every).is_multiple_of(4) || step == steps;
                 progress.report(step as u64, loss, train_accuracy, test_accuracy, loud);
                 evals.push(EvalRecord {

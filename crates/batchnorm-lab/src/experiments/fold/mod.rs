@@ -67,7 +67,7 @@ pub struct Config {
     /// Batch sizes the inference time is measured at (each at most 1,000). Default 1, 10, 100,
     /// 1000.
     pub batch_sizes: Vec<usize>,
-    /// Timed passes per network, version and batch size; the median is reported. Default 7.
+    /// Timed passes per network, version and batch size; the median is reported. Default 15.
     pub repeats: usize,
     /// Images per timed pass (the first ones of the test set). Default 1,000.
     pub images: usize,
@@ -87,7 +87,7 @@ impl Default for Config {
             mlp_steps: 2000,
             cnn_steps: 500,
             batch_sizes: vec![1, 10, 100, 1000],
-            repeats: 7,
+            repeats: 15,
             images: 1000,
             seed: 1,
             threads: 2,
@@ -290,11 +290,13 @@ fn agree(
     folded: &mut Sequential<f32>,
     data: &Mnist,
 ) -> Result<Agreement, LabError> {
-    let mut oracle = reference::to_f64(model)?;
+    // Chunks of at most EVAL_BATCH images: the f64 conv net at 1,000 would take ~600 MB.
+    let chunk_len = model.capacity().min(convnet::EVAL_BATCH);
+    let mut oracle = reference::to_f64(model, chunk_len)?;
     let test = &data.test;
     let index: Vec<usize> = (0..test.len()).collect();
-    let mut x = vec![0.0f32; EVAL_CHUNK * test.pixels()];
-    let mut labels = vec![0u8; EVAL_CHUNK];
+    let mut x = vec![0.0f32; chunk_len * test.pixels()];
+    let mut labels = vec![0u8; chunk_len];
     let mut a = Agreement {
         max_abs_diff: 0.0,
         max_abs_logit: 0.0,
@@ -304,7 +306,7 @@ fn agree(
         accuracy: (0.0, 0.0),
     };
     let (mut right_u, mut right_f) = (0usize, 0usize);
-    for chunk in index.chunks(EVAL_CHUNK) {
+    for chunk in index.chunks(chunk_len) {
         let n = chunk.len();
         let xs = &mut x[..n * test.pixels()];
         test.gather(chunk, xs, &mut labels[..n])?;

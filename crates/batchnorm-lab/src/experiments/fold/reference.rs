@@ -10,12 +10,15 @@ fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x)).collect()
 }
 
-/// `model` in f64, with the same capacity.
+/// `model` in f64, for batches of up to `capacity` images.
 ///
 /// # Errors
 /// [`LabError::Setup`] for a layer type it does not know or a BN whose sample shape is not
 /// `[C]` or a square `[C, H, H]`.
-pub(super) fn to_f64(model: &Sequential<f32>) -> Result<Sequential<f64>, LabError> {
+pub(super) fn to_f64(
+    model: &Sequential<f32>,
+    capacity: usize,
+) -> Result<Sequential<f64>, LabError> {
     let mut out: Vec<Box<dyn Layer<f64>>> = Vec::new();
     for layer in model.layers() {
         let l = layer.as_ref();
@@ -61,5 +64,5 @@ pub(super) fn to_f64(model: &Sequential<f32>) -> Result<Sequential<f64>, LabErro
             return Err(LabError::Setup("f64 oracle: unknown layer type"));
         }
     }
-    Ok(Sequential::new(out, model.capacity())?)
+    Ok(Sequential::new(out, capacity)?)
 }
