@@ -139,7 +139,7 @@ fn figure(o: &Outcome) -> Figure {
     };
     Figure {
         title: format!(
-            "MNIST, 784-100-100-100-10 sigmoid MLP with BN: batch size at {} training examples",
+            "Sigmoid MLP with BN, MNIST: batch size ({} examples each)",
             o.config.examples
         ),
         columns: 2,

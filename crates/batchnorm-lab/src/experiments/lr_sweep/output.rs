@@ -80,6 +80,7 @@ pub(super) fn summary_json(o: &Outcome) -> Value {
                 "test_accuracy": finite(r.test_accuracy),
                 "diverged": r.diverged(),
                 "diverged_at": r.diverged_at,
+                "at_chance": r.test_accuracy < AT_CHANCE,
                 "non_finite": r.non_finite,
                 "initial_loss": finite(r.initial_loss),
                 "max_loss": finite(r.max_loss),
@@ -107,6 +108,9 @@ pub(super) fn summary_json(o: &Outcome) -> Value {
         },
     })
 }
+
+/// A final test accuracy below this is reported as "at chance" (10 classes).
+const AT_CHANCE: f64 = 0.15;
 
 const COMBOS: [(Activation, bool); 4] = [
     (Activation::Sigmoid, true),
@@ -250,6 +254,31 @@ fn report_md(o: &Outcome) -> String {
             } else {
                 div.join(", ")
             }
+        );
+    }
+    let chance: Vec<String> = o
+        .runs
+        .iter()
+        .filter(|r| !r.diverged() && r.test_accuracy < AT_CHANCE)
+        .map(|r| {
+            format!(
+                "{} at lr {} ({}, final loss {:.3})",
+                label(r.activation, r.batch_norm),
+                r.lr,
+                pct(Some(r.test_accuracy)),
+                r.final_loss
+            )
+        })
+        .collect();
+    if !chance.is_empty() {
+        let _ = writeln!(
+            s,
+            "- Ended at chance (test accuracy below {:.0}%) without meeting the divergence criterion: {}. \
+             The loss never exceeded {}x its initial value, but the network stopped learning \
+             (a loss near ln 10 = 2.303 means uniform predictions).",
+            100.0 * AT_CHANCE,
+            chance.join("; "),
+            DIVERGENCE_FACTOR
         );
     }
     let high: Vec<&Run> = o.runs.iter().filter(|r| r.lr >= 1.0).collect();
