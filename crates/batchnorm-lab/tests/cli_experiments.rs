@@ -367,6 +367,47 @@ fn all_quick_runs_every_experiment_and_combines_the_reports() {
 }
 
 #[test]
+fn results_depend_on_the_seed_only_not_on_threads() {
+    // Everything but the timing column, from runs with 1 and 2 threads and one with another seed.
+    let rows = |threads: &str, seed: &str| {
+        let out = temp_dir(&format!("det-{threads}-{seed}"));
+        run_ok(
+            &[
+                "lr-sweep",
+                "--lrs",
+                "0.1,0.5",
+                "--steps",
+                "25",
+                "--log-every",
+                "25",
+                "--threads",
+                threads,
+                "--seed",
+                seed,
+            ],
+            &out,
+        );
+        let header = "activation,net,lr,test_accuracy,diverged,diverged_at,non_finite,initial_loss,max_loss,final_loss,steps_done,train_seconds";
+        let r: Vec<Vec<String>> = csv_rows(&out.join("results.csv"), header)
+            .into_iter()
+            .map(|mut r| {
+                r.pop();
+                r
+            })
+            .collect();
+        std::fs::remove_dir_all(&out).unwrap();
+        r
+    };
+    let one = rows("1", "1");
+    assert_eq!(one, rows("2", "1"));
+    assert_ne!(
+        one,
+        rows("2", "2"),
+        "another seed gives other weights and batches"
+    );
+}
+
+#[test]
 fn bad_options_are_errors_not_panics() {
     for args in [
         &["depth", "--depths", "0"][..],
