@@ -85,12 +85,12 @@ impl Moments {
             return other;
         }
         let (na, nb) = (self.count as f64, other.count as f64);
-        let n = na + nb;
+        let share = nb / (na + nb);
         let delta = other.mean - self.mean;
         Self {
             count: self.count + other.count,
-            mean: self.mean + delta * (nb / n),
-            m2: self.m2 + other.m2 + delta * delta * (na * nb / n),
+            mean: self.mean + delta * share,
+            m2: self.m2 + other.m2 + delta * delta * (na * share),
         }
     }
 

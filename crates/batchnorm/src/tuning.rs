@@ -5,14 +5,15 @@
 /// larger chunks spill L1, smaller ones spend more time merging partial moments.
 pub(crate) const RUN_CHUNK: usize = 4096;
 
-/// Target elements of one row block (channels-last): the block is summed, then centred from L2,
-/// and is the unit of parallel work. Each block costs about ten flops per channel to merge, so
-/// blocks much smaller than this make merging visible; much larger ones spill L2.
-pub(crate) const ROW_BLOCK_ELEMS: usize = 32 * 1024;
+/// Target elements of one row block (channels-last): the block is summed, then centred while
+/// in L2, and is the unit of parallel work. Each block costs a merge per channel (a division and
+/// a few flops) and a per-channel partial result, so blocks much smaller than this make merging
+/// visible; much larger ones spill L2 before the second pass.
+pub(crate) const ROW_BLOCK_ELEMS: usize = 64 * 1024;
 
 /// Fewest rows in a row block, so that merging per-block moments stays small next to the
-/// block's own work even for very wide rows.
-pub(crate) const MIN_BLOCK_ROWS: usize = 16;
+/// block's own work even for very wide rows (C = 2048: 64 rows, 512 KiB of f32).
+pub(crate) const MIN_BLOCK_ROWS: usize = 64;
 
 /// Fewest values in one (widened) row of channels-last input: rows of fewer channels are
 /// processed several at a time, so that the vectorised loops along a row stay long (64 f32 fill
