@@ -105,6 +105,8 @@ fn help_documents_every_option() {
         "--eval-every",
         "--threads",
         "--out",
+        "--checkpoint-every",
+        "--resume",
     ] {
         assert!(help.contains(opt), "{opt} missing from --help");
     }
