@@ -33,6 +33,11 @@ pub(crate) fn resolve_data_dir(dir: &Path) -> PathBuf {
     }
 }
 
+/// The seed of the fixed probe batch's choice for the run seeded by `seed` (fig1 and depth).
+pub(crate) fn probe_seed(seed: u64) -> u64 {
+    seed ^ 0x7072_6f62_655f_6261 // "probe_ba"
+}
+
 /// `size` training images (at most the split's length) chosen by `seed`, as pixels scaled to
 /// [0, 1] (`n * 784` values), with their labels.
 ///

@@ -50,3 +50,68 @@ pub enum LabError {
 pub(crate) fn bad<T>(what: &'static str, value: f64, why: &'static str) -> Result<T, LabError> {
     Err(LabError::Config { what, value, why })
 }
+
+/// A count that must be at least 1 (steps, threads, evaluation periods).
+///
+/// # Errors
+/// [`LabError::Config`] "must be at least 1" when `value` is 0.
+pub(crate) fn at_least_one(what: &'static str, value: usize) -> Result<(), LabError> {
+    if value == 0 {
+        return bad(what, 0.0, "must be at least 1");
+    }
+    Ok(())
+}
+
+/// A rate that must be finite and positive (learning rates).
+///
+/// # Errors
+/// [`LabError::Config`] "must be finite and > 0" naming `value`.
+pub(crate) fn positive(what: &'static str, value: f64) -> Result<(), LabError> {
+    if !(value.is_finite() && value > 0.0) {
+        return bad(what, value, "must be finite and > 0");
+    }
+    Ok(())
+}
+
+/// A scale that must be finite and not negative (initial weights' spread).
+///
+/// # Errors
+/// [`LabError::Config`] "must be finite and >= 0" naming `value`.
+pub(crate) fn non_negative(what: &'static str, value: f64) -> Result<(), LabError> {
+    if !(value.is_finite() && value >= 0.0) {
+        return bad(what, value, "must be finite and >= 0");
+    }
+    Ok(())
+}
+
+/// A size that must lie in `range`; `why` states the range to the user.
+///
+/// # Errors
+/// [`LabError::Config`] with `why`, naming `value`.
+pub(crate) fn in_range(
+    what: &'static str,
+    value: usize,
+    range: std::ops::RangeInclusive<usize>,
+    why: &'static str,
+) -> Result<(), LabError> {
+    if !range.contains(&value) {
+        return bad(what, value as f64, why);
+    }
+    Ok(())
+}
+
+/// A non-empty list of sizes, each in `range`; `why` states both to the user.
+///
+/// # Errors
+/// [`LabError::Config`] with `why` and the value 0.
+pub(crate) fn each_in_range(
+    what: &'static str,
+    values: &[usize],
+    range: std::ops::RangeInclusive<usize>,
+    why: &'static str,
+) -> Result<(), LabError> {
+    if values.is_empty() || values.iter().any(|v| !range.contains(v)) {
+        return bad(what, 0.0, why);
+    }
+    Ok(())
+}

@@ -2,6 +2,12 @@
 
 use batchnorm_nn::Rng;
 
+/// The seed of the batch order for the run seeded by `seed`: a stream independent of the
+/// initial weights' (the same in every experiment, so runs with one seed see one order).
+pub(crate) fn order_seed(seed: u64) -> u64 {
+    seed ^ 0x6261_7463_685f_6f72 // "batch_or"
+}
+
 /// Batches in a seeded random order: each epoch is a fresh permutation of the training set,
 /// cut into consecutive batches; a last partial batch is dropped.
 #[derive(Debug)]

@@ -63,9 +63,7 @@ pub struct Outcome {
 /// # Errors
 /// The first experiment's error, or an unwritable output folder.
 pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
-    if cfg.threads == 0 {
-        return super::error::bad("--threads", 0.0, "must be at least 1");
-    }
+    super::error::at_least_one("--threads", cfg.threads)?;
     let start = Instant::now();
     create_dir(&cfg.out)?;
     let dir = |name: &str| cfg.out.join(name);

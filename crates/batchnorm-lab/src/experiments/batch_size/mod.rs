@@ -17,10 +17,11 @@ use std::time::Instant;
 use batchnorm_nn::data::Mnist;
 use batchnorm_nn::layers::Mode;
 
-use super::error::bad;
+use super::error::{at_least_one, bad, each_in_range, non_negative, positive};
 use super::evaluate::Accuracy;
 use super::mlp::{self, Activation};
 use super::parallel::run_jobs;
+use super::sampler::order_seed;
 use super::trainer::Trainer;
 use super::{LabError, EVAL_CHUNK};
 use crate::progress::Progress;
@@ -79,18 +80,12 @@ impl Config {
     /// # Errors
     /// [`LabError::Config`] naming the first bad setting.
     pub fn validate(&self) -> Result<(), LabError> {
-        if self.batch_sizes.is_empty()
-            || self
-                .batch_sizes
-                .iter()
-                .any(|b| !(2..=EVAL_CHUNK).contains(b))
-        {
-            return bad(
-                "--batch-sizes",
-                0.0,
-                "need at least one, each between 2 and 1000",
-            );
-        }
+        each_in_range(
+            "--batch-sizes",
+            &self.batch_sizes,
+            2..=EVAL_CHUNK,
+            "need at least one, each between 2 and 1000",
+        )?;
         let largest = self.batch_sizes.iter().copied().max().unwrap_or(2);
         if self.examples < largest {
             return bad(
@@ -99,26 +94,11 @@ impl Config {
                 "must be at least the largest batch size",
             );
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("--lr", self.lr, "must be finite and > 0");
-        }
-        if self.lr_batch == 0 {
-            return bad("--lr-batch", 0.0, "must be at least 1");
-        }
-        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
-            return bad("--init-std", self.init_std, "must be finite and >= 0");
-        }
-        if self.evals == 0 {
-            return bad("--evals", 0.0, "must be at least 1");
-        }
-        if self.threads == 0 {
-            return bad("--threads", 0.0, "must be at least 1");
-        }
-        Ok(())
-    }
-
-    fn order_seed(&self) -> u64 {
-        self.seed ^ 0x6261_7463_685f_6f72 // "batch_or", as fig1
+        positive("--lr", self.lr)?;
+        at_least_one("--lr-batch", self.lr_batch)?;
+        non_negative("--init-std", self.init_std)?;
+        at_least_one("--evals", self.evals)?;
+        at_least_one("--threads", self.threads)
     }
 
     /// The learning rate of batch size `b`.
@@ -217,7 +197,7 @@ fn train_one(
 ) -> Result<Run, LabError> {
     let steps = cfg.examples / b;
     let lr = cfg.lr_for(b);
-    let mut trainer = Trainer::new(model, lr, b, cfg.order_seed(), data.train.len())?;
+    let mut trainer = Trainer::new(model, lr, b, order_seed(cfg.seed), data.train.len())?;
     let mut acc = Accuracy::new(&data.test);
     let eval_at: Vec<usize> = (1..=cfg.evals)
         .map(|k| (steps * k / cfg.evals).max(1))

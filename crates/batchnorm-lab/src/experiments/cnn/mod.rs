@@ -14,9 +14,10 @@ use batchnorm_nn::layers::Mode;
 use batchnorm_nn::Sequential;
 
 use super::convnet;
-use super::error::bad;
+use super::error::{at_least_one, in_range, positive};
 use super::evaluate::Accuracy;
 use super::parallel::run_jobs;
+use super::sampler::order_seed;
 use super::trainer::Trainer;
 use super::{LabError, EVAL_CHUNK};
 use crate::progress::{NetProgress, Progress};
@@ -67,33 +68,19 @@ impl Config {
     /// # Errors
     /// [`LabError::Config`] naming the first bad setting.
     pub fn validate(&self) -> Result<(), LabError> {
-        if self.epochs == 0 {
-            return bad("--epochs", 0.0, "must be at least 1");
+        at_least_one("--epochs", self.epochs)?;
+        positive("--lr", self.lr)?;
+        in_range(
+            "--batch-size",
+            self.batch_size,
+            2..=EVAL_CHUNK,
+            "must be between 2 and 1000",
+        )?;
+        at_least_one("--eval-every", self.eval_every)?;
+        if let Some(m) = self.max_steps_per_epoch {
+            at_least_one("--max-steps-per-epoch", m)?;
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("--lr", self.lr, "must be finite and > 0");
-        }
-        if !(2..=EVAL_CHUNK).contains(&self.batch_size) {
-            return bad(
-                "--batch-size",
-                self.batch_size as f64,
-                "must be between 2 and 1000",
-            );
-        }
-        if self.eval_every == 0 {
-            return bad("--eval-every", 0.0, "must be at least 1");
-        }
-        if self.max_steps_per_epoch == Some(0) {
-            return bad("--max-steps-per-epoch", 0.0, "must be at least 1");
-        }
-        if self.threads == 0 {
-            return bad("--threads", 0.0, "must be at least 1");
-        }
-        Ok(())
-    }
-
-    fn order_seed(&self) -> u64 {
-        self.seed ^ 0x6261_7463_685f_6f72 // "batch_or", as fig1
+        at_least_one("--threads", self.threads)
     }
 
     /// Steps in a full epoch over `train_len` images.
@@ -236,7 +223,7 @@ fn train(
     let bs = cfg.batch_size;
     let per_epoch = cfg.steps_per_epoch(train.len());
     let steps = cfg.epochs * per_epoch;
-    let mut trainer = Trainer::new(model, cfg.lr, bs, cfg.order_seed(), train.len())?;
+    let mut trainer = Trainer::new(model, cfg.lr, bs, order_seed(cfg.seed), train.len())?;
     let mut acc = Accuracy::new(test);
     let t = Instant::now();
     let mut evals = vec![EvalRecord {

@@ -22,9 +22,11 @@ use batchnorm_nn::data::Split;
 use batchnorm_nn::layers::Mode;
 use batchnorm_nn::{Sequential, SoftmaxCrossEntropy};
 
-use super::error::bad;
+use super::data::probe_seed;
+use super::error::{at_least_one, each_in_range, in_range, non_negative, positive};
 use super::mlp::{self, Activation};
 use super::parallel::run_jobs;
+use super::sampler::order_seed;
 use super::trainer::Trainer;
 use super::{LabError, EVAL_CHUNK};
 use crate::progress::Progress;
@@ -82,40 +84,28 @@ impl Config {
     /// # Errors
     /// [`LabError::Config`] naming the first bad setting.
     pub fn validate(&self) -> Result<(), LabError> {
-        if self.depths.is_empty() || self.depths.iter().any(|&d| !(1..=100).contains(&d)) {
-            return bad("--depths", 0.0, "need at least one depth, each in 1..=100");
-        }
-        if !(1..=10_000).contains(&self.width) {
-            return bad("--width", self.width as f64, "must be in 1..=10000");
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("--lr", self.lr, "must be finite and > 0");
-        }
-        if !(2..=60_000).contains(&self.batch_size) {
-            return bad(
-                "--batch-size",
-                self.batch_size as f64,
-                "must be between 2 and 60000",
-            );
-        }
-        if !(self.init_gain.is_finite() && self.init_gain >= 0.0) {
-            return bad("--init-gain", self.init_gain, "must be finite and >= 0");
-        }
-        if !(2..=60_000).contains(&self.probe) {
-            return bad("--probe", self.probe as f64, "must be between 2 and 60000");
-        }
-        if self.threads == 0 {
-            return bad("--threads", 0.0, "must be at least 1");
-        }
-        Ok(())
-    }
-
-    fn order_seed(&self) -> u64 {
-        self.seed ^ 0x6261_7463_685f_6f72 // "batch_or", as fig1
-    }
-
-    fn probe_seed(&self) -> u64 {
-        self.seed ^ 0x7072_6f62_655f_6261 // "probe_ba", as fig1
+        each_in_range(
+            "--depths",
+            &self.depths,
+            1..=100,
+            "need at least one depth, each in 1..=100",
+        )?;
+        in_range("--width", self.width, 1..=10_000, "must be in 1..=10000")?;
+        positive("--lr", self.lr)?;
+        in_range(
+            "--batch-size",
+            self.batch_size,
+            2..=60_000,
+            "must be between 2 and 60000",
+        )?;
+        non_negative("--init-gain", self.init_gain)?;
+        in_range(
+            "--probe",
+            self.probe,
+            2..=60_000,
+            "must be between 2 and 60000",
+        )?;
+        at_least_one("--threads", self.threads)
     }
 }
 
@@ -230,7 +220,8 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     cfg.validate()?;
     let start = Instant::now();
     let (data, _) = super::data::load_mnist(&cfg.data)?;
-    let (probe, probe_labels) = super::data::fixed_batch(&data.train, cfg.probe_seed(), cfg.probe)?;
+    let (probe, probe_labels) =
+        super::data::fixed_batch(&data.train, probe_seed(cfg.seed), cfg.probe)?;
     // Deepest first, so two threads finish together.
     let mut jobs: Vec<(usize, bool)> = cfg
         .depths
@@ -284,7 +275,13 @@ fn run_one(
     let linears = mlp::initial_linears(&widths, cfg.seed, |fan_in| gain / (fan_in as f64).sqrt())?;
     let capacity = cfg.batch_size.max(EVAL_CHUNK).max(probe_labels.len());
     let model = mlp::build(&linears, Activation::Sigmoid, batch_norm, capacity)?;
-    let mut trainer = Trainer::new(model, cfg.lr, cfg.batch_size, cfg.order_seed(), train.len())?;
+    let mut trainer = Trainer::new(
+        model,
+        cfg.lr,
+        cfg.batch_size,
+        order_seed(cfg.seed),
+        train.len(),
+    )?;
     let init = measure(&mut trainer.model, probe, probe_labels, 0)?;
     let t = Instant::now();
     let mut recent = std::collections::VecDeque::with_capacity(100);

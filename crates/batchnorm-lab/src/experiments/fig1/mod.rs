@@ -18,6 +18,8 @@ use std::time::Instant;
 pub use network::{Variant, WIDTHS};
 pub use train::{EvalRecord, NetRun, QUANTILES};
 
+use super::data::probe_seed;
+use super::error::{at_least_one, in_range, non_negative, positive};
 pub use super::{LabError, EVAL_CHUNK};
 use crate::progress::Progress;
 /// Training images in the fixed probe batch.
@@ -77,43 +79,21 @@ impl Config {
     /// # Errors
     /// [`LabError::Config`] naming the first bad setting.
     pub fn validate(&self) -> Result<(), LabError> {
-        use super::error::bad;
-        if self.steps == 0 {
-            return bad("--steps", 0.0, "must be at least 1");
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("--lr", self.lr, "must be finite and > 0");
-        }
-        if !(2..=60_000).contains(&self.batch_size) {
-            return bad(
-                "--batch-size",
-                self.batch_size as f64,
-                "must be between 2 and 60000",
-            );
-        }
-        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
-            return bad("--init-std", self.init_std, "must be finite and >= 0");
-        }
-        if self.eval_every == 0 {
-            return bad("--eval-every", 0.0, "must be at least 1");
-        }
-        if self.threads == 0 {
-            return bad("--threads", 0.0, "must be at least 1");
-        }
-        if self.checkpoint_every == Some(0) {
-            return bad("--checkpoint-every", 0.0, "must be at least 1");
+        at_least_one("--steps", self.steps)?;
+        positive("--lr", self.lr)?;
+        in_range(
+            "--batch-size",
+            self.batch_size,
+            2..=60_000,
+            "must be between 2 and 60000",
+        )?;
+        non_negative("--init-std", self.init_std)?;
+        at_least_one("--eval-every", self.eval_every)?;
+        at_least_one("--threads", self.threads)?;
+        if let Some(every) = self.checkpoint_every {
+            at_least_one("--checkpoint-every", every)?;
         }
         Ok(())
-    }
-
-    /// Seed of the batch order (a stream independent of the initial weights').
-    pub(crate) fn order_seed(&self) -> u64 {
-        self.seed ^ 0x6261_7463_685f_6f72 // "batch_or"
-    }
-
-    /// Seed of the probe batch's choice.
-    pub(crate) fn probe_seed(&self) -> u64 {
-        self.seed ^ 0x7072_6f62_655f_6261 // "probe_ba"
     }
 }
 
@@ -150,7 +130,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     let (data, load_seconds) = super::data::load_mnist(&cfg.data)?;
 
     // The fixed probe batch: PROBE_SIZE training images chosen by the seed.
-    let (probe, _) = super::data::fixed_batch(&data.train, cfg.probe_seed(), PROBE_SIZE)?;
+    let (probe, _) = super::data::fixed_batch(&data.train, probe_seed(cfg.seed), PROBE_SIZE)?;
     let probe_size = probe.len() / data.train.pixels();
     let inputs = train::Inputs {
         train: &data.train,

@@ -10,6 +10,7 @@ use super::checkpoint::{self, NetState, Resumed};
 use super::network::{probe_layer, Variant};
 use super::{Config, LabError, PROBE_UNIT};
 use crate::experiments::evaluate::Accuracy;
+use crate::experiments::sampler::order_seed;
 use crate::experiments::trainer::Trainer;
 use crate::percentile::percentiles;
 use crate::progress::NetProgress;
@@ -107,7 +108,7 @@ pub fn train(
     resume: Option<Resumed>,
 ) -> Result<NetRun, LabError> {
     let bs = cfg.batch_size;
-    let mut trainer = Trainer::new(model, cfg.lr, bs, cfg.order_seed(), inputs.train.len())?;
+    let mut trainer = Trainer::new(model, cfg.lr, bs, order_seed(cfg.seed), inputs.train.len())?;
     let mut evaluator = Evaluator::new(inputs, &trainer.model)?;
     let mut st = match resume {
         Some(r) => {

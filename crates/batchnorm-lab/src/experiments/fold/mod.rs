@@ -24,9 +24,10 @@ use batchnorm_nn::fold::fold_batch_norm;
 use batchnorm_nn::layers::Mode;
 use batchnorm_nn::Sequential;
 
-use super::error::bad;
+use super::error::{at_least_one, bad, each_in_range, in_range};
 use super::mlp::{self, Activation};
 use super::parallel::run_jobs;
+use super::sampler::order_seed;
 use super::trainer::Trainer;
 use super::{convnet, LabError, EVAL_CHUNK};
 
@@ -106,32 +107,15 @@ impl Config {
         if self.mlp_steps == 0 || self.cnn_steps == 0 {
             return bad("--mlp-steps/--cnn-steps", 0.0, "must be at least 1");
         }
-        if self.batch_sizes.is_empty()
-            || self
-                .batch_sizes
-                .iter()
-                .any(|b| !(1..=EVAL_CHUNK).contains(b))
-        {
-            return bad(
-                "--batch-sizes",
-                0.0,
-                "need at least one, each between 1 and 1000",
-            );
-        }
-        if self.repeats == 0 {
-            return bad("--repeats", 0.0, "must be at least 1");
-        }
-        if !(1..=10_000).contains(&self.images) {
-            return bad("--images", self.images as f64, "must be in 1..=10000");
-        }
-        if self.threads == 0 {
-            return bad("--threads", 0.0, "must be at least 1");
-        }
-        Ok(())
-    }
-
-    fn order_seed(&self) -> u64 {
-        self.seed ^ 0x6261_7463_685f_6f72 // "batch_or", as fig1
+        each_in_range(
+            "--batch-sizes",
+            &self.batch_sizes,
+            1..=EVAL_CHUNK,
+            "need at least one, each between 1 and 1000",
+        )?;
+        at_least_one("--repeats", self.repeats)?;
+        in_range("--images", self.images, 1..=10_000, "must be in 1..=10000")?;
+        at_least_one("--threads", self.threads)
     }
 }
 
@@ -277,7 +261,7 @@ fn train(cfg: &Config, net: Net, data: &Mnist) -> Result<(Net, usize, Sequential
             cfg.cnn_steps,
         ),
     };
-    let mut trainer = Trainer::new(model, lr, 60, cfg.order_seed(), data.train.len())?;
+    let mut trainer = Trainer::new(model, lr, 60, order_seed(cfg.seed), data.train.len())?;
     for _ in 0..steps {
         trainer.step(&data.train)?;
     }

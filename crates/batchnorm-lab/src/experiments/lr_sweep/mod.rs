@@ -18,10 +18,11 @@ use std::time::Instant;
 use batchnorm_nn::data::Split;
 use batchnorm_nn::layers::Mode;
 
-use super::error::bad;
+use super::error::{at_least_one, bad, in_range, non_negative};
 use super::evaluate::Accuracy;
 use super::mlp::{self, Activation};
 use super::parallel::run_jobs;
+use super::sampler::order_seed;
 use super::trainer::Trainer;
 use super::{LabError, EVAL_CHUNK};
 use crate::progress::Progress;
@@ -82,30 +83,16 @@ impl Config {
         if let Some(&lr) = self.lrs.iter().find(|lr| !(lr.is_finite() && **lr > 0.0)) {
             return bad("--lrs", lr, "each must be finite and > 0");
         }
-        if self.steps == 0 {
-            return bad("--steps", 0.0, "must be at least 1");
-        }
-        if !(2..=60_000).contains(&self.batch_size) {
-            return bad(
-                "--batch-size",
-                self.batch_size as f64,
-                "must be between 2 and 60000",
-            );
-        }
-        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
-            return bad("--init-std", self.init_std, "must be finite and >= 0");
-        }
-        if self.log_every == 0 {
-            return bad("--log-every", 0.0, "must be at least 1");
-        }
-        if self.threads == 0 {
-            return bad("--threads", 0.0, "must be at least 1");
-        }
-        Ok(())
-    }
-
-    fn order_seed(&self) -> u64 {
-        self.seed ^ 0x6261_7463_685f_6f72 // "batch_or", as fig1
+        at_least_one("--steps", self.steps)?;
+        in_range(
+            "--batch-size",
+            self.batch_size,
+            2..=60_000,
+            "must be between 2 and 60000",
+        )?;
+        non_negative("--init-std", self.init_std)?;
+        at_least_one("--log-every", self.log_every)?;
+        at_least_one("--threads", self.threads)
     }
 }
 
@@ -251,7 +238,7 @@ fn train_one(
     test: &Split,
     bar: &crate::progress::NetProgress,
 ) -> Result<Run, LabError> {
-    let mut trainer = Trainer::new(model, lr, cfg.batch_size, cfg.order_seed(), train.len())?;
+    let mut trainer = Trainer::new(model, lr, cfg.batch_size, order_seed(cfg.seed), train.len())?;
     let t = Instant::now();
     let (mut initial_loss, mut max_loss) = (f64::NAN, f64::NEG_INFINITY);
     let (mut diverged_at, mut non_finite) = (None, false);
