@@ -5,89 +5,19 @@
 //! analytic derivative with respect to inputs and parameters is compared with the central
 //! difference `(f(v + h) - f(v - h)) / 2h`.
 //!
-//! Tolerance (as in `gradcheck.rs`): with `h = 1e-5` the truncation error `h^2 f''' / 6` is
-//! about 1e-10 (and exactly 0 for the piecewise-linear convolution and pooling, away from
-//! ties), the rounding error about `eps |f| / h` (1e-11 for |f| ~ 10); agreement to
-//! `1e-7 (1 + |g|)` leaves two orders of margin while a wrong term (an off-by-one in a window, a
-//! missed padding row, a gradient sent to the wrong argmax: errors of order |g|) fails it.
+//! The harness and its tolerance are in `common/mod.rs`: a wrong term (an off-by-one in a
+//! window, a missed padding row, a gradient sent to the wrong argmax) fails it.
 
 // Index loops read best here: `i` addresses the same element in the value and gradient tensors.
 #![allow(clippy::needless_range_loop)]
 
-use batchnorm::BatchNormConfig;
+mod common;
+
 use batchnorm_nn::layers::{
-    BatchNorm, Conv2d, Conv2dConfig, Flatten, Layer, Linear, MaxPool2d, MaxPool2dConfig, Mode, Relu,
+    Conv2d, Conv2dConfig, Flatten, Layer, Linear, MaxPool2d, MaxPool2dConfig, Mode, Relu,
 };
 use batchnorm_nn::{Rng, Sequential, SoftmaxCrossEntropy};
-
-const H: f64 = 1e-5;
-const TOL: f64 = 1e-7;
-
-fn randn(n: usize, std: f64, rng: &mut Rng) -> Vec<f64> {
-    (0..n).map(|_| std * rng.normal()).collect()
-}
-
-fn close(what: &str, analytic: f64, numeric: f64) {
-    assert!(
-        (analytic - numeric).abs() <= TOL * (1.0 + numeric.abs()),
-        "{what}: analytic {analytic:.12e} vs finite difference {numeric:.12e}"
-    );
-}
-
-/// `sum r y` for the layer's forward on `x`.
-fn objective(layer: &mut dyn Layer<f64>, x: &[f64], n: usize, mode: Mode, r: &[f64]) -> f64 {
-    let mut y = vec![0.0; n * layer.out_len()];
-    layer.forward(x, n, mode, &mut y).unwrap();
-    y.iter().zip(r).map(|(a, b)| a * b).sum()
-}
-
-/// Checks dx and every parameter gradient of `layer` at `x`; returns how many parameter
-/// tensors it checked.
-fn check_layer(layer: &mut dyn Layer<f64>, x: &[f64], n: usize, seed: u64) -> usize {
-    let mode = Mode::Train;
-    let mut rng = Rng::new(seed);
-    let r = randn(n * layer.out_len(), 1.0, &mut rng);
-    let mut y = vec![0.0; n * layer.out_len()];
-    layer.forward(x, n, mode, &mut y).unwrap();
-    // NaN-filled so that an element backward forgets to write fails the comparison.
-    let mut dx = vec![f64::NAN; x.len()];
-    layer.backward(x, &y, &r, n, Some(&mut dx)).unwrap();
-    let mut grads: Vec<Vec<f64>> = Vec::new();
-    layer.visit_params(&mut |p| grads.push(p.grad.to_vec()));
-
-    let name = layer.name();
-    let mut xp = x.to_vec();
-    for i in 0..x.len() {
-        xp[i] = x[i] + H;
-        let fp = objective(layer, &xp, n, mode, &r);
-        xp[i] = x[i] - H;
-        let fm = objective(layer, &xp, n, mode, &r);
-        xp[i] = x[i];
-        close(&format!("{name} dx[{i}]"), dx[i], (fp - fm) / (2.0 * H));
-    }
-    for (t, g) in grads.iter().enumerate() {
-        for i in 0..g.len() {
-            let f_at = |layer: &mut dyn Layer<f64>, v: f64| {
-                let bump = |layer: &mut dyn Layer<f64>, v: f64| {
-                    let mut k = 0;
-                    layer.visit_params(&mut |p| {
-                        if k == t {
-                            p.value[i] += v;
-                        }
-                        k += 1;
-                    });
-                };
-                bump(layer, v);
-                let f = objective(layer, x, n, mode, &r);
-                bump(layer, -v);
-                f
-            };
-            let num = (f_at(layer, H) - f_at(layer, -H)) / (2.0 * H);
-            close(&format!("{name} param {t}[{i}]"), g[i], num);
-        }
-    }
-    grads.len()
-}
+use common::{bn_with_params, check_layer, check_network_gradients, network_gradients, randn};
 
 fn conv_with_params(cfg: Conv2dConfig, rng: &mut Rng) -> Conv2d<f64> {
     let mut conv = Conv2d::gaussian(cfg, 0.5, rng).unwrap();
@@ -106,7 +36,11 @@ fn conv2d_3x3_padding_1() {
     };
     let mut conv = conv_with_params(cfg, &mut rng);
     let x = randn(2 * 2 * 5 * 4, 1.0, &mut rng);
-    assert_eq!(check_layer(&mut conv, &x, 2, 2), 2, "weight and bias");
+    assert_eq!(
+        check_layer(&mut conv, &x, 2, Mode::Train, 2),
+        2,
+        "weight and bias"
+    );
 }
 
 #[test]
@@ -122,7 +56,11 @@ fn conv2d_stride_2_padding_1_rectangular_kernel_no_bias() {
     let mut conv = conv_with_params(cfg, &mut rng);
     assert_eq!(conv.output_hw(), [3, 3]);
     let x = randn(3 * 2 * 6 * 5, 1.0, &mut rng);
-    assert_eq!(check_layer(&mut conv, &x, 3, 4), 1, "weight only");
+    assert_eq!(
+        check_layer(&mut conv, &x, 3, Mode::Train, 4),
+        1,
+        "weight only"
+    );
 }
 
 #[test]
@@ -140,7 +78,7 @@ fn conv2d_unequal_strides_wide_padding_and_skipped_inputs() {
     let mut conv = conv_with_params(cfg, &mut rng);
     assert_eq!(conv.output_hw(), [6, 3]);
     let x = randn(2 * 3 * 8, 1.0, &mut rng);
-    check_layer(&mut conv, &x, 2, 6);
+    check_layer(&mut conv, &x, 2, Mode::Train, 6);
 }
 
 /// Values whose pairwise gaps all exceed `gap`, in random order: no pooling window has a near
@@ -157,7 +95,7 @@ fn max_pool_2x2_stride_2() {
     let mut pool = MaxPool2d::new(MaxPool2dConfig::new(3, 2, [4, 5])).unwrap();
     assert_eq!(pool.output_hw(), [2, 2], "floor mode drops the last column");
     let x = spread(2 * 3 * 4 * 5, 0.01, &mut rng);
-    check_layer(&mut pool, &x, 2, 8);
+    check_layer(&mut pool, &x, 2, Mode::Train, 8);
 }
 
 #[test]
@@ -173,25 +111,14 @@ fn max_pool_overlapping_windows_with_padding() {
     let mut pool = MaxPool2d::new(cfg).unwrap();
     assert_eq!(pool.output_hw(), [3, 3]);
     let x = spread(2 * 2 * 5 * 6, 0.01, &mut rng);
-    check_layer(&mut pool, &x, 2, 10);
+    check_layer(&mut pool, &x, 2, Mode::Train, 10);
 }
 
 #[test]
 fn flatten() {
     let mut rng = Rng::new(11);
     let x = randn(3 * 12, 1.0, &mut rng);
-    check_layer(&mut Flatten::new(12).unwrap(), &x, 3, 12);
-}
-
-fn bn_with_params(dims: &[usize], rng: &mut Rng) -> BatchNorm<f64> {
-    let mut bn = BatchNorm::<f64>::new(dims, BatchNormConfig::default()).unwrap();
-    for w in &mut bn.inner.weight {
-        *w = 1.0 + 0.5 * rng.normal();
-    }
-    for b in &mut bn.inner.bias {
-        *b = rng.normal();
-    }
-    bn
+    check_layer(&mut Flatten::new(12).unwrap(), &x, 3, Mode::Train, 12);
 }
 
 /// Conv(1 -> 3, 3x3, pad 1) - BN2d - ReLU - MaxPool(2) - Flatten - Linear(27, 4) on 6 x 6.
@@ -216,11 +143,6 @@ fn small_conv_net(rng: &mut Rng) -> Sequential<f64> {
     Sequential::new(layers, 4).unwrap()
 }
 
-fn net_loss(net: &mut Sequential<f64>, x: &[f64], labels: &[u8], ce: &SoftmaxCrossEntropy) -> f64 {
-    let out = net.forward_from(x, labels.len(), Mode::Train).unwrap();
-    ce.forward(out, labels).unwrap().loss
-}
-
 #[test]
 fn whole_conv_net_with_batch_norm_2d() {
     let mut rng = Rng::new(21);
@@ -230,13 +152,7 @@ fn whole_conv_net_with_batch_norm_2d() {
     let x = randn(n * 36, 1.0, &mut rng);
     let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
 
-    net.forward_from(&x, n, Mode::Train).unwrap();
-    let (out, grad) = net.output_and_grad(n).unwrap();
-    ce.forward_backward(out, &labels, grad).unwrap();
-    net.backward(n, true).unwrap();
-    let dx = net.input_grad(n).to_vec();
-    let mut grads: Vec<Vec<f64>> = Vec::new();
-    net.visit_params(&mut |p| grads.push(p.grad.to_vec()));
+    let (dx, grads) = network_gradients(&mut net, &x, &labels, &ce);
     assert_eq!(
         grads.len(),
         6,
@@ -265,34 +181,5 @@ fn whole_conv_net_with_batch_norm_2d() {
         }
     }
 
-    let mut xp = x.clone();
-    for i in 0..x.len() {
-        xp[i] = x[i] + H;
-        let fp = net_loss(&mut net, &xp, &labels, &ce);
-        xp[i] = x[i] - H;
-        let fm = net_loss(&mut net, &xp, &labels, &ce);
-        xp[i] = x[i];
-        close(&format!("network dx[{i}]"), dx[i], (fp - fm) / (2.0 * H));
-    }
-    for (t, g) in grads.iter().enumerate() {
-        for i in 0..g.len() {
-            let mut f_at = |v: f64| {
-                let bump = |net: &mut Sequential<f64>, v: f64| {
-                    let mut k = 0;
-                    net.visit_params(&mut |p| {
-                        if k == t {
-                            p.value[i] += v;
-                        }
-                        k += 1;
-                    });
-                };
-                bump(&mut net, v);
-                let f = net_loss(&mut net, &x, &labels, &ce);
-                bump(&mut net, -v);
-                f
-            };
-            let num = (f_at(H) - f_at(-H)) / (2.0 * H);
-            close(&format!("network param {t}[{i}]"), g[i], num);
-        }
-    }
+    check_network_gradients(&mut net, &x, &labels, &ce, &dx, &grads);
 }

@@ -4,85 +4,18 @@
 //! `dL/dy = r`): every analytic derivative with respect to inputs and parameters is compared
 //! with the central difference `(f(v + h) - f(v - h)) / 2h`.
 //!
-//! Tolerance: with `h = 1e-5`, the central difference has truncation error `h^2 f''' / 6`
-//! (about 1e-10 for these O(1) functions) and rounding error about `eps |f| / h` (about 1e-11
-//! for |f| ~ 10), so agreement to `1e-7 * (1 + |g|)` leaves two orders of margin while any wrong
-//! term of a backward pass (errors of order |g|, 1e-2 and up) fails it.
+//! The harness and its tolerance are in `common/mod.rs`.
 
 // Index loops read best here: `i` addresses the same element in the value and gradient tensors.
 #![allow(clippy::needless_range_loop)]
 
-use batchnorm::BatchNormConfig;
-use batchnorm_nn::layers::{BatchNorm, Layer, Linear, Mode, Relu, Sigmoid};
+mod common;
+
+use batchnorm_nn::layers::{Layer, Linear, Mode, Relu, Sigmoid};
 use batchnorm_nn::{Rng, Sequential, SoftmaxCrossEntropy};
-
-const H: f64 = 1e-5;
-const TOL: f64 = 1e-7;
-
-fn randn(n: usize, std: f64, rng: &mut Rng) -> Vec<f64> {
-    (0..n).map(|_| std * rng.normal()).collect()
-}
-
-fn close(what: &str, analytic: f64, numeric: f64) {
-    assert!(
-        (analytic - numeric).abs() <= TOL * (1.0 + numeric.abs()),
-        "{what}: analytic {analytic:.12e} vs finite difference {numeric:.12e}"
-    );
-}
-
-/// `sum r y` for the layer's forward on `x`.
-fn objective(layer: &mut dyn Layer<f64>, x: &[f64], n: usize, mode: Mode, r: &[f64]) -> f64 {
-    let mut y = vec![0.0; n * layer.out_len()];
-    layer.forward(x, n, mode, &mut y).unwrap();
-    y.iter().zip(r).map(|(a, b)| a * b).sum()
-}
-
-/// Checks dx and every parameter gradient of `layer` at `x` in `mode`.
-fn check_layer(layer: &mut dyn Layer<f64>, x: &[f64], n: usize, mode: Mode, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let r = randn(n * layer.out_len(), 1.0, &mut rng);
-    let mut y = vec![0.0; n * layer.out_len()];
-    layer.forward(x, n, mode, &mut y).unwrap();
-    let mut dx = vec![0.0; x.len()];
-    layer.backward(x, &y, &r, n, Some(&mut dx)).unwrap();
-    let mut grads: Vec<Vec<f64>> = Vec::new();
-    layer.visit_params(&mut |p| grads.push(p.grad.to_vec()));
-
-    let name = layer.name();
-    let mut xp = x.to_vec();
-    for i in 0..x.len() {
-        xp[i] = x[i] + H;
-        let fp = objective(layer, &xp, n, mode, &r);
-        xp[i] = x[i] - H;
-        let fm = objective(layer, &xp, n, mode, &r);
-        xp[i] = x[i];
-        close(&format!("{name} dx[{i}]"), dx[i], (fp - fm) / (2.0 * H));
-    }
-    for (t, g) in grads.iter().enumerate() {
-        for i in 0..g.len() {
-            let f_at = |layer: &mut dyn Layer<f64>, v: f64| {
-                let mut k = 0;
-                layer.visit_params(&mut |p| {
-                    if k == t {
-                        p.value[i] += v;
-                    }
-                    k += 1;
-                });
-                let f = objective(layer, x, n, mode, &r);
-                let mut k = 0;
-                layer.visit_params(&mut |p| {
-                    if k == t {
-                        p.value[i] -= v;
-                    }
-                    k += 1;
-                });
-                f
-            };
-            let num = (f_at(layer, H) - f_at(layer, -H)) / (2.0 * H);
-            close(&format!("{name} param {t}[{i}]"), g[i], num);
-        }
-    }
-}
+use common::{
+    bn_with_params, check_layer, check_network_gradients, close, network_gradients, randn, H,
+};
 
 #[test]
 fn linear() {
@@ -111,17 +44,6 @@ fn relu_away_from_the_kink() {
         .map(|v| if v >= 0.0 { v + 0.1 } else { v - 0.1 })
         .collect();
     check_layer(&mut Relu::new(5).unwrap(), &x, 6, Mode::Train, 6);
-}
-
-fn bn_with_params(dims: &[usize], rng: &mut Rng) -> BatchNorm<f64> {
-    let mut bn = BatchNorm::<f64>::new(dims, BatchNormConfig::default()).unwrap();
-    for w in &mut bn.inner.weight {
-        *w = 1.0 + 0.5 * rng.normal();
-    }
-    for b in &mut bn.inner.bias {
-        *b = rng.normal();
-    }
-    bn
 }
 
 #[test]
@@ -201,11 +123,6 @@ fn small_net(rng: &mut Rng) -> Sequential<f64> {
     Sequential::new(layers, 8).unwrap()
 }
 
-fn net_loss(net: &mut Sequential<f64>, x: &[f64], labels: &[u8], ce: &SoftmaxCrossEntropy) -> f64 {
-    let out = net.forward_from(x, labels.len(), Mode::Train).unwrap();
-    ce.forward(out, labels).unwrap().loss
-}
-
 #[test]
 fn whole_network_with_softmax_cross_entropy() {
     let mut rng = Rng::new(20);
@@ -215,13 +132,7 @@ fn whole_network_with_softmax_cross_entropy() {
     let x = randn(n * 6, 1.0, &mut rng);
     let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
 
-    net.forward_from(&x, n, Mode::Train).unwrap();
-    let (out, grad) = net.output_and_grad(n).unwrap();
-    ce.forward_backward(out, &labels, grad).unwrap();
-    net.backward(n, true).unwrap();
-    let dx = net.input_grad(n).to_vec();
-    let mut grads: Vec<Vec<f64>> = Vec::new();
-    net.visit_params(&mut |p| grads.push(p.grad.to_vec()));
+    let (dx, grads) = network_gradients(&mut net, &x, &labels, &ce);
     assert_eq!(
         grads.len(),
         8,
@@ -234,37 +145,7 @@ fn whole_network_with_softmax_cross_entropy() {
         relu_in.iter().all(|v| v.abs() > 1e-3),
         "pick another seed: a ReLU input sits on the kink"
     );
-
-    let mut xp = x.clone();
-    for i in 0..x.len() {
-        xp[i] = x[i] + H;
-        let fp = net_loss(&mut net, &xp, &labels, &ce);
-        xp[i] = x[i] - H;
-        let fm = net_loss(&mut net, &xp, &labels, &ce);
-        xp[i] = x[i];
-        close(&format!("network dx[{i}]"), dx[i], (fp - fm) / (2.0 * H));
-    }
-    for (t, g) in grads.iter().enumerate() {
-        for i in 0..g.len() {
-            let mut f_at = |v: f64| {
-                let bump = |net: &mut Sequential<f64>, v: f64| {
-                    let mut k = 0;
-                    net.visit_params(&mut |p| {
-                        if k == t {
-                            p.value[i] += v;
-                        }
-                        k += 1;
-                    });
-                };
-                bump(&mut net, v);
-                let f = net_loss(&mut net, &x, &labels, &ce);
-                bump(&mut net, -v);
-                f
-            };
-            let num = (f_at(H) - f_at(-H)) / (2.0 * H);
-            close(&format!("network param {t}[{i}]"), g[i], num);
-        }
-    }
+    check_network_gradients(&mut net, &x, &labels, &ce, &dx, &grads);
 }
 
 #[test]
