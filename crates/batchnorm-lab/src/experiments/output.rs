@@ -1,9 +1,39 @@
-//! Writing an experiment's files: folders, text, numbers for CSV, figures.
+//! Writing an experiment's files (folders, text, numbers for CSV and JSON, figures) and the
+//! pieces of text its report and summary share.
 
 use std::path::Path;
 
 use super::LabError;
 use crate::plot::{Figure, LineStyle, Series};
+
+/// An experiment's outputs, written by [`write_outputs`].
+pub(crate) struct Outputs<'a> {
+    /// Tables: (file name, contents).
+    pub(crate) csv: &'a [(&'a str, String)],
+    /// Written to `summary.json`.
+    pub(crate) summary: serde_json::Value,
+    /// Figures: (file stem, figure), each saved as `stem.png` and `stem.svg`.
+    pub(crate) figures: &'a [(&'a str, Figure)],
+    /// Written to `report.md`.
+    pub(crate) report: String,
+}
+
+/// Creates `dir` and writes `out` into it: the tables, `summary.json`, the figures, then
+/// `report.md`.
+///
+/// # Errors
+/// [`LabError::Io`] or [`LabError::Plot`] naming the file that could not be written.
+pub(crate) fn write_outputs(dir: &Path, out: &Outputs<'_>) -> Result<(), LabError> {
+    create_dir(dir)?;
+    for (name, text) in out.csv {
+        write(&dir.join(name), text)?;
+    }
+    write_json(&dir.join("summary.json"), &out.summary)?;
+    for (stem, fig) in out.figures {
+        save_figure(fig, dir, stem)?;
+    }
+    write(&dir.join("report.md"), &out.report)
+}
 
 /// Creates `dir` and its parents.
 ///
@@ -55,6 +85,20 @@ pub(crate) fn num(v: f64) -> String {
     }
 }
 
+/// A number for JSON: `null` when not finite.
+pub(crate) fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+/// The key of a network with or without batch normalization in files: `"bn"` or `"plain"`.
+pub(crate) fn net_key(batch_norm: bool) -> &'static str {
+    if batch_norm {
+        "bn"
+    } else {
+        "plain"
+    }
+}
+
 /// A series with a label, its points and a line style.
 pub(crate) fn series(label: &str, points: Vec<(f64, f64)>, style: LineStyle) -> Series {
     Series {
@@ -70,4 +114,37 @@ pub(crate) fn pct(v: Option<f64>) -> String {
         Some(a) if a.is_finite() => format!("{:.2}%", 100.0 * a),
         _ => "n/a".into(),
     }
+}
+
+/// A step for a report table, `not reached` when absent.
+pub(crate) fn step_or_never(v: Option<usize>) -> String {
+    v.map_or_else(|| "not reached".into(), |s| s.to_string())
+}
+
+/// The best test accuracy and its step for a report table (`97.12% (step 500)`), `n/a` when
+/// absent.
+pub(crate) fn best_cell(best: Option<(f64, usize)>) -> String {
+    best.map_or("n/a".into(), |(a, st)| {
+        format!("{:.2}% (step {st})", 100.0 * a)
+    })
+}
+
+/// A loss with four decimals for a report table, `n/a` when absent.
+pub(crate) fn loss_cell(loss: Option<f64>) -> String {
+    loss.map_or("n/a".into(), |l| format!("{l:.4}"))
+}
+
+/// The report's last finding for experiments of independent runs: `- Time: 12.3 s wall clock
+/// for 8 runs with 2 thread(s).` (`what` names the runs).
+pub(crate) fn time_finding(wall_seconds: f64, n: usize, what: &str, threads: usize) -> String {
+    format!("- Time: {wall_seconds:.1} s wall clock for {n} {what} with {threads} thread(s).")
+}
+
+/// The last line an experiment prints to stdout: the wall time and where the outputs are.
+pub(crate) fn print_wall_time(wall_seconds: f64, out: &Path) {
+    println!(
+        "wall time {:.1} s; outputs in {}",
+        wall_seconds,
+        out.display()
+    );
 }

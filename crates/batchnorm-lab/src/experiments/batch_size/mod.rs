@@ -20,6 +20,7 @@ use batchnorm_nn::layers::Mode;
 use super::error::{at_least_one, bad, each_in_range, non_negative, positive};
 use super::evaluate::Accuracy;
 use super::mlp::{self, Activation};
+use super::output::print_wall_time;
 use super::parallel::run_jobs;
 use super::sampler::order_seed;
 use super::trainer::Trainer;
@@ -253,9 +254,5 @@ pub fn print_summary(o: &Outcome) {
             r.train_seconds
         );
     }
-    println!(
-        "wall time {:.1} s; outputs in {}",
-        o.wall_seconds,
-        o.config.out.display()
-    );
+    print_wall_time(o.wall_seconds, &o.config.out);
 }

@@ -6,18 +6,21 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::Outcome;
-use crate::experiments::output::{create_dir, num, pct, save_figure, series, write, write_json};
+use crate::experiments::output::{finite, num, pct, series, time_finding, write_outputs, Outputs};
 use crate::experiments::LabError;
 use crate::plot::{Figure, LineStyle, Panel};
 
 pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
-    let dir = &o.config.out;
-    create_dir(dir)?;
-    write(&dir.join("results.csv"), &results_csv(o))?;
-    write(&dir.join("curves.csv"), &curves_csv(o))?;
-    write_json(&dir.join("summary.json"), &summary_json(o))?;
-    save_figure(&figure(o), dir, "batch_size")?;
-    write(&dir.join("report.md"), &report_md(o))
+    let outputs = Outputs {
+        csv: &[
+            ("results.csv", results_csv(o)),
+            ("curves.csv", curves_csv(o)),
+        ],
+        summary: summary_json(o),
+        figures: &[("batch_size", figure(o))],
+        report: report_md(o),
+    };
+    write_outputs(&o.config.out, &outputs)
 }
 
 fn results_csv(o: &Outcome) -> String {
@@ -48,10 +51,6 @@ fn curves_csv(o: &Outcome) -> String {
         }
     }
     s
-}
-
-fn finite(v: f64) -> Option<f64> {
-    v.is_finite().then_some(v)
 }
 
 pub(super) fn summary_json(o: &Outcome) -> Value {
@@ -216,10 +215,8 @@ fn report_md(o: &Outcome) -> String {
     }
     let _ = writeln!(
         s,
-        "- Time: {:.1} s wall clock for {} runs with {} thread(s).",
-        o.wall_seconds,
-        o.runs.len(),
-        c.threads
+        "{}",
+        time_finding(o.wall_seconds, o.runs.len(), "runs", c.threads)
     );
     let _ = writeln!(
         s,

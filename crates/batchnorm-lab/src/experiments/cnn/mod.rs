@@ -16,6 +16,7 @@ use batchnorm_nn::Sequential;
 use super::convnet;
 use super::error::{at_least_one, in_range, positive};
 use super::evaluate::Accuracy;
+use super::output::{net_key, print_wall_time};
 use super::parallel::run_jobs;
 use super::sampler::order_seed;
 use super::trainer::Trainer;
@@ -128,11 +129,7 @@ pub struct NetRun {
 impl NetRun {
     /// `"bn"` or `"plain"`.
     pub fn key(&self) -> &'static str {
-        if self.batch_norm {
-            "bn"
-        } else {
-            "plain"
-        }
+        net_key(self.batch_norm)
     }
 
     /// Training seconds per full epoch: the median over epochs, scaled to a full epoch when
@@ -300,9 +297,5 @@ pub fn print_summary(o: &Outcome) {
             r.seconds_per_epoch()
         );
     }
-    println!(
-        "wall time {:.1} s; outputs in {}",
-        o.wall_seconds,
-        o.config.out.display()
-    );
+    print_wall_time(o.wall_seconds, &o.config.out);
 }

@@ -6,17 +6,20 @@ use serde_json::{json, Value};
 
 use super::{NetRun, Outcome};
 use crate::experiments::convnet::DESCRIPTION;
-use crate::experiments::output::{create_dir, num, pct, save_figure, series, write, write_json};
+use crate::experiments::output::{
+    best_cell, loss_cell, num, pct, series, step_or_never, write_outputs, Outputs,
+};
 use crate::experiments::LabError;
 use crate::plot::{Figure, LineStyle, Panel};
 
 pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
-    let dir = &o.config.out;
-    create_dir(dir)?;
-    write(&dir.join("metrics.csv"), &metrics_csv(o))?;
-    write_json(&dir.join("summary.json"), &summary_json(o))?;
-    save_figure(&figure(o), dir, "cnn")?;
-    write(&dir.join("report.md"), &report_md(o))
+    let outputs = Outputs {
+        csv: &[("metrics.csv", metrics_csv(o))],
+        summary: summary_json(o),
+        figures: &[("cnn", figure(o))],
+        report: report_md(o),
+    };
+    write_outputs(&o.config.out, &outputs)
 }
 
 fn metrics_csv(o: &Outcome) -> String {
@@ -116,10 +119,6 @@ fn figure(o: &Outcome) -> Figure {
     }
 }
 
-fn step_or_never(v: Option<usize>) -> String {
-    v.map_or_else(|| "not reached".into(), |s| s.to_string())
-}
-
 fn report_md(o: &Outcome) -> String {
     let c = &o.config;
     let (bn, plain) = (&o.bn, &o.plain);
@@ -145,12 +144,12 @@ fn report_md(o: &Outcome) -> String {
         pct(fin(bn)),
         pct(fin(plain))
     );
-    let b = |r: &NetRun| {
-        r.best().map_or("n/a".into(), |(a, st)| {
-            format!("{:.2}% (step {st})", 100.0 * a)
-        })
-    };
-    let _ = writeln!(s, "| best test accuracy | {} | {} |", b(bn), b(plain));
+    let _ = writeln!(
+        s,
+        "| best test accuracy | {} | {} |",
+        best_cell(bn.best()),
+        best_cell(plain.best())
+    );
     let _ = writeln!(
         s,
         "| steps to 95% / 98% | {} / {} | {} / {} |",
@@ -159,10 +158,7 @@ fn report_md(o: &Outcome) -> String {
         step_or_never(plain.steps_to(0.95)),
         step_or_never(plain.steps_to(0.98))
     );
-    let loss = |r: &NetRun| {
-        r.last()
-            .map_or("n/a".into(), |e| format!("{:.4}", e.train_loss))
-    };
+    let loss = |r: &NetRun| loss_cell(r.last().map(|e| e.train_loss));
     let _ = writeln!(
         s,
         "| training loss, last {} steps | {} | {} |",

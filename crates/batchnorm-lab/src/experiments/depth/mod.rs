@@ -25,6 +25,7 @@ use batchnorm_nn::{Sequential, SoftmaxCrossEntropy};
 use super::data::probe_seed;
 use super::error::{at_least_one, each_in_range, in_range, non_negative, positive};
 use super::mlp::{self, Activation};
+use super::output::{net_key, print_wall_time};
 use super::parallel::run_jobs;
 use super::sampler::order_seed;
 use super::trainer::Trainer;
@@ -184,11 +185,7 @@ pub struct NetRun {
 impl NetRun {
     /// `"bn"` or `"plain"`.
     pub fn key(&self) -> &'static str {
-        if self.batch_norm {
-            "bn"
-        } else {
-            "plain"
-        }
+        net_key(self.batch_norm)
     }
 }
 
@@ -231,7 +228,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     jobs.sort_by_key(|&(d, bn)| (std::cmp::Reverse(d), !bn));
     let progress = Progress::new();
     let mut runs = run_jobs(&jobs, cfg.threads, |_, &(depth, bn)| {
-        let name = format!("d{depth} {}", if bn { "bn" } else { "plain" });
+        let name = format!("d{depth} {}", net_key(bn));
         let bar = progress.add(&name, cfg.steps as u64);
         let r = run_one(
             cfg,
@@ -395,9 +392,5 @@ pub fn print_summary(o: &Outcome) {
             r.test_accuracy
         );
     }
-    println!(
-        "wall time {:.1} s; outputs in {}",
-        o.wall_seconds,
-        o.config.out.display()
-    );
+    print_wall_time(o.wall_seconds, &o.config.out);
 }

@@ -6,19 +6,24 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::{NetRun, Outcome, Snapshot};
-use crate::experiments::output::{create_dir, num, save_figure, series, write, write_json};
+use crate::experiments::output::{finite, num, series, time_finding, write_outputs, Outputs};
 use crate::experiments::LabError;
 use crate::plot::{Figure, LineStyle, Panel};
 
 pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
-    let dir = &o.config.out;
-    create_dir(dir)?;
-    write(&dir.join("gradients.csv"), &gradients_csv(o))?;
-    write(&dir.join("activations.csv"), &activations_csv(o))?;
-    write_json(&dir.join("summary.json"), &summary_json(o))?;
-    save_figure(&gradient_figure(o), dir, "depth")?;
-    save_figure(&preact_figure(o), dir, "depth_preact")?;
-    write(&dir.join("report.md"), &report_md(o))
+    let outputs = Outputs {
+        csv: &[
+            ("gradients.csv", gradients_csv(o)),
+            ("activations.csv", activations_csv(o)),
+        ],
+        summary: summary_json(o),
+        figures: &[
+            ("depth", gradient_figure(o)),
+            ("depth_preact", preact_figure(o)),
+        ],
+        report: report_md(o),
+    };
+    write_outputs(&o.config.out, &outputs)
 }
 
 fn stages(r: &NetRun) -> [(&'static str, &Snapshot); 2] {
@@ -68,10 +73,6 @@ fn activations_csv(o: &Outcome) -> String {
         }
     }
     s
-}
-
-fn finite(v: f64) -> Option<f64> {
-    v.is_finite().then_some(v)
 }
 
 fn snapshot_json(s: &Snapshot) -> Value {
@@ -404,10 +405,8 @@ fn report_md(o: &Outcome) -> String {
     );
     let _ = writeln!(
         s,
-        "- Time: {:.1} s wall clock for {} networks with {} thread(s).",
-        o.wall_seconds,
-        o.runs.len(),
-        c.threads
+        "{}",
+        time_finding(o.wall_seconds, o.runs.len(), "networks", c.threads)
     );
     let _ = writeln!(
         s,

@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use super::network::Variant;
 use super::train::NetRun;
 use super::{LabError, Outcome, PROBE_SIZE, PROBE_UNIT};
-use crate::experiments::output::{create_dir, num, pct, save_figure, series, write, write_json};
+use crate::experiments::output::{
+    best_cell, loss_cell, num, pct, series, step_or_never, write_outputs, Outputs,
+};
 use crate::plot::{Figure, LineStyle, Panel};
 
 /// Writes every output file into `outcome.config.out`, creating the folder.
@@ -15,12 +17,13 @@ use crate::plot::{Figure, LineStyle, Panel};
 /// # Errors
 /// [`LabError::Io`] or [`LabError::Plot`] naming the file that could not be written.
 pub(super) fn write_all(outcome: &Outcome) -> Result<(), LabError> {
-    let dir = &outcome.config.out;
-    create_dir(dir)?;
-    write(&dir.join("metrics.csv"), &metrics_csv(outcome))?;
-    save_figure(&figure(outcome), dir, "fig1")?;
-    write_json(&dir.join("summary.json"), &summary_json(outcome))?;
-    write(&dir.join("report.md"), &report_md(outcome))
+    let outputs = Outputs {
+        csv: &[("metrics.csv", metrics_csv(outcome))],
+        summary: summary_json(outcome),
+        figures: &[("fig1", figure(outcome))],
+        report: report_md(outcome),
+    };
+    write_outputs(&outcome.config.out, &outputs)
 }
 
 /// One row per network and evaluation.
@@ -142,10 +145,6 @@ fn figure(o: &Outcome) -> Figure {
     }
 }
 
-fn step_or_never(v: Option<usize>) -> String {
-    v.map_or_else(|| "not reached".into(), |s| format!("{s}"))
-}
-
 /// Range (max - min) of a percentile over the evaluations after step 0.
 fn spread(run: &NetRun, q: usize) -> f64 {
     let vals = run
@@ -177,7 +176,6 @@ fn report_md(o: &Outcome) -> String {
     let c = &o.config;
     let (bn, plain) = (&o.bn, &o.plain);
     let fin = |r: &NetRun| r.last().map(|e| e.test_accuracy);
-    let best = |r: &NetRun| r.best();
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -205,12 +203,12 @@ fn report_md(o: &Outcome) -> String {
         pct(fin(bn)),
         pct(fin(plain))
     );
-    let b = |r: &NetRun| {
-        best(r).map_or("n/a".into(), |(a, st)| {
-            format!("{:.2}% (step {st})", 100.0 * a)
-        })
-    };
-    let _ = writeln!(s, "| best test accuracy | {} | {} |", b(bn), b(plain));
+    let _ = writeln!(
+        s,
+        "| best test accuracy | {} | {} |",
+        best_cell(bn.best()),
+        best_cell(plain.best())
+    );
     let _ = writeln!(
         s,
         "| steps to 90% | {} | {} |",
@@ -223,10 +221,7 @@ fn report_md(o: &Outcome) -> String {
         step_or_never(bn.steps_to(0.95)),
         step_or_never(plain.steps_to(0.95))
     );
-    let loss = |r: &NetRun| {
-        r.last()
-            .map_or("n/a".into(), |e| format!("{:.4}", e.train_loss))
-    };
+    let loss = |r: &NetRun| loss_cell(r.last().map(|e| e.train_loss));
     let _ = writeln!(
         s,
         "| mean training loss, last {} steps | {} | {} |",

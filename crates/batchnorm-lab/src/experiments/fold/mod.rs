@@ -26,6 +26,7 @@ use batchnorm_nn::Sequential;
 
 use super::error::{at_least_one, bad, each_in_range, in_range};
 use super::mlp::{self, Activation};
+use super::output::print_wall_time;
 use super::parallel::run_jobs;
 use super::sampler::order_seed;
 use super::trainer::Trainer;
@@ -402,9 +403,5 @@ pub fn print_summary(o: &Outcome) {
             );
         }
     }
-    println!(
-        "wall time {:.1} s; outputs in {}",
-        o.wall_seconds,
-        o.config.out.display()
-    );
+    print_wall_time(o.wall_seconds, &o.config.out);
 }

@@ -5,17 +5,18 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::{NetResult, Outcome};
-use crate::experiments::output::{create_dir, pct, save_figure, series, write, write_json};
+use crate::experiments::output::{pct, series, write_outputs, Outputs};
 use crate::experiments::LabError;
 use crate::plot::{Figure, LineStyle, Panel};
 
 pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
-    let dir = &o.config.out;
-    create_dir(dir)?;
-    write(&dir.join("timing.csv"), &timing_csv(o))?;
-    write_json(&dir.join("summary.json"), &summary_json(o))?;
-    save_figure(&figure(o), dir, "fold")?;
-    write(&dir.join("report.md"), &report_md(o))
+    let outputs = Outputs {
+        csv: &[("timing.csv", timing_csv(o))],
+        summary: summary_json(o),
+        figures: &[("fold", figure(o))],
+        report: report_md(o),
+    };
+    write_outputs(&o.config.out, &outputs)
 }
 
 fn timing_csv(o: &Outcome) -> String {

@@ -21,6 +21,7 @@ use batchnorm_nn::layers::Mode;
 use super::error::{at_least_one, bad, in_range, non_negative};
 use super::evaluate::Accuracy;
 use super::mlp::{self, Activation};
+use super::output::{net_key, print_wall_time};
 use super::parallel::run_jobs;
 use super::sampler::order_seed;
 use super::trainer::Trainer;
@@ -129,11 +130,7 @@ pub struct Run {
 impl Run {
     /// `"bn"` or `"plain"`.
     pub fn net_key(&self) -> &'static str {
-        if self.batch_norm {
-            "bn"
-        } else {
-            "plain"
-        }
+        net_key(self.batch_norm)
     }
 
     /// Whether the run diverged (NaN or loss above 10x the initial loss).
@@ -183,11 +180,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     let progress = Progress::new();
     let total = jobs.len();
     let runs = run_jobs(&jobs, cfg.threads, |i, &(activation, bn, lr)| {
-        let name = format!(
-            "{} {} lr {lr}",
-            activation.key(),
-            if bn { "bn" } else { "plain" }
-        );
+        let name = format!("{} {} lr {lr}", activation.key(), net_key(bn));
         let bar = progress.add(&name, cfg.steps as u64);
         let model = mlp::build(&linears, activation, bn, cfg.batch_size.max(EVAL_CHUNK))?;
         let r = train_one(
@@ -305,9 +298,5 @@ pub fn print_summary(o: &Outcome) {
             if r.diverged() { ", diverged" } else { "" }
         );
     }
-    println!(
-        "wall time {:.1} s; outputs in {}",
-        o.wall_seconds,
-        o.config.out.display()
-    );
+    print_wall_time(o.wall_seconds, &o.config.out);
 }
