@@ -1,4 +1,4 @@
-//! Test-set accuracy in evaluation mode.
+//! Test-set accuracy in evaluation mode, and what a run's evaluations show.
 
 use batchnorm_nn::data::Split;
 use batchnorm_nn::layers::Mode;
@@ -83,5 +83,43 @@ impl Accuracy {
             }
         }
         Ok(correct as f64 / self.index.len().max(1) as f64)
+    }
+}
+
+/// The first evaluated step whose test accuracy is at or above `threshold`, from
+/// `(step, test accuracy)` in the order evaluated.
+pub(crate) fn first_step_reaching(
+    evals: impl IntoIterator<Item = (usize, f64)>,
+    threshold: f64,
+) -> Option<usize> {
+    evals
+        .into_iter()
+        .find(|&(_, a)| a >= threshold)
+        .map(|(step, _)| step)
+}
+
+/// The best test accuracy and its step (the first on ties), from `(step, test accuracy)` in
+/// the order evaluated.
+pub(crate) fn best_accuracy(evals: impl IntoIterator<Item = (usize, f64)>) -> Option<(f64, usize)> {
+    evals
+        .into_iter()
+        .fold(None, |best: Option<(f64, usize)>, (step, a)| match best {
+            Some((b, _)) if b >= a => best,
+            _ => Some((a, step)),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{best_accuracy, first_step_reaching};
+
+    #[test]
+    fn first_step_and_best_follow_the_evaluation_order() {
+        let evals = [(0, 0.1), (100, 0.9), (200, 0.95), (300, 0.95), (400, 0.93)];
+        assert_eq!(first_step_reaching(evals, 0.9), Some(100));
+        assert_eq!(first_step_reaching(evals, 0.95), Some(200));
+        assert_eq!(first_step_reaching(evals, 0.99), None);
+        assert_eq!(best_accuracy(evals), Some((0.95, 200)), "the first on ties");
+        assert_eq!(best_accuracy([]), None);
     }
 }

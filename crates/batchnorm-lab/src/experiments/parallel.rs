@@ -1,9 +1,27 @@
-//! Independent runs spread over worker threads.
+//! Independent runs spread over worker threads, and what a finished run reports.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::LabError;
+use crate::progress::NetProgress;
+
+/// Closes a finished run's progress bar, showing its step count, final training loss and test
+/// accuracy.
+pub(crate) fn finish_bar(bar: &NetProgress, steps: usize, loss: f64, test_accuracy: f64) {
+    bar.report(steps as u64, loss, f64::NAN, test_accuracy, false);
+    bar.finish();
+}
+
+/// One line `[experiment i/total] text` on stderr for the finished run `i` (from 0) of
+/// `total`, only where stderr is not a terminal (CI, a log file): on a terminal the progress
+/// bars show the same.
+pub(crate) fn log_run(experiment: &str, i: usize, total: usize, text: impl FnOnce() -> String) {
+    if !std::io::stderr().is_terminal() {
+        eprintln!("[{experiment} {}/{total}] {}", i + 1, text());
+    }
+}
 
 /// Runs `f(i, &jobs[i])` for every job on up to `threads` threads (at least one), each thread
 /// taking the next job not yet started, and returns the results in the jobs' order. Results do

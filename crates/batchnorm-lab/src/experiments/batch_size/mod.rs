@@ -10,7 +10,6 @@
 
 mod output;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -21,7 +20,7 @@ use super::error::{at_least_one, bad, each_in_range, non_negative, positive};
 use super::evaluate::Accuracy;
 use super::mlp::{self, Activation};
 use super::output::print_wall_time;
-use super::parallel::run_jobs;
+use super::parallel::{finish_bar, log_run, run_jobs};
 use super::sampler::order_seed;
 use super::trainer::Trainer;
 use super::{LabError, EVAL_CHUNK};
@@ -160,24 +159,16 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
         let bar = progress.add(&format!("batch {b}"), steps as u64);
         let model = mlp::build(&linears, Activation::Sigmoid, true, EVAL_CHUNK)?;
         let r = train_one(cfg, model, b, &data, &bar)?;
-        bar.report(
-            steps as u64,
-            r.final_train_loss,
-            f64::NAN,
-            r.test_accuracy,
-            false,
-        );
-        bar.finish();
-        if !std::io::stderr().is_terminal() {
-            eprintln!(
-                "[batch-size {}/{total}] batch {b}, lr {}: test accuracy {:.4} (running statistics), {:.4} (batch statistics), {:.1} s",
-                i + 1,
+        finish_bar(&bar, steps, r.final_train_loss, r.test_accuracy);
+        log_run("batch-size", i, total, || {
+            format!(
+                "batch {b}, lr {}: test accuracy {:.4} (running statistics), {:.4} (batch statistics), {:.1} s",
                 r.lr,
                 r.test_accuracy,
                 r.test_accuracy_batch_stats,
                 r.train_seconds
-            );
-        }
+            )
+        });
         Ok(r)
     })?;
     let outcome = Outcome {

@@ -15,7 +15,7 @@ use batchnorm_nn::Sequential;
 
 use super::convnet;
 use super::error::{at_least_one, in_range, positive};
-use super::evaluate::Accuracy;
+use super::evaluate::{best_accuracy, first_step_reaching, Accuracy};
 use super::output::{net_key, print_wall_time};
 use super::parallel::run_jobs;
 use super::sampler::order_seed;
@@ -143,20 +143,16 @@ impl NetRun {
 
     /// The first evaluated step with test accuracy at or above `threshold`.
     pub fn steps_to(&self, threshold: f64) -> Option<usize> {
-        self.evals
-            .iter()
-            .find(|e| e.test_accuracy >= threshold)
-            .map(|e| e.step)
+        first_step_reaching(self.accuracies(), threshold)
     }
 
     /// The best test accuracy and its step (first on ties).
     pub fn best(&self) -> Option<(f64, usize)> {
-        self.evals
-            .iter()
-            .fold(None, |best: Option<(f64, usize)>, e| match best {
-                Some((a, _)) if a >= e.test_accuracy => best,
-                _ => Some((e.test_accuracy, e.step)),
-            })
+        best_accuracy(self.accuracies())
+    }
+
+    fn accuracies(&self) -> impl Iterator<Item = (usize, f64)> + '_ {
+        self.evals.iter().map(|e| (e.step, e.test_accuracy))
     }
 
     /// The last evaluation.

@@ -158,35 +158,26 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     let progress = Progress::new();
     let bar_bn = progress.add(Variant::BatchNorm.key(), cfg.steps as u64);
     let bar_plain = progress.add(Variant::Plain.key(), cfg.steps as u64);
+    let train_bn = || train::train(Variant::BatchNorm, bn, &inputs, cfg, &bar_bn, resume_bn);
+    let train_plain = || {
+        train::train(
+            Variant::Plain,
+            plain,
+            &inputs,
+            cfg,
+            &bar_plain,
+            resume_plain,
+        )
+    };
     let (bn_run, plain_run) = if cfg.threads >= 2 {
         std::thread::scope(|s| {
-            let h = s.spawn(|| {
-                train::train(
-                    Variant::Plain,
-                    plain,
-                    &inputs,
-                    cfg,
-                    &bar_plain,
-                    resume_plain,
-                )
-            });
-            let bn_run = train::train(Variant::BatchNorm, bn, &inputs, cfg, &bar_bn, resume_bn);
+            let h = s.spawn(train_plain);
+            let bn_run = train_bn();
             let plain_run = h.join().map_err(|_| LabError::Panicked("plain".into()));
             (bn_run, plain_run.and_then(|r| r))
         })
     } else {
-        let bn_run = train::train(Variant::BatchNorm, bn, &inputs, cfg, &bar_bn, resume_bn);
-        (
-            bn_run,
-            train::train(
-                Variant::Plain,
-                plain,
-                &inputs,
-                cfg,
-                &bar_plain,
-                resume_plain,
-            ),
-        )
+        (train_bn(), train_plain())
     };
     let outcome = Outcome {
         config: cfg.clone(),

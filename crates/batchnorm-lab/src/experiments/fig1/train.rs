@@ -9,7 +9,7 @@ use batchnorm_nn::Sequential;
 use super::checkpoint::{self, NetState, Resumed};
 use super::network::{probe_layer, Variant};
 use super::{Config, LabError, PROBE_UNIT};
-use crate::experiments::evaluate::Accuracy;
+use crate::experiments::evaluate::{best_accuracy, first_step_reaching, Accuracy};
 use crate::experiments::sampler::order_seed;
 use crate::experiments::trainer::Trainer;
 use crate::percentile::percentiles;
@@ -54,10 +54,7 @@ impl NetRun {
 
     /// The first evaluated step at which test accuracy reached `threshold`.
     pub fn steps_to(&self, threshold: f64) -> Option<usize> {
-        self.evals
-            .iter()
-            .find(|e| e.test_accuracy >= threshold)
-            .map(|e| e.step)
+        first_step_reaching(self.accuracies(), threshold)
     }
 
     /// The last evaluation.
@@ -67,12 +64,11 @@ impl NetRun {
 
     /// The best test accuracy and the step it was reached (first on ties).
     pub fn best(&self) -> Option<(f64, usize)> {
-        self.evals
-            .iter()
-            .fold(None, |best: Option<(f64, usize)>, e| match best {
-                Some((a, _)) if a >= e.test_accuracy => best,
-                _ => Some((e.test_accuracy, e.step)),
-            })
+        best_accuracy(self.accuracies())
+    }
+
+    fn accuracies(&self) -> impl Iterator<Item = (usize, f64)> + '_ {
+        self.evals.iter().map(|e| (e.step, e.test_accuracy))
     }
 }
 

@@ -11,7 +11,6 @@
 
 mod output;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,7 +21,7 @@ use super::error::{at_least_one, bad, in_range, non_negative};
 use super::evaluate::Accuracy;
 use super::mlp::{self, Activation};
 use super::output::{net_key, print_wall_time};
-use super::parallel::run_jobs;
+use super::parallel::{finish_bar, log_run, run_jobs};
 use super::sampler::order_seed;
 use super::trainer::Trainer;
 use super::{LabError, EVAL_CHUNK};
@@ -191,27 +190,18 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
             &data.test,
             &bar,
         )?;
-        bar.report(
-            r.steps_done as u64,
-            r.final_loss,
-            f64::NAN,
-            r.test_accuracy,
-            false,
-        );
-        bar.finish();
-        // On a terminal the bars show the same; elsewhere (CI, a log file) a line per run.
-        if !std::io::stderr().is_terminal() {
-            eprintln!(
-                "[lr-sweep {}/{total}] {name}: test accuracy {:.4}{}",
-                i + 1,
+        finish_bar(&bar, r.steps_done, r.final_loss, r.test_accuracy);
+        log_run("lr-sweep", i, total, || {
+            format!(
+                "{name}: test accuracy {:.4}{}",
                 r.test_accuracy,
                 match (r.diverged_at, r.non_finite) {
                     (Some(s), true) => format!(", diverged (NaN) at step {s}"),
                     (Some(s), false) => format!(", diverged (loss > 10x initial) at step {s}"),
                     (None, _) => String::new(),
                 }
-            );
-        }
+            )
+        });
         Ok(r)
     })?;
     let outcome = Outcome {
