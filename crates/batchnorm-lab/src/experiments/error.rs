@@ -100,6 +100,20 @@ pub(crate) fn in_range(
     Ok(())
 }
 
+/// `--batch-size` of a training run on MNIST: 2 (batch statistics need two values) to 60,000
+/// (the training set).
+///
+/// # Errors
+/// [`LabError::Config`] "must be between 2 and 60000" naming `value`.
+pub(crate) fn train_batch_size(value: usize) -> Result<(), LabError> {
+    in_range(
+        "--batch-size",
+        value,
+        2..=60_000,
+        "must be between 2 and 60000",
+    )
+}
+
 /// A non-empty list of sizes, each in `range`; `why` states both to the user.
 ///
 /// # Errors

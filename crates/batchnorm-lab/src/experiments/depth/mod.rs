@@ -23,7 +23,9 @@ use batchnorm_nn::layers::Mode;
 use batchnorm_nn::{Sequential, SoftmaxCrossEntropy};
 
 use super::data::probe_seed;
-use super::error::{at_least_one, each_in_range, in_range, non_negative, positive};
+use super::error::{
+    at_least_one, each_in_range, in_range, non_negative, positive, train_batch_size,
+};
 use super::mlp::{self, Activation};
 use super::output::{net_key, print_wall_time};
 use super::parallel::run_jobs;
@@ -93,12 +95,7 @@ impl Config {
         )?;
         in_range("--width", self.width, 1..=10_000, "must be in 1..=10000")?;
         positive("--lr", self.lr)?;
-        in_range(
-            "--batch-size",
-            self.batch_size,
-            2..=60_000,
-            "must be between 2 and 60000",
-        )?;
+        train_batch_size(self.batch_size)?;
         non_negative("--init-gain", self.init_gain)?;
         in_range(
             "--probe",

@@ -19,7 +19,7 @@ pub use network::{Variant, WIDTHS};
 pub use train::{EvalRecord, NetRun, QUANTILES};
 
 use super::data::probe_seed;
-use super::error::{at_least_one, in_range, non_negative, positive};
+use super::error::{at_least_one, non_negative, positive, train_batch_size};
 pub use super::{LabError, EVAL_CHUNK};
 use crate::progress::Progress;
 /// Training images in the fixed probe batch.
@@ -81,12 +81,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), LabError> {
         at_least_one("--steps", self.steps)?;
         positive("--lr", self.lr)?;
-        in_range(
-            "--batch-size",
-            self.batch_size,
-            2..=60_000,
-            "must be between 2 and 60000",
-        )?;
+        train_batch_size(self.batch_size)?;
         non_negative("--init-std", self.init_std)?;
         at_least_one("--eval-every", self.eval_every)?;
         at_least_one("--threads", self.threads)?;

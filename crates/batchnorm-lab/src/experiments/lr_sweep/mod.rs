@@ -17,7 +17,7 @@ use std::time::Instant;
 use batchnorm_nn::data::Split;
 use batchnorm_nn::layers::Mode;
 
-use super::error::{at_least_one, bad, in_range, non_negative};
+use super::error::{at_least_one, bad, non_negative, train_batch_size};
 use super::evaluate::Accuracy;
 use super::mlp::{self, Activation};
 use super::output::{net_key, print_wall_time};
@@ -84,12 +84,7 @@ impl Config {
             return bad("--lrs", lr, "each must be finite and > 0");
         }
         at_least_one("--steps", self.steps)?;
-        in_range(
-            "--batch-size",
-            self.batch_size,
-            2..=60_000,
-            "must be between 2 and 60000",
-        )?;
+        train_batch_size(self.batch_size)?;
         non_negative("--init-std", self.init_std)?;
         at_least_one("--log-every", self.log_every)?;
         at_least_one("--threads", self.threads)
