@@ -6,7 +6,7 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
 use crate::plan::{
-    channels_per_item, fold_widened_in_place, rows_per_block, runs_per_piece, widen, Exec,
+    channels_per_item, fold_widened_in_place, reduce_per_channel, rows_per_block, widen, Exec, Span,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::multiversion;
@@ -18,6 +18,16 @@ use crate::tuning::LANES;
 pub(crate) struct GradSums {
     pub dy: f64,
     pub dy_xmu: f64,
+}
+
+impl GradSums {
+    /// The sums over both pieces.
+    fn add(self, other: Self) -> Self {
+        Self {
+            dy: self.dy + other.dy,
+            dy_xmu: self.dy_xmu + other.dy_xmu,
+        }
+    }
 }
 
 multiversion! {
@@ -129,47 +139,27 @@ pub(crate) fn grad_sums<T: Element>(
     wide: &mut GradMaps,
     out: &mut [GradSums],
 ) {
-    let (c, g) = (geo.channels, range.len());
-    let pieces = if geo.is_rows() {
-        let rows = rows_per_block(c);
+    if geo.is_rows() {
         widen(mean, &mut wide.mean);
-        let mean_w = &wide.mean;
-        parts.resize(geo.outer.div_ceil(rows) * c, GradSums::default());
-        for_each_chunk(exec.par, parts, c, |b, p| {
-            let start = b * rows * c;
-            let end = (start + rows * c).min(x.len());
-            let (xs, ds) = (&x[start..end], &dy[start..end]);
-            with_zeroed(2 * mean_w.len(), |s| {
-                block_grad_sums(exec.isa, xs, ds, mean_w, p, s)
-            });
-        });
-        geo.outer.div_ceil(rows)
-    } else {
-        let (inner, per) = (geo.inner, runs_per_piece(geo));
-        let sub = channels_per_item(inner);
-        let pieces = geo.outer.div_ceil(per);
-        parts.resize(pieces * g, GradSums::default());
-        for_each_chunk(exec.par, parts, g, |p, row| {
-            let count = per.min(geo.outer - p * per);
-            for_each_chunk(exec.par, row, sub, |k, pk| {
-                let first = range.start + k * sub;
-                let start = (p * per * c + first) * inner;
-                let r = start..start + (count - 1) * c * inner + pk.len() * inner;
-                let m = &mean[first..first + pk.len()];
-                let (xs, ds) = (&x[r.clone()], &dy[r]);
-                with_zeroed(2 * pk.len() * LANES, |s| {
-                    unit_grad_sums(exec.isa, xs, ds, c * inner, count, inner, m, pk, s)
-                });
-            });
-        });
-        pieces
-    };
-    for (j, s) in out[range].iter_mut().enumerate() {
-        *s = (0..pieces).fold(GradSums::default(), |acc, p| GradSums {
-            dy: acc.dy + parts[p * g + j].dy,
-            dy_xmu: acc.dy_xmu + parts[p * g + j].dy_xmu,
-        });
     }
+    let (mean_w, stride) = (&wide.mean, geo.channels * geo.inner);
+    let kernel = |span: Span, p: &mut [GradSums]| match span {
+        Span::Rows(r) => with_zeroed(2 * mean_w.len(), |s| {
+            block_grad_sums(exec.isa, &x[r.clone()], &dy[r], mean_w, p, s)
+        }),
+        Span::Runs {
+            elems,
+            first,
+            count,
+        } => {
+            let m = &mean[first..first + p.len()];
+            let (xs, ds) = (&x[elems.clone()], &dy[elems]);
+            with_zeroed(2 * p.len() * LANES, |s| {
+                unit_grad_sums(exec.isa, xs, ds, stride, count, geo.inner, m, p, s)
+            })
+        }
+    };
+    reduce_per_channel(geo, range, exec, parts, out, kernel, GradSums::add);
 }
 
 /// Per-channel coefficients of `dx = k * ((dy - a) - (x - mean) * b)`, evaluated in `f64`.

@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use crate::layout::Geometry;
-use crate::par::Par;
+use crate::par::{for_each_chunk, Par};
 use crate::simd::Isa;
 use crate::tuning::{
     ITEM_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_WIDTH, PIECE_ELEMS, ROW_BLOCK_ELEMS, WAVE_BYTES,
@@ -96,4 +96,68 @@ pub(crate) fn channel_groups(
     (0..geo.channels)
         .step_by(size)
         .map(move |c0| c0..(c0 + size).min(geo.channels))
+}
+
+/// The data of one unit of a per-channel reduction, as element ranges of the input.
+#[derive(Debug, Clone)]
+pub(crate) enum Span {
+    /// Channels-last: a block of whole rows; the unit's partial results cover every channel.
+    Rows(Range<usize>),
+    /// Channels-first: the runs of channels `first..first + len` (the unit's partial results) in
+    /// `count` consecutive outer blocks; `elems` runs from the first run to the end of the last.
+    Runs {
+        elems: Range<usize>,
+        first: usize,
+        count: usize,
+    },
+}
+
+/// Reduces per channel: `kernel(span, partial)` fills one unit's partial results (one per
+/// channel it covers) into `parts`, in parallel when `exec.par`; then the partials of each
+/// channel in `range` (all channels for channels-last input) are merged into `out[range]` in
+/// unit order, so the result does not depend on the threads.
+pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
+    geo: Geometry,
+    range: Range<usize>,
+    exec: Exec,
+    parts: &mut Vec<P>,
+    out: &mut [P],
+    kernel: impl Fn(Span, &mut [P]) + Sync + Send,
+    merge: impl Fn(P, P) -> P,
+) {
+    let (c, g) = (geo.channels, range.len());
+    let pieces = if geo.is_rows() {
+        let rows = rows_per_block(c);
+        let len = geo.len();
+        parts.resize(geo.outer.div_ceil(rows) * c, P::default());
+        for_each_chunk(exec.par, parts, c, |b, p| {
+            let start = b * rows * c;
+            kernel(Span::Rows(start..(start + rows * c).min(len)), p);
+        });
+        geo.outer.div_ceil(rows)
+    } else {
+        let (inner, per) = (geo.inner, runs_per_piece(geo));
+        let sub = channels_per_item(inner);
+        parts.resize(geo.outer.div_ceil(per) * g, P::default());
+        for_each_chunk(exec.par, parts, g, |p, row| {
+            let count = per.min(geo.outer - p * per);
+            for_each_chunk(exec.par, row, sub, |k, pk| {
+                let first = range.start + k * sub;
+                let start = (p * per * c + first) * inner;
+                let elems = start..start + (count - 1) * c * inner + pk.len() * inner;
+                kernel(
+                    Span::Runs {
+                        elems,
+                        first,
+                        count,
+                    },
+                    pk,
+                );
+            });
+        });
+        geo.outer.div_ceil(per)
+    };
+    for (j, o) in out[range].iter_mut().enumerate() {
+        *o = (0..pieces).fold(P::default(), |acc, p| merge(acc, parts[p * g + j]));
+    }
 }

@@ -8,10 +8,7 @@ use std::ops::Range;
 
 use crate::element::Element;
 use crate::layout::Geometry;
-use crate::par::for_each_chunk;
-use crate::plan::{
-    channels_per_item, fold_widened_in_place, row_width, rows_per_block, runs_per_piece, Exec,
-};
+use crate::plan::{fold_widened_in_place, reduce_per_channel, row_width, Exec, Span};
 use crate::scratch::with_zeroed;
 use crate::simd::multiversion;
 use crate::tuning::{LANES, RUN_CHUNK};
@@ -243,38 +240,16 @@ pub(crate) fn channel_moments<T: Element>(
     parts: &mut Vec<Moments>,
     out: &mut [Moments],
 ) {
-    let (c, g) = (geo.channels, range.len());
-    let pieces = if geo.is_rows() {
-        let rows = rows_per_block(c);
-        parts.resize(geo.outer.div_ceil(rows) * c, Moments::EMPTY);
-        for_each_chunk(exec.par, parts, c, |b, p| {
-            let start = b * rows * c;
-            let end = (start + rows * c).min(x.len());
-            with_zeroed(4 * row_width(c), |s| {
-                block_moments(exec.isa, &x[start..end], p, s)
-            });
-        });
-        geo.outer.div_ceil(rows)
-    } else {
-        let (inner, per) = (geo.inner, runs_per_piece(geo));
-        let sub = channels_per_item(inner);
-        let pieces = geo.outer.div_ceil(per);
-        parts.resize(pieces * g, Moments::EMPTY);
-        for_each_chunk(exec.par, parts, g, |p, row| {
-            let count = per.min(geo.outer - p * per);
-            for_each_chunk(exec.par, row, sub, |k, pk| {
-                let start = (p * per * c + range.start + k * sub) * inner;
-                let end = start + (count - 1) * c * inner + pk.len() * inner;
-                with_zeroed(3 * pk.len() * LANES, |s| {
-                    unit_moments(exec.isa, &x[start..end], c * inner, count, inner, pk, s)
-                });
-            });
-        });
-        pieces
+    let stride = geo.channels * geo.inner;
+    let kernel = |span: Span, p: &mut [Moments]| match span {
+        Span::Rows(r) => with_zeroed(4 * row_width(geo.channels), |s| {
+            block_moments(exec.isa, &x[r], p, s)
+        }),
+        Span::Runs { elems, count, .. } => with_zeroed(3 * p.len() * LANES, |s| {
+            unit_moments(exec.isa, &x[elems], stride, count, geo.inner, p, s)
+        }),
     };
-    for (j, m) in out[range].iter_mut().enumerate() {
-        *m = (0..pieces).fold(Moments::EMPTY, |acc, p| acc.merge(parts[p * g + j]));
-    }
+    reduce_per_channel(geo, range, exec, parts, out, kernel, Moments::merge);
 }
 
 #[cfg(test)]
