@@ -4,13 +4,9 @@ use std::ops::Range;
 
 use crate::element::Element;
 use crate::layout::Geometry;
-use crate::par::for_each_chunk;
-use crate::plan::{
-    channels_per_item, fold_widened_in_place, reduce_per_channel, rows_per_block, widen, Exec, Span,
-};
+use crate::plan::{fold_widened_in_place, map_per_channel, reduce_per_channel, widen, Exec, Span};
 use crate::scratch::with_zeroed;
 use crate::simd::multiversion;
-use crate::stream::write_out;
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -249,29 +245,15 @@ pub(crate) fn input_grad<T: Element>(
     maps: &GradMaps,
     wide: &mut GradMaps,
 ) {
-    let c = geo.channels;
     if geo.is_rows() {
-        let rows = rows_per_block(c);
         maps.widen_into(wide);
-        let wide = &*wide;
-        for_each_chunk(exec.par, dx, rows * c, |b, gb| {
-            let r = b * rows * c..b * rows * c + gb.len();
-            write_out(exec.isa, exec.stream, gb, |gb| {
-                rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gb, c, wide);
-            });
-        });
-    } else {
-        let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
-        for_each_chunk(exec.par, dx, c * inner, |o, go| {
-            let group = &mut go[range.start * inner..range.end * inner];
-            for_each_chunk(exec.par, group, sub * inner, |k, gk| {
-                let start = (o * c + range.start + k * sub) * inner;
-                let r = start..start + gk.len();
-                let first = range.start + k * sub;
-                write_out(exec.isa, exec.stream, gk, |gk| {
-                    runs_input_grad(exec.isa, &x[r.clone()], &dy[r], gk, inner, first, maps);
-                });
-            });
-        });
     }
+    let (wide, c, inner) = (&*wide, geo.channels, geo.inner);
+    map_per_channel(geo, range, exec, dx, |span, gs| match span {
+        Span::Rows(r) => rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gs, c, wide),
+        Span::Runs { elems, first, .. } => {
+            let (xs, ds) = (&x[elems.clone()], &dy[elems]);
+            runs_input_grad(exec.isa, xs, ds, gs, inner, first, maps)
+        }
+    });
 }

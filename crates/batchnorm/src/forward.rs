@@ -4,10 +4,8 @@ use std::ops::Range;
 
 use crate::element::Element;
 use crate::layout::Geometry;
-use crate::par::for_each_chunk;
-use crate::plan::{channels_per_item, rows_per_block, widen, Exec};
+use crate::plan::{map_per_channel, widen, Exec, Span};
 use crate::simd::multiversion;
-use crate::stream::write_out;
 
 /// Per-channel coefficients of `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated in the
 /// element type.
@@ -113,29 +111,14 @@ pub(crate) fn normalize<T: Element>(
     maps: &ChannelMaps<T>,
     wide: &mut ChannelMaps<T>,
 ) {
-    let c = geo.channels;
     if geo.is_rows() {
-        let rows = rows_per_block(c);
         maps.widen_into(wide);
-        let wide = &*wide;
-        for_each_chunk(exec.par, y, rows * c, |b, yb| {
-            let start = b * rows * c;
-            let xb = &x[start..start + yb.len()];
-            write_out(exec.isa, exec.stream, yb, |yb| {
-                normalize_rows(exec.isa, xb, yb, c, wide);
-            });
-        });
-    } else {
-        let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
-        for_each_chunk(exec.par, y, c * inner, |o, yo| {
-            let group = &mut yo[range.start * inner..range.end * inner];
-            for_each_chunk(exec.par, group, sub * inner, |k, yk| {
-                let start = (o * c + range.start + k * sub) * inner;
-                let xk = &x[start..start + yk.len()];
-                write_out(exec.isa, exec.stream, yk, |yk| {
-                    normalize_runs(exec.isa, xk, yk, inner, range.start + k * sub, maps);
-                });
-            });
-        });
     }
+    let (wide, c, inner) = (&*wide, geo.channels, geo.inner);
+    map_per_channel(geo, range, exec, y, |span, ys| match span {
+        Span::Rows(r) => normalize_rows(exec.isa, &x[r], ys, c, wide),
+        Span::Runs { elems, first, .. } => {
+            normalize_runs(exec.isa, &x[elems], ys, inner, first, maps)
+        }
+    });
 }

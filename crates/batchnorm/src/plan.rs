@@ -3,9 +3,11 @@
 
 use std::ops::Range;
 
+use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::{for_each_chunk, Par};
 use crate::simd::Isa;
+use crate::stream::write_out;
 use crate::tuning::{
     ITEM_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_WIDTH, PIECE_ELEMS, ROW_BLOCK_ELEMS, WAVE_BYTES,
 };
@@ -159,5 +161,45 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
     };
     for (j, o) in out[range].iter_mut().enumerate() {
         *o = (0..pieces).fold(P::default(), |acc, p| merge(acc, parts[p * g + j]));
+    }
+}
+
+/// Writes an element-wise pass: `kernel(span, out)` fills the part of `out` at `span` (the same
+/// element range of the inputs), in parallel when `exec.par`; for channels-first input only the
+/// channels in `range` are written (channels-last: all). Large outputs go through
+/// non-temporal stores ([`write_out`]).
+pub(crate) fn map_per_channel<T: Element>(
+    geo: Geometry,
+    range: Range<usize>,
+    exec: Exec,
+    out: &mut [T],
+    kernel: impl Fn(Span, &mut [T]) + Sync + Send,
+) {
+    let c = geo.channels;
+    let staged = |span: Span, o: &mut [T]| write_out(exec.isa, exec.stream, o, |o| kernel(span, o));
+    if geo.is_rows() {
+        let rows = rows_per_block(c);
+        for_each_chunk(exec.par, out, rows * c, |b, ob| {
+            let start = b * rows * c;
+            staged(Span::Rows(start..start + ob.len()), ob);
+        });
+    } else {
+        let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
+        for_each_chunk(exec.par, out, c * inner, |o, oo| {
+            let group = &mut oo[range.start * inner..range.end * inner];
+            for_each_chunk(exec.par, group, sub * inner, |k, ok| {
+                let first = range.start + k * sub;
+                let start = (o * c + first) * inner;
+                let elems = start..start + ok.len();
+                staged(
+                    Span::Runs {
+                        elems,
+                        first,
+                        count: 1,
+                    },
+                    ok,
+                );
+            });
+        });
     }
 }
