@@ -189,3 +189,24 @@ fn model_rejects_misfits_and_oversized_batches() {
     // Batch normalization of one sample has no batch variance: an error, not a panic.
     assert!(net.forward_from(&[0.5; 6], 1, Mode::Train).is_err());
 }
+
+#[test]
+fn layers_reject_batch_sizes_whose_length_overflows() {
+    // n * len overflows usize: every layer reports a length mismatch instead of panicking.
+    let mut rng = Rng::new(50);
+    let n = usize::MAX / 2;
+    let mut layers: Vec<Box<dyn Layer<f64>>> = vec![
+        Box::new(Linear::gaussian(4, 3, 1.0, &mut rng).unwrap()),
+        Box::new(Sigmoid::new(4).unwrap()),
+        Box::new(Relu::new(4).unwrap()),
+        Box::new(bn_with_params(&[4], &mut rng)),
+    ];
+    for layer in &mut layers {
+        let mut y = [0.0; 12];
+        assert!(
+            layer.forward(&[0.0; 8], n, Mode::Train, &mut y).is_err(),
+            "{}",
+            layer.name()
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! Element-wise activations.
 
-use super::{Layer, Mode};
-use crate::error::{check_len, NnError, Result};
+use super::{check_batch, Layer, Mode};
+use crate::error::{NnError, Result};
 use crate::scalar::Scalar;
 
 /// The logistic sigmoid `y = 1 / (1 + e^-x)`, element-wise.
@@ -41,8 +41,8 @@ impl<T: Scalar> Layer<T> for Sigmoid {
     }
 
     fn forward(&mut self, x: &[T], n: usize, _mode: Mode, y: &mut [T]) -> Result<()> {
-        check_len("sigmoid x", x.len(), n * self.len)?;
-        check_len("sigmoid y", y.len(), n * self.len)?;
+        check_batch("sigmoid x", x.len(), n, self.len)?;
+        check_batch("sigmoid y", y.len(), n, self.len)?;
         T::sigmoid_slice(x, y);
         Ok(())
     }
@@ -55,10 +55,10 @@ impl<T: Scalar> Layer<T> for Sigmoid {
         n: usize,
         dx: Option<&mut [T]>,
     ) -> Result<()> {
-        check_len("sigmoid y", y.len(), n * self.len)?;
-        check_len("sigmoid dy", dy.len(), n * self.len)?;
+        check_batch("sigmoid y", y.len(), n, self.len)?;
+        check_batch("sigmoid dy", dy.len(), n, self.len)?;
         if let Some(dx) = dx {
-            check_len("sigmoid dx", dx.len(), n * self.len)?;
+            check_batch("sigmoid dx", dx.len(), n, self.len)?;
             for ((g, &o), &d) in dx.iter_mut().zip(y).zip(dy) {
                 *g = d * o * (T::ONE - o);
             }
@@ -102,8 +102,8 @@ impl<T: Scalar> Layer<T> for Relu {
     }
 
     fn forward(&mut self, x: &[T], n: usize, _mode: Mode, y: &mut [T]) -> Result<()> {
-        check_len("relu x", x.len(), n * self.len)?;
-        check_len("relu y", y.len(), n * self.len)?;
+        check_batch("relu x", x.len(), n, self.len)?;
+        check_batch("relu y", y.len(), n, self.len)?;
         for (o, &i) in y.iter_mut().zip(x) {
             *o = if i > T::ZERO { i } else { T::ZERO };
         }
@@ -118,10 +118,10 @@ impl<T: Scalar> Layer<T> for Relu {
         n: usize,
         dx: Option<&mut [T]>,
     ) -> Result<()> {
-        check_len("relu x", x.len(), n * self.len)?;
-        check_len("relu dy", dy.len(), n * self.len)?;
+        check_batch("relu x", x.len(), n, self.len)?;
+        check_batch("relu dy", dy.len(), n, self.len)?;
         if let Some(dx) = dx {
-            check_len("relu dx", dx.len(), n * self.len)?;
+            check_batch("relu dx", dx.len(), n, self.len)?;
             for ((g, &i), &d) in dx.iter_mut().zip(x).zip(dy) {
                 *g = if i > T::ZERO { d } else { T::ZERO };
             }

@@ -2,8 +2,8 @@
 
 use batchnorm::{BatchNormConfig, Grads, Layout, Saved, Shape};
 
-use super::{Layer, Mode, Param};
-use crate::error::{check_len, NnError, Result};
+use super::{check_batch, Layer, Mode, Param};
+use crate::error::{NnError, Result};
 use crate::scalar::Scalar;
 
 /// Batch normalization of samples shaped `(C)` (after a linear layer, PyTorch's `BatchNorm1d`),
@@ -102,8 +102,8 @@ impl<T: Scalar> Layer<T> for BatchNorm<T> {
     }
 
     fn forward(&mut self, x: &[T], n: usize, mode: Mode, y: &mut [T]) -> Result<()> {
-        check_len("batch_norm x", x.len(), n * self.sample_len)?;
-        check_len("batch_norm y", y.len(), n * self.sample_len)?;
+        check_batch("batch_norm x", x.len(), n, self.sample_len)?;
+        check_batch("batch_norm y", y.len(), n, self.sample_len)?;
         let shape = self.shape(n)?;
         self.saved_n = None;
         let saved = &mut self.saved;
@@ -132,8 +132,8 @@ impl<T: Scalar> Layer<T> for BatchNorm<T> {
         n: usize,
         dx: Option<&mut [T]>,
     ) -> Result<()> {
-        check_len("batch_norm x", x.len(), n * self.sample_len)?;
-        check_len("batch_norm dy", dy.len(), n * self.sample_len)?;
+        check_batch("batch_norm x", x.len(), n, self.sample_len)?;
+        check_batch("batch_norm dy", dy.len(), n, self.sample_len)?;
         let shape = self.shape(n)?;
         if self.saved_n != Some(n) {
             return Err(NnError::BackwardBeforeForward {

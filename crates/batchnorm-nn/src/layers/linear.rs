@@ -1,7 +1,7 @@
 //! Fully connected layer.
 
-use super::{Layer, Mode, Param};
-use crate::error::{check_len, NnError, Result};
+use super::{check_batch, Layer, Mode, Param};
+use crate::error::{NnError, Result};
 use crate::init;
 use crate::matmul::{gemm, MatRef};
 use crate::rng::Rng;
@@ -75,8 +75,8 @@ impl<T: Scalar> Layer<T> for Linear<T> {
     }
 
     fn forward(&mut self, x: &[T], n: usize, _mode: Mode, y: &mut [T]) -> Result<()> {
-        check_len("linear x", x.len(), n * self.in_len)?;
-        check_len("linear y", y.len(), n * self.out_len)?;
+        check_batch("linear x", x.len(), n, self.in_len)?;
+        check_batch("linear y", y.len(), n, self.out_len)?;
         for row in y.chunks_exact_mut(self.out_len) {
             row.copy_from_slice(&self.bias);
         }
@@ -98,8 +98,8 @@ impl<T: Scalar> Layer<T> for Linear<T> {
         n: usize,
         dx: Option<&mut [T]>,
     ) -> Result<()> {
-        check_len("linear x", x.len(), n * self.in_len)?;
-        check_len("linear dy", dy.len(), n * self.out_len)?;
+        check_batch("linear x", x.len(), n, self.in_len)?;
+        check_batch("linear dy", dy.len(), n, self.out_len)?;
         let dyv = MatRef::row_major(dy, n, self.out_len);
         // dW = dy^T x
         gemm(
@@ -117,7 +117,7 @@ impl<T: Scalar> Layer<T> for Linear<T> {
             }
         }
         if let Some(dx) = dx {
-            check_len("linear dx", dx.len(), n * self.in_len)?;
+            check_batch("linear dx", dx.len(), n, self.in_len)?;
             // dx = dy W
             let w = MatRef::row_major(&self.weight, self.out_len, self.in_len);
             gemm(T::ONE, dyv, w, T::ZERO, dx)?;
