@@ -6,7 +6,7 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{fold_widened_in_place, map_per_channel, reduce_per_channel, widen, Exec, Span};
 use crate::scratch::with_zeroed;
-use crate::simd::multiversion;
+use crate::simd::{map2_prefetched, multiversion, prefetch_ahead};
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -55,6 +55,8 @@ multiversion! {
             let runs = x[r.clone()].chunks_exact(inner).zip(dy[r].chunks_exact(inner));
             for (j, (xr, dr)) in runs.enumerate() {
                 for (xs, ds) in xr.chunks(TILE).zip(dr.chunks(TILE)) {
+                    prefetch_ahead(xs);
+                    prefetch_ahead(ds);
                     let n = xs.len();
                     let tiles = d.iter_mut().zip(p.iter_mut());
                     for ((dv, pv), (&xv, &yv)) in tiles.zip(xs.iter().zip(ds)) {
@@ -99,6 +101,8 @@ multiversion! {
         let (c, w) = (out.len(), mean.len());
         let (s, sx) = scratch.split_at_mut(w);
         let row = |s: &mut [f64], sx: &mut [f64], xr: &[T], dr: &[T]| {
+            prefetch_ahead(xr);
+            prefetch_ahead(dr);
             let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
             for (((s, sx), &m), (&xv, &dv)) in acc.zip(xr.iter().zip(dr)) {
                 let d = dv.to_f64();
@@ -203,9 +207,9 @@ multiversion! {
         for (j, ((xr, dr), gr)) in runs.enumerate() {
             let ch = first + j;
             let (mean, k, a, b) = (maps.mean[ch], maps.k[ch], maps.a[ch], maps.b[ch]);
-            for ((g, &xv), &d) in gr.iter_mut().zip(xr).zip(dr) {
-                *g = T::from_f64(k * ((d.to_f64() - a) - (xv.to_f64() - mean) * b));
-            }
+            map2_prefetched(xr, dr, gr, |xv, d| {
+                T::from_f64(k * ((d.to_f64() - a) - (xv.to_f64() - mean) * b))
+            });
         }
     }
 }
@@ -215,6 +219,8 @@ multiversion! {
     /// per-channel maps repeated over one widened row.
     fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], channels: usize, maps: &GradMaps) {
         let row = |xr: &[T], dr: &[T], gr: &mut [T]| {
+            prefetch_ahead(xr);
+            prefetch_ahead(dr);
             let m = maps.mean.iter().zip(&maps.k).zip(maps.a.iter().zip(&maps.b));
             for ((g, (&xv, &dv)), ((&mean, &k), (&a, &b))) in gr.iter_mut().zip(xr.iter().zip(dr)).zip(m) {
                 *g = T::from_f64(k * ((dv.to_f64() - a) - (xv.to_f64() - mean) * b));

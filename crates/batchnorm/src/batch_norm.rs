@@ -23,8 +23,8 @@ use crate::stats::{channel_moments, Moments};
 ///
 /// where, with batch statistics, `mean` is the batch mean and `var` the BIASED batch variance
 /// (divided by m), and with running statistics they are `running_mean[c]`, `running_var[c]`.
-/// Statistics are accumulated in `f64` (two-pass within cache-sized pieces, Chan merging across
-/// them) and the mean is subtracted as a high and a low part, so `f32` outputs stay within
+/// Statistics are accumulated in `f64` (sums shifted by a value of each piece, Chan merging
+/// across pieces) and the mean is subtracted as a high and a low part, so `f32` outputs stay within
 /// `1e-5 * (1 + |y|)` of the `f64` truth even for inputs like `1e6 + randn`; a constant channel
 /// gives exactly `bias`. The backward map is evaluated in `f64`.
 ///

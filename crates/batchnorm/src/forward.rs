@@ -5,7 +5,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{map_per_channel, widen, Exec, Span};
-use crate::simd::multiversion;
+use crate::simd::{map_prefetched, multiversion, prefetch_ahead};
 
 /// Per-channel coefficients of `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated in the
 /// element type.
@@ -68,9 +68,7 @@ multiversion! {
             let ch = first + j;
             let (hi, lo) = (maps.mean_hi[ch], maps.mean_lo[ch]);
             let (scale, shift) = (maps.scale[ch], maps.shift[ch]);
-            for (yv, &xv) in yr.iter_mut().zip(xr) {
-                *yv = ((xv - hi) - lo) * scale + shift;
-            }
+            map_prefetched(xr, yr, |xv| ((xv - hi) - lo) * scale + shift);
         }
     }
 }
@@ -83,6 +81,7 @@ multiversion! {
         let (hi, lo) = (&wide.mean_hi[..w], &wide.mean_lo[..w]);
         let (scale, shift) = (&wide.scale[..w], &wide.shift[..w]);
         let row = |xr: &[T], yr: &mut [T]| {
+            prefetch_ahead(xr);
             let maps = hi.iter().zip(lo).zip(scale.iter().zip(shift));
             for ((yv, &xv), ((&h, &l), (&s, &t))) in yr.iter_mut().zip(xr).zip(maps) {
                 *yv = ((xv - h) - l) * s + t;

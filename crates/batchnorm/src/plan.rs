@@ -75,8 +75,8 @@ pub(crate) fn channels_per_item(inner: usize) -> usize {
 }
 
 /// Consecutive outer blocks whose runs are reduced together in channels-first input: short runs
-/// are gathered up to [`PIECE_ELEMS`] values per channel, so that their reduction is two-pass
-/// over cache-resident data with one merge per piece, not one per run.
+/// are gathered up to [`PIECE_ELEMS`] values per channel, so that their reduction costs one merge
+/// per piece, not one per run.
 pub(crate) fn runs_per_piece(geo: Geometry) -> usize {
     (PIECE_ELEMS / geo.inner).clamp(1, geo.outer)
 }
@@ -179,9 +179,14 @@ pub(crate) fn map_per_channel<T: Element>(
     let staged = |span: Span, o: &mut [T]| write_out(exec.isa, exec.stream, o, |o| kernel(span, o));
     if geo.is_rows() {
         let rows = rows_per_block(c);
+        // Staged a slice of the block at a time, so that the staging buffer stays in L1.
+        let per_wide = row_width(c) / c;
+        let stage_rows = (ITEM_ELEMS / c).max(1).next_multiple_of(per_wide).min(rows);
         for_each_chunk(exec.par, out, rows * c, |b, ob| {
-            let start = b * rows * c;
-            staged(Span::Rows(start..start + ob.len()), ob);
+            for (s, os) in ob.chunks_mut(stage_rows * c).enumerate() {
+                let start = (b * rows + s * stage_rows) * c;
+                staged(Span::Rows(start..start + os.len()), os);
+            }
         });
     } else {
         let (inner, sub) = (geo.inner, channels_per_item(geo.inner));

@@ -1,8 +1,13 @@
 //! Per-channel statistics: count, mean and sum of squared deviations, accumulated in `f64`.
 //!
-//! Each contiguous chunk is summarised by the corrected two-pass algorithm (mean first, then the
-//! centred sums re-read from cache), and chunks are merged with Chan et al.'s pairwise update.
-//! The naive `E[x^2] - E[x]^2` is never used: it cancels catastrophically for large offsets.
+//! Each contiguous unit of at most a few thousand values is summarised in one pass by the
+//! shifted sums `dev = sum(x - c)` and `sq = sum((x - c)^2)` around its first value `c`, then
+//! `M2 = sq - dev^2 / n`; units are merged with Chan et al.'s pairwise update. The shift keeps
+//! the cancellation bounded: `(c - mean)^2` is one term of `M2`, so `sq <= (n + 1) M2` and the
+//! relative error of `M2` is at most about `n` units of `f64` rounding (in practice a few),
+//! far below an `f32` rounding. A constant unit gives exactly its value as the mean and zero
+//! as `M2`. The naive `E[x^2] - E[x]^2` is never used: it cancels catastrophically for large
+//! offsets.
 
 use std::ops::Range;
 
@@ -10,7 +15,7 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{fold_widened_in_place, reduce_per_channel, row_width, Exec, Span};
 use crate::scratch::with_zeroed;
-use crate::simd::multiversion;
+use crate::simd::{multiversion, prefetch_ahead};
 use crate::tuning::{LANES, RUN_CHUNK};
 
 /// Summary statistics of a set of values: count, mean, and M2 = sum((x - mean)^2).
@@ -45,29 +50,32 @@ impl Moments {
         m2: 0.0,
     };
 
-    /// The summary of `xs` by the corrected two-pass algorithm, in `f64`.
+    /// The summary of `xs`, in `f64`, from sums shifted by its first value (see the module
+    /// documentation for why that shift keeps the result accurate).
     #[inline(always)]
     pub fn of_slice<T: Element>(xs: &[T]) -> Self {
-        if xs.is_empty() {
+        let Some(&first) = xs.first() else {
             return Self::EMPTY;
-        }
-        let mut acc = [0.0f64; LANES];
-        add_lanes(&mut acc, xs);
-        let mean = acc.iter().sum::<f64>() / xs.len() as f64;
+        };
         let (mut dev, mut sq) = ([0.0f64; LANES], [0.0f64; LANES]);
-        add_centred_lanes(&mut dev, &mut sq, xs, mean);
-        Self::from_centred(xs.len() as u64, mean, dev.iter().sum(), sq.iter().sum())
+        add_shifted_lanes(&mut dev, &mut sq, xs, first.to_f64());
+        Self::from_shifted(
+            xs.len() as u64,
+            first.to_f64(),
+            dev.iter().sum(),
+            sq.iter().sum(),
+        )
     }
 
     /// Builds the summary from the sums `dev = sum(x - c)` and `sq = sum((x - c)^2)` around a
-    /// provisional centre `c` close to the mean (corrected two-pass: Chan, Golub & LeVeque 1983).
+    /// shift `c` that is one of the values.
     #[inline(always)]
-    fn from_centred(count: u64, centre: f64, dev: f64, sq: f64) -> Self {
+    fn from_shifted(count: u64, shift: f64, dev: f64, sq: f64) -> Self {
         let n = count as f64;
         let m2 = (sq - dev * dev / n).max(0.0);
         Self {
             count,
-            mean: centre + dev / n,
+            mean: shift + dev / n,
             m2,
         }
     }
@@ -102,25 +110,12 @@ impl Moments {
     }
 }
 
-/// `acc[l] += x[i]` (in `f64`) for `i % LANES == l`, in order.
-#[inline(always)]
-fn add_lanes<T: Element>(acc: &mut [f64; LANES], xs: &[T]) {
-    let (chunks, tail) = xs.as_chunks::<LANES>();
-    for c in chunks {
-        for l in 0..LANES {
-            acc[l] += c[l].to_f64();
-        }
-    }
-    for (a, &x) in acc.iter_mut().zip(tail) {
-        *a += x.to_f64();
-    }
-}
-
 /// `dev[l] += x[i] - c`, `sq[l] += (x[i] - c)^2` (in `f64`) for `i % LANES == l`, in order.
 #[inline(always)]
-fn add_centred_lanes<T: Element>(dev: &mut [f64; LANES], sq: &mut [f64; LANES], xs: &[T], c: f64) {
+fn add_shifted_lanes<T: Element>(dev: &mut [f64; LANES], sq: &mut [f64; LANES], xs: &[T], c: f64) {
     let (chunks, tail) = xs.as_chunks::<LANES>();
     for ch in chunks {
+        prefetch_ahead(ch);
         for l in 0..LANES {
             let v = ch[l].to_f64() - c;
             dev[l] += v;
@@ -137,8 +132,8 @@ fn add_centred_lanes<T: Element>(dev: &mut [f64; LANES], sq: &mut [f64; LANES], 
 multiversion! {
     /// The moments of `out.len()` neighbouring channels over `count` consecutive outer blocks of
     /// channels-first input: `x` starts at the first channel's run in the first block, blocks
-    /// are `stride` apart, runs `inner` long. Short runs are summed, then centred while the unit
-    /// is in cache (the corrected two-pass algorithm); long runs go chunk by chunk, merged.
+    /// are `stride` apart, runs `inner` long. Short runs are summed together, shifted by each
+    /// channel's first value; long runs go chunk by chunk, merged.
     fn unit_moments<T>(
         x: &[T],
         stride: usize,
@@ -160,72 +155,54 @@ multiversion! {
             }
             return;
         }
-        let n = count * inner;
         let (lanes, _) = scratch.as_chunks_mut::<LANES>();
-        let (acc, rest) = lanes.split_at_mut(g);
-        let (dev, sq) = rest.split_at_mut(g);
-        for k in 0..count {
-            for (a, run) in acc.iter_mut().zip(runs(k)) {
-                add_lanes(a, run);
-            }
-        }
-        let mean = |j: usize| acc[j].iter().sum::<f64>() / n as f64;
+        let (dev, sq) = lanes.split_at_mut(g);
+        let shift = |j: usize| x[j * inner].to_f64();
         for k in 0..count {
             for (j, run) in runs(k).enumerate() {
-                add_centred_lanes(&mut dev[j], &mut sq[j], run, mean(j));
+                add_shifted_lanes(&mut dev[j], &mut sq[j], run, shift(j));
             }
         }
+        let n = (count * inner) as u64;
         for (j, o) in out.iter_mut().enumerate() {
             let (d, q) = (dev[j].iter().sum(), sq[j].iter().sum());
-            *o = Moments::from_centred(n as u64, mean(j), d, q);
+            *o = Moments::from_shifted(n, shift(j), d, q);
         }
     }
 }
 
 multiversion! {
-    /// The per-channel moments of a block of rows of `out.len()` channels: summed, then centred
-    /// on the block mean while the block is still in cache. Vectorised along widened rows.
+    /// The per-channel moments of a block of rows of `out.len()` channels, in one pass shifted
+    /// by the block's first row. Vectorised along widened rows.
     fn block_moments<T>(block: &[T], out: &mut [Moments], scratch: &mut [f64]) {
         let c = out.len();
         let rows = block.len() / c;
         let w = row_width(c);
         let (wide, tail) = block.split_at(block.len() / w * w);
-        let (acc, rest) = scratch.split_at_mut(w);
-        let (mean_w, rest) = rest.split_at_mut(w);
+        let (shift, rest) = scratch.split_at_mut(w);
         let (dev, sq) = rest.split_at_mut(w);
-        for row in wide.chunks_exact(w) {
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += v.to_f64();
-            }
+        for (i, s) in shift.iter_mut().enumerate() {
+            *s = block[i % c].to_f64();
         }
-        for row in tail.chunks_exact(c) {
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += v.to_f64();
-            }
-        }
-        // Per-channel means, in place at the front of `acc`, then repeated over `mean_w`.
-        fold_widened_in_place(acc, c);
-        for (i, m) in mean_w.iter_mut().enumerate() {
-            *m = acc[i % c] / rows as f64;
-        }
-        let centred = |dev: &mut [f64], sq: &mut [f64], row: &[T]| {
-            let acc = dev.iter_mut().zip(sq.iter_mut()).zip(mean_w.iter());
-            for (((d, q), &m), &v) in acc.zip(row) {
-                let t = v.to_f64() - m;
+        let shifted = |dev: &mut [f64], sq: &mut [f64], row: &[T]| {
+            prefetch_ahead(row);
+            let acc = dev.iter_mut().zip(sq.iter_mut()).zip(shift.iter());
+            for (((d, q), &s), &v) in acc.zip(row) {
+                let t = v.to_f64() - s;
                 *d += t;
                 *q += t * t;
             }
         };
         for row in wide.chunks_exact(w) {
-            centred(dev, sq, row);
+            shifted(dev, sq, row);
         }
         for row in tail.chunks_exact(c) {
-            centred(dev, sq, row);
+            shifted(dev, sq, row);
         }
         fold_widened_in_place(dev, c);
         fold_widened_in_place(sq, c);
         for (i, o) in out.iter_mut().enumerate() {
-            *o = Moments::from_centred(rows as u64, mean_w[i], dev[i], sq[i]);
+            *o = Moments::from_shifted(rows as u64, shift[i], dev[i], sq[i]);
         }
     }
 }
@@ -242,10 +219,10 @@ pub(crate) fn channel_moments<T: Element>(
 ) {
     let stride = geo.channels * geo.inner;
     let kernel = |span: Span, p: &mut [Moments]| match span {
-        Span::Rows(r) => with_zeroed(4 * row_width(geo.channels), |s| {
+        Span::Rows(r) => with_zeroed(3 * row_width(geo.channels), |s| {
             block_moments(exec.isa, &x[r], p, s)
         }),
-        Span::Runs { elems, count, .. } => with_zeroed(3 * p.len() * LANES, |s| {
+        Span::Runs { elems, count, .. } => with_zeroed(2 * p.len() * LANES, |s| {
             unit_moments(exec.isa, &x[elems], stride, count, geo.inner, p, s)
         }),
     };
