@@ -41,31 +41,14 @@ multiversion! {
         out: &mut [GradSums],
         scratch: &mut [f64],
     ) {
-        // Widen a tile to f64 and form the products first (plain element-wise loops), then
-        // reduce each f64 tile into LANES accumulators: two single-input reductions vectorise
-        // where one fused two-input reduction does not.
-        const TILE: usize = 256;
         let g = out.len();
-        let mut d = [0.0f64; TILE];
-        let mut p = [0.0f64; TILE];
         let (lanes, _) = scratch.as_chunks_mut::<LANES>();
         let (s, sx) = lanes.split_at_mut(g);
         for k in 0..count {
             let r = k * stride..k * stride + g * inner;
             let runs = x[r.clone()].chunks_exact(inner).zip(dy[r].chunks_exact(inner));
             for (j, (xr, dr)) in runs.enumerate() {
-                for (xs, ds) in xr.chunks(TILE).zip(dr.chunks(TILE)) {
-                    prefetch_ahead(xs);
-                    prefetch_ahead(ds);
-                    let n = xs.len();
-                    let tiles = d.iter_mut().zip(p.iter_mut());
-                    for ((dv, pv), (&xv, &yv)) in tiles.zip(xs.iter().zip(ds)) {
-                        *dv = yv.to_f64();
-                        *pv = *dv * (xv.to_f64() - mean[j]);
-                    }
-                    accumulate_lanes(&mut s[j], &d[..n]);
-                    accumulate_lanes(&mut sx[j], &p[..n]);
-                }
+                add_grad_lanes(&mut s[j], &mut sx[j], xr, dr, mean[j]);
             }
         }
         for (j, o) in out.iter_mut().enumerate() {
@@ -74,17 +57,30 @@ multiversion! {
     }
 }
 
-/// `acc[l] += v[i]` for `i % LANES == l`, in order.
+/// `s[l] += dy[i]`, `sx[l] += dy[i] * (x[i] - mean)` (in `f64`) for `i % LANES == l`, in order.
 #[inline(always)]
-fn accumulate_lanes(acc: &mut [f64; LANES], v: &[f64]) {
-    let (chunks, tail) = v.as_chunks::<LANES>();
-    for c in chunks {
+fn add_grad_lanes<T: Element>(
+    s: &mut [f64; LANES],
+    sx: &mut [f64; LANES],
+    x: &[T],
+    dy: &[T],
+    mean: f64,
+) {
+    let (xc, xt) = x.as_chunks::<LANES>();
+    let (dc, dt) = dy.as_chunks::<LANES>();
+    for (xs, ds) in xc.iter().zip(dc) {
+        prefetch_ahead(xs);
+        prefetch_ahead(ds);
         for l in 0..LANES {
-            acc[l] += c[l];
+            let d = ds[l].to_f64();
+            s[l] += d;
+            sx[l] += d * (xs[l].to_f64() - mean);
         }
     }
-    for (a, &t) in acc.iter_mut().zip(tail) {
-        *a += t;
+    for (l, (&xv, &dv)) in xt.iter().zip(dt).enumerate() {
+        let d = dv.to_f64();
+        s[l] += d;
+        sx[l] += d * (xv.to_f64() - mean);
     }
 }
 
