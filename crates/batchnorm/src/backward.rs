@@ -106,8 +106,25 @@ multiversion! {
                 *sx += d * (xv.to_f64() - m);
             }
         };
+        // Two widened rows per step: their terms are added together first, so the
+        // accumulators (in L1, too many for registers) are loaded and stored once per two.
+        let pairs = x.len() / (2 * w) * (2 * w);
+        let both = x[..pairs].chunks_exact(2 * w).zip(dy[..pairs].chunks_exact(2 * w));
+        for (xq, dq) in both {
+            prefetch_ahead(xq);
+            prefetch_ahead(dq);
+            let ((x0, x1), (d0, d1)) = (xq.split_at(w), dq.split_at(w));
+            let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
+            let vals = x0.iter().zip(x1).zip(d0.iter().zip(d1));
+            for (((s, sx), &m), ((&u0, &u1), (&e0, &e1))) in acc.zip(vals) {
+                let (e0, e1) = (e0.to_f64(), e1.to_f64());
+                *s += e0 + e1;
+                *sx += e0 * (u0.to_f64() - m) + e1 * (u1.to_f64() - m);
+            }
+        }
         let split = x.len() / w * w;
-        for (xr, dr) in x[..split].chunks_exact(w).zip(dy[..split].chunks_exact(w)) {
+        let rest = x[pairs..split].chunks_exact(w).zip(dy[pairs..split].chunks_exact(w));
+        for (xr, dr) in rest {
             row(s, sx, xr, dr);
         }
         for (xr, dr) in x[split..].chunks_exact(c).zip(dy[split..].chunks_exact(c)) {

@@ -193,7 +193,21 @@ multiversion! {
                 *q += t * t;
             }
         };
-        for row in wide.chunks_exact(w) {
+        // Four widened rows per step: their terms are added together first, so the
+        // accumulators (in L1, too many for registers) are loaded and stored once per four.
+        let (quads, rest) = wide.split_at(wide.len() / (4 * w) * (4 * w));
+        for quad in quads.chunks_exact(4 * w) {
+            prefetch_ahead(quad);
+            let (r01, r23) = quad.split_at(2 * w);
+            let ((r0, r1), (r2, r3)) = (r01.split_at(w), r23.split_at(w));
+            for i in 0..w {
+                let t = |r: &[T]| r[i].to_f64() - shift[i];
+                let (t0, t1, t2, t3) = (t(r0), t(r1), t(r2), t(r3));
+                dev[i] += (t0 + t1) + (t2 + t3);
+                sq[i] += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
+            }
+        }
+        for row in rest.chunks_exact(w) {
             shifted(dev, sq, row);
         }
         for row in tail.chunks_exact(c) {
