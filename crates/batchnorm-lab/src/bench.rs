@@ -5,6 +5,10 @@
 //! and dy and writes dx, so its yardstick is `c = a + b` over the same sizes. Samples of the
 //! kernel and of its yardstick alternate, so both see the same machine noise; the report gives
 //! medians and their ratio.
+//!
+//! By default the buffers stay in cache between calls, as far as they fit ("hot"). With `cold`,
+//! every buffer is flushed from all cache levels before each timed call of the kernel and of the
+//! yardstick: the regime of a tensor larger than the last-level cache, whatever the machine.
 
 use std::time::{Duration, Instant};
 
@@ -36,8 +40,11 @@ pub struct Config {
     pub threads: Vec<usize>,
     /// Timed samples per measurement (the median is reported).
     pub samples: usize,
-    /// Minimum duration of one sample: fast calls are repeated until a sample lasts this long.
+    /// Minimum duration of one sample: fast calls are repeated until a sample lasts this long
+    /// (hot runs only; a cold sample is one call).
     pub min_sample: Duration,
+    /// Flush every buffer from the caches before each timed call.
+    pub cold: bool,
 }
 
 impl Default for Config {
@@ -48,6 +55,7 @@ impl Default for Config {
             threads: vec![1, 2],
             samples: 21,
             min_sample: Duration::from_millis(2),
+            cold: false,
         }
     }
 }
@@ -103,6 +111,8 @@ pub struct Row {
     pub median_ms: f64,
     /// Median time of the yardstick on the same bytes, milliseconds.
     pub yardstick_ms: f64,
+    /// Whether the buffers were flushed from the caches before each call.
+    pub cold: bool,
 }
 
 impl Row {
@@ -128,6 +138,7 @@ impl Row {
             "yardstick": self.op.yardstick(),
             "yardstick_ms": self.yardstick_ms,
             "ratio": self.ratio(),
+            "cache": if self.cold { "cold" } else { "hot" },
         })
     }
 }
@@ -199,6 +210,18 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>
         let mut failure = None;
         let (median_ms, yardstick_ms) = {
             let Buffers { x, y, dy, dx } = &mut b;
+            // The yardstick writes a scratch copy so the kernel's own inputs stay intact.
+            let mut scratch = vec![0.0f32; n];
+            scratch.copy_from_slice(x);
+            let regions: Vec<(usize, usize)> = [&**x, y, dy, dx, &scratch]
+                .iter()
+                .map(|b| (b.as_ptr() as usize, std::mem::size_of_val(*b)))
+                .collect();
+            let evict = || {
+                if cfg.cold {
+                    flush(&regions);
+                }
+            };
             let mut kernel = || {
                 let result = match op {
                     Op::ForwardTrain => bn.forward_into(x, shape, Mode::Train, y, &mut saved),
@@ -209,14 +232,11 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>
                     failure = Some(e);
                 }
             };
-            // The yardstick writes a scratch copy so the kernel's own inputs stay intact.
-            let mut scratch = vec![0.0f32; n];
-            scratch.copy_from_slice(x);
             let mut yardstick = || match op {
                 Op::Backward => add(x, dy, &mut scratch, threads),
                 _ => copy(x, &mut scratch, threads),
             };
-            time_pair(cfg, &mut kernel, &mut yardstick)
+            time_pair(cfg, &evict, &mut kernel, &mut yardstick)
         };
         if let Some(e) = failure {
             return Err(e);
@@ -228,6 +248,7 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>
             threads,
             median_ms,
             yardstick_ms,
+            cold: cfg.cold,
         });
     }
     Ok(rows)
@@ -253,16 +274,54 @@ fn add(a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
         });
 }
 
-/// Medians (ms per call) of the kernel and the yardstick, sampled alternately.
-fn time_pair(cfg: &Config, kernel: &mut dyn FnMut(), yardstick: &mut dyn FnMut()) -> (f64, f64) {
-    let reps = repetitions(cfg.min_sample, kernel).max(repetitions(cfg.min_sample, yardstick));
+/// Medians (ms per call) of the kernel and the yardstick, sampled alternately, each sample
+/// after `evict`.
+fn time_pair(
+    cfg: &Config,
+    evict: &dyn Fn(),
+    kernel: &mut dyn FnMut(),
+    yardstick: &mut dyn FnMut(),
+) -> (f64, f64) {
+    let reps = if cfg.cold {
+        1
+    } else {
+        repetitions(cfg.min_sample, kernel).max(repetitions(cfg.min_sample, yardstick))
+    };
     let mut k = Vec::with_capacity(cfg.samples);
     let mut y = Vec::with_capacity(cfg.samples);
     for _ in 0..cfg.samples {
+        evict();
         k.push(sample(reps, kernel));
+        evict();
         y.push(sample(reps, yardstick));
     }
     (median(&mut k), median(&mut y))
+}
+
+/// Evicts the cache lines of each `(address, bytes)` region from every cache level.
+#[cfg(target_arch = "x86_64")]
+fn flush(regions: &[(usize, usize)]) {
+    use std::arch::x86_64::{_mm_clflush, _mm_mfence};
+    for &(start, bytes) in regions {
+        for line in (start..start + bytes).step_by(64) {
+            // SAFETY: `line` lies inside a live allocation (the caller's buffers outlive every
+            // sample); CLFLUSH writes back and evicts the line without changing its contents,
+            // and SSE2 (which provides it) is part of the x86-64 baseline.
+            unsafe { _mm_clflush(line as *const u8) };
+        }
+    }
+    // SAFETY: a fence has no memory-safety preconditions.
+    unsafe { _mm_mfence() };
+}
+
+/// Cold runs flush by writing a buffer larger than common last-level caches.
+#[cfg(not(target_arch = "x86_64"))]
+fn flush(_regions: &[(usize, usize)]) {
+    let mut big = vec![0u8; 256 << 20];
+    for (i, b) in big.iter_mut().enumerate().step_by(64) {
+        *b = i as u8;
+    }
+    std::hint::black_box(&big);
 }
 
 /// How many calls make one sample last at least `min`.

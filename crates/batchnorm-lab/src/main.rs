@@ -63,6 +63,10 @@ struct BenchArgs {
     /// Print one JSON array instead of the table.
     #[arg(long)]
     json: bool,
+    /// Flush every buffer from the caches before each timed call of the kernel and of the
+    /// yardstick (the regime of tensors larger than the last-level cache).
+    #[arg(long)]
+    cold: bool,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +155,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut cfg = bench::Config {
         threads: a.threads,
         samples: a.samples.max(1),
+        cold: a.cold,
         ..Default::default()
     };
     if !a.shapes.is_empty() {

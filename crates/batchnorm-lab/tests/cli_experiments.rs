@@ -435,3 +435,38 @@ fn bad_options_are_errors_not_panics() {
         );
     }
 }
+
+#[test]
+fn bench_reports_every_op_against_its_yardstick_hot_and_cold() {
+    for (flag, cache) in [(None, "hot"), (Some("--cold"), "cold")] {
+        let mut cmd = bnlab();
+        cmd.args([
+            "bench",
+            "--shapes",
+            "4,3,5,5",
+            "--threads",
+            "1",
+            "--samples",
+            "3",
+        ])
+        .arg("--json");
+        cmd.args(flag);
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 6, "3 ops x 2 layouts");
+        for r in rows {
+            let yard = if r["op"] == "backward" { "add" } else { "copy" };
+            assert_eq!(r["yardstick"], yard);
+            assert_eq!(r["cache"], cache);
+            assert_eq!(r["shape"], serde_json::json!([4, 3, 5, 5]));
+            let (ms, yard_ms) = (
+                r["median_ms"].as_f64().unwrap(),
+                r["yardstick_ms"].as_f64().unwrap(),
+            );
+            assert!(ms > 0.0 && yard_ms > 0.0, "{r}");
+            assert!((r["ratio"].as_f64().unwrap() - ms / yard_ms).abs() < 1e-9 * ms / yard_ms);
+        }
+    }
+}
