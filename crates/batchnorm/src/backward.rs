@@ -4,9 +4,12 @@ use std::ops::Range;
 
 use crate::element::Element;
 use crate::layout::Geometry;
-use crate::plan::{fold_widened_in_place, map_per_channel, reduce_per_channel, widen, Exec, Span};
+use crate::plan::{
+    column_strips, fold_widened_in_place, map_per_channel, reduce_per_channel, steps_ahead, widen,
+    Exec, Span,
+};
 use crate::scratch::with_zeroed;
-use crate::simd::{map2_prefetched, multiversion, prefetch_ahead};
+use crate::simd::{map2_prefetched, multiversion, prefetch, prefetch_ahead};
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -96,7 +99,7 @@ multiversion! {
     ) {
         let (c, w) = (out.len(), mean.len());
         let (s, sx) = scratch.split_at_mut(w);
-        let row = |s: &mut [f64], sx: &mut [f64], xr: &[T], dr: &[T]| {
+        let row = |s: &mut [f64], sx: &mut [f64], mean: &[f64], xr: &[T], dr: &[T]| {
             prefetch_ahead(xr);
             prefetch_ahead(dr);
             let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
@@ -108,27 +111,36 @@ multiversion! {
         };
         // Two widened rows per step: their terms are added together first, so the
         // accumulators (in L1, too many for registers) are loaded and stored once per two.
-        let pairs = x.len() / (2 * w) * (2 * w);
-        let both = x[..pairs].chunks_exact(2 * w).zip(dy[..pairs].chunks_exact(2 * w));
-        for (xq, dq) in both {
-            prefetch_ahead(xq);
-            prefetch_ahead(dq);
-            let ((x0, x1), (d0, d1)) = (xq.split_at(w), dq.split_at(w));
-            let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
-            let vals = x0.iter().zip(x1).zip(d0.iter().zip(d1));
-            for (((s, sx), &m), ((&u0, &u1), (&e0, &e1))) in acc.zip(vals) {
-                let (e0, e1) = (e0.to_f64(), e1.to_f64());
-                *s += e0 + e1;
-                *sx += e0 * (u0.to_f64() - m) + e1 * (u1.to_f64() - m);
+        // Wide rows go one column strip at a time (the same sums per position, in the same
+        // order).
+        let pairs = x.len() / (2 * w);
+        let split = x.len() / w * w;
+        for cols in column_strips(w) {
+            let ahead = steps_ahead(4 * cols.len() * size_of::<T>());
+            let (s, sx, mean) = (&mut s[cols.clone()], &mut sx[cols.clone()], &mean[cols.clone()]);
+            for p in 0..pairs {
+                if p + ahead < pairs {
+                    let r = 2 * (p + ahead);
+                    for t in [x, dy] {
+                        prefetch(strip(t, w, &cols, r));
+                        prefetch(strip(t, w, &cols, r + 1));
+                    }
+                }
+                let (x0, x1, d0, d1) = (strip(x, w, &cols, 2 * p), strip(x, w, &cols, 2 * p + 1), strip(dy, w, &cols, 2 * p), strip(dy, w, &cols, 2 * p + 1));
+                let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
+                let vals = x0.iter().zip(x1).zip(d0.iter().zip(d1));
+                for (((s, sx), &m), ((&u0, &u1), (&e0, &e1))) in acc.zip(vals) {
+                    let (e0, e1) = (e0.to_f64(), e1.to_f64());
+                    *s += e0 + e1;
+                    *sx += e0 * (u0.to_f64() - m) + e1 * (u1.to_f64() - m);
+                }
+            }
+            for r in 2 * pairs..split / w {
+                row(s, sx, mean, strip(x, w, &cols, r), strip(dy, w, &cols, r));
             }
         }
-        let split = x.len() / w * w;
-        let rest = x[pairs..split].chunks_exact(w).zip(dy[pairs..split].chunks_exact(w));
-        for (xr, dr) in rest {
-            row(s, sx, xr, dr);
-        }
         for (xr, dr) in x[split..].chunks_exact(c).zip(dy[split..].chunks_exact(c)) {
-            row(s, sx, xr, dr);
+            row(s, sx, mean, xr, dr);
         }
         fold_widened_in_place(s, c);
         fold_widened_in_place(sx, c);
@@ -136,6 +148,12 @@ multiversion! {
             *o = GradSums { dy: s[i], dy_xmu: sx[i] };
         }
     }
+}
+
+/// Positions `cols` of widened row `r` (rows `w` long) of `t`.
+#[inline(always)]
+fn strip<'a, T>(t: &'a [T], w: usize, cols: &Range<usize>, r: usize) -> &'a [T] {
+    &t[r * w..][cols.clone()]
 }
 
 /// The gradient sums of the channels in `range` (all channels for channels-last input), written

@@ -9,7 +9,8 @@ use crate::par::{for_each_chunk, Par};
 use crate::simd::Isa;
 use crate::stream::write_out;
 use crate::tuning::{
-    ITEM_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_WIDTH, PIECE_ELEMS, ROW_BLOCK_ELEMS, WAVE_BYTES,
+    COLUMN_STRIP, ITEM_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_WIDTH, PIECE_ELEMS, PREFETCH_BYTES,
+    ROW_BLOCK_ELEMS, WAVE_BYTES,
 };
 
 /// The execution choices of one call.
@@ -56,6 +57,21 @@ pub(crate) fn widen<V: Copy>(per_channel: &[V], pattern: &mut Vec<V>) {
     let w = row_width(per_channel.len());
     pattern.clear();
     pattern.extend(per_channel.iter().cycle().take(w));
+}
+
+/// The column strips of a widened row of `w` positions: the channels-last reductions walk a
+/// block of rows one strip at a time, so that their per-position accumulators stay in L1 even
+/// for thousands of channels.
+pub(crate) fn column_strips(w: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..w)
+        .step_by(COLUMN_STRIP)
+        .map(move |s| s..(s + COLUMN_STRIP).min(w))
+}
+
+/// How many steps of `step_bytes` (the part of a strip one step reads) a strip walk prefetches
+/// ahead: about [`PREFETCH_BYTES`] of data, at least one step.
+pub(crate) fn steps_ahead(step_bytes: usize) -> usize {
+    PREFETCH_BYTES.div_ceil(step_bytes.max(1))
 }
 
 /// Folds a widened accumulator back to one value per channel, in a fixed order, into its own
@@ -159,8 +175,14 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
         });
         geo.outer.div_ceil(per)
     };
-    for (j, o) in out[range].iter_mut().enumerate() {
-        *o = (0..pieces).fold(P::default(), |acc, p| merge(acc, parts[p * g + j]));
+    // Piece by piece across the channels: each channel still merges its pieces in order, and
+    // the partials are read in memory order.
+    let out = &mut out[range];
+    out.fill(P::default());
+    for piece in parts[..pieces * g].chunks_exact(g) {
+        for (o, &p) in out.iter_mut().zip(piece) {
+            *o = merge(*o, p);
+        }
     }
 }
 

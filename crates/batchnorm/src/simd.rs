@@ -81,6 +81,27 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// Asks for the cache lines of `data` to be loaded into L1 (a hint, as [`prefetch_ahead`]).
+#[inline(always)]
+pub(crate) fn prefetch<T>(data: &[T]) {
+    prefetch_bytes(data.as_ptr().cast(), std::mem::size_of_val(data));
+}
+
+#[inline(always)]
+fn prefetch_bytes(start: *const i8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch never dereferences its address in the program's sense and
+            // cannot fault; SSE (which provides it) is part of the x86-64 baseline.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, bytes);
+}
+
 /// Asks for the cache lines [`PREFETCH_BYTES`] past `chunk` (as many bytes as it spans) to be
 /// loaded into L1. Streaming loops call it on each chunk they are about to process: their loads
 /// then stay in flight ahead of the arithmetic, which out-of-order execution alone does not
@@ -88,18 +109,8 @@ pub(crate) use multiversion;
 /// it never faults and changes no result; a no-op off x86-64.
 #[inline(always)]
 pub(crate) fn prefetch_ahead<T>(chunk: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let ahead = chunk.as_ptr().cast::<i8>().wrapping_add(PREFETCH_BYTES);
-        for offset in (0..std::mem::size_of_val(chunk)).step_by(64) {
-            // SAFETY: a prefetch never dereferences its address in the program's sense and
-            // cannot fault; SSE (which provides it) is part of the x86-64 baseline.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(offset)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = chunk;
+    let ahead = chunk.as_ptr().cast::<i8>().wrapping_add(PREFETCH_BYTES);
+    prefetch_bytes(ahead, std::mem::size_of_val(chunk));
 }
 
 /// Elements per step of the prefetching maps.

@@ -13,9 +13,11 @@ use std::ops::Range;
 
 use crate::element::Element;
 use crate::layout::Geometry;
-use crate::plan::{fold_widened_in_place, reduce_per_channel, row_width, Exec, Span};
+use crate::plan::{
+    column_strips, fold_widened_in_place, reduce_per_channel, row_width, steps_ahead, Exec, Span,
+};
 use crate::scratch::with_zeroed;
-use crate::simd::{multiversion, prefetch_ahead};
+use crate::simd::{multiversion, prefetch, prefetch_ahead};
 use crate::tuning::{LANES, RUN_CHUNK};
 
 /// Summary statistics of a set of values: count, mean, and M2 = sum((x - mean)^2).
@@ -184,9 +186,9 @@ multiversion! {
         for (i, s) in shift.iter_mut().enumerate() {
             *s = block[i % c].to_f64();
         }
-        let shifted = |dev: &mut [f64], sq: &mut [f64], row: &[T]| {
+        let shifted = |dev: &mut [f64], sq: &mut [f64], shift: &[f64], row: &[T]| {
             prefetch_ahead(row);
-            let acc = dev.iter_mut().zip(sq.iter_mut()).zip(shift.iter());
+            let acc = dev.iter_mut().zip(sq.iter_mut()).zip(shift);
             for (((d, q), &s), &v) in acc.zip(row) {
                 let t = v.to_f64() - s;
                 *d += t;
@@ -195,23 +197,32 @@ multiversion! {
         };
         // Four widened rows per step: their terms are added together first, so the
         // accumulators (in L1, too many for registers) are loaded and stored once per four.
-        let (quads, rest) = wide.split_at(wide.len() / (4 * w) * (4 * w));
-        for quad in quads.chunks_exact(4 * w) {
-            prefetch_ahead(quad);
-            let (r01, r23) = quad.split_at(2 * w);
-            let ((r0, r1), (r2, r3)) = (r01.split_at(w), r23.split_at(w));
-            for i in 0..w {
-                let t = |r: &[T]| r[i].to_f64() - shift[i];
-                let (t0, t1, t2, t3) = (t(r0), t(r1), t(r2), t(r3));
-                dev[i] += (t0 + t1) + (t2 + t3);
-                sq[i] += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
+        // Wide rows go one column strip at a time (the same sums per position, in the same
+        // order).
+        let quads = wide.len() / (4 * w);
+        let (whole, rest) = wide.split_at(quads * 4 * w);
+        for cols in column_strips(w) {
+            let part = |q: usize, k: usize| &whole[(4 * q + k) * w..][cols.clone()];
+            let ahead = steps_ahead(4 * cols.len() * size_of::<T>());
+            let (dev, sq, shift) = (&mut dev[cols.clone()], &mut sq[cols.clone()], &shift[cols.clone()]);
+            for q in 0..quads {
+                if q + ahead < quads {
+                    (0..4).for_each(|k| prefetch(part(q + ahead, k)));
+                }
+                let acc = dev.iter_mut().zip(sq.iter_mut()).zip(shift);
+                let rows = part(q, 0).iter().zip(part(q, 1)).zip(part(q, 2).iter().zip(part(q, 3)));
+                for (((d, s2), &s), ((&a, &b), (&e, &f))) in acc.zip(rows) {
+                    let (t0, t1, t2, t3) = (a.to_f64() - s, b.to_f64() - s, e.to_f64() - s, f.to_f64() - s);
+                    *d += (t0 + t1) + (t2 + t3);
+                    *s2 += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
+                }
+            }
+            for row in rest.chunks_exact(w) {
+                shifted(dev, sq, shift, &row[cols.clone()]);
             }
         }
-        for row in rest.chunks_exact(w) {
-            shifted(dev, sq, row);
-        }
         for row in tail.chunks_exact(c) {
-            shifted(dev, sq, row);
+            shifted(dev, sq, shift, row);
         }
         fold_widened_in_place(dev, c);
         fold_widened_in_place(sq, c);
