@@ -9,8 +9,8 @@ use crate::par::{for_each_chunk, Par};
 use crate::simd::Isa;
 use crate::stream::write_out;
 use crate::tuning::{
-    COLUMN_STRIP, ITEM_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_WIDTH, PIECE_ELEMS, PREFETCH_BYTES,
-    ROW_BLOCK_ELEMS, WAVE_BYTES,
+    COLUMN_STRIP, ITEM_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_BLOCKS, MIN_ROW_WIDTH, PIECE_ELEMS,
+    PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
 };
 
 /// The execution choices of one call.
@@ -43,13 +43,14 @@ pub(crate) fn row_width(channels: usize) -> usize {
     channels * MIN_ROW_WIDTH.div_ceil(channels)
 }
 
-/// Rows per block for channels-last input with `channels` channels: a whole number of widened
-/// rows.
-pub(crate) fn rows_per_block(channels: usize) -> usize {
-    let per_wide = row_width(channels) / channels;
-    (ROW_BLOCK_ELEMS / channels)
-        .max(MIN_BLOCK_ROWS)
-        .next_multiple_of(per_wide)
+/// Rows per block for channels-last input: a whole number of widened rows, about
+/// [`ROW_BLOCK_ELEMS`] values, but small enough that the tensor has [`MIN_ROW_BLOCKS`] blocks
+/// to share between threads, and at least [`MIN_BLOCK_ROWS`] rows.
+pub(crate) fn rows_per_block(geo: Geometry) -> usize {
+    let c = geo.channels;
+    let per_wide = row_width(c) / c;
+    let target = (geo.len() / MIN_ROW_BLOCKS).min(ROW_BLOCK_ELEMS);
+    (target / c).max(MIN_BLOCK_ROWS).next_multiple_of(per_wide)
 }
 
 /// `pattern[i] = per_channel[i % C]` over one widened row.
@@ -145,7 +146,7 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
 ) {
     let (c, g) = (geo.channels, range.len());
     let pieces = if geo.is_rows() {
-        let rows = rows_per_block(c);
+        let rows = rows_per_block(geo);
         let len = geo.len();
         parts.resize(geo.outer.div_ceil(rows) * c, P::default());
         for_each_chunk(exec.par, parts, c, |b, p| {
@@ -200,7 +201,7 @@ pub(crate) fn map_per_channel<T: Element>(
     let c = geo.channels;
     let staged = |span: Span, o: &mut [T]| write_out(exec.isa, exec.stream, o, |o| kernel(span, o));
     if geo.is_rows() {
-        let rows = rows_per_block(c);
+        let rows = rows_per_block(geo);
         // Staged a slice of the block at a time, so that the staging buffer stays in L1.
         let per_wide = row_width(c) / c;
         let stage_rows = (ITEM_ELEMS / c).max(1).next_multiple_of(per_wide).min(rows);
