@@ -4,7 +4,9 @@
 //! Forward passes read x and write y, so their yardstick is a copy of x into y; backward reads x
 //! and dy and writes dx, so its yardstick is `c = a + b` over the same sizes. Samples of the
 //! kernel and of its yardstick alternate, so both see the same machine noise; the report gives
-//! medians and their ratio.
+//! medians and their ratio. A third timing, reading the operation's inputs once (a sum), gives
+//! the floor of any algorithm that must read them twice (training forward, backward: the
+//! statistics need every input before the first output): `(read + yardstick) / yardstick`.
 //!
 //! By default the buffers stay in cache between calls, as far as they fit ("hot"). With `cold`,
 //! every buffer is flushed from all cache levels before each timed call of the kernel and of the
@@ -111,6 +113,8 @@ pub struct Row {
     pub median_ms: f64,
     /// Median time of the yardstick on the same bytes, milliseconds.
     pub yardstick_ms: f64,
+    /// Median time of reading the operation's inputs once (x; x and dy for backward).
+    pub read_ms: f64,
     /// Whether the buffers were flushed from the caches before each call.
     pub cold: bool,
 }
@@ -126,6 +130,18 @@ impl Row {
         self.median_ms / self.yardstick_ms
     }
 
+    /// The least ratio an operation that reads its inputs twice can reach, estimated as one
+    /// read more than the yardstick: `(read + yardstick) / yardstick`; 1.0 for evaluation, which
+    /// reads them once.
+    pub fn floor(&self) -> f64 {
+        match self.op {
+            Op::ForwardEval => 1.0,
+            Op::ForwardTrain | Op::Backward => {
+                (self.read_ms + self.yardstick_ms) / self.yardstick_ms
+            }
+        }
+    }
+
     /// The row as JSON.
     pub fn to_json(&self) -> serde_json::Value {
         json!({
@@ -138,6 +154,8 @@ impl Row {
             "yardstick": self.op.yardstick(),
             "yardstick_ms": self.yardstick_ms,
             "ratio": self.ratio(),
+            "read_ms": self.read_ms,
+            "floor": self.floor(),
             "cache": if self.cold { "cold" } else { "hot" },
         })
     }
@@ -208,7 +226,7 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>
     let mut rows = Vec::new();
     for op in [Op::ForwardTrain, Op::ForwardEval, Op::Backward] {
         let mut failure = None;
-        let (median_ms, yardstick_ms) = {
+        let [median_ms, yardstick_ms, read_ms] = {
             let Buffers { x, y, dy, dx } = &mut b;
             // The yardstick writes a scratch copy so the kernel's own inputs stay intact.
             let mut scratch = vec![0.0f32; n];
@@ -236,7 +254,11 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>
                 Op::Backward => add(x, dy, &mut scratch, threads),
                 _ => copy(x, &mut scratch, threads),
             };
-            time_pair(cfg, &evict, &mut kernel, &mut yardstick)
+            let mut read = || match op {
+                Op::Backward => read_all(&[x, dy]),
+                _ => read_all(&[x]),
+            };
+            time_alternating(cfg, &evict, [&mut kernel, &mut yardstick, &mut read])
         };
         if let Some(e) = failure {
             return Err(e);
@@ -248,6 +270,7 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>
             threads,
             median_ms,
             yardstick_ms,
+            read_ms,
             cold: cfg.cold,
         });
     }
@@ -274,28 +297,49 @@ fn add(a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
         });
 }
 
-/// Medians (ms per call) of the kernel and the yardstick, sampled alternately, each sample
-/// after `evict`.
-fn time_pair(
+/// Sums every value of `bufs`, split over the pool's threads: reads them once.
+fn read_all(bufs: &[&[f32]]) {
+    for b in bufs {
+        let piece = b.len().div_ceil(rayon::current_num_threads()).max(1);
+        let sum: f32 = b
+            .par_chunks(piece)
+            .map(|p| {
+                let mut acc = [0.0f32; 32];
+                let (chunks, tail) = p.as_chunks::<32>();
+                for c in chunks {
+                    for (a, v) in acc.iter_mut().zip(c) {
+                        *a += v;
+                    }
+                }
+                acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+            })
+            .sum();
+        std::hint::black_box(sum);
+    }
+}
+
+/// Medians (ms per call) of each function, sampled in turn, each sample after `evict`.
+fn time_alternating<const N: usize>(
     cfg: &Config,
     evict: &dyn Fn(),
-    kernel: &mut dyn FnMut(),
-    yardstick: &mut dyn FnMut(),
-) -> (f64, f64) {
+    mut fns: [&mut dyn FnMut(); N],
+) -> [f64; N] {
     let reps = if cfg.cold {
         1
     } else {
-        repetitions(cfg.min_sample, kernel).max(repetitions(cfg.min_sample, yardstick))
+        fns.iter_mut()
+            .map(|f| repetitions(cfg.min_sample, *f))
+            .max()
+            .unwrap_or(1)
     };
-    let mut k = Vec::with_capacity(cfg.samples);
-    let mut y = Vec::with_capacity(cfg.samples);
+    let mut times = [(); N].map(|()| Vec::with_capacity(cfg.samples));
     for _ in 0..cfg.samples {
-        evict();
-        k.push(sample(reps, kernel));
-        evict();
-        y.push(sample(reps, yardstick));
+        for (f, t) in fns.iter_mut().zip(&mut times) {
+            evict();
+            t.push(sample(reps, *f));
+        }
     }
-    (median(&mut k), median(&mut y))
+    times.map(|mut t| median(&mut t))
 }
 
 /// Evicts the cache lines of each `(address, bytes)` region from every cache level.

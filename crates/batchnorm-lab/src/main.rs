@@ -175,8 +175,18 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if !a.json {
         println!(
-            "{:<18} {:<14} {:<13} {:>3} {:>10} {:>8} {:>6} {:>10} {:>6}",
-            "shape", "layout", "op", "thr", "median ms", "GB/s", "yard", "yard ms", "ratio"
+            "{:<18} {:<14} {:<13} {:>3} {:>10} {:>8} {:>6} {:>10} {:>6} {:>8} {:>6}",
+            "shape",
+            "layout",
+            "op",
+            "thr",
+            "median ms",
+            "GB/s",
+            "yard",
+            "yard ms",
+            "ratio",
+            "read ms",
+            "floor"
         );
     }
     let rows = bench::run(&cfg, |r| {
@@ -188,7 +198,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(",");
             println!(
-                "{:<18} {:<14} {:<13} {:>3} {:>10.3} {:>8.1} {:>6} {:>10.3} {:>6.2}",
+                "{:<18} {:<14} {:<13} {:>3} {:>10.3} {:>8.1} {:>6} {:>10.3} {:>6.2} {:>8.3} {:>6.2}",
                 dims,
                 bench::layout_name(r.layout),
                 r.op.name(),
@@ -197,7 +207,9 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
                 r.gb_per_s(),
                 r.op.yardstick(),
                 r.yardstick_ms,
-                r.ratio()
+                r.ratio(),
+                r.read_ms,
+                r.floor()
             );
         }
     })?;
