@@ -6,7 +6,9 @@ Usage:
   python bench/peers/pytorch_bn.py --json > torch.json        # optional
   python bench/table.py ours.json [torch.json]
 Ratios are each kernel's median time over its yardstick's median time (copy of x for the
-forward passes, c = a + b for backward), both measured in the same process.
+forward passes, c = a + b for backward), both measured in the same process; the two-pass floor
+is (time to read the inputs once + yardstick) / yardstick, the least an operation that must read
+its inputs twice can reach (1.00 for evaluation, which reads them once).
 """
 import json
 import sys
@@ -22,13 +24,14 @@ def main():
     if len(sys.argv) > 2:
         for r in json.load(open(sys.argv[2])):
             torch[key(r, r["op"])] = r
-    print("| shape | layout | op | threads | ours ms | GB/s | yardstick ms | ours / yardstick"
+    print("| shape | layout | op | threads | ours ms | GB/s | yardstick ms | ours / yardstick | two-pass floor"
           + (" | PyTorch ms (prealloc) | PyTorch / its yardstick | PyTorch ms (allocating)" if torch else "") + " |")
-    print("|---|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if torch else ""))
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if torch else ""))
     for r in ours:
         shape = "x".join(map(str, r["shape"]))
         line = (f"| {shape} | {r['layout']} | {r['op']} | {r['threads']} | {r['median_ms']:.3f} | "
-                f"{r['gb_per_s']:.1f} | {r['yardstick_ms']:.3f} | **{r['ratio']:.2f}** |")
+                f"{r['gb_per_s']:.1f} | {r['yardstick_ms']:.3f} | **{r['ratio']:.2f}** | "
+                + (f"{r['floor']:.2f} |" if "floor" in r else "- |"))
         if torch:
             t = torch.get(key(r, r["op"]))
             a = torch.get(key(r, r["op"] + "_alloc"))
