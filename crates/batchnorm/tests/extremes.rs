@@ -133,3 +133,17 @@ fn nan_propagates_to_its_channel_only() {
     assert!(y.iter().skip(1).step_by(2).all(|v| v.is_finite()));
     assert!(bn.running_mean[0].is_nan() && bn.running_mean[1].is_finite());
 }
+
+#[test]
+fn wide_rows_walked_in_column_strips() {
+    // C = 1100: channels-last rows are reduced in column strips (512, 512, 76), over 105 rows
+    // (not a multiple of the four rows per step) in two row blocks.
+    let dims = [7, 1100, 3, 5];
+    let x = Rng::new(11).normals(dims.iter().product(), 1e3, 2.0);
+    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+        assert_exact(
+            &format!("{dims:?} {layout:?}"),
+            errors(&x, &dims, layout, 12).0,
+        );
+    }
+}
