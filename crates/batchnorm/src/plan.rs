@@ -7,10 +7,10 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::{for_each_chunk, Par};
 use crate::simd::Isa;
-use crate::stream::write_out;
+use crate::stream::streaming;
 use crate::tuning::{
-    COLUMN_STRIP, ITEM_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_BLOCKS, MIN_ROW_WIDTH, PIECE_ELEMS,
-    PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
+    COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_BLOCKS, MIN_ROW_WIDTH,
+    PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
 };
 
 /// The execution choices of one call.
@@ -190,7 +190,7 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
 /// Writes an element-wise pass: `kernel(span, out)` fills the part of `out` at `span` (the same
 /// element range of the inputs), in parallel when `exec.par`; for channels-first input only the
 /// channels in `range` are written (channels-last: all). Large outputs go through
-/// non-temporal stores ([`write_out`]).
+/// non-temporal stores ([`streaming`]), fenced once per task of about [`MAP_TASK_ELEMS`].
 pub(crate) fn map_per_channel<T: Element>(
     geo: Geometry,
     range: Range<usize>,
@@ -199,34 +199,42 @@ pub(crate) fn map_per_channel<T: Element>(
     kernel: impl Fn(Span, &mut [T]) + Sync + Send,
 ) {
     let c = geo.channels;
-    let staged = |span: Span, o: &mut [T]| write_out(exec.isa, exec.stream, o, |o| kernel(span, o));
+    let task = |pieces: &mut dyn Iterator<Item = (Span, &mut [T])>| {
+        streaming(exec.isa, exec.stream, |w| {
+            pieces.for_each(|(span, o)| w.write(o, |o| kernel(span, o)));
+        });
+    };
     if geo.is_rows() {
+        // A block per task, written a slice at a time so that staging stays in L1.
         let rows = rows_per_block(geo);
-        // Staged a slice of the block at a time, so that the staging buffer stays in L1.
         let per_wide = row_width(c) / c;
         let stage_rows = (ITEM_ELEMS / c).max(1).next_multiple_of(per_wide).min(rows);
         for_each_chunk(exec.par, out, rows * c, |b, ob| {
-            for (s, os) in ob.chunks_mut(stage_rows * c).enumerate() {
+            let mut slices = ob.chunks_mut(stage_rows * c).enumerate().map(|(s, os)| {
                 let start = (b * rows + s * stage_rows) * c;
-                staged(Span::Rows(start..start + os.len()), os);
-            }
+                (Span::Rows(start..start + os.len()), os)
+            });
+            task(&mut slices);
         });
     } else {
+        // Units of `sub` neighbouring channels in one outer block, grouped into tasks.
         let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
+        let per_task = (MAP_TASK_ELEMS / (sub * inner)).max(1) * sub;
         for_each_chunk(exec.par, out, c * inner, |o, oo| {
             let group = &mut oo[range.start * inner..range.end * inner];
-            for_each_chunk(exec.par, group, sub * inner, |k, ok| {
-                let first = range.start + k * sub;
-                let start = (o * c + first) * inner;
-                let elems = start..start + ok.len();
-                staged(
-                    Span::Runs {
+            for_each_chunk(exec.par, group, per_task * inner, |t, ot| {
+                let mut units = ot.chunks_mut(sub * inner).enumerate().map(|(k, ok)| {
+                    let first = range.start + t * per_task + k * sub;
+                    let start = (o * c + first) * inner;
+                    let elems = start..start + ok.len();
+                    let span = Span::Runs {
                         elems,
                         first,
                         count: 1,
-                    },
-                    ok,
-                );
+                    };
+                    (span, ok)
+                });
+                task(&mut units);
             });
         });
     }

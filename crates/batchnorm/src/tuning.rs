@@ -35,6 +35,12 @@ pub(crate) const MIN_ROW_WIDTH: usize = 64;
 /// better and cost more scheduling.
 pub(crate) const ITEM_ELEMS: usize = 4 * 1024;
 
+/// Target elements of one task of an element-wise pass over channels-first input (units of
+/// neighbouring channels grouped): each task fences its streamed stores once, so tasks much
+/// smaller than this pay for fences (one per 12 KiB unit cost 12% of a streamed pass); much
+/// larger ones balance threads worse on single images.
+pub(crate) const MAP_TASK_ELEMS: usize = 128 * 1024;
+
 /// Values of one channel reduced together in channels-first input with short runs: the runs of
 /// that many consecutive outer blocks are summed with one shift and merged once. Larger pieces
 /// loosen the bound on the shifted sums' cancellation (see [`crate::stats`]); smaller ones
