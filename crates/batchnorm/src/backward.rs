@@ -5,8 +5,8 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
-    column_strips, fold_widened_in_place, map_per_channel, reduce_per_channel, steps_ahead, widen,
-    Exec, Span,
+    column_strips, fold_widened_in_place, map_channel, map_per_channel, reduce_per_channel,
+    steps_ahead, widen, widen_iter, Disjoint, Exec, Span,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{map2_prefetched, multiversion, prefetch, prefetch_ahead};
@@ -157,7 +157,9 @@ fn strip<'a, T>(t: &'a [T], w: usize, cols: &Range<usize>, r: usize) -> &'a [T] 
 }
 
 /// The gradient sums of the channels in `range` (all channels for channels-last input), written
-/// to `out[range]`. `parts` is scratch for the per-piece partial sums.
+/// to `out` (one per channel of `range`). `mean` holds every channel's mean; `parts` is scratch
+/// for the per-piece partial sums, at least [`parts_len`](crate::plan::parts_len) long;
+/// `wide_mean` scratch for the means over a widened row.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn grad_sums<T: Element>(
     x: &[T],
@@ -166,14 +168,14 @@ pub(crate) fn grad_sums<T: Element>(
     range: Range<usize>,
     exec: Exec,
     mean: &[f64],
-    parts: &mut Vec<GradSums>,
-    wide: &mut GradMaps,
+    parts: &mut [GradSums],
+    wide_mean: &mut Vec<f64>,
     out: &mut [GradSums],
 ) {
     if geo.is_rows() {
-        widen(mean, &mut wide.mean);
+        widen(mean, wide_mean);
     }
-    let (mean_w, stride) = (&wide.mean, geo.channels * geo.inner);
+    let (mean_w, stride) = (&*wide_mean, geo.channels * geo.inner);
     let kernel = |span: Span, p: &mut [GradSums]| match span {
         Span::Rows(r) => with_zeroed(2 * mean_w.len(), |s| {
             block_grad_sums(exec.isa, &x[r.clone()], &dy[r], mean_w, p, s)
@@ -193,54 +195,54 @@ pub(crate) fn grad_sums<T: Element>(
     reduce_per_channel(geo, range, exec, parts, out, kernel, GradSums::add);
 }
 
-/// Per-channel coefficients of `dx = k * ((dy - a) - (x - mean) * b)`, evaluated in `f64`.
+/// The coefficients of one channel's `dx = k * ((dy - a) - (x - mean) * b)`, evaluated in `f64`.
 ///
 /// After batch statistics `k = gamma * invstd`, `a = sum(dy) / m`,
 /// `b = sum(dy * xhat) * invstd / m`; after running statistics (frozen BN) `a = b = 0`.
 /// The three terms nearly cancel when m is small (for m = 2, dx is about `dy * eps / var`), so
 /// they are combined in `f64` and rounded once.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct GradMaps {
-    pub mean: Vec<f64>,
-    pub k: Vec<f64>,
-    pub a: Vec<f64>,
-    pub b: Vec<f64>,
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct GradMap {
+    pub mean: f64,
+    pub k: f64,
+    pub a: f64,
+    pub b: f64,
 }
 
-impl GradMaps {
-    /// Writes the maps repeated over one widened row (see [`widen`]) into `wide`.
-    fn widen_into(&self, wide: &mut GradMaps) {
-        widen(&self.mean, &mut wide.mean);
-        widen(&self.k, &mut wide.k);
-        widen(&self.a, &mut wide.a);
-        widen(&self.b, &mut wide.b);
+impl GradMap {
+    #[inline(always)]
+    fn apply<T: Element>(self, x: T, dy: T) -> T {
+        T::from_f64(self.k * ((dy.to_f64() - self.a) - (x.to_f64() - self.mean) * self.b))
     }
+}
 
-    pub fn resize(&mut self, channels: usize) {
-        self.mean.resize(channels, 0.0);
-        self.k.resize(channels, 0.0);
-        self.a.resize(channels, 0.0);
-        self.b.resize(channels, 0.0);
+/// Per-channel maps repeated over one widened row (see [`widen`]), one array per coefficient.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WideGradMaps {
+    pub mean: Vec<f64>,
+    k: Vec<f64>,
+    a: Vec<f64>,
+    b: Vec<f64>,
+}
+
+impl WideGradMaps {
+    fn set(&mut self, maps: &[GradMap]) {
+        let field = |out: &mut Vec<f64>, f: fn(&GradMap) -> f64| {
+            widen_iter(maps.len(), maps.iter().map(f), out);
+        };
+        field(&mut self.mean, |m| m.mean);
+        field(&mut self.k, |m| m.k);
+        field(&mut self.a, |m| m.a);
+        field(&mut self.b, |m| m.b);
     }
 }
 
 multiversion! {
-    /// dx over consecutive runs of `inner` values, run `j` belonging to channel `first + j`.
-    fn runs_input_grad<T>(
-        x: &[T],
-        dy: &[T],
-        dx: &mut [T],
-        inner: usize,
-        first: usize,
-        maps: &GradMaps,
-    ) {
+    /// dx over consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
+    fn runs_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[GradMap]) {
         let runs = x.chunks_exact(inner).zip(dy.chunks_exact(inner)).zip(dx.chunks_exact_mut(inner));
-        for (j, ((xr, dr), gr)) in runs.enumerate() {
-            let ch = first + j;
-            let (mean, k, a, b) = (maps.mean[ch], maps.k[ch], maps.a[ch], maps.b[ch]);
-            map2_prefetched(xr, dr, gr, |xv, d| {
-                T::from_f64(k * ((d.to_f64() - a) - (xv.to_f64() - mean) * b))
-            });
+        for (((xr, dr), gr), &map) in runs.zip(maps) {
+            map2_prefetched(xr, dr, gr, |xv, d| map.apply(xv, d));
         }
     }
 }
@@ -248,7 +250,7 @@ multiversion! {
 multiversion! {
     /// dx over rows of `channels` channels, vectorised along widened rows; `maps` holds the
     /// per-channel maps repeated over one widened row.
-    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], channels: usize, maps: &GradMaps) {
+    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], channels: usize, maps: &WideGradMaps) {
         let row = |xr: &[T], dr: &[T], gr: &mut [T]| {
             prefetch_ahead(xr);
             prefetch_ahead(dr);
@@ -270,7 +272,8 @@ multiversion! {
     }
 }
 
-/// Writes the channels in `range` (all channels for channels-last input) of `dx`.
+/// Writes the channels in `range` (all channels for channels-last input) of `dx`. `maps` holds
+/// every channel's map.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn input_grad<T: Element>(
     x: &[T],
@@ -279,18 +282,34 @@ pub(crate) fn input_grad<T: Element>(
     geo: Geometry,
     range: Range<usize>,
     exec: Exec,
-    maps: &GradMaps,
-    wide: &mut GradMaps,
+    maps: &[GradMap],
+    wide: &mut WideGradMaps,
 ) {
     if geo.is_rows() {
-        maps.widen_into(wide);
+        wide.set(maps);
     }
     let (wide, c, inner) = (&*wide, geo.channels, geo.inner);
     map_per_channel(geo, range, exec, dx, |span, gs| match span {
         Span::Rows(r) => rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gs, c, wide),
         Span::Runs { elems, first, .. } => {
             let (xs, ds) = (&x[elems.clone()], &dy[elems]);
-            runs_input_grad(exec.isa, xs, ds, gs, inner, first, maps)
+            runs_input_grad(exec.isa, xs, ds, gs, inner, &maps[first..])
         }
+    });
+}
+
+/// Writes channel `ch` of channels-first `dx` with `map`, on this thread.
+pub(crate) fn input_grad_channel<T: Element>(
+    x: &[T],
+    dy: &[T],
+    dx: &Disjoint<'_, T>,
+    geo: Geometry,
+    ch: usize,
+    exec: Exec,
+    map: GradMap,
+) {
+    map_channel(geo, ch, exec, dx, |run, gs| {
+        let (xs, ds) = (&x[run.clone()], &dy[run]);
+        runs_input_grad(exec.isa, xs, ds, gs, geo.inner, std::slice::from_ref(&map))
     });
 }

@@ -1,13 +1,13 @@
 //! The BatchNorm module: parameters, running statistics, forward and backward.
 
-use crate::backward::{grad_sums, input_grad, GradMaps, GradSums};
+use crate::backward::{grad_sums, input_grad, input_grad_channel, GradMap, GradSums, WideGradMaps};
 use crate::config::{BatchNormConfig, Mode, Statistics};
 use crate::element::Element;
 use crate::error::{BatchNormError, Result};
-use crate::forward::{normalize, ChannelMaps};
+use crate::forward::{normalize, normalize_channel, ChannelMap, WideMaps};
 use crate::layout::Shape;
 use crate::par::Par;
-use crate::plan::{channel_groups, Exec};
+use crate::plan::{channel_groups, for_each_channel, parts_len, resident_channels, Disjoint, Exec};
 use crate::running_stats;
 use crate::simd::Isa;
 use crate::stats::{channel_moments, Moments};
@@ -73,6 +73,8 @@ pub struct BatchNorm<T> {
     config: BatchNormConfig,
     par: Par,
     isa: Isa,
+    /// Overrides the L2 budget detected for the machine (tests force both blockings with it).
+    l2_budget: Option<usize>,
     workspace: Workspace<T>,
 }
 
@@ -96,13 +98,13 @@ impl<T: PartialEq> PartialEq for BatchNorm<T> {
 struct Workspace<T> {
     moments: Vec<Moments>,
     moment_parts: Vec<Moments>,
-    maps: ChannelMaps<T>,
+    maps: Vec<ChannelMap<T>>,
     /// `maps` repeated over one widened row (channels-last input).
-    wide_maps: ChannelMaps<T>,
+    wide_maps: WideMaps<T>,
     sums: Vec<GradSums>,
     sum_parts: Vec<GradSums>,
-    grad_maps: GradMaps,
-    wide_grad_maps: GradMaps,
+    grad_maps: Vec<GradMap>,
+    wide_grad_maps: WideGradMaps,
 }
 
 impl<T> Default for Workspace<T> {
@@ -110,12 +112,12 @@ impl<T> Default for Workspace<T> {
         Self {
             moments: Vec::new(),
             moment_parts: Vec::new(),
-            maps: ChannelMaps::default(),
-            wide_maps: ChannelMaps::default(),
+            maps: Vec::new(),
+            wide_maps: WideMaps::default(),
             sums: Vec::new(),
             sum_parts: Vec::new(),
-            grad_maps: GradMaps::default(),
-            wide_grad_maps: GradMaps::default(),
+            grad_maps: Vec::new(),
+            wide_grad_maps: WideGradMaps::default(),
         }
     }
 }
@@ -178,6 +180,7 @@ impl<T: Element> BatchNorm<T> {
             config,
             par: Par::Seq,
             isa: Isa::detect(),
+            l2_budget: None,
             workspace: Workspace::default(),
         })
     }
@@ -349,6 +352,25 @@ impl<T: Element> BatchNorm<T> {
         result
     }
 
+    /// The execution choices for a call over `shape`.
+    fn exec(&self, shape: &Shape) -> Exec {
+        let mut exec = Exec::new(self.isa, self.par, shape.len(), std::mem::size_of::<T>());
+        if let Some(budget) = self.l2_budget {
+            exec.l2_budget = budget;
+        }
+        exec
+    }
+
+    /// `1 / sqrt(var + eps)`.
+    fn invstd(&self, var: f64) -> f64 {
+        1.0 / (var + self.config.eps).sqrt()
+    }
+
+    /// The normalising map of channel `ch`, with this module's weight and bias.
+    fn channel_map(&self, ch: usize, mean: f64, invstd: f64) -> ChannelMap<T> {
+        ChannelMap::new(mean, invstd, self.gamma(ch), self.beta(ch))
+    }
+
     fn gamma(&self, c: usize) -> f64 {
         if self.config.affine {
             self.weight[c].to_f64()
@@ -421,39 +443,56 @@ impl<T: Element> BatchNorm<T> {
             }
         }
 
-        let (c, eps) = (self.channels, self.config.eps);
+        let c = self.channels;
         let geo = shape.geometry();
-        let exec = Exec::new(self.isa, self.par, shape.len(), std::mem::size_of::<T>());
+        let exec = self.exec(shape);
+        let elem = std::mem::size_of::<T>();
         saved.mean64.resize(c, 0.0);
         saved.invstd64.resize(c, 0.0);
-        ws.maps.resize(c);
+        ws.maps.resize(c, ChannelMap::default());
         ws.moments.resize(c, Moments::EMPTY);
-        let set_map =
-            |saved: &mut Saved<T>, maps: &mut ChannelMaps<T>, ch: usize, mean: f64, var: f64| {
-                let invstd = 1.0 / (var + eps).sqrt();
-                saved.mean64[ch] = mean;
-                saved.invstd64[ch] = invstd;
-                maps.set(ch, mean, invstd, self.gamma(ch), self.beta(ch));
-            };
         match statistics {
+            Statistics::Batch if resident_channels(geo, elem, 1, exec.l2_budget) => {
+                // Channel by channel, each on one thread: its normalising pass reads it from L2.
+                let per = parts_len(geo, 1);
+                ws.moment_parts.resize(per * c, Moments::EMPTY);
+                let (y, seq) = (Disjoint::new(y), exec.sequential());
+                let parts = &mut ws.moment_parts;
+                for_each_channel(exec, &mut ws.moments, parts, per, |ch, m, parts| {
+                    channel_moments(x, geo, ch..ch + 1, seq, parts, std::slice::from_mut(m));
+                    let map = self.channel_map(ch, m.mean, self.invstd(m.variance()));
+                    normalize_channel(x, &y, geo, ch, seq, map);
+                });
+                for (ch, m) in ws.moments.iter().enumerate() {
+                    saved.mean64[ch] = m.mean;
+                    saved.invstd64[ch] = self.invstd(m.variance());
+                }
+            }
             Statistics::Batch => {
-                for group in channel_groups(geo, std::mem::size_of::<T>(), 1) {
+                // Channel group by channel group: a group's statistics pass leaves it in L3
+                // for its normalising pass.
+                for group in channel_groups(geo, elem, 1) {
                     let parts = &mut ws.moment_parts;
-                    channel_moments(x, geo, group.clone(), exec, parts, &mut ws.moments);
+                    parts.resize(parts_len(geo, group.len()), Moments::EMPTY);
+                    let moments = &mut ws.moments[group.clone()];
+                    channel_moments(x, geo, group.clone(), exec, parts, moments);
                     for ch in group.clone() {
-                        let m = ws.moments[ch];
-                        set_map(saved, &mut ws.maps, ch, m.mean, m.variance());
+                        let (mean, invstd) =
+                            (ws.moments[ch].mean, self.invstd(ws.moments[ch].variance()));
+                        saved.mean64[ch] = mean;
+                        saved.invstd64[ch] = invstd;
+                        ws.maps[ch] = self.channel_map(ch, mean, invstd);
                     }
                     normalize(x, y, geo, group, exec, &ws.maps, &mut ws.wide_maps);
                 }
             }
             Statistics::Running => {
                 for ch in 0..c {
-                    let (mean, var) = (
-                        self.running_mean[ch].to_f64(),
-                        self.running_var[ch].to_f64(),
-                    );
-                    set_map(saved, &mut ws.maps, ch, mean, var);
+                    let mean = self.running_mean[ch].to_f64();
+                    let invstd = self.invstd(self.running_var[ch].to_f64());
+                    saved.mean64[ch] = mean;
+                    saved.invstd64[ch] = invstd;
+                    ws.maps[ch] = self.channel_map(ch, mean, invstd);
                 }
                 normalize(x, y, geo, 0..c, exec, &ws.maps, &mut ws.wide_maps);
             }
@@ -498,45 +537,56 @@ impl<T: Element> BatchNorm<T> {
 
         let c = self.channels;
         let geo = shape.geometry();
-        let exec = Exec::new(self.isa, self.par, shape.len(), std::mem::size_of::<T>());
+        let exec = self.exec(shape);
+        let elem = std::mem::size_of::<T>();
         let m = shape.per_channel() as f64;
+        let grad_map = |ch: usize, sums: GradSums| {
+            let (mean, invstd) = (saved.mean64[ch], saved.invstd64[ch]);
+            let (a, b) = match statistics {
+                Statistics::Batch => (sums.dy / m, sums.dy_xmu * invstd * invstd / m),
+                Statistics::Running => (0.0, 0.0),
+            };
+            let k = self.gamma(ch) * invstd;
+            GradMap { mean, k, a, b }
+        };
         ws.sums.resize(c, GradSums::default());
-        ws.grad_maps.resize(c);
-        ws.grad_maps.mean.copy_from_slice(&saved.mean64);
-        for group in channel_groups(geo, std::mem::size_of::<T>(), 2) {
-            let (parts, sums, wide) = (&mut ws.sum_parts, &mut ws.sums, &mut ws.wide_grad_maps);
-            grad_sums(
-                x,
-                dy,
-                geo,
-                group.clone(),
-                exec,
-                &saved.mean64,
-                parts,
-                wide,
-                sums,
-            );
-            for ch in group.clone() {
-                let invstd = saved.invstd64[ch];
-                let maps = &mut ws.grad_maps;
-                maps.k[ch] = self.gamma(ch) * invstd;
-                (maps.a[ch], maps.b[ch]) = match statistics {
-                    Statistics::Batch => {
-                        (ws.sums[ch].dy / m, ws.sums[ch].dy_xmu * invstd * invstd / m)
-                    }
-                    Statistics::Running => (0.0, 0.0),
-                };
+        if resident_channels(geo, elem, 2, exec.l2_budget) {
+            // Channel by channel, each on one thread: its dx pass reads it from L2.
+            let per = parts_len(geo, 1);
+            ws.sum_parts.resize(per * c, GradSums::default());
+            let (dx, seq) = (Disjoint::new(dx), exec.sequential());
+            let parts = &mut ws.sum_parts;
+            for_each_channel(exec, &mut ws.sums, parts, per, |ch, s, parts| {
+                let out = std::slice::from_mut(s);
+                let mean = &saved.mean64;
+                grad_sums(
+                    x,
+                    dy,
+                    geo,
+                    ch..ch + 1,
+                    seq,
+                    mean,
+                    parts,
+                    &mut Vec::new(),
+                    out,
+                );
+                input_grad_channel(x, dy, &dx, geo, ch, seq, grad_map(ch, *s));
+            });
+        } else {
+            // Channel group by channel group: a group's sums pass leaves it in L3 for dx.
+            ws.grad_maps.resize(c, GradMap::default());
+            for group in channel_groups(geo, elem, 2) {
+                let (parts, wide) = (&mut ws.sum_parts, &mut ws.wide_grad_maps.mean);
+                parts.resize(parts_len(geo, group.len()), GradSums::default());
+                let sums = &mut ws.sums[group.clone()];
+                let mean = &saved.mean64;
+                grad_sums(x, dy, geo, group.clone(), exec, mean, parts, wide, sums);
+                for ch in group.clone() {
+                    ws.grad_maps[ch] = grad_map(ch, ws.sums[ch]);
+                }
+                let wide = &mut ws.wide_grad_maps;
+                input_grad(x, dy, dx, geo, group, exec, &ws.grad_maps, wide);
             }
-            input_grad(
-                x,
-                dy,
-                dx,
-                geo,
-                group,
-                exec,
-                &ws.grad_maps,
-                &mut ws.wide_grad_maps,
-            );
         }
         grads.weight.clear();
         grads.bias.clear();
@@ -572,5 +622,60 @@ fn check_len(buffer: &'static str, got: usize, expected: usize) -> Result<()> {
             expected,
             got,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Layout;
+
+    /// y and running statistics of a training forward, and dx, dweight, dbias of its backward.
+    type Outputs<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
+
+    fn train_step<T: Element>(dims: &[usize], par: Par, isa: Isa, l2: usize) -> Outputs<T> {
+        let shape = Shape::new(dims, Layout::ChannelsFirst).unwrap();
+        let n = shape.len();
+        let x: Vec<T> = (0..n)
+            .map(|i| T::from_f64(((i * 7919) % 1013) as f64 * 0.37 - 100.0))
+            .collect();
+        let dy: Vec<T> = (0..n)
+            .map(|i| T::from_f64(((i * 31) % 97) as f64 * 0.01 - 0.5))
+            .collect();
+        let mut bn = BatchNorm::<T>::new(shape.channels(), BatchNormConfig::default()).unwrap();
+        bn.weight = (0..shape.channels())
+            .map(|c| T::from_f64(0.5 + c as f64))
+            .collect();
+        bn.set_par(par);
+        bn.set_isa(isa).unwrap();
+        bn.l2_budget = Some(l2);
+        let (mut y, mut dx) = (vec![T::ZERO; n], vec![T::ZERO; n]);
+        let saved = bn.forward(&x, &shape, Mode::Train, &mut y).unwrap();
+        let grads = bn.backward(&x, &dy, &shape, &saved, &mut dx).unwrap();
+        let running = (bn.running_mean.clone(), bn.running_var.clone());
+        (y, running.0, running.1, dx, grads.weight, grads.bias)
+    }
+
+    fn channel_by_channel_is_bitwise_blocked<T: Element>() {
+        // Channels of at least MIN_RESIDENT_BYTES: long runs (inner > RUN_CHUNK) and short
+        // runs gathered into pieces.
+        let shapes: [&[usize]; 2] = [&[4, 3, 128, 130], &[40, 2, 40, 41]];
+        for dims in shapes {
+            let per_channel = dims[0] * dims[2] * dims[3] * std::mem::size_of::<T>();
+            assert!(per_channel >= crate::tuning::MIN_RESIDENT_BYTES, "{dims:?}");
+            let blocked = train_step::<T>(dims, Par::Seq, Isa::Baseline, 0);
+            for isa in Isa::available() {
+                for par in [Par::Seq, Par::Rayon] {
+                    let resident = train_step::<T>(dims, par, isa, usize::MAX);
+                    assert!(resident == blocked, "{dims:?} {isa:?} {par:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn channel_by_channel_gives_the_bits_of_channel_groups() {
+        channel_by_channel_is_bitwise_blocked::<f32>();
+        channel_by_channel_is_bitwise_blocked::<f64>();
     }
 }

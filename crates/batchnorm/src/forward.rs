@@ -4,26 +4,54 @@ use std::ops::Range;
 
 use crate::element::Element;
 use crate::layout::Geometry;
-use crate::plan::{map_per_channel, widen, Exec, Span};
+use crate::plan::{map_channel, map_per_channel, widen_iter, Disjoint, Exec, Span};
 use crate::simd::{map_prefetched, multiversion, prefetch_ahead};
 
-/// Per-channel coefficients of `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated in the
-/// element type.
+/// The coefficients of one channel's `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated
+/// in the element type.
 ///
 /// The `f64` mean travels as two values of the element type, `mean_hi = round(mean)` and
 /// `mean_lo = round(mean - mean_hi)`: `x - mean_hi` is exact (Sterbenz) when `x` is within a
 /// factor two of the mean, so a large offset costs no precision, a constant channel gives
 /// exactly `shift`, and `mean_lo` restores the bits `mean_hi` could not hold. The remaining
 /// roundings are relative to `|(x - mean) * scale|` and `|y|`, a few units in the last place.
-#[derive(Debug, Clone)]
-pub(crate) struct ChannelMaps<T> {
-    pub mean_hi: Vec<T>,
-    pub mean_lo: Vec<T>,
-    pub scale: Vec<T>,
-    pub shift: Vec<T>,
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ChannelMap<T> {
+    mean_hi: T,
+    mean_lo: T,
+    scale: T,
+    shift: T,
 }
 
-impl<T> Default for ChannelMaps<T> {
+impl<T: Element> ChannelMap<T> {
+    /// Normalises with `mean` and `invstd`, then scales by `gamma` and shifts by `beta` (all
+    /// `f64`, rounded here once each).
+    pub fn new(mean: f64, invstd: f64, gamma: f64, beta: f64) -> Self {
+        let hi = T::from_f64(mean);
+        Self {
+            mean_hi: hi,
+            mean_lo: T::from_f64(mean - hi.to_f64()),
+            scale: T::from_f64(invstd * gamma),
+            shift: T::from_f64(beta),
+        }
+    }
+
+    #[inline(always)]
+    fn apply(self, x: T) -> T {
+        ((x - self.mean_hi) - self.mean_lo) * self.scale + self.shift
+    }
+}
+
+/// Per-channel maps repeated over one widened row (see [`widen`]), one array per coefficient.
+#[derive(Debug, Clone)]
+pub(crate) struct WideMaps<T> {
+    mean_hi: Vec<T>,
+    mean_lo: Vec<T>,
+    scale: Vec<T>,
+    shift: Vec<T>,
+}
+
+impl<T> Default for WideMaps<T> {
     fn default() -> Self {
         Self {
             mean_hi: Vec::new(),
@@ -34,41 +62,24 @@ impl<T> Default for ChannelMaps<T> {
     }
 }
 
-impl<T: Element> ChannelMaps<T> {
-    pub fn resize(&mut self, channels: usize) {
-        self.mean_hi.resize(channels, T::ZERO);
-        self.mean_lo.resize(channels, T::ZERO);
-        self.scale.resize(channels, T::ZERO);
-        self.shift.resize(channels, T::ZERO);
-    }
-
-    /// Sets channel `ch` to normalise with `mean` and `invstd`, then scale by `gamma` and shift
-    /// by `beta` (all `f64`, rounded here once each).
-    pub fn set(&mut self, ch: usize, mean: f64, invstd: f64, gamma: f64, beta: f64) {
-        let hi = T::from_f64(mean);
-        self.mean_hi[ch] = hi;
-        self.mean_lo[ch] = T::from_f64(mean - hi.to_f64());
-        self.scale[ch] = T::from_f64(invstd * gamma);
-        self.shift[ch] = T::from_f64(beta);
-    }
-
-    /// Writes the maps repeated over one widened row (see [`widen`]) into `wide`.
-    fn widen_into(&self, wide: &mut ChannelMaps<T>) {
-        widen(&self.mean_hi, &mut wide.mean_hi);
-        widen(&self.mean_lo, &mut wide.mean_lo);
-        widen(&self.scale, &mut wide.scale);
-        widen(&self.shift, &mut wide.shift);
+impl<T: Element> WideMaps<T> {
+    fn set(&mut self, maps: &[ChannelMap<T>]) {
+        let field = |out: &mut Vec<T>, f: fn(&ChannelMap<T>) -> T| {
+            let per_channel = maps.iter().map(f);
+            widen_iter(maps.len(), per_channel, out);
+        };
+        field(&mut self.mean_hi, |m| m.mean_hi);
+        field(&mut self.mean_lo, |m| m.mean_lo);
+        field(&mut self.scale, |m| m.scale);
+        field(&mut self.shift, |m| m.shift);
     }
 }
 
 multiversion! {
-    /// Consecutive runs of `inner` values, run `j` belonging to channel `first + j`.
-    fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, first: usize, maps: &ChannelMaps<T>) {
-        for (j, (xr, yr)) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).enumerate() {
-            let ch = first + j;
-            let (hi, lo) = (maps.mean_hi[ch], maps.mean_lo[ch]);
-            let (scale, shift) = (maps.scale[ch], maps.shift[ch]);
-            map_prefetched(xr, yr, |xv| ((xv - hi) - lo) * scale + shift);
+    /// Consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
+    fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, maps: &[ChannelMap<T>]) {
+        for ((xr, yr), &map) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).zip(maps) {
+            map_prefetched(xr, yr, |xv| map.apply(xv));
         }
     }
 }
@@ -76,7 +87,7 @@ multiversion! {
 multiversion! {
     /// Rows of `channels` channels, vectorised along widened rows: `wide` holds the per-channel
     /// maps repeated over one widened row (see [`widen`]).
-    fn normalize_rows<T>(x: &[T], y: &mut [T], channels: usize, wide: &ChannelMaps<T>) {
+    fn normalize_rows<T>(x: &[T], y: &mut [T], channels: usize, wide: &WideMaps<T>) {
         let w = wide.mean_hi.len();
         let (hi, lo) = (&wide.mean_hi[..w], &wide.mean_lo[..w]);
         let (scale, shift) = (&wide.scale[..w], &wide.shift[..w]);
@@ -100,24 +111,39 @@ multiversion! {
 }
 
 /// Applies the maps of the channels in `range` (all channels for channels-last input) to `x`,
-/// writing those channels of `y`.
+/// writing those channels of `y`. `maps` holds every channel's map.
 pub(crate) fn normalize<T: Element>(
     x: &[T],
     y: &mut [T],
     geo: Geometry,
     range: Range<usize>,
     exec: Exec,
-    maps: &ChannelMaps<T>,
-    wide: &mut ChannelMaps<T>,
+    maps: &[ChannelMap<T>],
+    wide: &mut WideMaps<T>,
 ) {
     if geo.is_rows() {
-        maps.widen_into(wide);
+        wide.set(maps);
     }
     let (wide, c, inner) = (&*wide, geo.channels, geo.inner);
     map_per_channel(geo, range, exec, y, |span, ys| match span {
         Span::Rows(r) => normalize_rows(exec.isa, &x[r], ys, c, wide),
         Span::Runs { elems, first, .. } => {
-            normalize_runs(exec.isa, &x[elems], ys, inner, first, maps)
+            normalize_runs(exec.isa, &x[elems], ys, inner, &maps[first..])
         }
+    });
+}
+
+/// Applies `map` to channel `ch` of channels-first `x`, writing that channel of `y`, on this
+/// thread.
+pub(crate) fn normalize_channel<T: Element>(
+    x: &[T],
+    y: &Disjoint<'_, T>,
+    geo: Geometry,
+    ch: usize,
+    exec: Exec,
+    map: ChannelMap<T>,
+) {
+    map_channel(geo, ch, exec, y, |run, ys| {
+        normalize_runs(exec.isa, &x[run], ys, geo.inner, std::slice::from_ref(&map))
     });
 }

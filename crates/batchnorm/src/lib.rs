@@ -35,6 +35,7 @@ pub struct ReadmeDoctests;
 
 mod backward;
 mod batch_norm;
+mod cache;
 mod config;
 mod element;
 mod error;

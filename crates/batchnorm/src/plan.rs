@@ -1,6 +1,7 @@
 //! How a call is cut into work: channel groups ("waves") and the units of parallel work inside
 //! them. The cut depends only on the shape, never on the number of threads.
 
+use std::marker::PhantomData;
 use std::ops::Range;
 
 use crate::element::Element;
@@ -9,8 +10,8 @@ use crate::par::{for_each_chunk, Par};
 use crate::simd::Isa;
 use crate::stream::streaming;
 use crate::tuning::{
-    COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MIN_BLOCK_ROWS, MIN_ROW_BLOCKS, MIN_ROW_WIDTH,
-    PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
+    COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MIN_BLOCK_ROWS, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS,
+    MIN_ROW_WIDTH, PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
 };
 
 /// The execution choices of one call.
@@ -21,6 +22,8 @@ pub(crate) struct Exec {
     pub par: bool,
     /// Whether to write outputs with non-temporal stores (see [`crate::stream`]).
     pub stream: bool,
+    /// Bytes of a core's L2 one channel may fill (see [`resident_channels`]).
+    pub l2_budget: usize,
 }
 
 impl Exec {
@@ -31,7 +34,13 @@ impl Exec {
             isa,
             par: par.split(len),
             stream,
+            l2_budget: crate::cache::l2_budget_bytes(),
         }
+    }
+
+    /// The same choices, on the calling thread.
+    pub fn sequential(self) -> Self {
+        Self { par: false, ..self }
     }
 }
 
@@ -55,9 +64,17 @@ pub(crate) fn rows_per_block(geo: Geometry) -> usize {
 
 /// `pattern[i] = per_channel[i % C]` over one widened row.
 pub(crate) fn widen<V: Copy>(per_channel: &[V], pattern: &mut Vec<V>) {
-    let w = row_width(per_channel.len());
+    widen_iter(per_channel.len(), per_channel.iter().copied(), pattern);
+}
+
+/// [`widen`] for the `channels` values an iterator yields.
+pub(crate) fn widen_iter<V>(
+    channels: usize,
+    per_channel: impl Iterator<Item = V> + Clone,
+    pattern: &mut Vec<V>,
+) {
     pattern.clear();
-    pattern.extend(per_channel.iter().cycle().take(w));
+    pattern.extend(per_channel.cycle().take(row_width(channels)));
 }
 
 /// The column strips of a widened row of `w` positions: the channels-last reductions walk a
@@ -131,24 +148,35 @@ pub(crate) enum Span {
     },
 }
 
+/// Partial results [`reduce_per_channel`] keeps for a range of `g` channels (all channels for
+/// channels-last input, whatever `g`).
+pub(crate) fn parts_len(geo: Geometry, g: usize) -> usize {
+    if geo.is_rows() {
+        geo.outer.div_ceil(rows_per_block(geo)) * geo.channels
+    } else {
+        geo.outer.div_ceil(runs_per_piece(geo)) * g
+    }
+}
+
 /// Reduces per channel: `kernel(span, partial)` fills one unit's partial results (one per
-/// channel it covers) into `parts`, in parallel when `exec.par`; then the partials of each
-/// channel in `range` (all channels for channels-last input) are merged into `out[range]` in
-/// unit order, so the result does not depend on the threads.
+/// channel it covers) into `parts` (at least [`parts_len`] long), in parallel when `exec.par`;
+/// then the partials of each channel in `range` (all channels for channels-last input) are
+/// merged into `out` (one entry per channel of `range`) in unit order, so the result does not
+/// depend on the threads.
 pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
     geo: Geometry,
     range: Range<usize>,
     exec: Exec,
-    parts: &mut Vec<P>,
+    parts: &mut [P],
     out: &mut [P],
     kernel: impl Fn(Span, &mut [P]) + Sync + Send,
     merge: impl Fn(P, P) -> P,
 ) {
     let (c, g) = (geo.channels, range.len());
+    let parts = &mut parts[..parts_len(geo, g)];
     let pieces = if geo.is_rows() {
         let rows = rows_per_block(geo);
         let len = geo.len();
-        parts.resize(geo.outer.div_ceil(rows) * c, P::default());
         for_each_chunk(exec.par, parts, c, |b, p| {
             let start = b * rows * c;
             kernel(Span::Rows(start..(start + rows * c).min(len)), p);
@@ -157,7 +185,6 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
     } else {
         let (inner, per) = (geo.inner, runs_per_piece(geo));
         let sub = channels_per_item(inner);
-        parts.resize(geo.outer.div_ceil(per) * g, P::default());
         for_each_chunk(exec.par, parts, g, |p, row| {
             let count = per.min(geo.outer - p * per);
             for_each_chunk(exec.par, row, sub, |k, pk| {
@@ -178,7 +205,7 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
     };
     // Piece by piece across the channels: each channel still merges its pieces in order, and
     // the partials are read in memory order.
-    let out = &mut out[range];
+    let out = &mut out[..g];
     out.fill(P::default());
     for piece in parts[..pieces * g].chunks_exact(g) {
         for (o, &p) in out.iter_mut().zip(piece) {
@@ -237,5 +264,100 @@ pub(crate) fn map_per_channel<T: Element>(
                 task(&mut units);
             });
         });
+    }
+}
+
+/// Whether the two passes over channels-first input run channel by channel, each channel on one
+/// thread while its `streams` tensors of `elem_bytes`-sized elements are still in that core's L2
+/// (so the second pass reads from L2, not from L3 or memory): when a channel's data fits in
+/// `l2_budget` bytes and is not too small to be worth a task. Otherwise [`channel_groups`]
+/// blocks for L3. Both give the same bits: each channel's partial results merge in the same
+/// order.
+pub(crate) fn resident_channels(
+    geo: Geometry,
+    elem_bytes: usize,
+    streams: usize,
+    l2_budget: usize,
+) -> bool {
+    let bytes = geo.per_channel() * elem_bytes * streams;
+    !geo.is_rows() && (MIN_RESIDENT_BYTES..=l2_budget).contains(&bytes)
+}
+
+/// Calls `task(ch, out, parts)` for every channel, in parallel when `exec.par`, with the
+/// channel's own entry of `out` and `per` entries of `parts`.
+pub(crate) fn for_each_channel<O: Send, P: Send>(
+    exec: Exec,
+    out: &mut [O],
+    parts: &mut [P],
+    per: usize,
+    task: impl Fn(usize, &mut O, &mut [P]) + Sync + Send,
+) {
+    let parts = &mut parts[..out.len() * per];
+    if exec.par {
+        use rayon::prelude::*;
+        out.par_iter_mut()
+            .zip(parts.par_chunks_mut(per))
+            .enumerate()
+            .for_each(|(ch, (o, p))| task(ch, o, p));
+    } else {
+        let each = out.iter_mut().zip(parts.chunks_mut(per)).enumerate();
+        each.for_each(|(ch, (o, p))| task(ch, o, p));
+    }
+}
+
+/// Writes channel `ch` of a channels-first element-wise pass on this thread, as one streaming
+/// task: `kernel(run, out)` fills the channel's run at element range `run` of each outer block.
+pub(crate) fn map_channel<T: Element>(
+    geo: Geometry,
+    ch: usize,
+    exec: Exec,
+    out: &Disjoint<'_, T>,
+    kernel: impl Fn(Range<usize>, &mut [T]),
+) {
+    streaming(exec.isa, exec.stream, |w| {
+        for o in 0..geo.outer {
+            let start = (o * geo.channels + ch) * geo.inner;
+            let run = start..start + geo.inner;
+            // SAFETY: the runs of channel `ch` belong to the one task that handles `ch`
+            // (`for_each_channel` gives each channel to one task), and this borrow ends here.
+            let o = unsafe { out.slice(run.clone()) };
+            w.write(o, |o| kernel(run, o));
+        }
+    });
+}
+
+/// A mutable slice that parallel tasks write in disjoint parts which are not contiguous (one
+/// channel of channels-first data), so `chunks_mut` cannot hand them out.
+pub(crate) struct Disjoint<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _slice: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: a `Disjoint` is a `&mut [T]` whose parts are borrowed by at most one thread each (the
+// contract of `slice`), which is sound to share between threads when `T` can be sent.
+unsafe impl<T: Send> Send for Disjoint<'_, T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
+
+impl<'a, T> Disjoint<'a, T> {
+    pub fn new(slice: &'a mut [T]) -> Self {
+        Self {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+            _slice: PhantomData,
+        }
+    }
+
+    /// The elements at `range`. Panics if it is out of bounds.
+    ///
+    /// # Safety
+    /// No other borrow of an overlapping range may be alive at the same time.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, range: Range<usize>) -> &mut [T] {
+        assert!(range.start <= range.end && range.end <= self.len);
+        // SAFETY: in bounds (checked above) of the slice this was made from, which outlives
+        // `'a`; exclusive by the caller's guarantee.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
     }
 }

@@ -233,13 +233,14 @@ multiversion! {
 }
 
 /// The moments of the channels in `range` (all channels for channels-last input), written to
-/// `out[range]`. `parts` is scratch for the per-piece partial moments.
+/// `out` (one per channel of `range`). `parts` is scratch for the per-piece partial moments, at
+/// least [`parts_len`](crate::plan::parts_len) long.
 pub(crate) fn channel_moments<T: Element>(
     x: &[T],
     geo: Geometry,
     range: Range<usize>,
     exec: Exec,
-    parts: &mut Vec<Moments>,
+    parts: &mut [Moments],
     out: &mut [Moments],
 ) {
     let stride = geo.channels * geo.inner;
@@ -279,8 +280,9 @@ mod tests {
             isa: Isa::Baseline,
             par: false,
             stream: false,
+            l2_budget: 0,
         };
-        let mut parts = Vec::new();
+        let mut parts = vec![Moments::EMPTY; 8];
         let g = Geometry {
             outer: 3,
             channels: 2,

@@ -52,6 +52,11 @@ pub(crate) const PIECE_ELEMS: usize = 1024;
 /// dx) reads from cache. Half of a 32 MiB L3 leaves room for the outputs being written.
 pub(crate) const WAVE_BYTES: usize = 12 * 1024 * 1024;
 
+/// Fewest bytes of one channel for its two passes to be fused on one thread (see
+/// [`crate::plan::resident_channels`]): smaller channels make tasks of a few microseconds, and
+/// fit in L3 in channel groups anyway.
+pub(crate) const MIN_RESIDENT_BYTES: usize = 256 * 1024;
+
 /// Below this many elements a call stays on the calling thread: fork-join costs a few
 /// microseconds, as much as normalising ~32k elements.
 pub(crate) const PAR_MIN_ELEMS: usize = 32 * 1024;
