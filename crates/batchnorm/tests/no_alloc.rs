@@ -53,8 +53,11 @@ fn warm_calls_allocate_nothing() {
 }
 
 fn sequential_warm_calls_allocate_nothing() {
-    let cases: [(&[usize], Layout); 4] = [
+    let cases: [(&[usize], Layout); 5] = [
         (&[60, 100], Layout::ChannelsFirst),
+        // 256 KiB channels: reduced and normalised channel by channel from L2 (forward; backward
+        // too where half the L2 holds 512 KiB).
+        (&[64, 4, 32, 32], Layout::ChannelsFirst),
         (&[8, 16, 30, 30], Layout::ChannelsFirst),
         (&[4, 32, 7, 7], Layout::ChannelsFirst),
         (&[8, 3, 30, 30], Layout::ChannelsLast),
