@@ -366,9 +366,18 @@ impl<T: Element> BatchNorm<T> {
         1.0 / (var + self.config.eps).sqrt()
     }
 
-    /// The normalising map of channel `ch`, with this module's weight and bias.
-    fn channel_map(&self, ch: usize, mean: f64, invstd: f64) -> ChannelMap<T> {
-        ChannelMap::new(mean, invstd, self.gamma(ch), self.beta(ch))
+    /// The normalising map of channel `ch` for `mean` and biased variance `var`, with this
+    /// module's weight and bias.
+    fn channel_map(&self, ch: usize, mean: f64, var: f64) -> ChannelMap<T> {
+        ChannelMap::new(mean, self.invstd(var), self.gamma(ch), self.beta(ch))
+    }
+
+    /// The running mean and variance of channel `ch`, in `f64`.
+    fn running(&self, ch: usize) -> (f64, f64) {
+        (
+            self.running_mean[ch].to_f64(),
+            self.running_var[ch].to_f64(),
+        )
     }
 
     fn gamma(&self, c: usize) -> f64 {
@@ -460,13 +469,9 @@ impl<T: Element> BatchNorm<T> {
                 let parts = &mut ws.moment_parts;
                 for_each_channel(exec, &mut ws.moments, parts, per, |ch, m, parts| {
                     channel_moments(x, geo, ch..ch + 1, seq, parts, std::slice::from_mut(m));
-                    let map = self.channel_map(ch, m.mean, self.invstd(m.variance()));
+                    let map = self.channel_map(ch, m.mean, m.variance());
                     normalize_channel(x, &y, geo, ch, seq, map);
                 });
-                for (ch, m) in ws.moments.iter().enumerate() {
-                    saved.mean64[ch] = m.mean;
-                    saved.invstd64[ch] = self.invstd(m.variance());
-                }
             }
             Statistics::Batch => {
                 // Channel group by channel group: a group's statistics pass leaves it in L3
@@ -476,26 +481,27 @@ impl<T: Element> BatchNorm<T> {
                     parts.resize(parts_len(geo, group.len()), Moments::EMPTY);
                     let moments = &mut ws.moments[group.clone()];
                     channel_moments(x, geo, group.clone(), exec, parts, moments);
-                    for ch in group.clone() {
-                        let (mean, invstd) =
-                            (ws.moments[ch].mean, self.invstd(ws.moments[ch].variance()));
-                        saved.mean64[ch] = mean;
-                        saved.invstd64[ch] = invstd;
-                        ws.maps[ch] = self.channel_map(ch, mean, invstd);
+                    for (ch, m) in group.clone().zip(&*moments) {
+                        ws.maps[ch] = self.channel_map(ch, m.mean, m.variance());
                     }
                     normalize(x, y, geo, group, exec, &ws.maps, &mut ws.wide_maps);
                 }
             }
             Statistics::Running => {
                 for ch in 0..c {
-                    let mean = self.running_mean[ch].to_f64();
-                    let invstd = self.invstd(self.running_var[ch].to_f64());
-                    saved.mean64[ch] = mean;
-                    saved.invstd64[ch] = invstd;
-                    ws.maps[ch] = self.channel_map(ch, mean, invstd);
+                    let (mean, var) = self.running(ch);
+                    ws.maps[ch] = self.channel_map(ch, mean, var);
                 }
                 normalize(x, y, geo, 0..c, exec, &ws.maps, &mut ws.wide_maps);
             }
+        }
+        for ch in 0..c {
+            let (mean, var) = match statistics {
+                Statistics::Batch => (ws.moments[ch].mean, ws.moments[ch].variance()),
+                Statistics::Running => self.running(ch),
+            };
+            saved.mean64[ch] = mean;
+            saved.invstd64[ch] = self.invstd(var);
         }
         saved
             .mean
@@ -557,19 +563,10 @@ impl<T: Element> BatchNorm<T> {
             let (dx, seq) = (Disjoint::new(dx), exec.sequential());
             let parts = &mut ws.sum_parts;
             for_each_channel(exec, &mut ws.sums, parts, per, |ch, s, parts| {
-                let out = std::slice::from_mut(s);
-                let mean = &saved.mean64;
-                grad_sums(
-                    x,
-                    dy,
-                    geo,
-                    ch..ch + 1,
-                    seq,
-                    mean,
-                    parts,
-                    &mut Vec::new(),
-                    out,
-                );
+                // Channels-first input never widens rows: no scratch for widened means.
+                let (mean, no_wide, out) =
+                    (&saved.mean64, &mut Vec::new(), std::slice::from_mut(s));
+                grad_sums(x, dy, geo, ch..ch + 1, seq, mean, parts, no_wide, out);
                 input_grad_channel(x, dy, &dx, geo, ch, seq, grad_map(ch, *s));
             });
         } else {
