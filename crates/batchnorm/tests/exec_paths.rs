@@ -85,13 +85,14 @@ fn every_path_gives_the_same_bits() {
         .collect();
     // Small (sequential), channel-first runs long and short, channels-last rows, several
     // channel groups (the largest is 15 MB of f32, above one wave), odd sizes everywhere.
-    let shapes: [(&[usize], Layout); 7] = [
+    let shapes: [(&[usize], Layout); 8] = [
         (&[3, 5], Layout::ChannelsFirst),
         (&[7, 3, 33, 35], Layout::ChannelsFirst),
         (&[64, 37, 3, 5], Layout::ChannelsFirst),
         (&[9, 13, 31, 29], Layout::ChannelsLast),
         (&[1000, 70], Layout::ChannelsLast),
         (&[7, 1100, 3, 5], Layout::ChannelsLast), // rows in column strips
+        (&[5, 16, 20, 21], Layout::ChannelsLast), // widened rows of 64: one loop per block
         (&[2, 16, 400, 300], Layout::ChannelsFirst),
     ];
     for (s, (dims, layout)) in shapes.iter().enumerate() {
