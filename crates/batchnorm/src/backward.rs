@@ -9,7 +9,7 @@ use crate::plan::{
     steps_ahead, widen, widen_iter, Disjoint, Exec, Span,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{map2_prefetched, multiversion, prefetch, prefetch_ahead, steps, MAP_STEP};
+use crate::simd::{map2_prefetched, multiversion, prefetch, prefetch_ahead};
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -262,26 +262,8 @@ multiversion! {
         let w = maps.mean.len();
         let split = x.len() / w * w;
         let (gw, gt) = dx.split_at_mut(split);
-        if w.is_multiple_of(MAP_STEP) {
-            // One loop over the whole block in fixed steps, the coefficients cycling (as in
-            // `normalize_rows`).
-            let (ms, ks) = (steps(&maps.mean), steps(&maps.k));
-            let (as_, bs) = (steps(&maps.a), steps(&maps.b));
-            let coefficients = ms.iter().zip(ks).zip(as_.iter().zip(bs)).cycle();
-            let inputs = steps(&x[..split]).iter().zip(steps(&dy[..split]));
-            let (gs, _) = gw.as_chunks_mut::<MAP_STEP>();
-            for ((g, (xv, dv)), ((m, k), (a, b))) in gs.iter_mut().zip(inputs).zip(coefficients) {
-                prefetch_ahead(xv);
-                prefetch_ahead(dv);
-                for j in 0..MAP_STEP {
-                    g[j] = T::from_f64(k[j] * ((dv[j].to_f64() - a[j]) - (xv[j].to_f64() - m[j]) * b[j]));
-                }
-            }
-        } else {
-            let rows = x[..split].chunks_exact(w).zip(dy[..split].chunks_exact(w));
-            for ((xr, dr), gr) in rows.zip(gw.chunks_exact_mut(w)) {
-                row(xr, dr, gr);
-            }
+        for ((xr, dr), gr) in x[..split].chunks_exact(w).zip(dy[..split].chunks_exact(w)).zip(gw.chunks_exact_mut(w)) {
+            row(xr, dr, gr);
         }
         let tail = x[split..].chunks_exact(channels).zip(dy[split..].chunks_exact(channels));
         for ((xr, dr), gr) in tail.zip(gt.chunks_exact_mut(channels)) {

@@ -114,22 +114,16 @@ pub(crate) fn prefetch_ahead<T>(chunk: &[T]) {
 }
 
 /// Elements per step of the prefetching maps.
-pub(crate) const MAP_STEP: usize = 16;
-
-/// `v` in whole steps of [`MAP_STEP`] values (the rest left out).
-#[inline(always)]
-pub(crate) fn steps<T>(v: &[T]) -> &[[T; MAP_STEP]] {
-    v.as_chunks().0
-}
+const MAP_CHUNK: usize = 16;
 
 /// `y[i] = f(x[i])` over equal-length slices, prefetching `x` ahead (see [`prefetch_ahead`]).
 #[inline(always)]
 pub(crate) fn map_prefetched<T: Copy, U>(x: &[T], y: &mut [U], f: impl Fn(T) -> U) {
-    let (xc, xt) = x.as_chunks::<MAP_STEP>();
-    let (yc, yt) = y.as_chunks_mut::<MAP_STEP>();
+    let (xc, xt) = x.as_chunks::<MAP_CHUNK>();
+    let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     for (ys, xs) in yc.iter_mut().zip(xc) {
         prefetch_ahead(xs);
-        for l in 0..MAP_STEP {
+        for l in 0..MAP_CHUNK {
             ys[l] = f(xs[l]);
         }
     }
@@ -141,13 +135,13 @@ pub(crate) fn map_prefetched<T: Copy, U>(x: &[T], y: &mut [U], f: impl Fn(T) -> 
 /// `y[i] = f(a[i], b[i])` over equal-length slices, prefetching `a` and `b` ahead.
 #[inline(always)]
 pub(crate) fn map2_prefetched<T: Copy, U>(a: &[T], b: &[T], y: &mut [U], f: impl Fn(T, T) -> U) {
-    let (ac, at) = a.as_chunks::<MAP_STEP>();
-    let (bc, bt) = b.as_chunks::<MAP_STEP>();
-    let (yc, yt) = y.as_chunks_mut::<MAP_STEP>();
+    let (ac, at) = a.as_chunks::<MAP_CHUNK>();
+    let (bc, bt) = b.as_chunks::<MAP_CHUNK>();
+    let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     for ((ys, as_), bs) in yc.iter_mut().zip(ac).zip(bc) {
         prefetch_ahead(as_);
         prefetch_ahead(bs);
-        for l in 0..MAP_STEP {
+        for l in 0..MAP_CHUNK {
             ys[l] = f(as_[l], bs[l]);
         }
     }
