@@ -92,7 +92,7 @@ fn every_path_gives_the_same_bits() {
         (&[9, 13, 31, 29], Layout::ChannelsLast),
         (&[1000, 70], Layout::ChannelsLast),
         (&[7, 1100, 3, 5], Layout::ChannelsLast), // rows in column strips
-        (&[5, 16, 20, 21], Layout::ChannelsLast), // widened rows of 64: one loop per block
+        (&[5, 16, 20, 21], Layout::ChannelsLast), // widened rows of exactly 64 values
         (&[2, 16, 400, 300], Layout::ChannelsFirst),
     ];
     for (s, (dims, layout)) in shapes.iter().enumerate() {
