@@ -1,5 +1,7 @@
-//! How a call is cut into work: channel groups ("waves") and the units of parallel work inside
-//! them. The cut depends only on the shape, never on the number of threads.
+//! How a call is cut into work: channels processed one at a time from L2 or channel groups
+//! ("waves") from L3, and the units of parallel work inside them. The pieces each channel's
+//! statistics are merged from depend only on the shape, never on the number of threads or the
+//! cache sizes, and merge in the same order on every path: the results are bitwise the same.
 
 use std::marker::PhantomData;
 use std::ops::Range;
