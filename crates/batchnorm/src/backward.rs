@@ -6,7 +6,7 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
     column_strips, fold_widened_in_place, map_channel, map_per_channel, reduce_per_channel,
-    steps_ahead, widen, widen_iter, Disjoint, Exec, Span,
+    steps_ahead, strip, widen, widen_iter, Disjoint, Exec, Span,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{map2_prefetched, multiversion, prefetch, prefetch_ahead};
@@ -126,7 +126,8 @@ multiversion! {
                         prefetch(strip(t, w, &cols, r + 1));
                     }
                 }
-                let (x0, x1, d0, d1) = (strip(x, w, &cols, 2 * p), strip(x, w, &cols, 2 * p + 1), strip(dy, w, &cols, 2 * p), strip(dy, w, &cols, 2 * p + 1));
+                let (x0, x1) = (strip(x, w, &cols, 2 * p), strip(x, w, &cols, 2 * p + 1));
+                let (d0, d1) = (strip(dy, w, &cols, 2 * p), strip(dy, w, &cols, 2 * p + 1));
                 let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
                 let vals = x0.iter().zip(x1).zip(d0.iter().zip(d1));
                 for (((s, sx), &m), ((&u0, &u1), (&e0, &e1))) in acc.zip(vals) {
@@ -148,12 +149,6 @@ multiversion! {
             *o = GradSums { dy: s[i], dy_xmu: sx[i] };
         }
     }
-}
-
-/// Positions `cols` of widened row `r` (rows `w` long) of `t`.
-#[inline(always)]
-fn strip<'a, T>(t: &'a [T], w: usize, cols: &Range<usize>, r: usize) -> &'a [T] {
-    &t[r * w..][cols.clone()]
 }
 
 /// The gradient sums of the channels in `range` (all channels for channels-last input), written

@@ -88,6 +88,12 @@ pub(crate) fn column_strips(w: usize) -> impl Iterator<Item = Range<usize>> {
         .map(move |s| s..(s + COLUMN_STRIP).min(w))
 }
 
+/// Positions `cols` of widened row `r` (rows `w` long) of `t`.
+#[inline(always)]
+pub(crate) fn strip<'a, T>(t: &'a [T], w: usize, cols: &Range<usize>, r: usize) -> &'a [T] {
+    &t[r * w..][cols.clone()]
+}
+
 /// How many steps of `step_bytes` (the part of a strip one step reads) a strip walk prefetches
 /// ahead: about [`PREFETCH_BYTES`] of data, at least one step.
 pub(crate) fn steps_ahead(step_bytes: usize) -> usize {

@@ -14,7 +14,8 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
-    column_strips, fold_widened_in_place, reduce_per_channel, row_width, steps_ahead, Exec, Span,
+    column_strips, fold_widened_in_place, reduce_per_channel, row_width, steps_ahead, strip, Exec,
+    Span,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{multiversion, prefetch, prefetch_ahead};
@@ -202,7 +203,7 @@ multiversion! {
         let quads = wide.len() / (4 * w);
         let (whole, rest) = wide.split_at(quads * 4 * w);
         for cols in column_strips(w) {
-            let part = |q: usize, k: usize| &whole[(4 * q + k) * w..][cols.clone()];
+            let part = |q: usize, k: usize| strip(whole, w, &cols, 4 * q + k);
             let ahead = steps_ahead(4 * cols.len() * size_of::<T>());
             let (dev, sq, shift) = (&mut dev[cols.clone()], &mut sq[cols.clone()], &shift[cols.clone()]);
             for q in 0..quads {
