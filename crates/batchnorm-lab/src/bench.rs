@@ -255,8 +255,8 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>
                 _ => copy(x, &mut scratch, threads),
             };
             let mut read = || match op {
-                Op::Backward => read_all(&[x, dy]),
-                _ => read_all(&[x]),
+                Op::Backward => read_all(&[x, dy], threads),
+                _ => read_all(&[x], threads),
             };
             time_alternating(cfg, &evict, [&mut kernel, &mut yardstick, &mut read])
         };
@@ -297,10 +297,10 @@ fn add(a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
         });
 }
 
-/// Sums every value of `bufs`, split over the pool's threads: reads them once.
-fn read_all(bufs: &[&[f32]]) {
+/// Sums every value of `bufs`, each split over `threads` contiguous pieces: reads them once.
+fn read_all(bufs: &[&[f32]], threads: usize) {
     for b in bufs {
-        let piece = b.len().div_ceil(rayon::current_num_threads()).max(1);
+        let piece = b.len().div_ceil(threads).max(1);
         let sum: f32 = b
             .par_chunks(piece)
             .map(|p| {
