@@ -9,7 +9,7 @@ use crate::plan::{
     steps_ahead, strip, widen, widen_iter, Disjoint, Exec, Span,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{map2_prefetched, multiversion, prefetch, prefetch_ahead};
+use crate::simd::{map2_prefetched, multiversion, prefetch, prefetch_ahead, Isa};
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -21,7 +21,7 @@ pub(crate) struct GradSums {
 
 impl GradSums {
     /// The sums over both pieces.
-    fn add(self, other: Self) -> Self {
+    pub(crate) fn add(self, other: Self) -> Self {
         Self {
             dy: self.dy + other.dy,
             dy_xmu: self.dy_xmu + other.dy_xmu,
@@ -170,10 +170,24 @@ pub(crate) fn grad_sums<T: Element>(
     if geo.is_rows() {
         widen(mean, wide_mean);
     }
-    let (mean_w, stride) = (&*wide_mean, geo.channels * geo.inner);
-    let kernel = |span: Span, p: &mut [GradSums]| match span {
-        Span::Rows(r) => with_zeroed(2 * mean_w.len(), |s| {
-            block_grad_sums(exec.isa, &x[r.clone()], &dy[r], mean_w, p, s)
+    let kernel = grad_sums_kernel(x, dy, geo, exec.isa, mean, wide_mean);
+    reduce_per_channel(geo, range, exec, parts, out, kernel, GradSums::add);
+}
+
+/// The partial gradient sums of one unit of work (a [`Span`] of `x` and `dy`), one per channel
+/// it covers; `wide_mean` is `mean` widened (channels-last input only).
+pub(crate) fn grad_sums_kernel<'a, T: Element>(
+    x: &'a [T],
+    dy: &'a [T],
+    geo: Geometry,
+    isa: Isa,
+    mean: &'a [f64],
+    wide_mean: &'a [f64],
+) -> impl Fn(Span, &mut [GradSums]) + Sync + 'a {
+    let stride = geo.channels * geo.inner;
+    move |span: Span, p: &mut [GradSums]| match span {
+        Span::Rows(r) => with_zeroed(2 * wide_mean.len(), |s| {
+            block_grad_sums(isa, &x[r.clone()], &dy[r], wide_mean, p, s)
         }),
         Span::Runs {
             elems,
@@ -183,11 +197,10 @@ pub(crate) fn grad_sums<T: Element>(
             let m = &mean[first..first + p.len()];
             let (xs, ds) = (&x[elems.clone()], &dy[elems]);
             with_zeroed(2 * p.len() * LANES, |s| {
-                unit_grad_sums(exec.isa, xs, ds, stride, count, geo.inner, m, p, s)
+                unit_grad_sums(isa, xs, ds, stride, count, geo.inner, m, p, s)
             })
         }
-    };
-    reduce_per_channel(geo, range, exec, parts, out, kernel, GradSums::add);
+    }
 }
 
 /// The coefficients of one channel's `dx = k * ((dy - a) - (x - mean) * b)`, evaluated in `f64`.
@@ -293,17 +306,20 @@ pub(crate) fn input_grad<T: Element>(
     });
 }
 
-/// Writes channel `ch` of channels-first `dx` with `map`, on this thread.
+/// Writes channel `ch` of channels-first `dx` in outer blocks `blocks` with `map`, on this
+/// thread.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn input_grad_channel<T: Element>(
     x: &[T],
     dy: &[T],
     dx: &Disjoint<'_, T>,
     geo: Geometry,
     ch: usize,
+    blocks: Range<usize>,
     exec: Exec,
     map: GradMap,
 ) {
-    map_channel(geo, ch, exec, dx, |run, gs| {
+    map_channel(geo, ch, blocks, exec, dx, |run, gs| {
         let (xs, ds) = (&x[run.clone()], &dy[run]);
         runs_input_grad(exec.isa, xs, ds, gs, geo.inner, std::slice::from_ref(&map))
     });

@@ -1,16 +1,22 @@
 //! The BatchNorm module: parameters, running statistics, forward and backward.
 
-use crate::backward::{grad_sums, input_grad, input_grad_channel, GradMap, GradSums, WideGradMaps};
+use crate::backward::{
+    grad_sums, grad_sums_kernel, input_grad, input_grad_channel, GradMap, GradSums, WideGradMaps,
+};
 use crate::config::{BatchNormConfig, Mode, Statistics};
 use crate::element::Element;
 use crate::error::{BatchNormError, Result};
 use crate::forward::{normalize, normalize_channel, ChannelMap, WideMaps};
 use crate::layout::Shape;
 use crate::par::Par;
-use crate::plan::{channel_groups, for_each_channel, parts_len, resident_channels, Disjoint, Exec};
+use crate::plan::{
+    channel_cut, channel_groups, for_each_channel, merge_pieces, parts_len, piece_blocks,
+    reduce_pieces, Cut, Disjoint, Exec,
+};
 use crate::running_stats;
 use crate::simd::Isa;
-use crate::stats::{channel_moments, Moments};
+use crate::stats::{channel_moments, moments_kernel, Moments};
+use crate::team::{for_each_channel_shared, Board};
 
 /// Batch Normalization over the channel axis, with PyTorch's semantics
 /// (`torch.nn.BatchNorm{1,2,3}d`, `F.batch_norm`).
@@ -105,6 +111,8 @@ struct Workspace<T> {
     sum_parts: Vec<GradSums>,
     grad_maps: Vec<GradMap>,
     wide_grad_maps: WideGradMaps,
+    /// Where the threads of a team sharing each channel meet.
+    board: Board,
 }
 
 impl<T> Default for Workspace<T> {
@@ -118,6 +126,7 @@ impl<T> Default for Workspace<T> {
             sum_parts: Vec::new(),
             grad_maps: Vec::new(),
             wide_grad_maps: WideGradMaps::default(),
+            board: Board::default(),
         }
     }
 }
@@ -460,8 +469,9 @@ impl<T: Element> BatchNorm<T> {
         saved.invstd64.resize(c, 0.0);
         ws.maps.resize(c, ChannelMap::default());
         ws.moments.resize(c, Moments::EMPTY);
+        let cut = channel_cut(geo, elem, 1, exec);
         match statistics {
-            Statistics::Batch if resident_channels(geo, elem, 1, exec.l2_budget) => {
+            Statistics::Batch if cut == Cut::Channels => {
                 // Channel by channel, each on one thread: its normalising pass reads it from L2.
                 let per = parts_len(geo, 1);
                 ws.moment_parts.resize(per * c, Moments::EMPTY);
@@ -470,8 +480,36 @@ impl<T: Element> BatchNorm<T> {
                 for_each_channel(exec, &mut ws.moments, parts, per, |ch, m, parts| {
                     channel_moments(x, geo, ch..ch + 1, seq, parts, std::slice::from_mut(m));
                     let map = self.channel_map(ch, m.mean, m.variance());
-                    normalize_channel(x, &y, geo, ch, seq, map);
+                    normalize_channel(x, &y, geo, ch, 0..geo.outer, seq, map);
                 });
+            }
+            Statistics::Batch if matches!(cut, Cut::Shared(_)) => {
+                // Channel by channel, each shared by the threads: each normalises its share
+                // from its L2.
+                let Cut::Shared(team) = cut else {
+                    unreachable!()
+                };
+                let per = parts_len(geo, 1);
+                ws.moment_parts.resize(per * c, Moments::EMPTY);
+                let (y, seq) = (Disjoint::new(y), exec.sequential());
+                let kernel = moments_kernel(x, geo, exec.isa);
+                let parts = &mut ws.moment_parts;
+                for_each_channel_shared(
+                    team,
+                    c,
+                    per,
+                    parts,
+                    &mut ws.board,
+                    |ch, pieces, out| reduce_pieces(geo, ch, pieces, out, &kernel),
+                    |ch, pieces, all| {
+                        let m = merge_pieces(all, Moments::merge);
+                        let map = self.channel_map(ch, m.mean, m.variance());
+                        normalize_channel(x, &y, geo, ch, piece_blocks(geo, pieces), seq, map);
+                    },
+                );
+                for (m, all) in ws.moments.iter_mut().zip(parts.chunks_exact(per)) {
+                    *m = merge_pieces(all, Moments::merge);
+                }
             }
             Statistics::Batch => {
                 // Channel group by channel group: a group's statistics pass leaves it in L3
@@ -556,7 +594,8 @@ impl<T: Element> BatchNorm<T> {
             GradMap { mean, k, a, b }
         };
         ws.sums.resize(c, GradSums::default());
-        if resident_channels(geo, elem, 2, exec.l2_budget) {
+        let cut = channel_cut(geo, elem, 2, exec);
+        if cut == Cut::Channels {
             // Channel by channel, each on one thread: its dx pass reads it from L2.
             let per = parts_len(geo, 1);
             ws.sum_parts.resize(per * c, GradSums::default());
@@ -567,8 +606,32 @@ impl<T: Element> BatchNorm<T> {
                 let (mean, no_wide, out) =
                     (&saved.mean64, &mut Vec::new(), std::slice::from_mut(s));
                 grad_sums(x, dy, geo, ch..ch + 1, seq, mean, parts, no_wide, out);
-                input_grad_channel(x, dy, &dx, geo, ch, seq, grad_map(ch, *s));
+                let map = grad_map(ch, *s);
+                input_grad_channel(x, dy, &dx, geo, ch, 0..geo.outer, seq, map);
             });
+        } else if let Cut::Shared(team) = cut {
+            // Channel by channel, each shared by the threads: each writes dx for its share
+            // from its L2.
+            let per = parts_len(geo, 1);
+            ws.sum_parts.resize(per * c, GradSums::default());
+            let (dx, seq) = (Disjoint::new(dx), exec.sequential());
+            let kernel = grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]);
+            let parts = &mut ws.sum_parts;
+            for_each_channel_shared(
+                team,
+                c,
+                per,
+                parts,
+                &mut ws.board,
+                |ch, pieces, out| reduce_pieces(geo, ch, pieces, out, &kernel),
+                |ch, pieces, all| {
+                    let map = grad_map(ch, merge_pieces(all, GradSums::add));
+                    input_grad_channel(x, dy, &dx, geo, ch, piece_blocks(geo, pieces), seq, map);
+                },
+            );
+            for (s, all) in ws.sums.iter_mut().zip(parts.chunks_exact(per)) {
+                *s = merge_pieces(all, GradSums::add);
+            }
         } else {
             // Channel group by channel group: a group's sums pass leaves it in L3 for dx.
             ws.grad_maps.resize(c, GradMap::default());
@@ -665,6 +728,30 @@ mod tests {
                 for par in [Par::Seq, Par::Rayon] {
                     let resident = train_step::<T>(dims, par, isa, usize::MAX);
                     assert!(resident == blocked, "{dims:?} {isa:?} {par:?}");
+                }
+            }
+            // Teams of 2 and 3 threads sharing each channel: with an L2 budget of half a
+            // channel of x the forward shares, with one channel of x the backward does.
+            for threads in [2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let geo = Shape::new(dims, Layout::ChannelsFirst).unwrap().geometry();
+                for (l2, streams) in [(per_channel / 2, 1), (per_channel, 2)] {
+                    let exec = Exec {
+                        isa: Isa::Baseline,
+                        par: true,
+                        stream: false,
+                        l2_budget: l2,
+                    };
+                    let size = std::mem::size_of::<T>();
+                    let cut = pool.install(|| channel_cut(geo, size, streams, exec));
+                    assert_eq!(cut, Cut::Shared(threads), "{dims:?} {l2}");
+                    for isa in Isa::available() {
+                        let shared = pool.install(|| train_step::<T>(dims, Par::Rayon, isa, l2));
+                        assert!(shared == blocked, "{dims:?} {isa:?} {threads} threads");
+                    }
                 }
             }
         }

@@ -133,17 +133,18 @@ pub(crate) fn normalize<T: Element>(
     });
 }
 
-/// Applies `map` to channel `ch` of channels-first `x`, writing that channel of `y`, on this
-/// thread.
+/// Applies `map` to channel `ch` of channels-first `x` in outer blocks `blocks`, writing them
+/// to `y`, on this thread.
 pub(crate) fn normalize_channel<T: Element>(
     x: &[T],
     y: &Disjoint<'_, T>,
     geo: Geometry,
     ch: usize,
+    blocks: Range<usize>,
     exec: Exec,
     map: ChannelMap<T>,
 ) {
-    map_channel(geo, ch, exec, y, |run, ys| {
+    map_channel(geo, ch, blocks, exec, y, |run, ys| {
         normalize_runs(exec.isa, &x[run], ys, geo.inner, std::slice::from_ref(&map))
     });
 }

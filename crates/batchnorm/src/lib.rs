@@ -48,6 +48,7 @@ mod scratch;
 mod simd;
 mod stats;
 mod stream;
+mod team;
 mod tuning;
 
 pub use batch_norm::{BatchNorm, Grads, Saved};

@@ -1,5 +1,5 @@
-//! How a call is cut into work: channels processed one at a time from L2 or channel groups
-//! ("waves") from L3, and the units of parallel work inside them. The pieces each channel's
+//! How a call is cut into work: channels processed one at a time from L2 (each on one thread,
+//! or shared by all), or channel groups ("waves") from L3, and the units of parallel work inside them. The pieces each channel's
 //! statistics are merged from depend only on the shape, never on the number of threads or the
 //! cache sizes, and merge in the same order on every path: the results are bitwise the same.
 
@@ -24,7 +24,7 @@ pub(crate) struct Exec {
     pub par: bool,
     /// Whether to write outputs with non-temporal stores (see [`crate::stream`]).
     pub stream: bool,
-    /// Bytes of a core's L2 one channel may fill (see [`resident_channels`]).
+    /// Bytes of a core's L2 one channel (or one share of it) may fill (see [`channel_cut`]).
     pub l2_budget: usize,
 }
 
@@ -191,25 +191,13 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
         });
         geo.outer.div_ceil(rows)
     } else {
-        let (inner, per) = (geo.inner, runs_per_piece(geo));
-        let sub = channels_per_item(inner);
+        let sub = channels_per_item(geo.inner);
         for_each_chunk(exec.par, parts, g, |p, row| {
-            let count = per.min(geo.outer - p * per);
             for_each_chunk(exec.par, row, sub, |k, pk| {
-                let first = range.start + k * sub;
-                let start = (p * per * c + first) * inner;
-                let elems = start..start + (count - 1) * c * inner + pk.len() * inner;
-                kernel(
-                    Span::Runs {
-                        elems,
-                        first,
-                        count,
-                    },
-                    pk,
-                );
+                kernel(piece_span(geo, range.start + k * sub, pk.len(), p), pk);
             });
         });
-        geo.outer.div_ceil(per)
+        geo.outer.div_ceil(runs_per_piece(geo))
     };
     // Piece by piece across the channels: each channel still merges its pieces in order, and
     // the partials are read in memory order.
@@ -275,20 +263,83 @@ pub(crate) fn map_per_channel<T: Element>(
     }
 }
 
-/// Whether the two passes over channels-first input run channel by channel, each channel on one
-/// thread while its `streams` tensors of `elem_bytes`-sized elements are still in that core's L2
-/// (so the second pass reads from L2, not from L3 or memory): when a channel's data fits in
-/// `l2_budget` bytes and is not too small to be worth a task. Otherwise [`channel_groups`]
-/// blocks for L3. Both give the same bits: each channel's partial results merge in the same
-/// order.
-pub(crate) fn resident_channels(
-    geo: Geometry,
-    elem_bytes: usize,
-    streams: usize,
-    l2_budget: usize,
-) -> bool {
+/// How the two passes of a channels-first training step (statistics then normalise, or
+/// gradient sums then dx) meet in cache, for `streams` tensors of `elem_bytes`-sized elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// Channel groups ("waves", see [`channel_groups`]): the second pass reads a group from L3.
+    /// Also channels-last input, whose every row holds every channel.
+    Waves,
+    /// Channel by channel, each on one thread ([`for_each_channel`]): the second pass reads
+    /// the channel from that core's L2.
+    Channels,
+    /// Channel by channel, each shared by a team of this many threads
+    /// ([`crate::team::for_each_channel_shared`]): each thread's share stays in its L2.
+    Shared(usize),
+}
+
+/// The cut for a channels-first channel of `geo.per_channel()` values in `streams` tensors:
+/// on one core when it fits `exec.l2_budget` (and is at least [`MIN_RESIDENT_BYTES`], below
+/// which tasks would be too short), shared by every thread of the pool when each share fits,
+/// else in waves.
+pub(crate) fn channel_cut(geo: Geometry, elem_bytes: usize, streams: usize, exec: Exec) -> Cut {
     let bytes = geo.per_channel() * elem_bytes * streams;
-    !geo.is_rows() && (MIN_RESIDENT_BYTES..=l2_budget).contains(&bytes)
+    if geo.is_rows() || bytes < MIN_RESIDENT_BYTES {
+        return Cut::Waves;
+    }
+    if bytes <= exec.l2_budget {
+        return Cut::Channels;
+    }
+    let team = if exec.par {
+        rayon::current_num_threads().min(crate::team::MAX_TEAM)
+    } else {
+        1
+    };
+    let pieces = parts_len(geo, 1);
+    if team >= 2 && team <= pieces && bytes.div_ceil(team) <= exec.l2_budget {
+        Cut::Shared(team)
+    } else {
+        Cut::Waves
+    }
+}
+
+/// The span of channels `first..first + len` in piece `p` of channels-first input (the runs of
+/// [`runs_per_piece`] consecutive outer blocks).
+pub(crate) fn piece_span(geo: Geometry, first: usize, len: usize, p: usize) -> Span {
+    let (c, inner, per) = (geo.channels, geo.inner, runs_per_piece(geo));
+    let count = per.min(geo.outer - p * per);
+    let start = (p * per * c + first) * inner;
+    let elems = start..start + (count - 1) * c * inner + len * inner;
+    Span::Runs {
+        elems,
+        first,
+        count,
+    }
+}
+
+/// The outer blocks of pieces `pieces` of channels-first input.
+pub(crate) fn piece_blocks(geo: Geometry, pieces: Range<usize>) -> Range<usize> {
+    let per = runs_per_piece(geo);
+    pieces.start * per..(pieces.end * per).min(geo.outer)
+}
+
+/// Fills `out` with the partial results of pieces `pieces` of channel `ch` of channels-first
+/// input, one `kernel` call per piece, on this thread.
+pub(crate) fn reduce_pieces<P>(
+    geo: Geometry,
+    ch: usize,
+    pieces: Range<usize>,
+    out: &mut [P],
+    kernel: impl Fn(Span, &mut [P]),
+) {
+    for (p, o) in pieces.zip(out.chunks_mut(1)) {
+        kernel(piece_span(geo, ch, 1, p), o);
+    }
+}
+
+/// Merges one channel's partial results in piece order, as [`reduce_per_channel`] does.
+pub(crate) fn merge_pieces<P: Copy + Default>(parts: &[P], merge: impl Fn(P, P) -> P) -> P {
+    parts.iter().fold(P::default(), |o, &p| merge(o, p))
 }
 
 /// Calls `task(ch, out, parts)` for every channel, in parallel when `exec.par`, with the
@@ -313,21 +364,24 @@ pub(crate) fn for_each_channel<O: Send, P: Send>(
     }
 }
 
-/// Writes channel `ch` of a channels-first element-wise pass on this thread, as one streaming
-/// task: `kernel(run, out)` fills the channel's run at element range `run` of each outer block.
+/// Writes channel `ch` of a channels-first element-wise pass in outer blocks `blocks` on this
+/// thread, as one streaming task: `kernel(run, out)` fills the channel's run at element range
+/// `run` of each of those blocks.
 pub(crate) fn map_channel<T: Element>(
     geo: Geometry,
     ch: usize,
+    blocks: Range<usize>,
     exec: Exec,
     out: &Disjoint<'_, T>,
     kernel: impl Fn(Range<usize>, &mut [T]),
 ) {
     streaming(exec.isa, exec.stream, |w| {
-        for o in 0..geo.outer {
+        for o in blocks {
             let start = (o * geo.channels + ch) * geo.inner;
             let run = start..start + geo.inner;
-            // SAFETY: the runs of channel `ch` belong to the one task that handles `ch`
-            // (`for_each_channel` gives each channel to one task), and this borrow ends here.
+            // SAFETY: these runs of channel `ch` belong to the one task that handles them
+            // (`for_each_channel` gives each channel to one task, `for_each_channel_shared`
+            // each share), and this borrow ends here.
             let o = unsafe { out.slice(run.clone()) };
             w.write(o, |o| kernel(run, o));
         }
@@ -367,5 +421,15 @@ impl<'a, T> Disjoint<'a, T> {
         // SAFETY: in bounds (checked above) of the slice this was made from, which outlives
         // `'a`; exclusive by the caller's guarantee.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+    }
+
+    /// The elements at `range`, to read. Panics if it is out of bounds.
+    ///
+    /// # Safety
+    /// No mutable borrow of an overlapping range may be alive at the same time.
+    pub unsafe fn get(&self, range: Range<usize>) -> &[T] {
+        assert!(range.start <= range.end && range.end <= self.len);
+        // SAFETY: in bounds, as in `slice`; shared by the caller's guarantee.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(range.start), range.len()) }
     }
 }

@@ -18,7 +18,7 @@ use crate::plan::{
     Span,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{multiversion, prefetch, prefetch_ahead};
+use crate::simd::{multiversion, prefetch, prefetch_ahead, Isa};
 use crate::tuning::{LANES, RUN_CHUNK};
 
 /// Summary statistics of a set of values: count, mean, and M2 = sum((x - mean)^2).
@@ -244,22 +244,30 @@ pub(crate) fn channel_moments<T: Element>(
     parts: &mut [Moments],
     out: &mut [Moments],
 ) {
+    let kernel = moments_kernel(x, geo, exec.isa);
+    reduce_per_channel(geo, range, exec, parts, out, kernel, Moments::merge);
+}
+
+/// The partial moments of one unit of work (a [`Span`] of `x`), one per channel it covers.
+pub(crate) fn moments_kernel<T: Element>(
+    x: &[T],
+    geo: Geometry,
+    isa: Isa,
+) -> impl Fn(Span, &mut [Moments]) + Sync + '_ {
     let stride = geo.channels * geo.inner;
-    let kernel = |span: Span, p: &mut [Moments]| match span {
+    move |span: Span, p: &mut [Moments]| match span {
         Span::Rows(r) => with_zeroed(3 * row_width(geo.channels), |s| {
-            block_moments(exec.isa, &x[r], p, s)
+            block_moments(isa, &x[r], p, s)
         }),
         Span::Runs { elems, count, .. } => with_zeroed(2 * p.len() * LANES, |s| {
-            unit_moments(exec.isa, &x[elems], stride, count, geo.inner, p, s)
+            unit_moments(isa, &x[elems], stride, count, geo.inner, p, s)
         }),
-    };
-    reduce_per_channel(geo, range, exec, parts, out, kernel, Moments::merge);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simd::Isa;
 
     #[test]
     fn huge_offset_keeps_the_variance() {

@@ -53,7 +53,7 @@ pub(crate) const PIECE_ELEMS: usize = 1024;
 pub(crate) const WAVE_BYTES: usize = 12 * 1024 * 1024;
 
 /// Fewest bytes of one channel for its two passes to be fused on one thread (see
-/// [`crate::plan::resident_channels`]): smaller channels make tasks of a few microseconds, and
+/// [`crate::plan::channel_cut`]): smaller channels make tasks of a few microseconds, and
 /// fit in L3 in channel groups anyway.
 pub(crate) const MIN_RESIDENT_BYTES: usize = 256 * 1024;
 
