@@ -247,10 +247,10 @@ impl WideGradMaps {
 
 multiversion! {
     /// dx over consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
-    fn runs_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[GradMap]) {
+    fn runs_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[GradMap], stream: bool) {
         let runs = x.chunks_exact(inner).zip(dy.chunks_exact(inner)).zip(dx.chunks_exact_mut(inner));
         for (((xr, dr), gr), &map) in runs.zip(maps) {
-            map2_prefetched(xr, dr, gr, |xv, d| map.apply(xv, d));
+            map2_prefetched(xr, dr, gr, stream, |xv, d| map.apply(xv, d));
         }
     }
 }
@@ -297,11 +297,13 @@ pub(crate) fn input_grad<T: Element>(
         wide.set(maps);
     }
     let (wide, c, inner) = (&*wide, geo.channels, geo.inner);
-    map_per_channel(geo, range, exec, dx, |span, gs| match span {
-        Span::Rows(r) => rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gs, c, wide),
+    map_per_channel(geo, range, exec, dx, |span, gs, w| match span {
+        Span::Rows(r) => w.staged(gs, |gs| {
+            rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gs, c, wide)
+        }),
         Span::Runs { elems, first, .. } => {
             let (xs, ds) = (&x[elems.clone()], &dy[elems]);
-            runs_input_grad(exec.isa, xs, ds, gs, inner, &maps[first..])
+            runs_input_grad(exec.isa, xs, ds, gs, inner, &maps[first..], w.streams())
         }
     });
 }
@@ -319,8 +321,8 @@ pub(crate) fn input_grad_channel<T: Element>(
     exec: Exec,
     map: GradMap,
 ) {
-    map_channel(geo, ch, blocks, exec, dx, |run, gs| {
-        let (xs, ds) = (&x[run.clone()], &dy[run]);
-        runs_input_grad(exec.isa, xs, ds, gs, geo.inner, std::slice::from_ref(&map))
+    map_channel(geo, ch, blocks, exec, dx, |run, gs, w| {
+        let (xs, ds, map) = (&x[run.clone()], &dy[run], std::slice::from_ref(&map));
+        runs_input_grad(exec.isa, xs, ds, gs, geo.inner, map, w.streams())
     });
 }

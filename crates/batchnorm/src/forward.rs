@@ -77,9 +77,9 @@ impl<T: Element> WideMaps<T> {
 
 multiversion! {
     /// Consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
-    fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, maps: &[ChannelMap<T>]) {
+    fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, maps: &[ChannelMap<T>], stream: bool) {
         for ((xr, yr), &map) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).zip(maps) {
-            map_prefetched(xr, yr, |xv| map.apply(xv));
+            map_prefetched(xr, yr, stream, |xv| map.apply(xv));
         }
     }
 }
@@ -125,10 +125,11 @@ pub(crate) fn normalize<T: Element>(
         wide.set(maps);
     }
     let (wide, c, inner) = (&*wide, geo.channels, geo.inner);
-    map_per_channel(geo, range, exec, y, |span, ys| match span {
-        Span::Rows(r) => normalize_rows(exec.isa, &x[r], ys, c, wide),
+    map_per_channel(geo, range, exec, y, |span, ys, w| match span {
+        Span::Rows(r) => w.staged(ys, |ys| normalize_rows(exec.isa, &x[r], ys, c, wide)),
         Span::Runs { elems, first, .. } => {
-            normalize_runs(exec.isa, &x[elems], ys, inner, &maps[first..])
+            let maps = &maps[first..];
+            normalize_runs(exec.isa, &x[elems], ys, inner, maps, w.streams())
         }
     });
 }
@@ -144,7 +145,8 @@ pub(crate) fn normalize_channel<T: Element>(
     exec: Exec,
     map: ChannelMap<T>,
 ) {
-    map_channel(geo, ch, blocks, exec, y, |run, ys| {
-        normalize_runs(exec.isa, &x[run], ys, geo.inner, std::slice::from_ref(&map))
+    map_channel(geo, ch, blocks, exec, y, |run, ys, w| {
+        let map = std::slice::from_ref(&map);
+        normalize_runs(exec.isa, &x[run], ys, geo.inner, map, w.streams())
     });
 }

@@ -10,7 +10,7 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::{for_each_chunk, Par};
 use crate::simd::Isa;
-use crate::stream::streaming;
+use crate::stream::{streaming, Writer};
 use crate::tuning::{
     COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MIN_BLOCK_ROWS, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS,
     MIN_ROW_WIDTH, PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
@@ -219,12 +219,12 @@ pub(crate) fn map_per_channel<T: Element>(
     range: Range<usize>,
     exec: Exec,
     out: &mut [T],
-    kernel: impl Fn(Span, &mut [T]) + Sync + Send,
+    kernel: impl Fn(Span, &mut [T], &Writer) + Sync + Send,
 ) {
     let c = geo.channels;
     let task = |pieces: &mut dyn Iterator<Item = (Span, &mut [T])>| {
         streaming(exec.isa, exec.stream, |w| {
-            pieces.for_each(|(span, o)| w.write(o, |o| kernel(span, o)));
+            pieces.for_each(|(span, o)| kernel(span, o, w));
         });
     };
     if geo.is_rows() {
@@ -373,7 +373,7 @@ pub(crate) fn map_channel<T: Element>(
     blocks: Range<usize>,
     exec: Exec,
     out: &Disjoint<'_, T>,
-    kernel: impl Fn(Range<usize>, &mut [T]),
+    kernel: impl Fn(Range<usize>, &mut [T], &Writer),
 ) {
     streaming(exec.isa, exec.stream, |w| {
         for o in blocks {
@@ -383,7 +383,7 @@ pub(crate) fn map_channel<T: Element>(
             // (`for_each_channel` gives each channel to one task, `for_each_channel_shared`
             // each share), and this borrow ends here.
             let o = unsafe { out.slice(run.clone()) };
-            w.write(o, |o| kernel(run, o));
+            kernel(run, o, w);
         }
     });
 }

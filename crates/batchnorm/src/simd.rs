@@ -113,39 +113,122 @@ pub(crate) fn prefetch_ahead<T>(chunk: &[T]) {
     prefetch_bytes(ahead, std::mem::size_of_val(chunk));
 }
 
-/// Elements per step of the prefetching maps.
-const MAP_CHUNK: usize = 16;
+/// Elements per step of the prefetching maps. Eight `f32` are one 32-byte store: streamed one
+/// per step, the 64x64x56x56 f32 backward ran 20% faster than with two per step of 16 values
+/// or through a staging buffer (5.1-5.6 against 6.0-6.9 ms, 2 threads); the stores are the same
+/// when not streaming.
+const MAP_CHUNK: usize = 8;
 
-/// `y[i] = f(x[i])` over equal-length slices, prefetching `x` ahead (see [`prefetch_ahead`]).
+/// Alignment of a non-temporal AVX store.
+const STREAM_ALIGN: usize = 32;
+
+/// `y[i] = f(x[i])` over equal-length slices, prefetching `x` ahead (see [`prefetch_ahead`]);
+/// when `stream`, `y` is written with non-temporal stores (see [`put`]).
 #[inline(always)]
-pub(crate) fn map_prefetched<T: Copy, U>(x: &[T], y: &mut [U], f: impl Fn(T) -> U) {
+pub(crate) fn map_prefetched<T: Copy, U: Copy + Default>(
+    x: &[T],
+    y: &mut [U],
+    stream: bool,
+    f: impl Fn(T) -> U,
+) {
+    let head = aligned_head(y, stream);
+    let (xh, x) = x.split_at(head);
+    let (yh, y) = y.split_at_mut(head);
+    yh.iter_mut().zip(xh).for_each(|(yv, &xv)| *yv = f(xv));
     let (xc, xt) = x.as_chunks::<MAP_CHUNK>();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     for (ys, xs) in yc.iter_mut().zip(xc) {
         prefetch_ahead(xs);
+        let mut v = [U::default(); MAP_CHUNK];
         for l in 0..MAP_CHUNK {
-            ys[l] = f(xs[l]);
+            v[l] = f(xs[l]);
         }
+        put(ys, v, stream);
     }
     for (yv, &xv) in yt.iter_mut().zip(xt) {
         *yv = f(xv);
     }
 }
 
-/// `y[i] = f(a[i], b[i])` over equal-length slices, prefetching `a` and `b` ahead.
+/// `y[i] = f(a[i], b[i])` over equal-length slices, prefetching `a` and `b` ahead; when
+/// `stream`, `y` is written with non-temporal stores (see [`put`]).
 #[inline(always)]
-pub(crate) fn map2_prefetched<T: Copy, U>(a: &[T], b: &[T], y: &mut [U], f: impl Fn(T, T) -> U) {
+pub(crate) fn map2_prefetched<T: Copy, U: Copy + Default>(
+    a: &[T],
+    b: &[T],
+    y: &mut [U],
+    stream: bool,
+    f: impl Fn(T, T) -> U,
+) {
+    let head = aligned_head(y, stream);
+    let (ah, a) = a.split_at(head);
+    let (bh, b) = b.split_at(head);
+    let (yh, y) = y.split_at_mut(head);
+    let heads = yh.iter_mut().zip(ah.iter().zip(bh));
+    heads.for_each(|(yv, (&av, &bv))| *yv = f(av, bv));
     let (ac, at) = a.as_chunks::<MAP_CHUNK>();
     let (bc, bt) = b.as_chunks::<MAP_CHUNK>();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     for ((ys, as_), bs) in yc.iter_mut().zip(ac).zip(bc) {
         prefetch_ahead(as_);
         prefetch_ahead(bs);
+        let mut v = [U::default(); MAP_CHUNK];
         for l in 0..MAP_CHUNK {
-            ys[l] = f(as_[l], bs[l]);
+            v[l] = f(as_[l], bs[l]);
         }
+        put(ys, v, stream);
     }
     for ((yv, &av), &bv) in yt.iter_mut().zip(at).zip(bt) {
         *yv = f(av, bv);
+    }
+}
+
+/// Elements of `y` before its first 32-byte boundary when streaming (non-temporal stores need
+/// aligned addresses; those elements are stored normally), else none.
+#[inline(always)]
+fn aligned_head<U>(y: &[U], stream: bool) -> usize {
+    if stream {
+        y.as_ptr().align_offset(STREAM_ALIGN).min(y.len())
+    } else {
+        0
+    }
+}
+
+/// Stores one step's results: with non-temporal stores straight from the registers when
+/// `stream` (the task fences them when it ends, see [`crate::stream::streaming`]), which skip
+/// the read of the destination a normal store starts with. `stream` is only set on the AVX2
+/// path, and `dst` is then 32-byte aligned (see [`aligned_head`]).
+#[inline(always)]
+fn put<U: Copy>(dst: &mut [U; MAP_CHUNK], v: [U; MAP_CHUNK], stream: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if stream {
+        debug_assert_eq!(dst.as_ptr().align_offset(STREAM_ALIGN), 0);
+        debug_assert_eq!(std::mem::size_of_val(&v) % STREAM_ALIGN, 0);
+        let bytes = std::mem::size_of_val(&v);
+        // SAFETY: `stream` is only set once `Isa::detect` found AVX2; `dst` is valid for
+        // `bytes` and aligned (the caller's contract); `v` is a local array of `bytes`, a
+        // multiple of 32 for the element types (`f32`, `f64`).
+        unsafe { stream_bytes(dst.as_mut_ptr().cast(), v.as_ptr().cast(), bytes) };
+        return;
+    }
+    *dst = v;
+}
+
+/// Copies `len` bytes (a multiple of 32) with non-temporal stores.
+///
+/// # Safety
+/// The CPU supports AVX; `src` and `dst` are valid for `len` bytes; `dst` is 32-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx")]
+pub(crate) unsafe fn stream_bytes(dst: *mut u8, src: *const u8, len: usize) {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
+    for i in (0..len).step_by(STREAM_ALIGN) {
+        // SAFETY: `i + 32 <= len` for both buffers, and `dst + i` stays aligned (the caller's
+        // contract).
+        unsafe {
+            let v = _mm256_loadu_si256(src.add(i).cast::<__m256i>());
+            _mm256_stream_si256(dst.add(i).cast::<__m256i>(), v);
+        }
     }
 }

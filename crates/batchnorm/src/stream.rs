@@ -2,10 +2,12 @@
 //!
 //! Writing an output the normal way first reads each cache line of the destination ("read for
 //! ownership"), so a pass that reads x and writes y moves three bytes per byte of y. When y is
-//! too large to stay in cache anyway, the kernels instead compute a piece into a small per-thread
-//! staging buffer (it stays in L1/L2) and copy it out with non-temporal stores, which skip that
-//! read: two bytes per byte, as `memcpy` does for large copies. The values are the same either
-//! way; only the stores differ.
+//! too large to stay in cache anyway, the kernels write it with non-temporal stores instead,
+//! which skip that read: two bytes per byte, as `memcpy` does for large copies. Kernels over
+//! runs (channels-first) store straight from the registers ([`crate::simd::map_prefetched`]);
+//! the row kernels (channels-last), whose rows need not start aligned, compute a slice into a
+//! small per-thread staging buffer that stays in L1 and copy it out ([`Writer::staged`]). The
+//! values are the same either way; only the stores differ.
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -40,8 +42,8 @@ thread_local! {
     static STAGING: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `task`, which writes its outputs through the [`Writer`] it is given: in place, or, when
-/// `stream` is set and the path has non-temporal stores, staged and streamed. The streamed
+/// Runs `task`, which writes its outputs as the [`Writer`] it is given says: with normal stores,
+/// or, when `stream` is set and the path has non-temporal stores, with those. The streamed
 /// stores are fenced once, when `task` returns, before its thread can report the work done (a
 /// fence per piece written cost 12% of a streamed pass).
 #[inline]
@@ -64,10 +66,16 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// Whether kernels that store their results themselves use non-temporal stores (only ever
+    /// on the AVX2 path).
+    pub fn streams(&self) -> bool {
+        self.streams
+    }
+
     /// Runs `f` to produce `dst`: in place, or into a staging buffer that is then streamed to
     /// `dst`.
     #[inline]
-    pub fn write<T: Element>(&self, dst: &mut [T], f: impl FnOnce(&mut [T])) {
+    pub fn staged<T: Element>(&self, dst: &mut [T], f: impl FnOnce(&mut [T])) {
         if !self.streams {
             return f(dst);
         }
@@ -101,7 +109,7 @@ fn fence() {
 #[cfg(target_arch = "x86_64")]
 fn stream_copy<T: Element>(dst: &mut [T], src: &[T]) {
     debug_assert_eq!(dst.len(), src.len());
-    // SAFETY: `write_out` only calls this on the AVX2 path, which `Isa::detect` verified.
+    // SAFETY: `Writer::staged` only calls this on the AVX2 path, which `Isa::detect` verified.
     unsafe {
         stream_copy_avx(
             dst.as_mut_ptr().cast(),
@@ -122,21 +130,17 @@ fn stream_copy<T: Element>(dst: &mut [T], src: &[T]) {
 /// # Safety
 /// The CPU supports AVX; `src` and `dst` are valid for `len` bytes and do not overlap.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx")]
 unsafe fn stream_copy_avx(dst: *mut u8, src: *const u8, len: usize) {
-    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
     let head = dst.align_offset(32).min(len);
     let body = (len - head) / 32 * 32;
     // SAFETY: offsets stay within `len` of both buffers, which the caller guarantees valid and
-    // disjoint; `dst + head` is 32-byte aligned as the stream store needs.
+    // disjoint; `dst + head` is 32-byte aligned and `body` a multiple of 32, as
+    // `stream_bytes` needs; AVX is the caller's contract.
     unsafe {
         std::ptr::copy_nonoverlapping(src, dst, head);
-        let mut i = head;
-        while i < head + body {
-            let v = _mm256_loadu_si256(src.add(i).cast::<__m256i>());
-            _mm256_stream_si256(dst.add(i).cast::<__m256i>(), v);
-            i += 32;
-        }
-        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i);
+        crate::simd::stream_bytes(dst.add(head), src.add(head), body);
+        let done = head + body;
+        std::ptr::copy_nonoverlapping(src.add(done), dst.add(done), len - done);
     }
 }

@@ -1,20 +1,22 @@
 //! Outputs written through non-temporal stores (forced here for every size) are bitwise the
 //! ones written normally: the baseline path, which never streams, is the reference.
 
-use batchnorm::{BatchNorm, BatchNormConfig, Isa, Layout, Mode, Par, Shape};
+use batchnorm::{BatchNorm, BatchNormConfig, Element, Isa, Layout, Mode, Par, Shape};
 
-fn run(shape: &Shape, isa: Isa, par: Par) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+type Outputs<T> = (Vec<T>, Vec<T>, Vec<T>);
+
+fn run<T: Element>(shape: &Shape, isa: Isa, par: Par) -> Outputs<T> {
     let n = shape.len();
-    let x: Vec<f32> = (0..n)
-        .map(|i| ((i * 7919) % 1013) as f32 * 0.37 - 100.0)
+    let x: Vec<T> = (0..n)
+        .map(|i| T::from_f64(((i * 7919) % 1013) as f64 * 0.37 - 100.0))
         .collect();
-    let dy: Vec<f32> = (0..n)
-        .map(|i| ((i * 31) % 97) as f32 * 0.01 - 0.5)
+    let dy: Vec<T> = (0..n)
+        .map(|i| T::from_f64(((i * 31) % 97) as f64 * 0.01 - 0.5))
         .collect();
-    let mut bn = BatchNorm::<f32>::new(shape.channels(), BatchNormConfig::default()).unwrap();
+    let mut bn = BatchNorm::<T>::new(shape.channels(), BatchNormConfig::default()).unwrap();
     bn.set_isa(isa).unwrap();
     bn.set_par(par);
-    let (mut y, mut dx, mut y_eval) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let (mut y, mut dx, mut y_eval) = (vec![T::ZERO; n], vec![T::ZERO; n], vec![T::ZERO; n]);
     let saved = bn.forward(&x, shape, Mode::Train, &mut y).unwrap();
     bn.backward(&x, &dy, shape, &saved, &mut dx).unwrap();
     bn.forward(&x, shape, Mode::Eval, &mut y_eval).unwrap();
@@ -33,13 +35,13 @@ fn streamed_outputs_are_the_normal_ones() {
     ];
     for (dims, layout) in shapes {
         let shape = Shape::new(dims, layout).unwrap();
-        let reference = run(&shape, Isa::Baseline, Par::Seq);
+        let reference = run::<f32>(&shape, Isa::Baseline, Par::Seq);
+        let reference64 = run::<f64>(&shape, Isa::Baseline, Par::Seq);
         for isa in Isa::available() {
             for par in [Par::Seq, Par::Rayon] {
-                assert!(
-                    run(&shape, isa, par) == reference,
-                    "{dims:?} {layout:?} {isa:?} {par:?}"
-                );
+                let what = format!("{dims:?} {layout:?} {isa:?} {par:?}");
+                assert!(run::<f32>(&shape, isa, par) == reference, "f32 {what}");
+                assert!(run::<f64>(&shape, isa, par) == reference64, "f64 {what}");
             }
         }
     }
