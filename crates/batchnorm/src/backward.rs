@@ -6,10 +6,13 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
     column_strips, fold_widened_in_place, map_channel, map_per_channel, reduce_per_channel,
-    steps_ahead, strip, widen, widen_iter, Disjoint, Exec, Span,
+    steps_ahead, strip, widen, widen_wrapped, Disjoint, Exec, Span,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{map2_prefetched, multiversion, prefetch, prefetch_ahead, Isa};
+use crate::simd::{
+    chunk_at, map2_cyclic, map2_prefetched, multiversion, prefetch, prefetch_ahead, Cyclic2, Isa,
+    MAP_CHUNK,
+};
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -224,7 +227,8 @@ impl GradMap {
     }
 }
 
-/// Per-channel maps repeated over one widened row (see [`widen`]), one array per coefficient.
+/// Per-channel maps repeated over one widened row and wrapped (see [`widen_wrapped`]), one
+/// array per coefficient. `mean` also serves the gradient sums as the plain widened mean.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WideGradMaps {
     pub mean: Vec<f64>,
@@ -236,12 +240,41 @@ pub(crate) struct WideGradMaps {
 impl WideGradMaps {
     fn set(&mut self, maps: &[GradMap]) {
         let field = |out: &mut Vec<f64>, f: fn(&GradMap) -> f64| {
-            widen_iter(maps.len(), maps.iter().map(f), out);
+            widen_wrapped(maps.len(), maps.iter().map(f), out);
         };
         field(&mut self.mean, |m| m.mean);
         field(&mut self.k, |m| m.k);
         field(&mut self.a, |m| m.a);
         field(&mut self.b, |m| m.b);
+    }
+}
+
+impl<T: Element> Cyclic2<T, T> for WideGradMaps {
+    fn width(&self) -> usize {
+        self.mean.len() - MAP_CHUNK
+    }
+
+    #[inline(always)]
+    fn step(&self, xs: &[T; MAP_CHUNK], ds: &[T; MAP_CHUNK], j: usize) -> [T; MAP_CHUNK] {
+        let (mean, k) = (chunk_at(&self.mean, j), chunk_at(&self.k, j));
+        let (a, b) = (chunk_at(&self.a, j), chunk_at(&self.b, j));
+        let mut v = [T::ZERO; MAP_CHUNK];
+        for l in 0..MAP_CHUNK {
+            let (xv, dv) = (xs[l].to_f64(), ds[l].to_f64());
+            v[l] = T::from_f64(k[l] * ((dv - a[l]) - (xv - mean[l]) * b[l]));
+        }
+        v
+    }
+
+    #[inline(always)]
+    fn one(&self, x: T, dy: T, j: usize) -> T {
+        let map = GradMap {
+            mean: self.mean[j],
+            k: self.k[j],
+            a: self.a[j],
+            b: self.b[j],
+        };
+        map.apply(x, dy)
     }
 }
 
@@ -256,27 +289,10 @@ multiversion! {
 }
 
 multiversion! {
-    /// dx over rows of `channels` channels, vectorised along widened rows; `maps` holds the
-    /// per-channel maps repeated over one widened row.
-    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], channels: usize, maps: &WideGradMaps) {
-        let row = |xr: &[T], dr: &[T], gr: &mut [T]| {
-            prefetch_ahead(xr);
-            prefetch_ahead(dr);
-            let m = maps.mean.iter().zip(&maps.k).zip(maps.a.iter().zip(&maps.b));
-            for ((g, (&xv, &dv)), ((&mean, &k), (&a, &b))) in gr.iter_mut().zip(xr.iter().zip(dr)).zip(m) {
-                *g = T::from_f64(k * ((dv.to_f64() - a) - (xv.to_f64() - mean) * b));
-            }
-        };
-        let w = maps.mean.len();
-        let split = x.len() / w * w;
-        let (gw, gt) = dx.split_at_mut(split);
-        for ((xr, dr), gr) in x[..split].chunks_exact(w).zip(dy[..split].chunks_exact(w)).zip(gw.chunks_exact_mut(w)) {
-            row(xr, dr, gr);
-        }
-        let tail = x[split..].chunks_exact(channels).zip(dy[split..].chunks_exact(channels));
-        for ((xr, dr), gr) in tail.zip(gt.chunks_exact_mut(channels)) {
-            row(xr, dr, gr);
-        }
+    /// dx over rows of channels-last input as one run whose positions cycle through the
+    /// widened maps (see [`map2_cyclic`]); `stream` as in [`map2_prefetched`].
+    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideGradMaps, stream: bool) {
+        map2_cyclic(x, dy, dx, stream, maps);
     }
 }
 
@@ -296,11 +312,9 @@ pub(crate) fn input_grad<T: Element>(
     if geo.is_rows() {
         wide.set(maps);
     }
-    let (wide, c, inner) = (&*wide, geo.channels, geo.inner);
+    let (wide, inner) = (&*wide, geo.inner);
     map_per_channel(geo, range, exec, dx, |span, gs, w| match span {
-        Span::Rows(r) => w.staged(gs, |gs| {
-            rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gs, c, wide)
-        }),
+        Span::Rows(r) => rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gs, wide, w.streams()),
         Span::Runs { elems, first, .. } => {
             let (xs, ds) = (&x[elems.clone()], &dy[elems]);
             runs_input_grad(exec.isa, xs, ds, gs, inner, &maps[first..], w.streams())

@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 
 /// Bytes of one core's L2 a channel's data may fill for its two passes to run from L2 (see
-/// [`crate::plan::channel_cut`]): half the L2, leaving room for the output's staging and
-/// the lines prefetched ahead; 256 KiB where the L2 cannot be read. The environment variable
+/// [`crate::plan::channel_cut`]): half the L2, leaving room for the lines prefetched ahead
+/// and for other data; 256 KiB where the L2 cannot be read. The environment variable
 /// `BATCHNORM_L2_BUDGET_BYTES`, read once, overrides it.
 pub(crate) fn l2_budget_bytes() -> usize {
     static BYTES: OnceLock<usize> = OnceLock::new();

@@ -4,8 +4,8 @@ use std::ops::Range;
 
 use crate::element::Element;
 use crate::layout::Geometry;
-use crate::plan::{map_channel, map_per_channel, widen_iter, Disjoint, Exec, Span};
-use crate::simd::{map_prefetched, multiversion, prefetch_ahead};
+use crate::plan::{map_channel, map_per_channel, widen_wrapped, Disjoint, Exec, Span};
+use crate::simd::{chunk_at, map_cyclic, map_prefetched, multiversion, Cyclic, MAP_CHUNK};
 
 /// The coefficients of one channel's `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated
 /// in the element type.
@@ -42,7 +42,8 @@ impl<T: Element> ChannelMap<T> {
     }
 }
 
-/// Per-channel maps repeated over one widened row (see [`widen`]), one array per coefficient.
+/// Per-channel maps repeated over one widened row and wrapped (see [`widen_wrapped`]), one
+/// array per coefficient.
 #[derive(Debug, Clone)]
 pub(crate) struct WideMaps<T> {
     mean_hi: Vec<T>,
@@ -66,12 +67,34 @@ impl<T: Element> WideMaps<T> {
     fn set(&mut self, maps: &[ChannelMap<T>]) {
         let field = |out: &mut Vec<T>, f: fn(&ChannelMap<T>) -> T| {
             let per_channel = maps.iter().map(f);
-            widen_iter(maps.len(), per_channel, out);
+            widen_wrapped(maps.len(), per_channel, out);
         };
         field(&mut self.mean_hi, |m| m.mean_hi);
         field(&mut self.mean_lo, |m| m.mean_lo);
         field(&mut self.scale, |m| m.scale);
         field(&mut self.shift, |m| m.shift);
+    }
+}
+
+impl<T: Element> Cyclic<T, T> for WideMaps<T> {
+    fn width(&self) -> usize {
+        self.mean_hi.len() - MAP_CHUNK
+    }
+
+    #[inline(always)]
+    fn step(&self, xs: &[T; MAP_CHUNK], j: usize) -> [T; MAP_CHUNK] {
+        let (h, l) = (chunk_at(&self.mean_hi, j), chunk_at(&self.mean_lo, j));
+        let (s, t) = (chunk_at(&self.scale, j), chunk_at(&self.shift, j));
+        let mut v = [T::ZERO; MAP_CHUNK];
+        for k in 0..MAP_CHUNK {
+            v[k] = ((xs[k] - h[k]) - l[k]) * s[k] + t[k];
+        }
+        v
+    }
+
+    #[inline(always)]
+    fn one(&self, x: T, j: usize) -> T {
+        ((x - self.mean_hi[j]) - self.mean_lo[j]) * self.scale[j] + self.shift[j]
     }
 }
 
@@ -85,28 +108,10 @@ multiversion! {
 }
 
 multiversion! {
-    /// Rows of `channels` channels, vectorised along widened rows: `wide` holds the per-channel
-    /// maps repeated over one widened row (see [`widen`]).
-    fn normalize_rows<T>(x: &[T], y: &mut [T], channels: usize, wide: &WideMaps<T>) {
-        let w = wide.mean_hi.len();
-        let (hi, lo) = (&wide.mean_hi[..w], &wide.mean_lo[..w]);
-        let (scale, shift) = (&wide.scale[..w], &wide.shift[..w]);
-        let row = |xr: &[T], yr: &mut [T]| {
-            prefetch_ahead(xr);
-            let maps = hi.iter().zip(lo).zip(scale.iter().zip(shift));
-            for ((yv, &xv), ((&h, &l), (&s, &t))) in yr.iter_mut().zip(xr).zip(maps) {
-                *yv = ((xv - h) - l) * s + t;
-            }
-        };
-        let split = x.len() / w * w;
-        let (xw, xt) = x.split_at(split);
-        let (yw, yt) = y.split_at_mut(split);
-        for (xr, yr) in xw.chunks_exact(w).zip(yw.chunks_exact_mut(w)) {
-            row(xr, yr);
-        }
-        for (xr, yr) in xt.chunks_exact(channels).zip(yt.chunks_exact_mut(channels)) {
-            row(xr, yr);
-        }
+    /// Rows of channels-last input as one run whose positions cycle through the widened maps
+    /// `wide` (see [`map_cyclic`]); `stream` as in [`map_prefetched`].
+    fn normalize_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T>, stream: bool) {
+        map_cyclic(x, y, stream, wide);
     }
 }
 
@@ -124,9 +129,9 @@ pub(crate) fn normalize<T: Element>(
     if geo.is_rows() {
         wide.set(maps);
     }
-    let (wide, c, inner) = (&*wide, geo.channels, geo.inner);
+    let (wide, inner) = (&*wide, geo.inner);
     map_per_channel(geo, range, exec, y, |span, ys, w| match span {
-        Span::Rows(r) => w.staged(ys, |ys| normalize_rows(exec.isa, &x[r], ys, c, wide)),
+        Span::Rows(r) => normalize_rows(exec.isa, &x[r], ys, wide, w.streams()),
         Span::Runs { elems, first, .. } => {
             let maps = &maps[first..];
             normalize_runs(exec.isa, &x[elems], ys, inner, maps, w.streams())

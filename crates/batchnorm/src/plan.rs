@@ -9,7 +9,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::{for_each_chunk, Par};
-use crate::simd::Isa;
+use crate::simd::{Isa, MAP_CHUNK};
 use crate::stream::{streaming, Writer};
 use crate::tuning::{
     COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MIN_BLOCK_ROWS, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS,
@@ -77,6 +77,18 @@ pub(crate) fn widen_iter<V>(
 ) {
     pattern.clear();
     pattern.extend(per_channel.cycle().take(row_width(channels)));
+}
+
+/// [`widen_iter`] followed by the first [`MAP_CHUNK`] values of the pattern again, so that a
+/// step of [`crate::simd::map_cyclic`] starting anywhere in the row reads its coefficients
+/// contiguously. The pattern's width is `pattern.len() - MAP_CHUNK`.
+pub(crate) fn widen_wrapped<V: Copy>(
+    channels: usize,
+    per_channel: impl Iterator<Item = V> + Clone,
+    pattern: &mut Vec<V>,
+) {
+    widen_iter(channels, per_channel, pattern);
+    pattern.extend_from_within(..MAP_CHUNK);
 }
 
 /// The column strips of a widened row of `w` positions: the channels-last reductions walk a
@@ -228,16 +240,14 @@ pub(crate) fn map_per_channel<T: Element>(
         });
     };
     if geo.is_rows() {
-        // A block per task, written a slice at a time so that staging stays in L1.
+        // A block of rows per task.
         let rows = rows_per_block(geo);
-        let per_wide = row_width(c) / c;
-        let stage_rows = (ITEM_ELEMS / c).max(1).next_multiple_of(per_wide).min(rows);
         for_each_chunk(exec.par, out, rows * c, |b, ob| {
-            let mut slices = ob.chunks_mut(stage_rows * c).enumerate().map(|(s, os)| {
-                let start = (b * rows + s * stage_rows) * c;
-                (Span::Rows(start..start + os.len()), os)
-            });
-            task(&mut slices);
+            let start = b * rows * c;
+            task(&mut std::iter::once((
+                Span::Rows(start..start + ob.len()),
+                ob,
+            )));
         });
     } else {
         // Units of `sub` neighbouring channels in one outer block, grouped into tasks.

@@ -117,7 +117,7 @@ pub(crate) fn prefetch_ahead<T>(chunk: &[T]) {
 /// per step, the 64x64x56x56 f32 backward ran 20% faster than with two per step of 16 values
 /// or through a staging buffer (5.1-5.6 against 6.0-6.9 ms, 2 threads); the stores are the same
 /// when not streaming.
-const MAP_CHUNK: usize = 8;
+pub(crate) const MAP_CHUNK: usize = 8;
 
 /// Alignment of a non-temporal AVX store.
 const STREAM_ALIGN: usize = 32;
@@ -183,6 +183,101 @@ pub(crate) fn map2_prefetched<T: Copy, U: Copy + Default>(
     }
 }
 
+/// Coefficients that cycle with period [`width`](Self::width) over a run (channels-last rows
+/// widened, see [`crate::plan::widen_wrapped`]), applied to one input.
+pub(crate) trait Cyclic<T, U> {
+    /// Positions of one period (at least [`MAP_CHUNK`]).
+    fn width(&self) -> usize;
+    /// Maps [`MAP_CHUNK`] consecutive values, the first at position `j < width`.
+    fn step(&self, xs: &[T; MAP_CHUNK], j: usize) -> [U; MAP_CHUNK];
+    /// Maps one value at position `j < width`.
+    fn one(&self, x: T, j: usize) -> U;
+}
+
+/// [`Cyclic`] coefficients applied to two inputs.
+pub(crate) trait Cyclic2<T, U> {
+    /// Positions of one period (at least [`MAP_CHUNK`]).
+    fn width(&self) -> usize;
+    /// Maps [`MAP_CHUNK`] consecutive pairs, the first at position `j < width`.
+    fn step(&self, a: &[T; MAP_CHUNK], b: &[T; MAP_CHUNK], j: usize) -> [U; MAP_CHUNK];
+    /// Maps one pair at position `j < width`.
+    fn one(&self, a: T, b: T, j: usize) -> U;
+}
+
+/// `y[i] = maps(x[i])` at position `i % maps.width()` over equal-length slices, a step at a
+/// time, prefetching `x` ahead; when `stream`, `y` is written with non-temporal stores.
+#[inline(always)]
+pub(crate) fn map_cyclic<T: Copy, U: Copy + Default>(
+    x: &[T],
+    y: &mut [U],
+    stream: bool,
+    maps: &impl Cyclic<T, U>,
+) {
+    let w = maps.width();
+    debug_assert!(w >= MAP_CHUNK);
+    let head = aligned_head(y, stream);
+    let (xh, x) = x.split_at(head);
+    let (yh, y) = y.split_at_mut(head);
+    let heads = yh.iter_mut().zip(xh).enumerate();
+    heads.for_each(|(i, (yv, &xv))| *yv = maps.one(xv, i));
+    let mut j = head;
+    let (xc, xt) = x.as_chunks::<MAP_CHUNK>();
+    let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
+    for (ys, xs) in yc.iter_mut().zip(xc) {
+        prefetch_ahead(xs);
+        put(ys, maps.step(xs, j), stream);
+        j += MAP_CHUNK;
+        if j >= w {
+            j -= w;
+        }
+    }
+    for (k, (yv, &xv)) in yt.iter_mut().zip(xt).enumerate() {
+        *yv = maps.one(xv, (j + k) % w);
+    }
+}
+
+/// [`map_cyclic`] over two inputs.
+#[inline(always)]
+pub(crate) fn map2_cyclic<T: Copy, U: Copy + Default>(
+    a: &[T],
+    b: &[T],
+    y: &mut [U],
+    stream: bool,
+    maps: &impl Cyclic2<T, U>,
+) {
+    let w = maps.width();
+    debug_assert!(w >= MAP_CHUNK);
+    let head = aligned_head(y, stream);
+    let (ah, a) = a.split_at(head);
+    let (bh, b) = b.split_at(head);
+    let (yh, y) = y.split_at_mut(head);
+    let heads = yh.iter_mut().zip(ah.iter().zip(bh)).enumerate();
+    heads.for_each(|(i, (yv, (&av, &bv)))| *yv = maps.one(av, bv, i));
+    let mut j = head;
+    let (ac, at) = a.as_chunks::<MAP_CHUNK>();
+    let (bc, bt) = b.as_chunks::<MAP_CHUNK>();
+    let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
+    for ((ys, as_), bs) in yc.iter_mut().zip(ac).zip(bc) {
+        prefetch_ahead(as_);
+        prefetch_ahead(bs);
+        put(ys, maps.step(as_, bs, j), stream);
+        j += MAP_CHUNK;
+        if j >= w {
+            j -= w;
+        }
+    }
+    let tails = yt.iter_mut().zip(at.iter().zip(bt)).enumerate();
+    tails.for_each(|(k, (yv, (&av, &bv)))| *yv = maps.one(av, bv, (j + k) % w));
+}
+
+/// The [`MAP_CHUNK`] values of `coefficients` from position `j` on.
+#[inline(always)]
+pub(crate) fn chunk_at<V>(coefficients: &[V], j: usize) -> &[V; MAP_CHUNK] {
+    coefficients[j..]
+        .first_chunk()
+        .expect("coefficients laid out past the widened row")
+}
+
 /// Elements of `y` before its first 32-byte boundary when streaming (non-temporal stores need
 /// aligned addresses; those elements are stored normally), else none.
 #[inline(always)]
@@ -221,7 +316,7 @@ fn put<U: Copy>(dst: &mut [U; MAP_CHUNK], v: [U; MAP_CHUNK], stream: bool) {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx")]
-pub(crate) unsafe fn stream_bytes(dst: *mut u8, src: *const u8, len: usize) {
+unsafe fn stream_bytes(dst: *mut u8, src: *const u8, len: usize) {
     use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
     for i in (0..len).step_by(STREAM_ALIGN) {
         // SAFETY: `i + 32 <= len` for both buffers, and `dst + i` stays aligned (the caller's
