@@ -10,7 +10,7 @@ use crate::plan::{
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{
-    chunk_at, map2_cyclic, map2_prefetched, multiversion, prefetch, prefetch_ahead, Cyclic2, Isa,
+    chunk_at, map2_cyclic, map2_runs, multiversion, prefetch, prefetch_ahead, Cyclic2, Isa,
     MAP_CHUNK,
 };
 use crate::tuning::LANES;
@@ -281,16 +281,13 @@ impl<T: Element> Cyclic2<T, T> for WideGradMaps {
 multiversion! {
     /// dx over consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
     fn runs_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[GradMap], stream: bool) {
-        let runs = x.chunks_exact(inner).zip(dy.chunks_exact(inner)).zip(dx.chunks_exact_mut(inner));
-        for (((xr, dr), gr), &map) in runs.zip(maps) {
-            map2_prefetched(xr, dr, gr, stream, |xv, d| map.apply(xv, d));
-        }
+        map2_runs(x, dy, dx, inner, maps, stream, |map, xv, d| map.apply(xv, d));
     }
 }
 
 multiversion! {
     /// dx over rows of channels-last input as one run whose positions cycle through the
-    /// widened maps (see [`map2_cyclic`]); `stream` as in [`map2_prefetched`].
+    /// widened maps (see [`map2_cyclic`]); `stream` as in [`map2_runs`].
     fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideGradMaps, stream: bool) {
         map2_cyclic(x, dy, dx, stream, maps);
     }

@@ -5,7 +5,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{map_channel, map_per_channel, widen_wrapped, Disjoint, Exec, Span};
-use crate::simd::{chunk_at, map_cyclic, map_prefetched, multiversion, Cyclic, MAP_CHUNK};
+use crate::simd::{chunk_at, map_cyclic, map_runs, multiversion, Cyclic, MAP_CHUNK};
 
 /// The coefficients of one channel's `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated
 /// in the element type.
@@ -101,15 +101,13 @@ impl<T: Element> Cyclic<T, T> for WideMaps<T> {
 multiversion! {
     /// Consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
     fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, maps: &[ChannelMap<T>], stream: bool) {
-        for ((xr, yr), &map) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).zip(maps) {
-            map_prefetched(xr, yr, stream, |xv| map.apply(xv));
-        }
+        map_runs(x, y, inner, maps, stream, |map, xv| map.apply(xv));
     }
 }
 
 multiversion! {
     /// Rows of channels-last input as one run whose positions cycle through the widened maps
-    /// `wide` (see [`map_cyclic`]); `stream` as in [`map_prefetched`].
+    /// `wide` (see [`map_cyclic`]); `stream` as in [`map_runs`].
     fn normalize_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T>, stream: bool) {
         map_cyclic(x, y, stream, wide);
     }

@@ -12,8 +12,9 @@ use crate::par::{for_each_chunk, Par};
 use crate::simd::{Isa, MAP_CHUNK};
 use crate::stream::{streaming, Writer};
 use crate::tuning::{
-    COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MIN_BLOCK_ROWS, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS,
-    MIN_ROW_WIDTH, PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
+    COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MIN_BLOCK_ROWS, MIN_CHANNEL_RUN_BYTES,
+    MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS, MIN_ROW_WIDTH, PIECE_ELEMS, PREFETCH_BYTES,
+    ROW_BLOCK_ELEMS, WAVE_BYTES,
 };
 
 /// The execution choices of one call.
@@ -250,24 +251,21 @@ pub(crate) fn map_per_channel<T: Element>(
             )));
         });
     } else {
-        // Units of `sub` neighbouring channels in one outer block, grouped into tasks.
-        let (inner, sub) = (geo.inner, channels_per_item(geo.inner));
-        let per_task = (MAP_TASK_ELEMS / (sub * inner)).max(1) * sub;
+        // Tasks of neighbouring channels in one outer block, one contiguous span each.
+        let inner = geo.inner;
+        let per_task = (MAP_TASK_ELEMS / inner).max(1);
         for_each_chunk(exec.par, out, c * inner, |o, oo| {
             let group = &mut oo[range.start * inner..range.end * inner];
             for_each_chunk(exec.par, group, per_task * inner, |t, ot| {
-                let mut units = ot.chunks_mut(sub * inner).enumerate().map(|(k, ok)| {
-                    let first = range.start + t * per_task + k * sub;
-                    let start = (o * c + first) * inner;
-                    let elems = start..start + ok.len();
-                    let span = Span::Runs {
-                        elems,
-                        first,
-                        count: 1,
-                    };
-                    (span, ok)
-                });
-                task(&mut units);
+                let first = range.start + t * per_task;
+                let start = (o * c + first) * inner;
+                let elems = start..start + ot.len();
+                let span = Span::Runs {
+                    elems,
+                    first,
+                    count: 1,
+                };
+                task(&mut std::iter::once((span, ot)));
             });
         });
     }
@@ -294,7 +292,8 @@ pub(crate) enum Cut {
 /// else in waves.
 pub(crate) fn channel_cut(geo: Geometry, elem_bytes: usize, streams: usize, exec: Exec) -> Cut {
     let bytes = geo.per_channel() * elem_bytes * streams;
-    if geo.is_rows() || bytes < MIN_RESIDENT_BYTES {
+    let short_runs = geo.inner * elem_bytes < MIN_CHANNEL_RUN_BYTES;
+    if geo.is_rows() || short_runs || bytes < MIN_RESIDENT_BYTES {
         return Cut::Waves;
     }
     if bytes <= exec.l2_budget {

@@ -122,65 +122,185 @@ pub(crate) const MAP_CHUNK: usize = 8;
 /// Alignment of a non-temporal AVX store.
 const STREAM_ALIGN: usize = 32;
 
-/// `y[i] = f(x[i])` over equal-length slices, prefetching `x` ahead (see [`prefetch_ahead`]);
-/// when `stream`, `y` is written with non-temporal stores (see [`put`]).
+/// `y[i] = f(maps[i / inner], x[i])` over equal-length slices that hold consecutive runs of
+/// `inner` values, run `r` mapped with `maps[r]` (channels-first data: one run per channel),
+/// a step of [`MAP_CHUNK`] values at a time, prefetching `x` ahead (see [`prefetch_ahead`]).
+/// When `stream`, `y` is written with non-temporal stores (see [`put`]), aligned steps across
+/// the whole span, so that short runs still fill whole cache lines; a step that straddles two
+/// runs maps its values both ways and keeps the right ones.
 #[inline(always)]
-pub(crate) fn map_prefetched<T: Copy, U: Copy + Default>(
+pub(crate) fn map_runs<T: Copy, U: Copy + Default, M: Copy>(
     x: &[T],
     y: &mut [U],
+    inner: usize,
+    maps: &[M],
     stream: bool,
-    f: impl Fn(T) -> U,
+    f: impl Fn(M, T) -> U,
 ) {
+    let mut run = Runs::new(inner);
     let head = aligned_head(y, stream);
     let (xh, x) = x.split_at(head);
     let (yh, y) = y.split_at_mut(head);
-    yh.iter_mut().zip(xh).for_each(|(yv, &xv)| *yv = f(xv));
+    for (yv, &xv) in yh.iter_mut().zip(xh) {
+        *yv = f(maps[run.next()], xv);
+    }
     let (xc, xt) = x.as_chunks::<MAP_CHUNK>();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
-    for (ys, xs) in yc.iter_mut().zip(xc) {
-        prefetch_ahead(xs);
-        let mut v = [U::default(); MAP_CHUNK];
-        for l in 0..MAP_CHUNK {
-            v[l] = f(xs[l]);
+    let mut steps = yc.iter_mut().zip(xc);
+    while steps.len() > 0 {
+        match run.steps(steps.len()) {
+            Step::One(r, n) => {
+                let map = maps[r];
+                for (ys, xs) in steps.by_ref().take(n) {
+                    prefetch_ahead(xs);
+                    put(ys, xs.map(|xv| f(map, xv)), stream);
+                }
+            }
+            Step::Two(r, k) => {
+                let (ys, xs) = steps.next().expect("a step is left");
+                prefetch_ahead(xs);
+                let (m0, m1) = (maps[r], maps[r + 1]);
+                let (a, b) = (xs.map(|xv| f(m0, xv)), xs.map(|xv| f(m1, xv)));
+                put(
+                    ys,
+                    std::array::from_fn(|l| if l < k { a[l] } else { b[l] }),
+                    stream,
+                );
+            }
+            Step::Many => {
+                let (ys, xs) = steps.next().expect("a step is left");
+                prefetch_ahead(xs);
+                put(ys, xs.map(|xv| f(maps[run.next()], xv)), stream);
+            }
         }
-        put(ys, v, stream);
     }
     for (yv, &xv) in yt.iter_mut().zip(xt) {
-        *yv = f(xv);
+        *yv = f(maps[run.next()], xv);
     }
 }
 
-/// `y[i] = f(a[i], b[i])` over equal-length slices, prefetching `a` and `b` ahead; when
-/// `stream`, `y` is written with non-temporal stores (see [`put`]).
+/// [`map_runs`] over two inputs: `y[i] = f(maps[i / inner], a[i], b[i])`.
 #[inline(always)]
-pub(crate) fn map2_prefetched<T: Copy, U: Copy + Default>(
+pub(crate) fn map2_runs<T: Copy, U: Copy + Default, M: Copy>(
     a: &[T],
     b: &[T],
     y: &mut [U],
+    inner: usize,
+    maps: &[M],
     stream: bool,
-    f: impl Fn(T, T) -> U,
+    f: impl Fn(M, T, T) -> U,
 ) {
+    let mut run = Runs::new(inner);
     let head = aligned_head(y, stream);
     let (ah, a) = a.split_at(head);
     let (bh, b) = b.split_at(head);
     let (yh, y) = y.split_at_mut(head);
-    let heads = yh.iter_mut().zip(ah.iter().zip(bh));
-    heads.for_each(|(yv, (&av, &bv))| *yv = f(av, bv));
+    for (yv, (&av, &bv)) in yh.iter_mut().zip(ah.iter().zip(bh)) {
+        *yv = f(maps[run.next()], av, bv);
+    }
     let (ac, at) = a.as_chunks::<MAP_CHUNK>();
     let (bc, bt) = b.as_chunks::<MAP_CHUNK>();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
-    for ((ys, as_), bs) in yc.iter_mut().zip(ac).zip(bc) {
-        prefetch_ahead(as_);
-        prefetch_ahead(bs);
-        let mut v = [U::default(); MAP_CHUNK];
-        for l in 0..MAP_CHUNK {
-            v[l] = f(as_[l], bs[l]);
+    let mut steps = yc.iter_mut().zip(ac.iter().zip(bc));
+    while steps.len() > 0 {
+        match run.steps(steps.len()) {
+            Step::One(r, n) => {
+                let map = maps[r];
+                for (ys, (as_, bs)) in steps.by_ref().take(n) {
+                    prefetch_ahead(as_);
+                    prefetch_ahead(bs);
+                    put(ys, std::array::from_fn(|l| f(map, as_[l], bs[l])), stream);
+                }
+            }
+            Step::Two(r, k) => {
+                let (ys, (as_, bs)) = steps.next().expect("a step is left");
+                prefetch_ahead(as_);
+                prefetch_ahead(bs);
+                let (m0, m1) = (maps[r], maps[r + 1]);
+                let p: [U; MAP_CHUNK] = std::array::from_fn(|l| f(m0, as_[l], bs[l]));
+                let q: [U; MAP_CHUNK] = std::array::from_fn(|l| f(m1, as_[l], bs[l]));
+                put(
+                    ys,
+                    std::array::from_fn(|l| if l < k { p[l] } else { q[l] }),
+                    stream,
+                );
+            }
+            Step::Many => {
+                let (ys, (as_, bs)) = steps.next().expect("a step is left");
+                prefetch_ahead(as_);
+                prefetch_ahead(bs);
+                let mut v = [U::default(); MAP_CHUNK];
+                for l in 0..MAP_CHUNK {
+                    v[l] = f(maps[run.next()], as_[l], bs[l]);
+                }
+                put(ys, v, stream);
+            }
         }
-        put(ys, v, stream);
     }
     for ((yv, &av), &bv) in yt.iter_mut().zip(at).zip(bt) {
-        *yv = f(av, bv);
+        *yv = f(maps[run.next()], av, bv);
     }
+}
+
+/// Where a walk over consecutive runs of `inner` values is: the run, and the values left in it.
+struct Runs {
+    inner: usize,
+    run: usize,
+    left: usize,
+}
+
+impl Runs {
+    #[inline(always)]
+    fn new(inner: usize) -> Self {
+        Self {
+            inner,
+            run: 0,
+            left: inner,
+        }
+    }
+
+    /// The run of the next value; moves past it.
+    #[inline(always)]
+    fn next(&mut self) -> usize {
+        let r = self.run;
+        self.left -= 1;
+        if self.left == 0 {
+            self.run += 1;
+            self.left = self.inner;
+        }
+        r
+    }
+
+    /// Where the next steps of [`MAP_CHUNK`] values lie, at most `max` of them; moves past
+    /// those it reports, except for [`Step::Many`].
+    #[inline(always)]
+    fn steps(&mut self, max: usize) -> Step {
+        let r = self.run;
+        if self.left >= MAP_CHUNK {
+            let n = (self.left / MAP_CHUNK).min(max);
+            self.left -= n * MAP_CHUNK;
+            if self.left == 0 {
+                (self.run, self.left) = (r + 1, self.inner);
+            }
+            Step::One(r, n)
+        } else if self.inner >= MAP_CHUNK {
+            let k = self.left;
+            (self.run, self.left) = (r + 1, self.inner - (MAP_CHUNK - k));
+            Step::Two(r, k)
+        } else {
+            Step::Many
+        }
+    }
+}
+
+/// The runs the next steps of [`MAP_CHUNK`] values cover.
+enum Step {
+    /// `n` steps all in run `r`.
+    One(usize, usize),
+    /// One step: the first `k` values in run `r`, the rest in run `r + 1`.
+    Two(usize, usize),
+    /// One step over runs shorter than a step: value by value.
+    Many,
 }
 
 /// Coefficients that cycle with period [`width`](Self::width) over a run (channels-last rows

@@ -5,7 +5,7 @@
 //! too large to stay in cache anyway, the kernels write it with non-temporal stores instead,
 //! which skip that read: two bytes per byte, as `memcpy` does for large copies. The kernels
 //! store straight from the registers, one aligned 32-byte store per step
-//! ([`crate::simd::map_prefetched`], [`crate::simd::map_cyclic`]); they used to compute pieces
+//! ([`crate::simd::map_runs`], [`crate::simd::map_cyclic`]); they used to compute pieces
 //! into a staging buffer and copy them out, 20% slower. The values are the same either way;
 //! only the stores differ.
 
