@@ -9,14 +9,11 @@ use crate::error::{BatchNormError, Result};
 use crate::forward::{normalize, normalize_channel, ChannelMap, WideMaps};
 use crate::layout::Shape;
 use crate::par::Par;
-use crate::plan::{
-    channel_cut, channel_groups, for_each_channel, merge_pieces, parts_len, piece_blocks,
-    reduce_pieces, Cut, Disjoint, Exec,
-};
+use crate::plan::{channel_cut, channel_groups, for_each_channel, parts_len, Cut, Disjoint, Exec};
 use crate::running_stats;
 use crate::simd::Isa;
 use crate::stats::{channel_moments, moments_kernel, Moments};
-use crate::team::{for_each_channel_shared, Board};
+use crate::team::{two_passes_shared, Board};
 
 /// Batch Normalization over the channel axis, with PyTorch's semantics
 /// (`torch.nn.BatchNorm{1,2,3}d`, `F.batch_norm`).
@@ -470,8 +467,8 @@ impl<T: Element> BatchNorm<T> {
         ws.maps.resize(c, ChannelMap::default());
         ws.moments.resize(c, Moments::EMPTY);
         let cut = channel_cut(geo, elem, 1, exec);
-        match statistics {
-            Statistics::Batch if cut == Cut::Channels => {
+        match (statistics, cut) {
+            (Statistics::Batch, Cut::Channels) => {
                 // Channel by channel, each on one thread: its normalising pass reads it from L2.
                 let per = parts_len(geo, 1);
                 ws.moment_parts.resize(per * c, Moments::EMPTY);
@@ -483,35 +480,25 @@ impl<T: Element> BatchNorm<T> {
                     normalize_channel(x, &y, geo, ch, 0..geo.outer, seq, map);
                 });
             }
-            Statistics::Batch if matches!(cut, Cut::Shared(_)) => {
+            (Statistics::Batch, Cut::Shared(team)) => {
                 // Channel by channel, each shared by the threads: each normalises its share
                 // from its L2.
-                let Cut::Shared(team) = cut else {
-                    unreachable!()
-                };
-                let per = parts_len(geo, 1);
-                ws.moment_parts.resize(per * c, Moments::EMPTY);
                 let (y, seq) = (Disjoint::new(y), exec.sequential());
-                let kernel = moments_kernel(x, geo, exec.isa);
-                let parts = &mut ws.moment_parts;
-                for_each_channel_shared(
+                two_passes_shared(
                     team,
-                    c,
-                    per,
-                    parts,
+                    geo,
+                    &mut ws.moment_parts,
                     &mut ws.board,
-                    |ch, pieces, out| reduce_pieces(geo, ch, pieces, out, &kernel),
-                    |ch, pieces, all| {
-                        let m = merge_pieces(all, Moments::merge);
+                    &mut ws.moments,
+                    moments_kernel(x, geo, exec.isa),
+                    Moments::merge,
+                    |ch, blocks, m| {
                         let map = self.channel_map(ch, m.mean, m.variance());
-                        normalize_channel(x, &y, geo, ch, piece_blocks(geo, pieces), seq, map);
+                        normalize_channel(x, &y, geo, ch, blocks, seq, map);
                     },
                 );
-                for (m, all) in ws.moments.iter_mut().zip(parts.chunks_exact(per)) {
-                    *m = merge_pieces(all, Moments::merge);
-                }
             }
-            Statistics::Batch => {
+            (Statistics::Batch, Cut::Waves) => {
                 // Channel group by channel group: a group's statistics pass leaves it in L3
                 // for its normalising pass.
                 for group in channel_groups(geo, elem, 1) {
@@ -525,7 +512,7 @@ impl<T: Element> BatchNorm<T> {
                     normalize(x, y, geo, group, exec, &ws.maps, &mut ws.wide_maps);
                 }
             }
-            Statistics::Running => {
+            (Statistics::Running, _) => {
                 for ch in 0..c {
                     let (mean, var) = self.running(ch);
                     ws.maps[ch] = self.channel_map(ch, mean, var);
@@ -612,26 +599,19 @@ impl<T: Element> BatchNorm<T> {
         } else if let Cut::Shared(team) = cut {
             // Channel by channel, each shared by the threads: each writes dx for its share
             // from its L2.
-            let per = parts_len(geo, 1);
-            ws.sum_parts.resize(per * c, GradSums::default());
             let (dx, seq) = (Disjoint::new(dx), exec.sequential());
-            let kernel = grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]);
-            let parts = &mut ws.sum_parts;
-            for_each_channel_shared(
+            two_passes_shared(
                 team,
-                c,
-                per,
-                parts,
+                geo,
+                &mut ws.sum_parts,
                 &mut ws.board,
-                |ch, pieces, out| reduce_pieces(geo, ch, pieces, out, &kernel),
-                |ch, pieces, all| {
-                    let map = grad_map(ch, merge_pieces(all, GradSums::add));
-                    input_grad_channel(x, dy, &dx, geo, ch, piece_blocks(geo, pieces), seq, map);
+                &mut ws.sums,
+                grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
+                GradSums::add,
+                |ch, blocks, sums| {
+                    input_grad_channel(x, dy, &dx, geo, ch, blocks, seq, grad_map(ch, sums));
                 },
             );
-            for (s, all) in ws.sums.iter_mut().zip(parts.chunks_exact(per)) {
-                *s = merge_pieces(all, GradSums::add);
-            }
         } else {
             // Channel group by channel group: a group's sums pass leaves it in L3 for dx.
             ws.grad_maps.resize(c, GradMap::default());

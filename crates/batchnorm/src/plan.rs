@@ -282,7 +282,7 @@ pub(crate) enum Cut {
     /// the channel from that core's L2.
     Channels,
     /// Channel by channel, each shared by a team of this many threads
-    /// ([`crate::team::for_each_channel_shared`]): each thread's share stays in its L2.
+    /// ([`crate::team::two_passes_shared`]): the share each thread reduced stays in its L2.
     Shared(usize),
 }
 
@@ -332,25 +332,6 @@ pub(crate) fn piece_blocks(geo: Geometry, pieces: Range<usize>) -> Range<usize> 
     pieces.start * per..(pieces.end * per).min(geo.outer)
 }
 
-/// Fills `out` with the partial results of pieces `pieces` of channel `ch` of channels-first
-/// input, one `kernel` call per piece, on this thread.
-pub(crate) fn reduce_pieces<P>(
-    geo: Geometry,
-    ch: usize,
-    pieces: Range<usize>,
-    out: &mut [P],
-    kernel: impl Fn(Span, &mut [P]),
-) {
-    for (p, o) in pieces.zip(out.chunks_mut(1)) {
-        kernel(piece_span(geo, ch, 1, p), o);
-    }
-}
-
-/// Merges one channel's partial results in piece order, as [`reduce_per_channel`] does.
-pub(crate) fn merge_pieces<P: Copy + Default>(parts: &[P], merge: impl Fn(P, P) -> P) -> P {
-    parts.iter().fold(P::default(), |o, &p| merge(o, p))
-}
-
 /// Calls `task(ch, out, parts)` for every channel, in parallel when `exec.par`, with the
 /// channel's own entry of `out` and `per` entries of `parts`.
 pub(crate) fn for_each_channel<O: Send, P: Send>(
@@ -389,7 +370,7 @@ pub(crate) fn map_channel<T: Element>(
             let start = (o * geo.channels + ch) * geo.inner;
             let run = start..start + geo.inner;
             // SAFETY: these runs of channel `ch` belong to the one task that handles them
-            // (`for_each_channel` gives each channel to one task, `for_each_channel_shared`
+            // (`for_each_channel` gives each channel to one task, `two_passes_shared`
             // each share), and this borrow ends here.
             let o = unsafe { out.slice(run.clone()) };
             kernel(run, o, w);

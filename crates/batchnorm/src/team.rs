@@ -17,7 +17,8 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::plan::Disjoint;
+use crate::layout::Geometry;
+use crate::plan::{parts_len, piece_blocks, piece_span, Disjoint, Span};
 
 const FREE: u8 = 0;
 const CLAIMED: u8 = 1;
@@ -54,13 +55,50 @@ fn share(pieces: usize, team: usize, s: usize) -> Range<usize> {
     pieces * s / team..pieces * (s + 1) / team
 }
 
+/// The two passes of a channels-first training step, every channel shared by a team of `team`
+/// threads: `kernel(span, partials)` reduces one piece of a channel (as in
+/// [`crate::plan::reduce_per_channel`]) into `parts` (scratch, resized here), `merge` combines
+/// a channel's partials in piece order into its entry of `out`, and `map(ch, blocks, merged)`
+/// then writes the outer blocks `blocks` of channel `ch`, on the thread that reduced them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn two_passes_shared<P: Copy + Default + Send + Sync>(
+    team: usize,
+    geo: Geometry,
+    parts: &mut Vec<P>,
+    board: &mut Board,
+    out: &mut [P],
+    kernel: impl Fn(Span, &mut [P]) + Sync,
+    merge: impl Fn(P, P) -> P + Sync,
+    map: impl Fn(usize, Range<usize>, P) + Sync,
+) {
+    let per = parts_len(geo, 1);
+    parts.resize(per * out.len(), P::default());
+    let merged = |all: &[P]| all.iter().fold(P::default(), |o, &p| merge(o, p));
+    for_each_channel_shared(
+        team,
+        out.len(),
+        per,
+        parts,
+        board,
+        |ch, pieces, partials| {
+            for (p, o) in pieces.zip(partials.chunks_mut(1)) {
+                kernel(piece_span(geo, ch, 1, p), o);
+            }
+        },
+        |ch, pieces, all| map(ch, piece_blocks(geo, pieces), merged(all)),
+    );
+    for (o, all) in out.iter_mut().zip(parts.chunks_exact(per)) {
+        *o = merged(all);
+    }
+}
+
 /// Runs two passes over `channels` channels of `pieces` pieces each, every channel shared by a
 /// team of `team` threads of the current rayon pool (at most [`MAX_TEAM`]). `reduce(ch, range,
 /// out)` fills the partial results of pieces `range` of channel `ch` (`out` is their part of
 /// `parts`, which holds `pieces` entries per channel); once every piece of `ch` is reduced,
 /// `map(ch, range, partials)` runs the second pass over pieces `range`, on the thread that
 /// reduced them, given all of the channel's partial results.
-pub(crate) fn for_each_channel_shared<P: Send + Sync>(
+fn for_each_channel_shared<P: Send + Sync>(
     team: usize,
     channels: usize,
     pieces: usize,
