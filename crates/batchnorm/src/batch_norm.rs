@@ -742,4 +742,28 @@ mod tests {
         channel_by_channel_is_bitwise_blocked::<f32>();
         channel_by_channel_is_bitwise_blocked::<f64>();
     }
+
+    #[test]
+    fn shared_channels_under_a_busy_pool() {
+        // Calls that share their channels among the pool's threads, eight at once on two
+        // threads (each call's team may find its other member busy with another call): every
+        // call finishes, with the bits of channel groups.
+        use rayon::prelude::*;
+        let dims: &[usize] = &[4, 3, 128, 130];
+        let per_channel = 4 * 128 * 130 * std::mem::size_of::<f32>();
+        let blocked = train_step::<f32>(dims, Par::Seq, Isa::Baseline, 0);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for l2 in [per_channel / 2, per_channel] {
+            let outs: Vec<_> = pool.install(|| {
+                (0..8)
+                    .into_par_iter()
+                    .map(|_| train_step::<f32>(dims, Par::Rayon, Isa::detect(), l2))
+                    .collect()
+            });
+            assert!(outs.iter().all(|o| *o == blocked), "budget {l2}");
+        }
+    }
 }
