@@ -10,8 +10,7 @@ use crate::plan::{
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{
-    chunk_at, map2_cyclic, map2_runs, multiversion, prefetch, prefetch_ahead, Cyclic2, Isa,
-    MAP_CHUNK,
+    chunk_at, map_cyclic, map_runs, multiversion, prefetch, prefetch_ahead, Cyclic, Isa, MAP_CHUNK,
 };
 use crate::tuning::LANES;
 
@@ -249,13 +248,13 @@ impl WideGradMaps {
     }
 }
 
-impl<T: Element> Cyclic2<T, T> for WideGradMaps {
+impl<'a, T: Element> Cyclic<(&'a [T], &'a [T]), T> for WideGradMaps {
     fn width(&self) -> usize {
         self.mean.len() - MAP_CHUNK
     }
 
     #[inline(always)]
-    fn step(&self, xs: &[T; MAP_CHUNK], ds: &[T; MAP_CHUNK], j: usize) -> [T; MAP_CHUNK] {
+    fn step(&self, (xs, ds): (&[T; MAP_CHUNK], &[T; MAP_CHUNK]), j: usize) -> [T; MAP_CHUNK] {
         let (mean, k) = (chunk_at(&self.mean, j), chunk_at(&self.k, j));
         let (a, b) = (chunk_at(&self.a, j), chunk_at(&self.b, j));
         let mut v = [T::ZERO; MAP_CHUNK];
@@ -267,7 +266,7 @@ impl<T: Element> Cyclic2<T, T> for WideGradMaps {
     }
 
     #[inline(always)]
-    fn one(&self, x: T, dy: T, j: usize) -> T {
+    fn one(&self, (x, dy): (T, T), j: usize) -> T {
         let map = GradMap {
             mean: self.mean[j],
             k: self.k[j],
@@ -281,15 +280,15 @@ impl<T: Element> Cyclic2<T, T> for WideGradMaps {
 multiversion! {
     /// dx over consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
     fn runs_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[GradMap], stream: bool) {
-        map2_runs(x, dy, dx, inner, maps, stream, |map, xv, d| map.apply(xv, d));
+        map_runs((x, dy), dx, inner, maps, stream, |map, (xv, d)| map.apply(xv, d));
     }
 }
 
 multiversion! {
     /// dx over rows of channels-last input as one run whose positions cycle through the
-    /// widened maps (see [`map2_cyclic`]); `stream` as in [`map2_runs`].
+    /// widened maps (see [`map_cyclic`]); `stream` as in [`map_runs`].
     fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideGradMaps, stream: bool) {
-        map2_cyclic(x, dy, dx, stream, maps);
+        map_cyclic((x, dy), dx, stream, maps);
     }
 }
 

@@ -76,13 +76,13 @@ impl<T: Element> WideMaps<T> {
     }
 }
 
-impl<T: Element> Cyclic<T, T> for WideMaps<T> {
+impl<'a, T: Element> Cyclic<&'a [T], T> for WideMaps<T> {
     fn width(&self) -> usize {
         self.mean_hi.len() - MAP_CHUNK
     }
 
     #[inline(always)]
-    fn step(&self, xs: &[T; MAP_CHUNK], j: usize) -> [T; MAP_CHUNK] {
+    fn step(&self, xs: &'a [T; MAP_CHUNK], j: usize) -> [T; MAP_CHUNK] {
         let (h, l) = (chunk_at(&self.mean_hi, j), chunk_at(&self.mean_lo, j));
         let (s, t) = (chunk_at(&self.scale, j), chunk_at(&self.shift, j));
         let mut v = [T::ZERO; MAP_CHUNK];

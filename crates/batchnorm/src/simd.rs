@@ -122,29 +122,112 @@ pub(crate) const MAP_CHUNK: usize = 8;
 /// Alignment of a non-temporal AVX store.
 const STREAM_ALIGN: usize = 32;
 
-/// `y[i] = f(maps[i / inner], x[i])` over equal-length slices that hold consecutive runs of
-/// `inner` values, run `r` mapped with `maps[r]` (channels-first data: one run per channel),
-/// a step of [`MAP_CHUNK`] values at a time, prefetching `x` ahead (see [`prefetch_ahead`]).
-/// When `stream`, `y` is written with non-temporal stores (see [`put`]), aligned steps across
-/// the whole span, so that short runs still fill whole cache lines; a step that straddles two
-/// runs maps its values both ways and keeps the right ones.
+/// The inputs of an element-wise kernel: one slice, or two of the same length read side by
+/// side (`x` and `dy`), walked a value or a step of [`MAP_CHUNK`] values at a time.
+pub(crate) trait Inputs: Copy {
+    /// One value of each input.
+    type Value: Copy;
+    /// One step of each input.
+    type Step: Copy;
+    /// The first `mid` values of each input, and the rest.
+    fn split_at(self, mid: usize) -> (Self, Self);
+    /// The values one by one.
+    fn values(self) -> impl Iterator<Item = Self::Value>;
+    /// The whole steps, and the values after them.
+    fn steps(self) -> (impl ExactSizeIterator<Item = Self::Step>, Self);
+    /// Value `l` of a step.
+    fn lane(step: Self::Step, l: usize) -> Self::Value;
+    /// Asks for the data ahead of a step (see [`prefetch_ahead`]).
+    fn prefetch(step: Self::Step);
+}
+
+impl<'a, T: Copy> Inputs for &'a [T] {
+    type Value = T;
+    type Step = &'a [T; MAP_CHUNK];
+
+    #[inline(always)]
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        <[T]>::split_at(self, mid)
+    }
+
+    #[inline(always)]
+    fn values(self) -> impl Iterator<Item = T> {
+        self.iter().copied()
+    }
+
+    #[inline(always)]
+    fn steps(self) -> (impl ExactSizeIterator<Item = Self::Step>, Self) {
+        let (steps, rest) = self.as_chunks::<MAP_CHUNK>();
+        (steps.iter(), rest)
+    }
+
+    #[inline(always)]
+    fn lane(step: Self::Step, l: usize) -> T {
+        step[l]
+    }
+
+    #[inline(always)]
+    fn prefetch(step: Self::Step) {
+        prefetch_ahead(step);
+    }
+}
+
+impl<'a, T: Copy> Inputs for (&'a [T], &'a [T]) {
+    type Value = (T, T);
+    type Step = (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]);
+
+    #[inline(always)]
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let ((a0, a1), (b0, b1)) = (self.0.split_at(mid), self.1.split_at(mid));
+        ((a0, b0), (a1, b1))
+    }
+
+    #[inline(always)]
+    fn values(self) -> impl Iterator<Item = (T, T)> {
+        self.0.iter().copied().zip(self.1.iter().copied())
+    }
+
+    #[inline(always)]
+    fn steps(self) -> (impl ExactSizeIterator<Item = Self::Step>, Self) {
+        let ((a, ar), (b, br)) = (self.0.as_chunks(), self.1.as_chunks());
+        (a.iter().zip(b), (ar, br))
+    }
+
+    #[inline(always)]
+    fn lane(step: Self::Step, l: usize) -> (T, T) {
+        (step.0[l], step.1[l])
+    }
+
+    #[inline(always)]
+    fn prefetch(step: Self::Step) {
+        prefetch_ahead(step.0);
+        prefetch_ahead(step.1);
+    }
+}
+
+/// `y[i] = f(maps[i / inner], x[i])` over inputs `x` (of `y`'s length) that hold consecutive
+/// runs of `inner` values, run `r` mapped with `maps[r]` (channels-first data: one run per
+/// channel), a step of [`MAP_CHUNK`] values at a time, prefetching ahead. When `stream`, `y` is
+/// written with non-temporal stores (see [`put`]), aligned steps across the whole span, so that
+/// short runs still fill whole cache lines; a step that straddles two runs maps its values
+/// both ways and keeps the right ones.
 #[inline(always)]
-pub(crate) fn map_runs<T: Copy, U: Copy + Default, M: Copy>(
-    x: &[T],
+pub(crate) fn map_runs<I: Inputs, U: Copy + Default, M: Copy>(
+    x: I,
     y: &mut [U],
     inner: usize,
     maps: &[M],
     stream: bool,
-    f: impl Fn(M, T) -> U,
+    f: impl Fn(M, I::Value) -> U,
 ) {
     let mut run = Runs::new(inner);
     let head = aligned_head(y, stream);
     let (xh, x) = x.split_at(head);
     let (yh, y) = y.split_at_mut(head);
-    for (yv, &xv) in yh.iter_mut().zip(xh) {
+    for (yv, xv) in yh.iter_mut().zip(xh.values()) {
         *yv = f(maps[run.next()], xv);
     }
-    let (xc, xt) = x.as_chunks::<MAP_CHUNK>();
+    let (xc, xt) = x.steps();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     let mut steps = yc.iter_mut().zip(xc);
     while steps.len() > 0 {
@@ -152,93 +235,32 @@ pub(crate) fn map_runs<T: Copy, U: Copy + Default, M: Copy>(
             Step::One(r, n) => {
                 let map = maps[r];
                 for (ys, xs) in steps.by_ref().take(n) {
-                    prefetch_ahead(xs);
-                    put(ys, xs.map(|xv| f(map, xv)), stream);
+                    I::prefetch(xs);
+                    put(ys, std::array::from_fn(|l| f(map, I::lane(xs, l))), stream);
                 }
             }
             Step::Two(r, k) => {
                 let (ys, xs) = steps.next().expect("a step is left");
-                prefetch_ahead(xs);
+                I::prefetch(xs);
                 let (m0, m1) = (maps[r], maps[r + 1]);
-                let (a, b) = (xs.map(|xv| f(m0, xv)), xs.map(|xv| f(m1, xv)));
-                put(
-                    ys,
-                    std::array::from_fn(|l| if l < k { a[l] } else { b[l] }),
-                    stream,
-                );
+                let a: [U; MAP_CHUNK] = std::array::from_fn(|l| f(m0, I::lane(xs, l)));
+                let b: [U; MAP_CHUNK] = std::array::from_fn(|l| f(m1, I::lane(xs, l)));
+                let v = std::array::from_fn(|l| if l < k { a[l] } else { b[l] });
+                put(ys, v, stream);
             }
             Step::Many => {
                 let (ys, xs) = steps.next().expect("a step is left");
-                prefetch_ahead(xs);
-                put(ys, xs.map(|xv| f(maps[run.next()], xv)), stream);
-            }
-        }
-    }
-    for (yv, &xv) in yt.iter_mut().zip(xt) {
-        *yv = f(maps[run.next()], xv);
-    }
-}
-
-/// [`map_runs`] over two inputs: `y[i] = f(maps[i / inner], a[i], b[i])`.
-#[inline(always)]
-pub(crate) fn map2_runs<T: Copy, U: Copy + Default, M: Copy>(
-    a: &[T],
-    b: &[T],
-    y: &mut [U],
-    inner: usize,
-    maps: &[M],
-    stream: bool,
-    f: impl Fn(M, T, T) -> U,
-) {
-    let mut run = Runs::new(inner);
-    let head = aligned_head(y, stream);
-    let (ah, a) = a.split_at(head);
-    let (bh, b) = b.split_at(head);
-    let (yh, y) = y.split_at_mut(head);
-    for (yv, (&av, &bv)) in yh.iter_mut().zip(ah.iter().zip(bh)) {
-        *yv = f(maps[run.next()], av, bv);
-    }
-    let (ac, at) = a.as_chunks::<MAP_CHUNK>();
-    let (bc, bt) = b.as_chunks::<MAP_CHUNK>();
-    let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
-    let mut steps = yc.iter_mut().zip(ac.iter().zip(bc));
-    while steps.len() > 0 {
-        match run.steps(steps.len()) {
-            Step::One(r, n) => {
-                let map = maps[r];
-                for (ys, (as_, bs)) in steps.by_ref().take(n) {
-                    prefetch_ahead(as_);
-                    prefetch_ahead(bs);
-                    put(ys, std::array::from_fn(|l| f(map, as_[l], bs[l])), stream);
-                }
-            }
-            Step::Two(r, k) => {
-                let (ys, (as_, bs)) = steps.next().expect("a step is left");
-                prefetch_ahead(as_);
-                prefetch_ahead(bs);
-                let (m0, m1) = (maps[r], maps[r + 1]);
-                let p: [U; MAP_CHUNK] = std::array::from_fn(|l| f(m0, as_[l], bs[l]));
-                let q: [U; MAP_CHUNK] = std::array::from_fn(|l| f(m1, as_[l], bs[l]));
-                put(
-                    ys,
-                    std::array::from_fn(|l| if l < k { p[l] } else { q[l] }),
-                    stream,
-                );
-            }
-            Step::Many => {
-                let (ys, (as_, bs)) = steps.next().expect("a step is left");
-                prefetch_ahead(as_);
-                prefetch_ahead(bs);
+                I::prefetch(xs);
                 let mut v = [U::default(); MAP_CHUNK];
-                for l in 0..MAP_CHUNK {
-                    v[l] = f(maps[run.next()], as_[l], bs[l]);
+                for (l, o) in v.iter_mut().enumerate() {
+                    *o = f(maps[run.next()], I::lane(xs, l));
                 }
                 put(ys, v, stream);
             }
         }
     }
-    for ((yv, &av), &bv) in yt.iter_mut().zip(at).zip(bt) {
-        *yv = f(maps[run.next()], av, bv);
+    for (yv, xv) in yt.iter_mut().zip(xt.values()) {
+        *yv = f(maps[run.next()], xv);
     }
 }
 
@@ -304,90 +326,47 @@ enum Step {
 }
 
 /// Coefficients that cycle with period [`width`](Self::width) over a run (channels-last rows
-/// widened, see [`crate::plan::widen_wrapped`]), applied to one input.
-pub(crate) trait Cyclic<T, U> {
+/// widened, see [`crate::plan::widen_wrapped`]), applied to inputs `I` to give values `U`.
+pub(crate) trait Cyclic<I: Inputs, U> {
     /// Positions of one period (at least [`MAP_CHUNK`]).
     fn width(&self) -> usize;
-    /// Maps [`MAP_CHUNK`] consecutive values, the first at position `j < width`.
-    fn step(&self, xs: &[T; MAP_CHUNK], j: usize) -> [U; MAP_CHUNK];
+    /// Maps one step of consecutive values, the first at position `j < width`.
+    fn step(&self, xs: I::Step, j: usize) -> [U; MAP_CHUNK];
     /// Maps one value at position `j < width`.
-    fn one(&self, x: T, j: usize) -> U;
+    fn one(&self, x: I::Value, j: usize) -> U;
 }
 
-/// [`Cyclic`] coefficients applied to two inputs.
-pub(crate) trait Cyclic2<T, U> {
-    /// Positions of one period (at least [`MAP_CHUNK`]).
-    fn width(&self) -> usize;
-    /// Maps [`MAP_CHUNK`] consecutive pairs, the first at position `j < width`.
-    fn step(&self, a: &[T; MAP_CHUNK], b: &[T; MAP_CHUNK], j: usize) -> [U; MAP_CHUNK];
-    /// Maps one pair at position `j < width`.
-    fn one(&self, a: T, b: T, j: usize) -> U;
-}
-
-/// `y[i] = maps(x[i])` at position `i % maps.width()` over equal-length slices, a step at a
-/// time, prefetching `x` ahead; when `stream`, `y` is written with non-temporal stores.
+/// `y[i] = maps(x[i])` at position `i % maps.width()` over inputs `x` of `y`'s length, a step at
+/// a time, prefetching ahead; when `stream`, `y` is written with non-temporal stores.
 #[inline(always)]
-pub(crate) fn map_cyclic<T: Copy, U: Copy + Default>(
-    x: &[T],
+pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
+    x: I,
     y: &mut [U],
     stream: bool,
-    maps: &impl Cyclic<T, U>,
+    maps: &impl Cyclic<I, U>,
 ) {
     let w = maps.width();
     debug_assert!(w >= MAP_CHUNK);
     let head = aligned_head(y, stream);
     let (xh, x) = x.split_at(head);
     let (yh, y) = y.split_at_mut(head);
-    let heads = yh.iter_mut().zip(xh).enumerate();
-    heads.for_each(|(i, (yv, &xv))| *yv = maps.one(xv, i));
+    for (i, (yv, xv)) in yh.iter_mut().zip(xh.values()).enumerate() {
+        *yv = maps.one(xv, i);
+    }
     let mut j = head;
-    let (xc, xt) = x.as_chunks::<MAP_CHUNK>();
+    let (xc, xt) = x.steps();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     for (ys, xs) in yc.iter_mut().zip(xc) {
-        prefetch_ahead(xs);
+        I::prefetch(xs);
         put(ys, maps.step(xs, j), stream);
         j += MAP_CHUNK;
         if j >= w {
             j -= w;
         }
     }
-    for (k, (yv, &xv)) in yt.iter_mut().zip(xt).enumerate() {
+    for (k, (yv, xv)) in yt.iter_mut().zip(xt.values()).enumerate() {
         *yv = maps.one(xv, (j + k) % w);
     }
-}
-
-/// [`map_cyclic`] over two inputs.
-#[inline(always)]
-pub(crate) fn map2_cyclic<T: Copy, U: Copy + Default>(
-    a: &[T],
-    b: &[T],
-    y: &mut [U],
-    stream: bool,
-    maps: &impl Cyclic2<T, U>,
-) {
-    let w = maps.width();
-    debug_assert!(w >= MAP_CHUNK);
-    let head = aligned_head(y, stream);
-    let (ah, a) = a.split_at(head);
-    let (bh, b) = b.split_at(head);
-    let (yh, y) = y.split_at_mut(head);
-    let heads = yh.iter_mut().zip(ah.iter().zip(bh)).enumerate();
-    heads.for_each(|(i, (yv, (&av, &bv)))| *yv = maps.one(av, bv, i));
-    let mut j = head;
-    let (ac, at) = a.as_chunks::<MAP_CHUNK>();
-    let (bc, bt) = b.as_chunks::<MAP_CHUNK>();
-    let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
-    for ((ys, as_), bs) in yc.iter_mut().zip(ac).zip(bc) {
-        prefetch_ahead(as_);
-        prefetch_ahead(bs);
-        put(ys, maps.step(as_, bs, j), stream);
-        j += MAP_CHUNK;
-        if j >= w {
-            j -= w;
-        }
-    }
-    let tails = yt.iter_mut().zip(at.iter().zip(bt)).enumerate();
-    tails.for_each(|(k, (yv, (&av, &bv)))| *yv = maps.one(av, bv, (j + k) % w));
 }
 
 /// The [`MAP_CHUNK`] values of `coefficients` from position `j` on.
