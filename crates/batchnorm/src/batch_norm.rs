@@ -9,7 +9,10 @@ use crate::error::{BatchNormError, Result};
 use crate::forward::{normalize, normalize_channel, ChannelMap, WideMaps};
 use crate::layout::Shape;
 use crate::par::Par;
-use crate::plan::{channel_cut, channel_groups, for_each_channel, parts_len, Cut, Disjoint, Exec};
+use crate::plan::{
+    channel_cut, channel_groups, for_each_channel, parts_len, reduce_per_channel, Cut, Disjoint,
+    Exec,
+};
 use crate::running_stats;
 use crate::simd::Isa;
 use crate::stats::{channel_moments, moments_kernel, Moments};
@@ -581,51 +584,53 @@ impl<T: Element> BatchNorm<T> {
             GradMap { mean, k, a, b }
         };
         ws.sums.resize(c, GradSums::default());
-        let cut = channel_cut(geo, elem, 2, exec);
-        if cut == Cut::Channels {
-            // Channel by channel, each on one thread: its dx pass reads it from L2.
-            let per = parts_len(geo, 1);
-            ws.sum_parts.resize(per * c, GradSums::default());
-            let (dx, seq) = (Disjoint::new(dx), exec.sequential());
-            let parts = &mut ws.sum_parts;
-            for_each_channel(exec, &mut ws.sums, parts, per, |ch, s, parts| {
-                // Channels-first input never widens rows: no scratch for widened means.
-                let (mean, no_wide, out) =
-                    (&saved.mean64, &mut Vec::new(), std::slice::from_mut(s));
-                grad_sums(x, dy, geo, ch..ch + 1, seq, mean, parts, no_wide, out);
-                let map = grad_map(ch, *s);
-                input_grad_channel(x, dy, &dx, geo, ch, 0..geo.outer, seq, map);
-            });
-        } else if let Cut::Shared(team) = cut {
-            // Channel by channel, each shared by the threads: each writes dx for its share
-            // from its L2.
-            let (dx, seq) = (Disjoint::new(dx), exec.sequential());
-            two_passes_shared(
-                team,
-                geo,
-                &mut ws.sum_parts,
-                &mut ws.board,
-                &mut ws.sums,
-                grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
-                GradSums::add,
-                |ch, blocks, sums| {
-                    input_grad_channel(x, dy, &dx, geo, ch, blocks, seq, grad_map(ch, sums));
-                },
-            );
-        } else {
-            // Channel group by channel group: a group's sums pass leaves it in L3 for dx.
-            ws.grad_maps.resize(c, GradMap::default());
-            for group in channel_groups(geo, elem, 2) {
-                let (parts, wide) = (&mut ws.sum_parts, &mut ws.wide_grad_maps.mean);
-                parts.resize(parts_len(geo, group.len()), GradSums::default());
-                let sums = &mut ws.sums[group.clone()];
-                let mean = &saved.mean64;
-                grad_sums(x, dy, geo, group.clone(), exec, mean, parts, wide, sums);
-                for ch in group.clone() {
-                    ws.grad_maps[ch] = grad_map(ch, ws.sums[ch]);
+        match channel_cut(geo, elem, 2, exec) {
+            Cut::Channels => {
+                // Channel by channel, each on one thread: its dx pass reads it from L2.
+                let per = parts_len(geo, 1);
+                ws.sum_parts.resize(per * c, GradSums::default());
+                let (dx, seq) = (Disjoint::new(dx), exec.sequential());
+                let kernel = grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]);
+                let parts = &mut ws.sum_parts;
+                for_each_channel(exec, &mut ws.sums, parts, per, |ch, s, parts| {
+                    let out = std::slice::from_mut(s);
+                    reduce_per_channel(geo, ch..ch + 1, seq, parts, out, &kernel, GradSums::add);
+                    let map = grad_map(ch, *s);
+                    input_grad_channel(x, dy, &dx, geo, ch, 0..geo.outer, seq, map);
+                });
+            }
+            Cut::Shared(team) => {
+                // Channel by channel, each shared by the threads: each writes dx for its share
+                // from its L2.
+                let (dx, seq) = (Disjoint::new(dx), exec.sequential());
+                two_passes_shared(
+                    team,
+                    geo,
+                    &mut ws.sum_parts,
+                    &mut ws.board,
+                    &mut ws.sums,
+                    grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
+                    GradSums::add,
+                    |ch, blocks, sums| {
+                        input_grad_channel(x, dy, &dx, geo, ch, blocks, seq, grad_map(ch, sums));
+                    },
+                );
+            }
+            Cut::Waves => {
+                // Channel group by channel group: a group's sums pass leaves it in L3 for dx.
+                ws.grad_maps.resize(c, GradMap::default());
+                for group in channel_groups(geo, elem, 2) {
+                    let (parts, wide) = (&mut ws.sum_parts, &mut ws.wide_grad_maps.mean);
+                    parts.resize(parts_len(geo, group.len()), GradSums::default());
+                    let sums = &mut ws.sums[group.clone()];
+                    let mean = &saved.mean64;
+                    grad_sums(x, dy, geo, group.clone(), exec, mean, parts, wide, sums);
+                    for ch in group.clone() {
+                        ws.grad_maps[ch] = grad_map(ch, ws.sums[ch]);
+                    }
+                    let wide = &mut ws.wide_grad_maps;
+                    input_grad(x, dy, dx, geo, group, exec, &ws.grad_maps, wide);
                 }
-                let wide = &mut ws.wide_grad_maps;
-                input_grad(x, dy, dx, geo, group, exec, &ws.grad_maps, wide);
             }
         }
         grads.weight.clear();

@@ -1,7 +1,8 @@
 //! How a call is cut into work: channels processed one at a time from L2 (each on one thread,
-//! or shared by all), or channel groups ("waves") from L3, and the units of parallel work inside them. The pieces each channel's
-//! statistics are merged from depend only on the shape, never on the number of threads or the
-//! cache sizes, and merge in the same order on every path: the results are bitwise the same.
+//! or shared by all), or channel groups ("waves") from L3, and the units of parallel work inside
+//! them. The pieces each channel's statistics are merged from depend only on the shape, never on
+//! the number of threads or the cache sizes, and merge in the same order on every path: the
+//! results are bitwise the same.
 
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -235,20 +236,14 @@ pub(crate) fn map_per_channel<T: Element>(
     kernel: impl Fn(Span, &mut [T], &Writer) + Sync + Send,
 ) {
     let c = geo.channels;
-    let task = |pieces: &mut dyn Iterator<Item = (Span, &mut [T])>| {
-        streaming(exec.isa, exec.stream, |w| {
-            pieces.for_each(|(span, o)| kernel(span, o, w));
-        });
-    };
+    let task =
+        |span: Span, out: &mut [T]| streaming(exec.isa, exec.stream, |w| kernel(span, out, w));
     if geo.is_rows() {
         // A block of rows per task.
         let rows = rows_per_block(geo);
         for_each_chunk(exec.par, out, rows * c, |b, ob| {
             let start = b * rows * c;
-            task(&mut std::iter::once((
-                Span::Rows(start..start + ob.len()),
-                ob,
-            )));
+            task(Span::Rows(start..start + ob.len()), ob);
         });
     } else {
         // Tasks of neighbouring channels in one outer block, one contiguous span each.
@@ -260,12 +255,14 @@ pub(crate) fn map_per_channel<T: Element>(
                 let first = range.start + t * per_task;
                 let start = (o * c + first) * inner;
                 let elems = start..start + ot.len();
-                let span = Span::Runs {
-                    elems,
-                    first,
-                    count: 1,
-                };
-                task(&mut std::iter::once((span, ot)));
+                task(
+                    Span::Runs {
+                        elems,
+                        first,
+                        count: 1,
+                    },
+                    ot,
+                );
             });
         });
     }
