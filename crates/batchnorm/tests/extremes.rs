@@ -47,6 +47,16 @@ fn errors(x64: &[f64], dims: &[usize], layout: Layout, seed: u64) -> ([f64; 4], 
     (errs, y)
 }
 
+/// [`assert_exact`] for `x` in channels-first and channels-last layout.
+fn assert_exact_in_both_layouts(label: &str, x: &[f64], dims: &[usize], seed: u64) {
+    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+        assert_exact(
+            &format!("{label} {layout:?}"),
+            errors(x, dims, layout, seed).0,
+        );
+    }
+}
+
 fn assert_exact(label: &str, errs: [f64; 4]) {
     println!(
         "{label}: errors (y, dx, dweight, dbias) = {:.2e} {:.2e} {:.2e} {:.2e}",
@@ -64,24 +74,14 @@ fn assert_exact(label: &str, errs: [f64; 4]) {
 fn offset_1e6_unit_std_both_layouts() {
     let dims = [32, 4, 8, 8];
     let x = Rng::new(1).normals(dims.iter().product(), 1e6, 1.0);
-    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
-        assert_exact(
-            &format!("1e6 + randn {layout:?}"),
-            errors(&x, &dims, layout, 2).0,
-        );
-    }
+    assert_exact_in_both_layouts("1e6 + randn", &x, &dims, 2);
 }
 
 #[test]
 fn offset_1e5_std_0_01() {
     let dims = [16, 3, 10, 10];
     let x = Rng::new(3).normals(dims.iter().product(), 1e5, 0.01);
-    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
-        assert_exact(
-            &format!("1e5 + 0.01 randn {layout:?}"),
-            errors(&x, &dims, layout, 4).0,
-        );
-    }
+    assert_exact_in_both_layouts("1e5 + 0.01 randn", &x, &dims, 4);
 }
 
 #[test]
@@ -113,12 +113,7 @@ fn tiny_and_large_batches() {
     // The smallest legal batch (two values per channel) and a long channel spanning many chunks.
     for (dims, seed) in [(vec![2, 3], 7), (vec![1, 2, 2], 8), (vec![3, 2, 20_000], 9)] {
         let x = Rng::new(seed).normals(dims.iter().product(), 10.0, 3.0);
-        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
-            assert_exact(
-                &format!("{dims:?} {layout:?}"),
-                errors(&x, &dims, layout, seed).0,
-            );
-        }
+        assert_exact_in_both_layouts(&format!("{dims:?}"), &x, &dims, seed);
     }
 }
 
@@ -140,10 +135,5 @@ fn wide_rows_walked_in_column_strips() {
     // (not a multiple of the four rows per step) in two row blocks.
     let dims = [7, 1100, 3, 5];
     let x = Rng::new(11).normals(dims.iter().product(), 1e3, 2.0);
-    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
-        assert_exact(
-            &format!("{dims:?} {layout:?}"),
-            errors(&x, &dims, layout, 12).0,
-        );
-    }
+    assert_exact_in_both_layouts(&format!("{dims:?}"), &x, &dims, 12);
 }

@@ -54,6 +54,28 @@ fn warm_calls_allocate_nothing() {
     threaded_warm_calls_allocate_nothing_per_element();
 }
 
+/// Allocations during `rounds` warm rounds of [`steps`] (after one round to warm up) on
+/// buffers of `dims` in `layout`, with `par`.
+fn warm_allocations(dims: &[usize], layout: Layout, par: Par, rounds: usize) -> usize {
+    let shape = Shape::new(dims, layout).unwrap();
+    let n = shape.len();
+    let mut bufs = [
+        (0..n).map(|i| (i % 13) as f32).collect(),
+        vec![0.0; n],
+        (0..n).map(|i| (i % 7) as f32 - 3.0).collect(),
+        vec![0.0; n],
+    ];
+    let mut bn = BatchNorm::<f32>::new(shape.channels(), BatchNormConfig::default()).unwrap();
+    bn.set_par(par);
+    let (mut saved, mut grads) = (Saved::default(), Grads::default());
+    steps(&mut bn, &shape, &mut bufs, &mut saved, &mut grads);
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..rounds {
+        steps(&mut bn, &shape, &mut bufs, &mut saved, &mut grads);
+    }
+    ALLOCS.load(Ordering::Relaxed) - before
+}
+
 fn sequential_warm_calls_allocate_nothing() {
     let cases: [(&[usize], Layout); 5] = [
         (&[60, 100], Layout::ChannelsFirst),
@@ -65,22 +87,7 @@ fn sequential_warm_calls_allocate_nothing() {
         (&[8, 3, 30, 30], Layout::ChannelsLast),
     ];
     for (dims, layout) in cases {
-        let shape = Shape::new(dims, layout).unwrap();
-        let n = shape.len();
-        let mut bufs = [
-            (0..n).map(|i| (i % 13) as f32).collect(),
-            vec![0.0; n],
-            (0..n).map(|i| (i % 7) as f32 - 3.0).collect(),
-            vec![0.0; n],
-        ];
-        let mut bn = BatchNorm::<f32>::new(shape.channels(), BatchNormConfig::default()).unwrap();
-        let (mut saved, mut grads) = (Saved::default(), Grads::default());
-        steps(&mut bn, &shape, &mut bufs, &mut saved, &mut grads); // warm up
-        let before = ALLOCS.load(Ordering::Relaxed);
-        for _ in 0..3 {
-            steps(&mut bn, &shape, &mut bufs, &mut saved, &mut grads);
-        }
-        let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+        let allocs = warm_allocations(dims, layout, Par::Seq, 3);
         assert_eq!(
             allocs, 0,
             "{dims:?} {layout:?}: {allocs} allocations in warm calls"
@@ -104,26 +111,10 @@ fn threaded_warm_calls_allocate_nothing_per_element() {
         (&[128, 4, 32, 32], Layout::ChannelsFirst),
     ];
     for (dims, layout) in cases {
-        let shape = Shape::new(dims, layout).unwrap();
-        let n = shape.len();
-        let mut bufs = [
-            (0..n).map(|i| 1.5 + (i % 29) as f32).collect(),
-            vec![0.0; n],
-            vec![0.25f32; n],
-            vec![0.0; n],
-        ];
-        let mut bn = BatchNorm::<f32>::new(shape.channels(), BatchNormConfig::default()).unwrap();
-        bn.set_par(Par::Rayon);
-        let (mut saved, mut grads) = (Saved::default(), Grads::default());
-        pool.install(|| {
-            steps(&mut bn, &shape, &mut bufs, &mut saved, &mut grads);
-            let before = ALLOCS.load(Ordering::Relaxed);
-            steps(&mut bn, &shape, &mut bufs, &mut saved, &mut grads);
-            let allocs = ALLOCS.load(Ordering::Relaxed) - before;
-            assert!(
-                allocs <= 8,
-                "{dims:?}: {allocs} allocations in one warm threaded round"
-            );
-        });
+        let allocs = pool.install(|| warm_allocations(dims, layout, Par::Rayon, 1));
+        assert!(
+            allocs <= 8,
+            "{dims:?}: {allocs} allocations in one warm threaded round"
+        );
     }
 }
