@@ -581,7 +581,7 @@ impl<T: Element> BatchNorm<T> {
                 Statistics::Running => (0.0, 0.0),
             };
             let k = self.gamma(ch) * invstd;
-            GradMap { mean, k, a, b }
+            GradMap::new(mean, k, a, b)
         };
         ws.sums.resize(c, GradSums::default());
         match channel_cut(geo, elem, 2, exec) {

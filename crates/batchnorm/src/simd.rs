@@ -229,14 +229,33 @@ pub(crate) fn map_runs<I: Inputs, U: Copy + Default, M: Copy>(
     }
     let (xc, xt) = x.steps();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
-    let mut steps = yc.iter_mut().zip(xc);
+    let steps = yc.iter_mut().zip(xc);
+    if stream {
+        run_steps::<I, U, M, true>(steps, &mut run, maps, &f);
+    } else {
+        run_steps::<I, U, M, false>(steps, &mut run, maps, &f);
+    }
+    for (yv, xv) in yt.iter_mut().zip(xt.values()) {
+        *yv = f(maps[run.next()], xv);
+    }
+}
+
+/// The whole steps of [`map_runs`], from where `run` is, with the choice of stores fixed for
+/// the loop.
+#[inline(always)]
+fn run_steps<'a, I: Inputs, U: Copy + Default + 'a, M: Copy, const STREAM: bool>(
+    mut steps: impl ExactSizeIterator<Item = (&'a mut [U; MAP_CHUNK], I::Step)>,
+    run: &mut Runs,
+    maps: &[M],
+    f: &impl Fn(M, I::Value) -> U,
+) {
     while steps.len() > 0 {
         match run.steps(steps.len()) {
             Step::One(r, n) => {
                 let map = maps[r];
                 for (ys, xs) in steps.by_ref().take(n) {
                     I::prefetch(xs);
-                    put(ys, std::array::from_fn(|l| f(map, I::lane(xs, l))), stream);
+                    put(ys, std::array::from_fn(|l| f(map, I::lane(xs, l))), STREAM);
                 }
             }
             Step::Two(r, k) => {
@@ -246,7 +265,7 @@ pub(crate) fn map_runs<I: Inputs, U: Copy + Default, M: Copy>(
                 let a: [U; MAP_CHUNK] = std::array::from_fn(|l| f(m0, I::lane(xs, l)));
                 let b: [U; MAP_CHUNK] = std::array::from_fn(|l| f(m1, I::lane(xs, l)));
                 let v = std::array::from_fn(|l| if l < k { a[l] } else { b[l] });
-                put(ys, v, stream);
+                put(ys, v, STREAM);
             }
             Step::Many => {
                 let (ys, xs) = steps.next().expect("a step is left");
@@ -255,12 +274,9 @@ pub(crate) fn map_runs<I: Inputs, U: Copy + Default, M: Copy>(
                 for (l, o) in v.iter_mut().enumerate() {
                     *o = f(maps[run.next()], I::lane(xs, l));
                 }
-                put(ys, v, stream);
+                put(ys, v, STREAM);
             }
         }
-    }
-    for (yv, xv) in yt.iter_mut().zip(xt.values()) {
-        *yv = f(maps[run.next()], xv);
     }
 }
 
@@ -353,20 +369,37 @@ pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
     for (i, (yv, xv)) in yh.iter_mut().zip(xh.values()).enumerate() {
         *yv = maps.one(xv, i);
     }
-    let mut j = head;
     let (xc, xt) = x.steps();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
-    for (ys, xs) in yc.iter_mut().zip(xc) {
+    let steps = yc.iter_mut().zip(xc);
+    let j = if stream {
+        cyclic_steps::<I, U, true>(steps, head, maps)
+    } else {
+        cyclic_steps::<I, U, false>(steps, head, maps)
+    };
+    for (k, (yv, xv)) in yt.iter_mut().zip(xt.values()).enumerate() {
+        *yv = maps.one(xv, (j + k) % w);
+    }
+}
+
+/// The whole steps of [`map_cyclic`], the first at position `j`, with the choice of stores
+/// fixed for the loop; returns the position after the last.
+#[inline(always)]
+fn cyclic_steps<'a, I: Inputs, U: Copy + 'a, const STREAM: bool>(
+    steps: impl Iterator<Item = (&'a mut [U; MAP_CHUNK], I::Step)>,
+    mut j: usize,
+    maps: &impl Cyclic<I, U>,
+) -> usize {
+    let w = maps.width();
+    for (ys, xs) in steps {
         I::prefetch(xs);
-        put(ys, maps.step(xs, j), stream);
+        put(ys, maps.step(xs, j), STREAM);
         j += MAP_CHUNK;
         if j >= w {
             j -= w;
         }
     }
-    for (k, (yv, xv)) in yt.iter_mut().zip(xt.values()).enumerate() {
-        *yv = maps.one(xv, (j + k) % w);
-    }
+    j
 }
 
 /// The [`MAP_CHUNK`] values of `coefficients` from position `j` on.
