@@ -6,11 +6,11 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
     column_strips, fold_widened_in_place, map_channel, map_per_channel, reduce_per_channel,
-    steps_ahead, strip, widen, widen_wrapped, Disjoint, Exec, Span,
+    steps_ahead, strip, widen, Disjoint, Exec, Span, Wrapped,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{
-    chunk_at, map_cyclic, map_runs, multiversion, prefetch, prefetch_ahead, Cyclic, Isa, MAP_CHUNK,
+    map_cyclic, map_runs, multiversion, prefetch, prefetch_ahead, Cyclic, Isa, MAP_CHUNK,
 };
 use crate::tuning::LANES;
 
@@ -241,37 +241,24 @@ impl GradMap {
     }
 }
 
-/// Per-channel maps repeated over one widened row and wrapped (see [`widen_wrapped`]), one
-/// array per coefficient. `mean` also serves the gradient sums as the plain widened mean.
+/// Per-channel maps repeated over one widened row and wrapped, one array per coefficient
+/// (`mean`, `p`, `q`, `r`).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct WideGradMaps {
-    pub mean: Vec<f64>,
-    p: Vec<f64>,
-    q: Vec<f64>,
-    r: Vec<f64>,
-}
-
-impl WideGradMaps {
-    fn set(&mut self, maps: &[GradMap]) {
-        let field = |out: &mut Vec<f64>, f: fn(&GradMap) -> f64| {
-            widen_wrapped(maps.len(), maps.iter().map(f), out);
-        };
-        field(&mut self.mean, |m| m.mean);
-        field(&mut self.p, |m| m.p);
-        field(&mut self.q, |m| m.q);
-        field(&mut self.r, |m| m.r);
-    }
-}
+pub(crate) struct WideGradMaps(Wrapped<f64, 4>);
 
 impl<'a, T: Element> Cyclic<(&'a [T], &'a [T]), T> for WideGradMaps {
     fn width(&self) -> usize {
-        self.mean.len() - MAP_CHUNK
+        self.0.width()
     }
 
     #[inline(always)]
-    fn step(&self, (xs, ds): (&[T; MAP_CHUNK], &[T; MAP_CHUNK]), j: usize) -> [T; MAP_CHUNK] {
-        let (mean, p) = (chunk_at(&self.mean, j), chunk_at(&self.p, j));
-        let (q, r) = (chunk_at(&self.q, j), chunk_at(&self.r, j));
+    unsafe fn step(
+        &self,
+        (xs, ds): (&[T; MAP_CHUNK], &[T; MAP_CHUNK]),
+        j: usize,
+    ) -> [T; MAP_CHUNK] {
+        // SAFETY: `j < width`, this function's own contract.
+        let [mean, p, q, r] = unsafe { self.0.chunks(j) };
         std::array::from_fn(|l| {
             let map = GradMap {
                 mean: mean[l],
@@ -285,13 +272,8 @@ impl<'a, T: Element> Cyclic<(&'a [T], &'a [T]), T> for WideGradMaps {
 
     #[inline(always)]
     fn one(&self, (x, dy): (T, T), j: usize) -> T {
-        let map = GradMap {
-            mean: self.mean[j],
-            p: self.p[j],
-            q: self.q[j],
-            r: self.r[j],
-        };
-        map.apply(x, dy)
+        let [mean, p, q, r] = self.0.at(j);
+        GradMap { mean, p, q, r }.apply(x, dy)
     }
 }
 
@@ -324,7 +306,7 @@ pub(crate) fn input_grad<T: Element>(
     wide: &mut WideGradMaps,
 ) {
     if geo.is_rows() {
-        wide.set(maps);
+        wide.0.set(maps, |m| [m.mean, m.p, m.q, m.r]);
     }
     let (wide, inner) = (&*wide, geo.inner);
     map_per_channel(geo, range, exec, dx, |span, gs, w| match span {

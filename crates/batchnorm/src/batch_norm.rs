@@ -110,6 +110,9 @@ struct Workspace<T> {
     sums: Vec<GradSums>,
     sum_parts: Vec<GradSums>,
     grad_maps: Vec<GradMap>,
+    /// The per-channel mean repeated over one widened row, for the gradient sums
+    /// (channels-last input).
+    wide_mean: Vec<f64>,
     wide_grad_maps: WideGradMaps,
     /// Where the threads of a team sharing each channel meet.
     board: Board,
@@ -125,6 +128,7 @@ impl<T> Default for Workspace<T> {
             sums: Vec::new(),
             sum_parts: Vec::new(),
             grad_maps: Vec::new(),
+            wide_mean: Vec::new(),
             wide_grad_maps: WideGradMaps::default(),
             board: Board::default(),
         }
@@ -620,7 +624,7 @@ impl<T: Element> BatchNorm<T> {
                 // Channel group by channel group: a group's sums pass leaves it in L3 for dx.
                 ws.grad_maps.resize(c, GradMap::default());
                 for group in channel_groups(geo, elem, 2) {
-                    let (parts, wide) = (&mut ws.sum_parts, &mut ws.wide_grad_maps.mean);
+                    let (parts, wide) = (&mut ws.sum_parts, &mut ws.wide_mean);
                     parts.resize(parts_len(geo, group.len()), GradSums::default());
                     let sums = &mut ws.sums[group.clone()];
                     let mean = &saved.mean64;

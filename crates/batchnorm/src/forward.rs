@@ -4,8 +4,8 @@ use std::ops::Range;
 
 use crate::element::Element;
 use crate::layout::Geometry;
-use crate::plan::{map_channel, map_per_channel, widen_wrapped, Disjoint, Exec, Span};
-use crate::simd::{chunk_at, map_cyclic, map_runs, multiversion, Cyclic, MAP_CHUNK};
+use crate::plan::{map_channel, map_per_channel, Disjoint, Exec, Span, Wrapped};
+use crate::simd::{map_cyclic, map_runs, multiversion, Cyclic, MAP_CHUNK};
 
 /// The coefficients of one channel's `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated
 /// in the element type.
@@ -42,49 +42,26 @@ impl<T: Element> ChannelMap<T> {
     }
 }
 
-/// Per-channel maps repeated over one widened row and wrapped (see [`widen_wrapped`]), one
-/// array per coefficient.
+/// Per-channel maps repeated over one widened row and wrapped, one array per coefficient
+/// (`mean_hi`, `mean_lo`, `scale`, `shift`).
 #[derive(Debug, Clone)]
-pub(crate) struct WideMaps<T> {
-    mean_hi: Vec<T>,
-    mean_lo: Vec<T>,
-    scale: Vec<T>,
-    shift: Vec<T>,
-}
+pub(crate) struct WideMaps<T>(Wrapped<T, 4>);
 
 impl<T> Default for WideMaps<T> {
     fn default() -> Self {
-        Self {
-            mean_hi: Vec::new(),
-            mean_lo: Vec::new(),
-            scale: Vec::new(),
-            shift: Vec::new(),
-        }
-    }
-}
-
-impl<T: Element> WideMaps<T> {
-    fn set(&mut self, maps: &[ChannelMap<T>]) {
-        let field = |out: &mut Vec<T>, f: fn(&ChannelMap<T>) -> T| {
-            let per_channel = maps.iter().map(f);
-            widen_wrapped(maps.len(), per_channel, out);
-        };
-        field(&mut self.mean_hi, |m| m.mean_hi);
-        field(&mut self.mean_lo, |m| m.mean_lo);
-        field(&mut self.scale, |m| m.scale);
-        field(&mut self.shift, |m| m.shift);
+        Self(Wrapped::default())
     }
 }
 
 impl<'a, T: Element> Cyclic<&'a [T], T> for WideMaps<T> {
     fn width(&self) -> usize {
-        self.mean_hi.len() - MAP_CHUNK
+        self.0.width()
     }
 
     #[inline(always)]
-    fn step(&self, xs: &'a [T; MAP_CHUNK], j: usize) -> [T; MAP_CHUNK] {
-        let (h, l) = (chunk_at(&self.mean_hi, j), chunk_at(&self.mean_lo, j));
-        let (s, t) = (chunk_at(&self.scale, j), chunk_at(&self.shift, j));
+    unsafe fn step(&self, xs: &'a [T; MAP_CHUNK], j: usize) -> [T; MAP_CHUNK] {
+        // SAFETY: `j < width`, this function's own contract.
+        let [h, l, s, t] = unsafe { self.0.chunks(j) };
         let mut v = [T::ZERO; MAP_CHUNK];
         for k in 0..MAP_CHUNK {
             v[k] = ((xs[k] - h[k]) - l[k]) * s[k] + t[k];
@@ -94,7 +71,14 @@ impl<'a, T: Element> Cyclic<&'a [T], T> for WideMaps<T> {
 
     #[inline(always)]
     fn one(&self, x: T, j: usize) -> T {
-        ((x - self.mean_hi[j]) - self.mean_lo[j]) * self.scale[j] + self.shift[j]
+        let [mean_hi, mean_lo, scale, shift] = self.0.at(j);
+        ChannelMap {
+            mean_hi,
+            mean_lo,
+            scale,
+            shift,
+        }
+        .apply(x)
     }
 }
 
@@ -125,7 +109,8 @@ pub(crate) fn normalize<T: Element>(
     wide: &mut WideMaps<T>,
 ) {
     if geo.is_rows() {
-        wide.set(maps);
+        wide.0
+            .set(maps, |m| [m.mean_hi, m.mean_lo, m.scale, m.shift]);
     }
     let (wide, inner) = (&*wide, geo.inner);
     map_per_channel(geo, range, exec, y, |span, ys, w| match span {

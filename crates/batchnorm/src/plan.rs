@@ -81,16 +81,61 @@ pub(crate) fn widen_iter<V>(
     pattern.extend(per_channel.cycle().take(row_width(channels)));
 }
 
-/// [`widen_iter`] followed by the first [`MAP_CHUNK`] values of the pattern again, so that a
-/// step of [`crate::simd::map_cyclic`] starting anywhere in the row reads its coefficients
-/// contiguously. The pattern's width is `pattern.len() - MAP_CHUNK`.
-pub(crate) fn widen_wrapped<V: Copy>(
-    channels: usize,
-    per_channel: impl Iterator<Item = V> + Clone,
-    pattern: &mut Vec<V>,
-) {
-    widen_iter(channels, per_channel, pattern);
-    pattern.extend_from_within(..MAP_CHUNK);
+/// `K` coefficients per channel repeated over one widened row and wrapped: array `a` holds
+/// coefficient `a` of channel `i % C` at every position `i` of the row, then its first
+/// [`MAP_CHUNK`] values again, so that a step of [`crate::simd::map_cyclic`] starting anywhere
+/// in the row reads each coefficient contiguously ([`Wrapped::chunks`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Wrapped<V, const K: usize> {
+    width: usize,
+    /// Each `width + MAP_CHUNK` long: [`Wrapped::chunks`] relies on it.
+    arrays: [Vec<V>; K],
+}
+
+impl<V, const K: usize> Default for Wrapped<V, K> {
+    fn default() -> Self {
+        Self {
+            width: 0,
+            arrays: std::array::from_fn(|_| Vec::new()),
+        }
+    }
+}
+
+impl<V: Copy, const K: usize> Wrapped<V, K> {
+    /// Lays out the coefficients `field(map)` of each channel's map.
+    pub fn set<M>(&mut self, maps: &[M], field: impl Fn(&M) -> [V; K]) {
+        for (a, out) in self.arrays.iter_mut().enumerate() {
+            widen_iter(maps.len(), maps.iter().map(|m| field(m)[a]), out);
+            out.extend_from_within(..MAP_CHUNK);
+        }
+        self.width = row_width(maps.len());
+    }
+
+    /// Positions of one widened row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The [`MAP_CHUNK`] values of each coefficient from position `j` on.
+    ///
+    /// # Safety
+    /// `j < self.width()`.
+    #[inline(always)]
+    pub unsafe fn chunks(&self, j: usize) -> [&[V; MAP_CHUNK]; K] {
+        debug_assert!(j < self.width);
+        std::array::from_fn(|a| {
+            // SAFETY: `set` made every array `width + MAP_CHUNK` long (the fields are private
+            // and nothing else changes them), and `j < width` (the caller's contract): the
+            // `MAP_CHUNK` values from `j` are in bounds.
+            unsafe { &*self.arrays[a].as_ptr().add(j).cast::<[V; MAP_CHUNK]>() }
+        })
+    }
+
+    /// The coefficients at position `j` of the row.
+    #[inline(always)]
+    pub fn at(&self, j: usize) -> [V; K] {
+        std::array::from_fn(|a| self.arrays[a][j])
+    }
 }
 
 /// The column strips of a widened row of `w` positions: the channels-last reductions walk a
@@ -418,5 +463,31 @@ impl<'a, T> Disjoint<'a, T> {
         assert!(range.start <= range.end && range.end <= self.len);
         // SAFETY: in bounds, as in `slice`; shared by the caller's guarantee.
         unsafe { std::slice::from_raw_parts(self.ptr.add(range.start), range.len()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_steps_read_the_channels_of_their_positions() {
+        // Widths that are and are not multiples of a step: C = 3 (66 positions), 64, 100.
+        for c in [3usize, 64, 100] {
+            let maps: Vec<usize> = (0..c).collect();
+            let mut wrapped = Wrapped::<f64, 2>::default();
+            wrapped.set(&maps, |&ch| [ch as f64, -(ch as f64)]);
+            let w = wrapped.width();
+            assert_eq!(w, row_width(c));
+            for j in 0..w {
+                // SAFETY: j < width.
+                let [a, b] = unsafe { wrapped.chunks(j) };
+                for k in 0..MAP_CHUNK {
+                    let ch = ((j + k) % w % c) as f64;
+                    assert_eq!((a[k], b[k]), (ch, -ch), "C = {c}, position {j} + {k}");
+                }
+                assert_eq!(wrapped.at(j), [(j % c) as f64, -((j % c) as f64)]);
+            }
+        }
     }
 }
