@@ -297,25 +297,32 @@ fn add(a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
         });
 }
 
-/// Sums every value of `bufs`, each split over `threads` contiguous pieces: reads them once.
+/// Sums every value of `bufs` (all of one length), read side by side as the kernels' first
+/// passes read x and dy, each thread over its contiguous piece of all of them: reads them once.
 fn read_all(bufs: &[&[f32]], threads: usize) {
-    for b in bufs {
-        let piece = b.len().div_ceil(threads).max(1);
-        let sum: f32 = b
-            .par_chunks(piece)
-            .map(|p| {
-                let mut acc = [0.0f32; 32];
-                let (chunks, tail) = p.as_chunks::<32>();
-                for c in chunks {
-                    for (a, v) in acc.iter_mut().zip(c) {
+    let len = bufs.first().map_or(0, |b| b.len());
+    let piece = len.div_ceil(threads).max(1);
+    let sum: f32 = (0..len.div_ceil(piece))
+        .into_par_iter()
+        .map(|p| {
+            let range = p * piece..((p + 1) * piece).min(len);
+            let parts: Vec<_> = bufs
+                .iter()
+                .map(|b| b[range.clone()].as_chunks::<32>())
+                .collect();
+            let mut acc = [0.0f32; 32];
+            for i in 0..parts[0].0.len() {
+                for (chunks, _) in &parts {
+                    for (a, v) in acc.iter_mut().zip(&chunks[i]) {
                         *a += v;
                     }
                 }
-                acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
-            })
-            .sum();
-        std::hint::black_box(sum);
-    }
+            }
+            let tails = parts.iter().map(|(_, tail)| tail.iter().sum::<f32>());
+            acc.iter().sum::<f32>() + tails.sum::<f32>()
+        })
+        .sum();
+    std::hint::black_box(sum);
 }
 
 /// Medians (ms per call) of each function, sampled in turn, each sample after `evict`.
