@@ -71,14 +71,22 @@ pub(crate) fn widen<V: Copy>(per_channel: &[V], pattern: &mut Vec<V>) {
     widen_iter(per_channel.len(), per_channel.iter().copied(), pattern);
 }
 
-/// [`widen`] for the `channels` values an iterator yields.
-pub(crate) fn widen_iter<V>(
+/// [`widen`] for the `channels` values an iterator yields: one row of them, then copies of it.
+pub(crate) fn widen_iter<V: Copy>(
     channels: usize,
-    per_channel: impl Iterator<Item = V> + Clone,
+    per_channel: impl Iterator<Item = V>,
     pattern: &mut Vec<V>,
 ) {
+    let width = row_width(channels);
     pattern.clear();
-    pattern.extend(per_channel.cycle().take(row_width(channels)));
+    pattern.reserve(width);
+    pattern.extend(per_channel.take(channels));
+    assert_eq!(pattern.len(), channels, "one value per channel");
+    while pattern.len() < width {
+        // Doubling copies; `width` is a multiple of `channels`, so the pattern stays whole.
+        let copy = pattern.len().min(width - pattern.len());
+        pattern.extend_from_within(..copy);
+    }
 }
 
 /// `K` coefficients per channel repeated over one widened row and wrapped: array `a` holds
