@@ -13,9 +13,9 @@ use crate::par::{for_each_chunk, Par};
 use crate::simd::{Isa, MAP_CHUNK};
 use crate::stream::{streaming, Writer};
 use crate::tuning::{
-    COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MIN_BLOCK_ROWS, MIN_CHANNEL_RUN_BYTES,
-    MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS, MIN_ROW_WIDTH, PIECE_ELEMS, PREFETCH_BYTES,
-    ROW_BLOCK_ELEMS, WAVE_BYTES,
+    COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MERGE_TASK_CHANNELS, MIN_BLOCK_ROWS,
+    MIN_CHANNEL_RUN_BYTES, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS, MIN_ROW_WIDTH, PAR_MERGE_MIN,
+    PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
 };
 
 /// The execution choices of one call.
@@ -245,7 +245,7 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
     parts: &mut [P],
     out: &mut [P],
     kernel: impl Fn(Span, &mut [P]) + Sync + Send,
-    merge: impl Fn(P, P) -> P,
+    merge: impl Fn(P, P) -> P + Sync,
 ) {
     let (c, g) = (geo.channels, range.len());
     let parts = &mut parts[..parts_len(geo, g)];
@@ -267,14 +267,20 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
         geo.outer.div_ceil(runs_per_piece(geo))
     };
     // Piece by piece across the channels: each channel still merges its pieces in order, and
-    // the partials are read in memory order.
-    let out = &mut out[..g];
-    out.fill(P::default());
-    for piece in parts[..pieces * g].chunks_exact(g) {
-        for (o, &p) in out.iter_mut().zip(piece) {
-            *o = merge(*o, p);
+    // the partials are read in memory order. Many merges are split by channel ranges.
+    let parts = &parts[..pieces * g];
+    let merge_channels = |first: usize, out: &mut [P]| {
+        out.fill(P::default());
+        for piece in parts.chunks_exact(g) {
+            for (o, &p) in out.iter_mut().zip(&piece[first..]) {
+                *o = merge(*o, p);
+            }
         }
-    }
+    };
+    let par = exec.par && parts.len() >= PAR_MERGE_MIN;
+    for_each_chunk(par, &mut out[..g], MERGE_TASK_CHANNELS, |k, o| {
+        merge_channels(k * MERGE_TASK_CHANNELS, o)
+    });
 }
 
 /// Writes an element-wise pass: `kernel(span, out)` fills the part of `out` at `span` (the same
