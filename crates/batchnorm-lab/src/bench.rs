@@ -300,25 +300,25 @@ fn add(a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
 /// Sums every value of `bufs` (all of one length), read side by side as the kernels' first
 /// passes read x and dy, each thread over its contiguous piece of all of them: reads them once.
 fn read_all(bufs: &[&[f32]], threads: usize) {
+    const STEP: usize = 32;
     let len = bufs.first().map_or(0, |b| b.len());
     let piece = len.div_ceil(threads).max(1);
     let sum: f32 = (0..len.div_ceil(piece))
         .into_par_iter()
         .map(|p| {
             let range = p * piece..((p + 1) * piece).min(len);
-            let parts: Vec<_> = bufs
-                .iter()
-                .map(|b| b[range.clone()].as_chunks::<32>())
-                .collect();
-            let mut acc = [0.0f32; 32];
-            for i in 0..parts[0].0.len() {
-                for (chunks, _) in &parts {
-                    for (a, v) in acc.iter_mut().zip(&chunks[i]) {
+            let steps = range.len() / STEP;
+            let mut acc = [0.0f32; STEP];
+            for i in 0..steps {
+                let at = range.start + i * STEP;
+                for b in bufs {
+                    for (a, v) in acc.iter_mut().zip(&b[at..at + STEP]) {
                         *a += v;
                     }
                 }
             }
-            let tails = parts.iter().map(|(_, tail)| tail.iter().sum::<f32>());
+            let tail = range.start + steps * STEP..range.end;
+            let tails = bufs.iter().map(|b| b[tail.clone()].iter().sum::<f32>());
             acc.iter().sum::<f32>() + tails.sum::<f32>()
         })
         .sum();
