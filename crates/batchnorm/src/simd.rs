@@ -3,8 +3,9 @@
 //! Every kernel is written once, as plain Rust over fixed-width lanes, and compiled twice: for
 //! the baseline target and, on x86-64, again inside a `#[target_feature(enable = "avx2,fma")]`
 //! wrapper (the [`multiversion`] macro). The compiler vectorises both; neither contracts `a * b + c`
-//! into a fused multiply-add, and the reductions keep their lane order, so every path gives
-//! bitwise the same results. Nothing requires `-C target-cpu=native`.
+//! into a fused multiply-add (the fused operations a kernel wants are written as `mul_add`,
+//! correctly rounded on every path), and the reductions keep their lane order, so every path
+//! gives bitwise the same results. Nothing requires `-C target-cpu=native`.
 
 use std::sync::OnceLock;
 
