@@ -118,7 +118,8 @@ multiversion! {
         let pairs = x.len() / (2 * w);
         let split = x.len() / w * w;
         for cols in column_strips(w) {
-            let ahead = steps_ahead(4 * cols.len() * size_of::<T>());
+            // A step reads two rows of each input: prefetch about PREFETCH_BYTES of each ahead.
+            let ahead = steps_ahead(2 * cols.len() * size_of::<T>());
             let (s, sx, mean) = (&mut s[cols.clone()], &mut sx[cols.clone()], &mean[cols.clone()]);
             for p in 0..pairs {
                 if p + ahead < pairs {

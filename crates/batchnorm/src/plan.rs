@@ -161,8 +161,8 @@ pub(crate) fn strip<'a, T>(t: &'a [T], w: usize, cols: &Range<usize>, r: usize) 
     &t[r * w..][cols.clone()]
 }
 
-/// How many steps of `step_bytes` (the part of a strip one step reads) a strip walk prefetches
-/// ahead: about [`PREFETCH_BYTES`] of data, at least one step.
+/// How many steps of `step_bytes` (the part of a strip one step reads of each input) a strip
+/// walk prefetches ahead: about [`PREFETCH_BYTES`] of each input, at least one step.
 pub(crate) fn steps_ahead(step_bytes: usize) -> usize {
     PREFETCH_BYTES.div_ceil(step_bytes.max(1))
 }
