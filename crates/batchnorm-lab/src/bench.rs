@@ -298,7 +298,9 @@ fn add(a: &[f32], b: &[f32], c: &mut [f32], threads: usize) {
 }
 
 /// Sums every value of `bufs` (all of one length), read side by side as the kernels' first
-/// passes read x and dy, each thread over its contiguous piece of all of them: reads them once.
+/// passes read x and dy, each thread over its contiguous piece of all of them, prefetching
+/// 4 KiB ahead in each as the kernels do (without it the read ran 1.5x slower and overstated
+/// the floor): reads them once.
 fn read_all(bufs: &[&[f32]], threads: usize) {
     const STEP: usize = 32;
     let len = bufs.first().map_or(0, |b| b.len());
@@ -312,6 +314,7 @@ fn read_all(bufs: &[&[f32]], threads: usize) {
             for i in 0..steps {
                 let at = range.start + i * STEP;
                 for b in bufs {
+                    prefetch_ahead(&b[at..at + STEP]);
                     for (a, v) in acc.iter_mut().zip(&b[at..at + STEP]) {
                         *a += v;
                     }
@@ -323,6 +326,22 @@ fn read_all(bufs: &[&[f32]], threads: usize) {
         })
         .sum();
     std::hint::black_box(sum);
+}
+
+/// Asks for the cache lines 4 KiB past `chunk` (as many bytes as it spans) to be loaded into
+/// L1, as the kernels' streaming loops do; a hint that never faults, a no-op off x86-64.
+#[inline(always)]
+fn prefetch_ahead(chunk: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..std::mem::size_of_val(chunk)).step_by(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let at = chunk.as_ptr().cast::<i8>().wrapping_add(4096 + line);
+        // SAFETY: a prefetch never dereferences its address in the program's sense and cannot
+        // fault; SSE (which provides it) is part of the x86-64 baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = chunk;
 }
 
 /// Medians (ms per call) of each function, sampled in turn, each sample after `evict`.
