@@ -175,7 +175,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if !a.json {
         println!(
-            "{:<18} {:<14} {:<13} {:>3} {:>10} {:>8} {:>6} {:>10} {:>6} {:>8} {:>6}",
+            "{:<18} {:<14} {:<13} {:>3} {:>10} {:>8} {:>6} {:>10} {:>6} {:>8} {:>8} {:>6}",
             "shape",
             "layout",
             "op",
@@ -186,6 +186,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             "yard ms",
             "ratio",
             "read ms",
+            "strm ms",
             "floor"
         );
     }
@@ -198,7 +199,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(",");
             println!(
-                "{:<18} {:<14} {:<13} {:>3} {:>10.3} {:>8.1} {:>6} {:>10.3} {:>6.2} {:>8.3} {:>6.2}",
+                "{:<18} {:<14} {:<13} {:>3} {:>10.3} {:>8.1} {:>6} {:>10.3} {:>6.2} {:>8.3} {:>8.3} {:>6.2}",
                 dims,
                 bench::layout_name(r.layout),
                 r.op.name(),
@@ -209,6 +210,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
                 r.yardstick_ms,
                 r.ratio(),
                 r.read_ms,
+                r.streamed_ms,
                 r.floor()
             );
         }

@@ -468,11 +468,12 @@ fn bench_reports_every_op_against_its_yardstick_hot_and_cold() {
             assert!(ms > 0.0 && yard_ms > 0.0, "{r}");
             assert!((r["ratio"].as_f64().unwrap() - ms / yard_ms).abs() < 1e-9 * ms / yard_ms);
             let (read_ms, floor) = (r["read_ms"].as_f64().unwrap(), r["floor"].as_f64().unwrap());
-            assert!(read_ms > 0.0, "{r}");
+            let streamed_ms = r["streamed_ms"].as_f64().unwrap();
+            assert!(read_ms > 0.0 && streamed_ms > 0.0, "{r}");
             let expected = if r["op"] == "forward_eval" {
                 1.0
             } else {
-                (read_ms + yard_ms) / yard_ms
+                (read_ms + streamed_ms) / yard_ms
             };
             assert!((floor - expected).abs() < 1e-9 * expected, "{r}");
         }
