@@ -5,13 +5,11 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
-    column_strips, fold_widened_in_place, map_channel, map_per_channel, reduce_per_channel,
-    steps_ahead, strip, widen, Disjoint, Exec, Span, Wrapped,
+    column_strips, fold_widened_in_place, line_len, map_channel, map_per_channel, prefetch_line,
+    reduce_per_channel, steps_ahead, strip, widen, Disjoint, Exec, Span, Wrapped,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{
-    map_cyclic, map_runs, multiversion, prefetch, prefetch_ahead, Cyclic, Isa, MAP_CHUNK,
-};
+use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Cyclic, Isa, MAP_CHUNK};
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -122,21 +120,24 @@ multiversion! {
             let ahead = steps_ahead(2 * cols.len() * size_of::<T>());
             let (s, sx, mean) = (&mut s[cols.clone()], &mut sx[cols.clone()], &mean[cols.clone()]);
             for p in 0..pairs {
-                if p + ahead < pairs {
-                    let r = 2 * (p + ahead);
-                    for t in [x, dy] {
-                        prefetch(strip(t, w, &cols, r));
-                        prefetch(strip(t, w, &cols, r + 1));
+                let rows = |t, r| [strip(t, w, &cols, r), strip(t, w, &cols, r + 1)];
+                let ([x0, x1], [d0, d1]) = (rows(x, 2 * p), rows(dy, 2 * p));
+                // The rows `ahead` steps on (this step's near the end: prefetched again).
+                let f = if p + ahead < pairs { p + ahead } else { p };
+                let ([f0, f1], [g0, g1]) = (rows(x, 2 * f), rows(dy, 2 * f));
+                let (n, line) = (cols.len(), line_len::<T>());
+                let mut k = 0;
+                while k < n {
+                    prefetch_line(&[f0, f1, g0, g1], k);
+                    let e = (k + line).min(n);
+                    let acc = s[k..e].iter_mut().zip(&mut sx[k..e]).zip(&mean[k..e]);
+                    let vals = x0[k..e].iter().zip(&x1[k..e]).zip(d0[k..e].iter().zip(&d1[k..e]));
+                    for (((s, sx), &m), ((&u0, &u1), (&e0, &e1))) in acc.zip(vals) {
+                        let (e0, e1) = (e0.to_f64(), e1.to_f64());
+                        *s += e0 + e1;
+                        *sx += e0 * (u0.to_f64() - m) + e1 * (u1.to_f64() - m);
                     }
-                }
-                let (x0, x1) = (strip(x, w, &cols, 2 * p), strip(x, w, &cols, 2 * p + 1));
-                let (d0, d1) = (strip(dy, w, &cols, 2 * p), strip(dy, w, &cols, 2 * p + 1));
-                let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
-                let vals = x0.iter().zip(x1).zip(d0.iter().zip(d1));
-                for (((s, sx), &m), ((&u0, &u1), (&e0, &e1))) in acc.zip(vals) {
-                    let (e0, e1) = (e0.to_f64(), e1.to_f64());
-                    *s += e0 + e1;
-                    *sx += e0 * (u0.to_f64() - m) + e1 * (u1.to_f64() - m);
+                    k = e;
                 }
             }
             for r in 2 * pairs..split / w {

@@ -14,11 +14,11 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
-    column_strips, fold_widened_in_place, reduce_per_channel, row_width, steps_ahead, strip, Exec,
-    Span,
+    column_strips, fold_widened_in_place, line_len, prefetch_line, reduce_per_channel, row_width,
+    steps_ahead, strip, Exec, Span,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{multiversion, prefetch, prefetch_ahead, Isa};
+use crate::simd::{multiversion, prefetch_ahead, Isa};
 use crate::tuning::{LANES, RUN_CHUNK};
 
 /// Summary statistics of a set of values: count, mean, and M2 = sum((x - mean)^2).
@@ -207,15 +207,23 @@ multiversion! {
             let ahead = steps_ahead(4 * cols.len() * size_of::<T>());
             let (dev, sq, shift) = (&mut dev[cols.clone()], &mut sq[cols.clone()], &shift[cols.clone()]);
             for q in 0..quads {
-                if q + ahead < quads {
-                    (0..4).for_each(|k| prefetch(part(q + ahead, k)));
-                }
-                let acc = dev.iter_mut().zip(sq.iter_mut()).zip(shift);
-                let rows = part(q, 0).iter().zip(part(q, 1)).zip(part(q, 2).iter().zip(part(q, 3)));
-                for (((d, s2), &s), ((&a, &b), (&e, &f))) in acc.zip(rows) {
-                    let (t0, t1, t2, t3) = (a.to_f64() - s, b.to_f64() - s, e.to_f64() - s, f.to_f64() - s);
-                    *d += (t0 + t1) + (t2 + t3);
-                    *s2 += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
+                let (r0, r1, r2, r3) = (part(q, 0), part(q, 1), part(q, 2), part(q, 3));
+                // The rows `ahead` steps on (this step's near the end: prefetched again).
+                let f = if q + ahead < quads { q + ahead } else { q };
+                let far = [part(f, 0), part(f, 1), part(f, 2), part(f, 3)];
+                let (n, line) = (cols.len(), line_len::<T>());
+                let mut k = 0;
+                while k < n {
+                    prefetch_line(&far, k);
+                    let e = (k + line).min(n);
+                    let acc = dev[k..e].iter_mut().zip(&mut sq[k..e]).zip(&shift[k..e]);
+                    let rows = r0[k..e].iter().zip(&r1[k..e]).zip(r2[k..e].iter().zip(&r3[k..e]));
+                    for (((d, s2), &s), ((&a, &b), (&e, &f))) in acc.zip(rows) {
+                        let (t0, t1, t2, t3) = (a.to_f64() - s, b.to_f64() - s, e.to_f64() - s, f.to_f64() - s);
+                        *d += (t0 + t1) + (t2 + t3);
+                        *s2 += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
+                    }
+                    k = e;
                 }
             }
             for row in rest.chunks_exact(w) {
