@@ -61,12 +61,16 @@ impl<'a, T: Element> Cyclic<&'a [T], T> for WideMaps<T> {
     #[inline(always)]
     unsafe fn step(&self, xs: &'a [T; MAP_CHUNK], j: usize) -> [T; MAP_CHUNK] {
         // SAFETY: `j < width`, this function's own contract.
-        let [h, l, s, t] = unsafe { self.0.chunks(j) };
-        let mut v = [T::ZERO; MAP_CHUNK];
-        for k in 0..MAP_CHUNK {
-            v[k] = ((xs[k] - h[k]) - l[k]) * s[k] + t[k];
-        }
-        v
+        let [mean_hi, mean_lo, scale, shift] = unsafe { self.0.chunks(j) };
+        std::array::from_fn(|k| {
+            let map = ChannelMap {
+                mean_hi: mean_hi[k],
+                mean_lo: mean_lo[k],
+                scale: scale[k],
+                shift: shift[k],
+            };
+            map.apply(xs[k])
+        })
     }
 
     #[inline(always)]

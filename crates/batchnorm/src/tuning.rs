@@ -63,6 +63,7 @@ pub(crate) const MIN_RESIDENT_BYTES: usize = 256 * 1024;
 /// fetch other channels' data, and its ends share cache lines with them (2048x64x7x7, 196-byte
 /// runs: training 5.2x the copy channel by channel, 3.1x in waves).
 pub(crate) const MIN_CHANNEL_RUN_BYTES: usize = PREFETCH_BYTES;
+
 /// Partial results above which the final merge of a reduction is split over threads by ranges
 /// of [`MERGE_TASK_CHANNELS`] channels (each channel still merges its pieces in order, so the
 /// bits do not change): 128x2048x7x7 channels-last merges 49 row blocks of 2048 channels, a few
