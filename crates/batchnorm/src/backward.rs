@@ -5,11 +5,14 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
-    column_strips, fold_widened_in_place, line_len, map_channel, map_per_channel, prefetch_line,
-    reduce_per_channel, steps_ahead, strip, widen, Disjoint, Exec, Span, Wrapped,
+    chunked, column_strips, fold_widened_in_place, map_channel, map_per_channel,
+    reduce_per_channel, side_by_side, step_sum, steps_ahead, strips, widen, Disjoint, Exec, Span,
+    Wrapped, STRIP_CHUNK,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Cyclic, Isa, MAP_CHUNK};
+use crate::simd::{
+    map_cyclic, map_runs, multiversion, prefetch_ahead, prefetch_past, Cyclic, Isa, MAP_CHUNK,
+};
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -104,44 +107,46 @@ multiversion! {
             prefetch_ahead(dr);
             let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
             for (((s, sx), &m), (&xv, &dv)) in acc.zip(xr.iter().zip(dr)) {
-                let d = dv.to_f64();
-                *s += d;
-                *sx += d * (xv.to_f64() - m);
+                add_grad_terms(s, sx, m, [xv], [dv]);
             }
         };
-        // Two widened rows per step: their terms are added together first, so the
-        // accumulators (in L1, too many for registers) are loaded and stored once per two.
-        // Wide rows go one column strip at a time (the same sums per position, in the same
-        // order).
+        // Two widened rows per step, read side by side with their dy (four streams, as the
+        // statistics' four rows; four rows of both inputs ran out of registers): their terms
+        // are added together first, so the accumulators (in L1, too many for registers) are
+        // loaded and stored once per two. Wide rows go one column strip at a time (the same
+        // sums per position, in the same order).
         let pairs = x.len() / (2 * w);
         let split = x.len() / w * w;
         for cols in column_strips(w) {
             // A step reads two rows of each input: prefetch about PREFETCH_BYTES of each ahead.
+            let step_bytes = 2 * w * size_of::<T>();
             let ahead = steps_ahead(2 * cols.len() * size_of::<T>());
             let (s, sx, mean) = (&mut s[cols.clone()], &mut sx[cols.clone()], &mean[cols.clone()]);
+            let (sc, st) = s.as_chunks_mut::<STRIP_CHUNK>();
+            let (sxc, sxt) = sx.as_chunks_mut::<STRIP_CHUNK>();
+            let (mc, mt) = mean.as_chunks::<STRIP_CHUNK>();
             for p in 0..pairs {
-                let rows = |t, r| [strip(t, w, &cols, r), strip(t, w, &cols, r + 1)];
-                let ([x0, x1], [d0, d1]) = (rows(x, 2 * p), rows(dy, 2 * p));
-                // The rows `ahead` steps on (this step's near the end: prefetched again).
-                let f = if p + ahead < pairs { p + ahead } else { p };
-                let ([f0, f1], [g0, g1]) = (rows(x, 2 * f), rows(dy, 2 * f));
-                let (n, line) = (cols.len(), line_len::<T>());
-                let mut k = 0;
-                while k < n {
-                    prefetch_line(&[f0, f1, g0, g1], k);
-                    let e = (k + line).min(n);
-                    let acc = s[k..e].iter_mut().zip(&mut sx[k..e]).zip(&mean[k..e]);
-                    let vals = x0[k..e].iter().zip(&x1[k..e]).zip(d0[k..e].iter().zip(&d1[k..e]));
-                    for (((s, sx), &m), ((&u0, &u1), (&e0, &e1))) in acc.zip(vals) {
-                        let (e0, e1) = (e0.to_f64(), e1.to_f64());
-                        *s += e0 + e1;
-                        *sx += e0 * (u0.to_f64() - m) + e1 * (u1.to_f64() - m);
+                let ([x0, x1], [d0, d1]) = (strips(x, w, &cols, 2 * p), strips(dy, w, &cols, 2 * p));
+                let (rc, rt) = chunked([x0, x1, d0, d1]);
+                // Prefetch the rows `ahead` steps on (this step's near the end: again).
+                let far = if p + ahead < pairs { ahead * step_bytes } else { 0 };
+                let acc = sc.iter_mut().zip(sxc.iter_mut()).zip(mc);
+                for (((s, sx), m), rs) in acc.zip(side_by_side(rc)) {
+                    rs.iter().for_each(|r| prefetch_past(*r, far));
+                    let [u0, u1, e0, e1] = rs;
+                    for l in 0..STRIP_CHUNK {
+                        add_grad_terms(&mut s[l], &mut sx[l], m[l], [u0[l], u1[l]], [e0[l], e1[l]]);
                     }
-                    k = e;
+                }
+                rt.iter().for_each(|t| prefetch_past(t, far));
+                let [u0, u1, e0, e1] = rt;
+                for (k, ((s, sx), &m)) in st.iter_mut().zip(sxt.iter_mut()).zip(mt).enumerate() {
+                    add_grad_terms(s, sx, m, [u0[k], u1[k]], [e0[k], e1[k]]);
                 }
             }
             for r in 2 * pairs..split / w {
-                row(s, sx, mean, strip(x, w, &cols, r), strip(dy, w, &cols, r));
+                let ([xr], [dr]) = (strips(x, w, &cols, r), strips(dy, w, &cols, r));
+                row(s, sx, mean, xr, dr);
             }
         }
         for (xr, dr) in x[split..].chunks_exact(c).zip(dy[split..].chunks_exact(c)) {
@@ -153,6 +158,22 @@ multiversion! {
             *o = GradSums { dy: s[i], dy_xmu: sx[i] };
         }
     }
+}
+
+/// Adds the terms of one position of `R` rows (values `x`, `dy`; 1, or 4 added pairwise):
+/// `s += sum(dy)`, `sx += sum(dy * (x - mean))`, in `f64`.
+#[inline(always)]
+fn add_grad_terms<T: Element, const R: usize>(
+    s: &mut f64,
+    sx: &mut f64,
+    mean: f64,
+    x: [T; R],
+    dy: [T; R],
+) {
+    let d = dy.map(T::to_f64);
+    let t: [f64; R] = std::array::from_fn(|r| d[r] * (x[r].to_f64() - mean));
+    *s += step_sum(d);
+    *sx += step_sum(t);
 }
 
 /// The gradient sums of the channels in `range` (all channels for channels-last input), written

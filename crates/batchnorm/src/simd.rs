@@ -82,12 +82,6 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// Asks for the cache lines of `data` to be loaded into L1 (a hint, as [`prefetch_ahead`]).
-#[inline(always)]
-pub(crate) fn prefetch<T>(data: &[T]) {
-    prefetch_bytes(data.as_ptr().cast(), std::mem::size_of_val(data));
-}
-
 #[inline(always)]
 fn prefetch_bytes(start: *const i8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -110,7 +104,15 @@ fn prefetch_bytes(start: *const i8, bytes: usize) {
 /// it never faults and changes no result; a no-op off x86-64.
 #[inline(always)]
 pub(crate) fn prefetch_ahead<T>(chunk: &[T]) {
-    let ahead = chunk.as_ptr().cast::<i8>().wrapping_add(PREFETCH_BYTES);
+    prefetch_past(chunk, PREFETCH_BYTES);
+}
+
+/// Asks for the cache lines `bytes` past `chunk` (as many bytes as it spans) to be loaded into
+/// L1; see [`prefetch_ahead`]. The address need not be in any allocation: a prefetch never
+/// dereferences it.
+#[inline(always)]
+pub(crate) fn prefetch_past<T>(chunk: &[T], bytes: usize) {
+    let ahead = chunk.as_ptr().cast::<i8>().wrapping_add(bytes);
     prefetch_bytes(ahead, std::mem::size_of_val(chunk));
 }
 

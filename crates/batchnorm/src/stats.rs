@@ -14,11 +14,11 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
-    column_strips, fold_widened_in_place, line_len, prefetch_line, reduce_per_channel, row_width,
-    steps_ahead, strip, Exec, Span,
+    chunked, column_strips, fold_widened_in_place, reduce_per_channel, row_width, side_by_side,
+    step_sum, steps_ahead, strips, Exec, Span, STRIP_CHUNK,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{multiversion, prefetch_ahead, Isa};
+use crate::simd::{multiversion, prefetch_ahead, prefetch_past, Isa};
 use crate::tuning::{LANES, RUN_CHUNK};
 
 /// Summary statistics of a set of values: count, mean, and M2 = sum((x - mean)^2).
@@ -132,6 +132,15 @@ fn add_shifted_lanes<T: Element>(dev: &mut [f64; LANES], sq: &mut [f64; LANES], 
     }
 }
 
+/// Adds the terms of one position of `R` rows (values `x`; 1, or 4 added pairwise) shifted by
+/// `c`: `dev += sum(x - c)`, `sq += sum((x - c)^2)`, in `f64`.
+#[inline(always)]
+fn add_shifted_terms<T: Element, const R: usize>(dev: &mut f64, sq: &mut f64, c: f64, x: [T; R]) {
+    let t = x.map(|v| v.to_f64() - c);
+    *dev += step_sum(t);
+    *sq += step_sum(t.map(|t| t * t));
+}
+
 multiversion! {
     /// The moments of `out.len()` neighbouring channels over `count` consecutive outer blocks of
     /// channels-first input: `x` starts at the first channel's run in the first block, blocks
@@ -191,9 +200,7 @@ multiversion! {
             prefetch_ahead(row);
             let acc = dev.iter_mut().zip(sq.iter_mut()).zip(shift);
             for (((d, q), &s), &v) in acc.zip(row) {
-                let t = v.to_f64() - s;
-                *d += t;
-                *q += t * t;
+                add_shifted_terms(d, q, s, [v]);
             }
         };
         // Four widened rows per step: their terms are added together first, so the
@@ -201,33 +208,32 @@ multiversion! {
         // Wide rows go one column strip at a time (the same sums per position, in the same
         // order).
         let quads = wide.len() / (4 * w);
-        let (whole, rest) = wide.split_at(quads * 4 * w);
         for cols in column_strips(w) {
-            let part = |q: usize, k: usize| strip(whole, w, &cols, 4 * q + k);
+            let step_bytes = 4 * w * size_of::<T>();
             let ahead = steps_ahead(4 * cols.len() * size_of::<T>());
             let (dev, sq, shift) = (&mut dev[cols.clone()], &mut sq[cols.clone()], &shift[cols.clone()]);
+            let (dc, dt) = dev.as_chunks_mut::<STRIP_CHUNK>();
+            let (qc, qt) = sq.as_chunks_mut::<STRIP_CHUNK>();
+            let (sc, st) = shift.as_chunks::<STRIP_CHUNK>();
             for q in 0..quads {
-                let (r0, r1, r2, r3) = (part(q, 0), part(q, 1), part(q, 2), part(q, 3));
-                // The rows `ahead` steps on (this step's near the end: prefetched again).
-                let f = if q + ahead < quads { q + ahead } else { q };
-                let far = [part(f, 0), part(f, 1), part(f, 2), part(f, 3)];
-                let (n, line) = (cols.len(), line_len::<T>());
-                let mut k = 0;
-                while k < n {
-                    prefetch_line(&far, k);
-                    let e = (k + line).min(n);
-                    let acc = dev[k..e].iter_mut().zip(&mut sq[k..e]).zip(&shift[k..e]);
-                    let rows = r0[k..e].iter().zip(&r1[k..e]).zip(r2[k..e].iter().zip(&r3[k..e]));
-                    for (((d, s2), &s), ((&a, &b), (&e, &f))) in acc.zip(rows) {
-                        let (t0, t1, t2, t3) = (a.to_f64() - s, b.to_f64() - s, e.to_f64() - s, f.to_f64() - s);
-                        *d += (t0 + t1) + (t2 + t3);
-                        *s2 += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
+                let (rc, rt) = chunked(strips::<T, 4>(wide, w, &cols, 4 * q));
+                // Prefetch the rows `ahead` steps on (this step's near the end: again).
+                let far = if q + ahead < quads { ahead * step_bytes } else { 0 };
+                let acc = dc.iter_mut().zip(qc.iter_mut()).zip(sc);
+                for (((d, s2), s), rs) in acc.zip(side_by_side(rc)) {
+                    rs.iter().for_each(|r| prefetch_past(*r, far));
+                    for l in 0..STRIP_CHUNK {
+                        add_shifted_terms(&mut d[l], &mut s2[l], s[l], rs.map(|r| r[l]));
                     }
-                    k = e;
+                }
+                rt.iter().for_each(|t| prefetch_past(t, far));
+                for (k, ((d, s2), &s)) in dt.iter_mut().zip(qt.iter_mut()).zip(st).enumerate() {
+                    add_shifted_terms(d, s2, s, rt.map(|r| r[k]));
                 }
             }
-            for row in rest.chunks_exact(w) {
-                shifted(dev, sq, shift, &row[cols.clone()]);
+            for r in 4 * quads..wide.len() / w {
+                let [row] = strips(wide, w, &cols, r);
+                shifted(dev, sq, shift, row);
             }
         }
         for row in tail.chunks_exact(c) {
