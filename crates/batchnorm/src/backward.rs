@@ -160,8 +160,8 @@ multiversion! {
     }
 }
 
-/// Adds the terms of one position of `R` rows (values `x`, `dy`; 1, or 4 added pairwise):
-/// `s += sum(dy)`, `sx += sum(dy * (x - mean))`, in `f64`.
+/// Adds the terms of one position of `R` rows (values `x`, `dy`; one row, or two added first,
+/// see [`step_sum`]): `s += sum(dy)`, `sx += sum(dy * (x - mean))`, in `f64`.
 #[inline(always)]
 fn add_grad_terms<T: Element, const R: usize>(
     s: &mut f64,

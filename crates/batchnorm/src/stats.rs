@@ -132,8 +132,8 @@ fn add_shifted_lanes<T: Element>(dev: &mut [f64; LANES], sq: &mut [f64; LANES], 
     }
 }
 
-/// Adds the terms of one position of `R` rows (values `x`; 1, or 4 added pairwise) shifted by
-/// `c`: `dev += sum(x - c)`, `sq += sum((x - c)^2)`, in `f64`.
+/// Adds the terms of one position of `R` rows (values `x`; one row, or four added first, see
+/// [`step_sum`]) shifted by `c`: `dev += sum(x - c)`, `sq += sum((x - c)^2)`, in `f64`.
 #[inline(always)]
 fn add_shifted_terms<T: Element, const R: usize>(dev: &mut f64, sq: &mut f64, c: f64, x: [T; R]) {
     let t = x.map(|v| v.to_f64() - c);
