@@ -6,13 +6,11 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
     chunked, column_strips, fold_widened_in_place, map_channel, map_per_channel,
-    reduce_per_channel, side_by_side, step_sum, steps_ahead, strips, widen, Disjoint, Exec, Span,
-    Wrapped, STRIP_CHUNK,
+    reduce_per_channel, side_by_side, step_sum, steps_ahead, strips, widen, Apply, Disjoint, Exec,
+    FourCoefficients, Span, WideMaps, STRIP_CHUNK,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{
-    map_cyclic, map_runs, multiversion, prefetch_ahead, prefetch_past, Cyclic, Isa, MAP_CHUNK,
-};
+use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, prefetch_past, Isa};
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -256,61 +254,39 @@ impl GradMap {
             r: -(k * a),
         }
     }
+}
+
+impl FourCoefficients<f64> for GradMap {
+    #[inline(always)]
+    fn coefficients(&self) -> [f64; 4] {
+        [self.mean, self.p, self.q, self.r]
+    }
 
     #[inline(always)]
-    fn apply<T: Element>(self, x: T, dy: T) -> T {
-        let (p, q, r, mean) = (self.p, self.q, self.r, self.mean);
-        T::from_f64(p.mul_add(dy.to_f64(), q.mul_add(x.to_f64() - mean, r)))
+    fn from_coefficients([mean, p, q, r]: [f64; 4]) -> Self {
+        Self { mean, p, q, r }
     }
 }
 
-/// Per-channel maps repeated over one widened row and wrapped, one array per coefficient
-/// (`mean`, `p`, `q`, `r`).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct WideGradMaps(Wrapped<f64, 4>);
-
-impl<'a, T: Element> Cyclic<(&'a [T], &'a [T]), T> for WideGradMaps {
-    fn width(&self) -> usize {
-        self.0.width()
-    }
-
+impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T> for GradMap {
     #[inline(always)]
-    unsafe fn step(
-        &self,
-        (xs, ds): (&[T; MAP_CHUNK], &[T; MAP_CHUNK]),
-        j: usize,
-    ) -> [T; MAP_CHUNK] {
-        // SAFETY: `j < width`, this function's own contract.
-        let [mean, p, q, r] = unsafe { self.0.chunks(j) };
-        std::array::from_fn(|l| {
-            let map = GradMap {
-                mean: mean[l],
-                p: p[l],
-                q: q[l],
-                r: r[l],
-            };
-            map.apply(xs[l], ds[l])
-        })
-    }
-
-    #[inline(always)]
-    fn one(&self, (x, dy): (T, T), j: usize) -> T {
-        let [mean, p, q, r] = self.0.at(j);
-        GradMap { mean, p, q, r }.apply(x, dy)
+    fn apply(self, (x, dy): (T, T)) -> T {
+        let (p, q, r, mean) = (self.p, self.q, self.r, self.mean);
+        T::from_f64(p.mul_add(dy.to_f64(), q.mul_add(x.to_f64() - mean, r)))
     }
 }
 
 multiversion! {
     /// dx over consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
     fn runs_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[GradMap], stream: bool) {
-        map_runs((x, dy), dx, inner, maps, stream, |map, (xv, d)| map.apply(xv, d));
+        map_runs((x, dy), dx, inner, maps, stream, |map, v| map.apply(v));
     }
 }
 
 multiversion! {
     /// dx over rows of channels-last input as one run whose positions cycle through the
     /// widened maps (see [`map_cyclic`]); `stream` as in [`map_runs`].
-    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideGradMaps, stream: bool) {
+    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideMaps<f64, GradMap>, stream: bool) {
         map_cyclic((x, dy), dx, stream, maps);
     }
 }
@@ -326,10 +302,10 @@ pub(crate) fn input_grad<T: Element>(
     range: Range<usize>,
     exec: Exec,
     maps: &[GradMap],
-    wide: &mut WideGradMaps,
+    wide: &mut WideMaps<f64, GradMap>,
 ) {
     if geo.is_rows() {
-        wide.0.set(maps, |m| [m.mean, m.p, m.q, m.r]);
+        wide.set(maps);
     }
     let (wide, inner) = (&*wide, geo.inner);
     map_per_channel(geo, range, exec, dx, |span, gs, w| match span {

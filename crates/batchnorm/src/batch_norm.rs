@@ -1,17 +1,17 @@
 //! The BatchNorm module: parameters, running statistics, forward and backward.
 
 use crate::backward::{
-    grad_sums, grad_sums_kernel, input_grad, input_grad_channel, GradMap, GradSums, WideGradMaps,
+    grad_sums, grad_sums_kernel, input_grad, input_grad_channel, GradMap, GradSums,
 };
 use crate::config::{BatchNormConfig, Mode, Statistics};
 use crate::element::Element;
 use crate::error::{BatchNormError, Result};
-use crate::forward::{normalize, normalize_channel, ChannelMap, WideMaps};
+use crate::forward::{normalize, normalize_channel, ChannelMap};
 use crate::layout::Shape;
 use crate::par::Par;
 use crate::plan::{
     channel_cut, channel_groups, for_each_channel, parts_len, reduce_per_channel, Cut, Disjoint,
-    Exec,
+    Exec, WideMaps,
 };
 use crate::running_stats;
 use crate::simd::Isa;
@@ -106,14 +106,14 @@ struct Workspace<T> {
     moment_parts: Vec<Moments>,
     maps: Vec<ChannelMap<T>>,
     /// `maps` repeated over one widened row (channels-last input).
-    wide_maps: WideMaps<T>,
+    wide_maps: WideMaps<T, ChannelMap<T>>,
     sums: Vec<GradSums>,
     sum_parts: Vec<GradSums>,
     grad_maps: Vec<GradMap>,
     /// The per-channel mean repeated over one widened row, for the gradient sums
     /// (channels-last input).
     wide_mean: Vec<f64>,
-    wide_grad_maps: WideGradMaps,
+    wide_grad_maps: WideMaps<f64, GradMap>,
     /// Where the threads of a team sharing each channel meet.
     board: Board,
 }
@@ -129,7 +129,7 @@ impl<T> Default for Workspace<T> {
             sum_parts: Vec::new(),
             grad_maps: Vec::new(),
             wide_mean: Vec::new(),
-            wide_grad_maps: WideGradMaps::default(),
+            wide_grad_maps: WideMaps::default(),
             board: Board::default(),
         }
     }

@@ -4,8 +4,10 @@ use std::ops::Range;
 
 use crate::element::Element;
 use crate::layout::Geometry;
-use crate::plan::{map_channel, map_per_channel, Disjoint, Exec, Span, Wrapped};
-use crate::simd::{map_cyclic, map_runs, multiversion, Cyclic, MAP_CHUNK};
+use crate::plan::{
+    map_channel, map_per_channel, Apply, Disjoint, Exec, FourCoefficients, Span, WideMaps,
+};
+use crate::simd::{map_cyclic, map_runs, multiversion};
 
 /// The coefficients of one channel's `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated
 /// in the element type.
@@ -35,54 +37,29 @@ impl<T: Element> ChannelMap<T> {
             shift: T::from_f64(beta),
         }
     }
-
-    #[inline(always)]
-    fn apply(self, x: T) -> T {
-        ((x - self.mean_hi) - self.mean_lo) * self.scale + self.shift
-    }
 }
 
-/// Per-channel maps repeated over one widened row and wrapped, one array per coefficient
-/// (`mean_hi`, `mean_lo`, `scale`, `shift`).
-#[derive(Debug, Clone)]
-pub(crate) struct WideMaps<T>(Wrapped<T, 4>);
-
-impl<T> Default for WideMaps<T> {
-    fn default() -> Self {
-        Self(Wrapped::default())
-    }
-}
-
-impl<'a, T: Element> Cyclic<&'a [T], T> for WideMaps<T> {
-    fn width(&self) -> usize {
-        self.0.width()
+impl<T: Copy> FourCoefficients<T> for ChannelMap<T> {
+    #[inline(always)]
+    fn coefficients(&self) -> [T; 4] {
+        [self.mean_hi, self.mean_lo, self.scale, self.shift]
     }
 
     #[inline(always)]
-    unsafe fn step(&self, xs: &'a [T; MAP_CHUNK], j: usize) -> [T; MAP_CHUNK] {
-        // SAFETY: `j < width`, this function's own contract.
-        let [mean_hi, mean_lo, scale, shift] = unsafe { self.0.chunks(j) };
-        std::array::from_fn(|k| {
-            let map = ChannelMap {
-                mean_hi: mean_hi[k],
-                mean_lo: mean_lo[k],
-                scale: scale[k],
-                shift: shift[k],
-            };
-            map.apply(xs[k])
-        })
-    }
-
-    #[inline(always)]
-    fn one(&self, x: T, j: usize) -> T {
-        let [mean_hi, mean_lo, scale, shift] = self.0.at(j);
-        ChannelMap {
+    fn from_coefficients([mean_hi, mean_lo, scale, shift]: [T; 4]) -> Self {
+        Self {
             mean_hi,
             mean_lo,
             scale,
             shift,
         }
-        .apply(x)
+    }
+}
+
+impl<T: Element> Apply<&[T], T> for ChannelMap<T> {
+    #[inline(always)]
+    fn apply(self, x: T) -> T {
+        ((x - self.mean_hi) - self.mean_lo) * self.scale + self.shift
     }
 }
 
@@ -96,7 +73,7 @@ multiversion! {
 multiversion! {
     /// Rows of channels-last input as one run whose positions cycle through the widened maps
     /// `wide` (see [`map_cyclic`]); `stream` as in [`map_runs`].
-    fn normalize_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T>, stream: bool) {
+    fn normalize_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T, ChannelMap<T>>, stream: bool) {
         map_cyclic(x, y, stream, wide);
     }
 }
@@ -110,11 +87,10 @@ pub(crate) fn normalize<T: Element>(
     range: Range<usize>,
     exec: Exec,
     maps: &[ChannelMap<T>],
-    wide: &mut WideMaps<T>,
+    wide: &mut WideMaps<T, ChannelMap<T>>,
 ) {
     if geo.is_rows() {
-        wide.0
-            .set(maps, |m| [m.mean_hi, m.mean_lo, m.scale, m.shift]);
+        wide.set(maps);
     }
     let (wide, inner) = (&*wide, geo.inner);
     map_per_channel(geo, range, exec, y, |span, ys, w| match span {

@@ -10,7 +10,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::{for_each_chunk, Par};
-use crate::simd::{Isa, MAP_CHUNK};
+use crate::simd::{Cyclic, Inputs, Isa, MAP_CHUNK};
 use crate::stream::{streaming, Writer};
 use crate::tuning::{
     COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MERGE_TASK_CHANNELS, MIN_BLOCK_ROWS,
@@ -143,6 +143,57 @@ impl<V: Copy, const K: usize> Wrapped<V, K> {
     #[inline(always)]
     pub fn at(&self, j: usize) -> [V; K] {
         std::array::from_fn(|a| self.arrays[a][j])
+    }
+}
+
+/// A per-channel map of four coefficients of type `V`, which the channels-last passes lay out
+/// over a widened row ([`WideMaps`]).
+pub(crate) trait FourCoefficients<V>: Copy {
+    /// The coefficients, in a fixed order.
+    fn coefficients(&self) -> [V; 4];
+    /// The map with these coefficients.
+    fn from_coefficients(c: [V; 4]) -> Self;
+}
+
+/// A per-channel map applied to one value of its inputs `I` (x, or x and dy side by side).
+pub(crate) trait Apply<I: Inputs, U> {
+    fn apply(self, v: I::Value) -> U;
+}
+
+/// Per-channel maps `M` of coefficients `V` repeated over one widened row and wrapped, one
+/// array per coefficient: the coefficients of a channels-last pass (see
+/// [`crate::simd::map_cyclic`]).
+#[derive(Debug, Clone)]
+pub(crate) struct WideMaps<V, M>(Wrapped<V, 4>, PhantomData<M>);
+
+impl<V, M> Default for WideMaps<V, M> {
+    fn default() -> Self {
+        Self(Wrapped::default(), PhantomData)
+    }
+}
+
+impl<V: Copy, M: FourCoefficients<V>> WideMaps<V, M> {
+    /// Lays out every channel's map.
+    pub fn set(&mut self, maps: &[M]) {
+        self.0.set(maps, M::coefficients);
+    }
+}
+
+impl<I: Inputs, U, V: Copy, M: FourCoefficients<V> + Apply<I, U>> Cyclic<I, U> for WideMaps<V, M> {
+    fn width(&self) -> usize {
+        self.0.width()
+    }
+
+    #[inline(always)]
+    unsafe fn step(&self, xs: I::Step, j: usize) -> [U; MAP_CHUNK] {
+        // SAFETY: `j < width`, this function's own contract.
+        let coefs = unsafe { self.0.chunks(j) };
+        std::array::from_fn(|l| M::from_coefficients(coefs.map(|c| c[l])).apply(I::lane(xs, l)))
+    }
+
+    #[inline(always)]
+    fn one(&self, x: I::Value, j: usize) -> U {
+        M::from_coefficients(self.0.at(j)).apply(x)
     }
 }
 
