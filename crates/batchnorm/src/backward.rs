@@ -5,12 +5,12 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
-    chunked, column_strips, fold_widened_in_place, map_channel, map_per_channel,
-    reduce_per_channel, side_by_side, step_sum, steps_ahead, strips, widen, Apply, Disjoint, Exec,
-    FourCoefficients, Span, WideMaps, STRIP_CHUNK,
+    column_strips, fold_widened_in_place, map_channel, map_per_channel, reduce_per_channel,
+    step_sum, strip_step, strips, widen, Apply, Disjoint, Exec, FourCoefficients, Span,
+    StripPrefetch, WideMaps,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, prefetch_past, Isa};
+use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa};
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -116,31 +116,15 @@ multiversion! {
         let pairs = x.len() / (2 * w);
         let split = x.len() / w * w;
         for cols in column_strips(w) {
-            // A step reads two rows of each input: prefetch about PREFETCH_BYTES of each ahead.
-            let step_bytes = 2 * w * size_of::<T>();
-            let ahead = steps_ahead(2 * cols.len() * size_of::<T>());
+            // A step reads two rows of each input.
+            let size = size_of::<T>();
+            let ahead = StripPrefetch::new(pairs, 2 * cols.len() * size, 2 * w * size);
             let (s, sx, mean) = (&mut s[cols.clone()], &mut sx[cols.clone()], &mean[cols.clone()]);
-            let (sc, st) = s.as_chunks_mut::<STRIP_CHUNK>();
-            let (sxc, sxt) = sx.as_chunks_mut::<STRIP_CHUNK>();
-            let (mc, mt) = mean.as_chunks::<STRIP_CHUNK>();
             for p in 0..pairs {
                 let ([x0, x1], [d0, d1]) = (strips(x, w, &cols, 2 * p), strips(dy, w, &cols, 2 * p));
-                let (rc, rt) = chunked([x0, x1, d0, d1]);
-                // Prefetch the rows `ahead` steps on (this step's near the end: again).
-                let far = if p + ahead < pairs { ahead * step_bytes } else { 0 };
-                let acc = sc.iter_mut().zip(sxc.iter_mut()).zip(mc);
-                for (((s, sx), m), rs) in acc.zip(side_by_side(rc)) {
-                    rs.iter().for_each(|r| prefetch_past(*r, far));
-                    let [u0, u1, e0, e1] = rs;
-                    for l in 0..STRIP_CHUNK {
-                        add_grad_terms(&mut s[l], &mut sx[l], m[l], [u0[l], u1[l]], [e0[l], e1[l]]);
-                    }
-                }
-                rt.iter().for_each(|t| prefetch_past(t, far));
-                let [u0, u1, e0, e1] = rt;
-                for (k, ((s, sx), &m)) in st.iter_mut().zip(sxt.iter_mut()).zip(mt).enumerate() {
-                    add_grad_terms(s, sx, m, [u0[k], u1[k]], [e0[k], e1[k]]);
-                }
+                strip_step([x0, x1, d0, d1], s, sx, mean, ahead.far(p), |s, sx, m, [u0, u1, e0, e1]| {
+                    add_grad_terms(s, sx, m, [u0, u1], [e0, e1])
+                });
             }
             for r in 2 * pairs..split / w {
                 let ([xr], [dr]) = (strips(x, w, &cols, r), strips(dy, w, &cols, r));

@@ -10,7 +10,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::{for_each_chunk, Par};
-use crate::simd::{Cyclic, Inputs, Isa, MAP_CHUNK};
+use crate::simd::{prefetch_past, Cyclic, Inputs, Isa, MAP_CHUNK};
 use crate::stream::{streaming, Writer};
 use crate::tuning::{
     COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MERGE_TASK_CHANNELS, MIN_BLOCK_ROWS,
@@ -220,10 +220,10 @@ pub(crate) fn strips<'a, T, const R: usize>(
 
 /// Positions per column chunk of a strip walk: one cache line of `f32`, two of `f64`. The
 /// channels-last reductions take a step's columns a chunk at a time, four row strips side by
-/// side ([`side_by_side`]): a fixed length, which the compiler unrolls into whole vectors, and
+/// side ([`strip_step`]): a fixed length, which the compiler unrolls into whole vectors, and
 /// four streams, whose pointers stay in registers next to the accumulators' (with eight, four
 /// rows of both x and dy, they were spilled to the stack and reloaded for every vector). Before
-/// each chunk they prefetch the same chunk of the rows [`steps_ahead`] steps on, addressed from
+/// each chunk they prefetch the same chunk of the rows a few steps on ([`StripPrefetch`]), addressed from
 /// the current rows (one more register), so the prefetches go out spread over the step, not as
 /// a burst of the whole strip before it (a burst of the 32 lines of a 2 KiB strip row stalled
 /// the loads behind it: C = 256 to 2048 ran 10-20% slower). Against the walk over a line-long
@@ -232,18 +232,40 @@ pub(crate) fn strips<'a, T, const R: usize>(
 /// 1.06-1.09 times a plain `f64` loop over x and dy instead of 1.18-1.22.
 pub(crate) const STRIP_CHUNK: usize = 16;
 
-/// The rows of a step in whole chunks of [`STRIP_CHUNK`] positions, and their tails.
+/// One step of a strip walk over four row strips side by side: `add(a[k], b[k], c[k], v)` at
+/// every position `k` of the strip, `v` the four rows' values there, a chunk of
+/// [`STRIP_CHUNK`] positions at a time, each chunk first prefetching the same chunk of the
+/// rows `far` bytes on ([`StripPrefetch::far`]).
 #[inline(always)]
-pub(crate) fn chunked<T, const R: usize>(rows: [&[T]; R]) -> ([&[[T; STRIP_CHUNK]]; R], [&[T]; R]) {
+pub(crate) fn strip_step<T: Copy>(
+    rows: [&[T]; 4],
+    a: &mut [f64],
+    b: &mut [f64],
+    c: &[f64],
+    far: usize,
+    add: impl Fn(&mut f64, &mut f64, f64, [T; 4]),
+) {
     let split = rows.map(<[T]>::as_chunks::<STRIP_CHUNK>);
-    (split.map(|(c, _)| c), split.map(|(_, t)| t))
+    let (rc, rt) = (split.map(|(c, _)| c), split.map(|(_, t)| t));
+    let (ac, at) = a.as_chunks_mut::<STRIP_CHUNK>();
+    let (bc, bt) = b.as_chunks_mut::<STRIP_CHUNK>();
+    let (cc, ct) = c.as_chunks::<STRIP_CHUNK>();
+    let acc = ac.iter_mut().zip(bc.iter_mut()).zip(cc);
+    for (((a, b), c), rs) in acc.zip(side_by_side(rc)) {
+        rs.iter().for_each(|r| prefetch_past(*r, far));
+        for l in 0..STRIP_CHUNK {
+            add(&mut a[l], &mut b[l], c[l], rs.map(|r| r[l]));
+        }
+    }
+    rt.iter().for_each(|t| prefetch_past(t, far));
+    for (k, ((a, b), &c)) in at.iter_mut().zip(bt.iter_mut()).zip(ct).enumerate() {
+        add(a, b, c, rt.map(|r| r[k]));
+    }
 }
 
 /// The chunks of four row strips side by side (see [`STRIP_CHUNK`]).
 #[inline(always)]
-pub(crate) fn side_by_side<T>(
-    rows: [&[[T; STRIP_CHUNK]]; 4],
-) -> impl Iterator<Item = [&[T; STRIP_CHUNK]; 4]> {
+fn side_by_side<T>(rows: [&[[T; STRIP_CHUNK]]; 4]) -> impl Iterator<Item = [&[T; STRIP_CHUNK]; 4]> {
     let [a, b, c, d] = rows;
     a.iter()
         .zip(b)
@@ -264,10 +286,35 @@ pub(crate) fn step_sum<const R: usize>(t: [f64; R]) -> f64 {
     }
 }
 
-/// How many steps of `step_bytes` (the part of a strip one step reads of each input) a strip
-/// walk prefetches ahead: about [`PREFETCH_BYTES`] of each input, at least one step.
-pub(crate) fn steps_ahead(step_bytes: usize) -> usize {
-    PREFETCH_BYTES.div_ceil(step_bytes.max(1))
+/// Where a strip walk's steps prefetch: about [`PREFETCH_BYTES`] of each input ahead, in whole
+/// steps (at least one), and the last steps their own rows again.
+pub(crate) struct StripPrefetch {
+    steps: usize,
+    ahead: usize,
+    stride: usize,
+}
+
+impl StripPrefetch {
+    /// For a walk of `steps` steps, each reading `read` bytes of each input, `stride` bytes
+    /// apart in memory.
+    pub fn new(steps: usize, read: usize, stride: usize) -> Self {
+        let ahead = PREFETCH_BYTES.div_ceil(read.max(1));
+        Self {
+            steps,
+            ahead,
+            stride,
+        }
+    }
+
+    /// How far past step `i`'s rows to prefetch, in bytes.
+    #[inline(always)]
+    pub fn far(&self, i: usize) -> usize {
+        if i + self.ahead < self.steps {
+            self.ahead * self.stride
+        } else {
+            0
+        }
+    }
 }
 
 /// Folds a widened accumulator back to one value per channel, in a fixed order, into its own

@@ -14,11 +14,11 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
-    chunked, column_strips, fold_widened_in_place, reduce_per_channel, row_width, side_by_side,
-    step_sum, steps_ahead, strips, Exec, Span, STRIP_CHUNK,
+    column_strips, fold_widened_in_place, reduce_per_channel, row_width, step_sum, strip_step,
+    strips, Exec, Span, StripPrefetch,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{multiversion, prefetch_ahead, prefetch_past, Isa};
+use crate::simd::{multiversion, prefetch_ahead, Isa};
 use crate::tuning::{LANES, RUN_CHUNK};
 
 /// Summary statistics of a set of values: count, mean, and M2 = sum((x - mean)^2).
@@ -209,27 +209,12 @@ multiversion! {
         // order).
         let quads = wide.len() / (4 * w);
         for cols in column_strips(w) {
-            let step_bytes = 4 * w * size_of::<T>();
-            let ahead = steps_ahead(4 * cols.len() * size_of::<T>());
+            let size = size_of::<T>();
+            let ahead = StripPrefetch::new(quads, 4 * cols.len() * size, 4 * w * size);
             let (dev, sq, shift) = (&mut dev[cols.clone()], &mut sq[cols.clone()], &shift[cols.clone()]);
-            let (dc, dt) = dev.as_chunks_mut::<STRIP_CHUNK>();
-            let (qc, qt) = sq.as_chunks_mut::<STRIP_CHUNK>();
-            let (sc, st) = shift.as_chunks::<STRIP_CHUNK>();
             for q in 0..quads {
-                let (rc, rt) = chunked(strips::<T, 4>(wide, w, &cols, 4 * q));
-                // Prefetch the rows `ahead` steps on (this step's near the end: again).
-                let far = if q + ahead < quads { ahead * step_bytes } else { 0 };
-                let acc = dc.iter_mut().zip(qc.iter_mut()).zip(sc);
-                for (((d, s2), s), rs) in acc.zip(side_by_side(rc)) {
-                    rs.iter().for_each(|r| prefetch_past(*r, far));
-                    for l in 0..STRIP_CHUNK {
-                        add_shifted_terms(&mut d[l], &mut s2[l], s[l], rs.map(|r| r[l]));
-                    }
-                }
-                rt.iter().for_each(|t| prefetch_past(t, far));
-                for (k, ((d, s2), &s)) in dt.iter_mut().zip(qt.iter_mut()).zip(st).enumerate() {
-                    add_shifted_terms(d, s2, s, rt.map(|r| r[k]));
-                }
+                let rows = strips(wide, w, &cols, 4 * q);
+                strip_step(rows, dev, sq, shift, ahead.far(q), add_shifted_terms);
             }
             for r in 4 * quads..wide.len() / w {
                 let [row] = strips(wide, w, &cols, r);
