@@ -7,10 +7,10 @@ use crate::layout::Geometry;
 use crate::plan::{
     column_strips, fold_widened_in_place, map_channel, map_per_channel, reduce_per_channel,
     step_sum, strip_step, strips, widen, Apply, Disjoint, Exec, FourCoefficients, Span,
-    StripPrefetch, WideMaps,
+    StripPrefetch, UnitRuns, WideMaps,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa};
+use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead};
 use crate::tuning::LANES;
 
 /// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
@@ -31,28 +31,26 @@ impl GradSums {
 }
 
 multiversion! {
-    /// The sums of `out.len()` neighbouring channels over `count` consecutive outer blocks of
-    /// channels-first input: `x` and `dy` start at the first channel's run in the first block,
-    /// blocks are `stride` apart, runs `inner` long; `mean` holds those channels' means.
-    #[allow(clippy::too_many_arguments)]
+    /// The sums of `out.len()` neighbouring channels over the runs `u` of channels-first input:
+    /// `x` and `dy` start at the first channel's run in the first block; `mean` holds those
+    /// channels' means.
     fn unit_grad_sums<T>(
         x: &[T],
         dy: &[T],
-        stride: usize,
-        count: usize,
-        inner: usize,
+        u: UnitRuns,
         mean: &[f64],
         out: &mut [GradSums],
         scratch: &mut [f64],
     ) {
-        let g = out.len();
+        let (g, inner) = (out.len(), u.inner);
         let (lanes, _) = scratch.as_chunks_mut::<LANES>();
         let (s, sx) = lanes.split_at_mut(g);
-        for k in 0..count {
-            let r = k * stride..k * stride + g * inner;
+        for k in 0..u.count {
+            let r = k * u.stride..k * u.stride + g * inner;
             let runs = x[r.clone()].chunks_exact(inner).zip(dy[r].chunks_exact(inner));
             for (j, (xr, dr)) in runs.enumerate() {
-                add_grad_lanes(&mut s[j], &mut sx[j], xr, dr, mean[j]);
+                let ahead = u.ahead::<T>(g, j, k);
+                add_grad_lanes(&mut s[j], &mut sx[j], xr, dr, mean[j], ahead);
             }
         }
         for (j, o) in out.iter_mut().enumerate() {
@@ -61,7 +59,8 @@ multiversion! {
     }
 }
 
-/// `s[l] += dy[i]`, `sx[l] += dy[i] * (x[i] - mean)` (in `f64`) for `i % LANES == l`, in order.
+/// `s[l] += dy[i]`, `sx[l] += dy[i] * (x[i] - mean)` (in `f64`) for `i % LANES == l`, in order;
+/// prefetching as `ahead` says.
 #[inline(always)]
 fn add_grad_lanes<T: Element>(
     s: &mut [f64; LANES],
@@ -69,12 +68,14 @@ fn add_grad_lanes<T: Element>(
     x: &[T],
     dy: &[T],
     mean: f64,
+    ahead: RunAhead,
 ) {
     let (xc, xt) = x.as_chunks::<LANES>();
     let (dc, dt) = dy.as_chunks::<LANES>();
-    for (xs, ds) in xc.iter().zip(dc) {
-        prefetch_ahead(xs);
-        prefetch_ahead(ds);
+    for (k, (xs, ds)) in xc.iter().zip(dc).enumerate() {
+        let at = k * size_of_val(xs);
+        ahead.prefetch(xs, at);
+        ahead.prefetch(ds, at);
         for l in 0..LANES {
             let d = ds[l].to_f64();
             s[l] += d;
@@ -200,11 +201,18 @@ pub(crate) fn grad_sums_kernel<'a, T: Element>(
             elems,
             first,
             count,
+            follow,
         } => {
             let m = &mean[first..first + p.len()];
             let (xs, ds) = (&x[elems.clone()], &dy[elems]);
+            let u = UnitRuns {
+                stride,
+                count,
+                inner: geo.inner,
+                follow,
+            };
             with_zeroed(2 * p.len() * LANES, |s| {
-                unit_grad_sums(isa, xs, ds, stride, count, geo.inner, m, p, s)
+                unit_grad_sums(isa, xs, ds, u, m, p, s)
             })
         }
     }

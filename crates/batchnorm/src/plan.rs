@@ -10,12 +10,12 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::par::{for_each_chunk, Par};
-use crate::simd::{prefetch_past, Cyclic, Inputs, Isa, MAP_CHUNK};
+use crate::simd::{prefetch_past, Cyclic, Inputs, Isa, RunAhead, MAP_CHUNK};
 use crate::stream::{streaming, Writer};
 use crate::tuning::{
-    COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MERGE_TASK_CHANNELS, MIN_BLOCK_ROWS,
-    MIN_CHANNEL_RUN_BYTES, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS, MIN_ROW_WIDTH, PAR_MERGE_MIN,
-    PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
+    COLUMN_STRIP, ITEM_ELEMS, LONE_CHANNEL_BUDGET_QUARTERS, MAP_TASK_ELEMS, MERGE_TASK_CHANNELS,
+    MIN_BLOCK_ROWS, MIN_CHANNEL_RUN_BYTES, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS, MIN_ROW_WIDTH,
+    PAR_MERGE_MIN, PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
 };
 
 /// The execution choices of one call.
@@ -366,10 +366,13 @@ pub(crate) enum Span {
     Rows(Range<usize>),
     /// Channels-first: the runs of channels `first..first + len` (the unit's partial results) in
     /// `count` consecutive outer blocks; `elems` runs from the first run to the end of the last.
+    /// `follow`: the walk goes on to the same channels in the next outer block (the unit holds
+    /// every channel being reduced), so a reduction prefetches along them past its last run.
     Runs {
         elems: Range<usize>,
         first: usize,
         count: usize,
+        follow: bool,
     },
 }
 
@@ -409,9 +412,13 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
         geo.outer.div_ceil(rows)
     } else {
         let sub = channels_per_item(geo.inner);
+        let follow = sub >= g;
         for_each_chunk(exec.par, parts, g, |p, row| {
             for_each_chunk(exec.par, row, sub, |k, pk| {
-                kernel(piece_span(geo, range.start + k * sub, pk.len(), p), pk);
+                kernel(
+                    piece_span(geo, range.start + k * sub, pk.len(), p, follow),
+                    pk,
+                );
             });
         });
         geo.outer.div_ceil(runs_per_piece(geo))
@@ -464,14 +471,13 @@ pub(crate) fn map_per_channel<T: Element>(
                 let first = range.start + t * per_task;
                 let start = (o * c + first) * inner;
                 let elems = start..start + ot.len();
-                task(
-                    Span::Runs {
-                        elems,
-                        first,
-                        count: 1,
-                    },
-                    ot,
-                );
+                let span = Span::Runs {
+                    elems,
+                    first,
+                    count: 1,
+                    follow: false,
+                };
+                task(span, ot);
             });
         });
     }
@@ -495,7 +501,8 @@ pub(crate) enum Cut {
 /// The cut for a channels-first channel of `geo.per_channel()` values in `streams` tensors:
 /// on one core when it fits `exec.l2_budget` (and is at least [`MIN_RESIDENT_BYTES`], below
 /// which tasks would be too short), shared by every thread of the pool when each share fits,
-/// else in waves.
+/// on the one core when a thread works alone and it fits
+/// [`LONE_CHANNEL_BUDGET_QUARTERS`] of the budget, else in waves.
 pub(crate) fn channel_cut(geo: Geometry, elem_bytes: usize, streams: usize, exec: Exec) -> Cut {
     let bytes = geo.per_channel() * elem_bytes * streams;
     let short_runs = geo.inner * elem_bytes < MIN_CHANNEL_RUN_BYTES;
@@ -511,16 +518,19 @@ pub(crate) fn channel_cut(geo: Geometry, elem_bytes: usize, streams: usize, exec
         1
     };
     let pieces = parts_len(geo, 1);
+    let lone_budget = exec.l2_budget.saturating_mul(LONE_CHANNEL_BUDGET_QUARTERS) / 4;
     if team >= 2 && team <= pieces && bytes.div_ceil(team) <= exec.l2_budget {
         Cut::Shared(team)
+    } else if team == 1 && bytes <= lone_budget {
+        Cut::Channels
     } else {
         Cut::Waves
     }
 }
 
 /// The span of channels `first..first + len` in piece `p` of channels-first input (the runs of
-/// [`runs_per_piece`] consecutive outer blocks).
-pub(crate) fn piece_span(geo: Geometry, first: usize, len: usize, p: usize) -> Span {
+/// [`runs_per_piece`] consecutive outer blocks); `follow` as in [`Span::Runs`].
+pub(crate) fn piece_span(geo: Geometry, first: usize, len: usize, p: usize, follow: bool) -> Span {
     let (c, inner, per) = (geo.channels, geo.inner, runs_per_piece(geo));
     let count = per.min(geo.outer - p * per);
     let start = (p * per * c + first) * inner;
@@ -529,6 +539,41 @@ pub(crate) fn piece_span(geo: Geometry, first: usize, len: usize, p: usize) -> S
         elems,
         first,
         count,
+        follow,
+    }
+}
+
+/// The runs of a channels-first unit of work ([`Span::Runs`]): `count` consecutive outer
+/// blocks `stride` values apart, each holding one run of `inner` values of each of the unit's
+/// channels; `follow` as in [`Span::Runs`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnitRuns {
+    pub stride: usize,
+    pub count: usize,
+    pub inner: usize,
+    pub follow: bool,
+}
+
+impl UnitRuns {
+    /// The prefetching of run `j` (of `g` channels) in block `k`, on to where the walk reads
+    /// next (see [`UnitRuns::gap`]).
+    #[inline(always)]
+    pub fn ahead<T>(&self, g: usize, j: usize, k: usize) -> RunAhead {
+        RunAhead::new::<T>(self.inner, self.gap(g, j, k))
+    }
+
+    /// Values from the end of run `j` (of `g` channels) in block `k` to where the walk reads
+    /// next: the next channel's run right after it, else the first run of the next block (also
+    /// after the last block when `follow`; otherwise the next unit is elsewhere, and the walk
+    /// is taken to go on right after).
+    #[inline(always)]
+    fn gap(&self, g: usize, j: usize, k: usize) -> usize {
+        let jumps = j + 1 == g && (k + 1 < self.count || self.follow);
+        if jumps {
+            self.stride - g * self.inner
+        } else {
+            0
+        }
     }
 }
 
@@ -572,7 +617,9 @@ pub(crate) fn map_channel<T: Element>(
     kernel: impl Fn(Range<usize>, &mut [T], &Writer),
 ) {
     streaming(exec.isa, exec.stream, |w| {
-        for o in blocks {
+        // Last block first: the reduction just read the channel (or share) front to back, so
+        // its last runs are the likeliest still in L2.
+        for o in blocks.rev() {
             let start = (o * geo.channels + ch) * geo.inner;
             let run = start..start + geo.inner;
             // SAFETY: these runs of channel `ch` belong to the one task that handles them
@@ -633,6 +680,62 @@ impl<'a, T> Disjoint<'a, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_walks_prefetch_the_run_they_read_next() {
+        // Three channels of 10 values in blocks of 50: after the third channel's run, the walk
+        // reads the first channel's run of the next block, 20 values on.
+        let u = UnitRuns {
+            stride: 50,
+            count: 2,
+            inner: 10,
+            follow: false,
+        };
+        assert_eq!(u.gap(3, 0, 0), 0);
+        assert_eq!(u.gap(3, 1, 1), 0);
+        assert_eq!(u.gap(3, 2, 0), 20);
+        assert_eq!(u.gap(3, 2, 1), 0, "the next unit is not known");
+        let follow = UnitRuns { follow: true, ..u };
+        assert_eq!(follow.gap(3, 2, 1), 20);
+        assert_eq!(follow.gap(1, 0, 1), 40);
+    }
+
+    #[test]
+    fn channels_alone_on_a_thread_may_fill_most_of_the_l2() {
+        // 32 outer blocks of 64x64 f32 values: one channel of x and dy is 1 MiB.
+        let geo = Geometry {
+            outer: 32,
+            channels: 8,
+            inner: 64 * 64,
+        };
+        let exec = |par, l2_budget| Exec {
+            isa: Isa::Baseline,
+            par,
+            stream: false,
+            l2_budget,
+        };
+        let mib = 1 << 20;
+        assert_eq!(channel_cut(geo, 4, 2, exec(false, mib)), Cut::Channels);
+        assert_eq!(
+            channel_cut(geo, 4, 2, exec(false, 600 << 10)),
+            Cut::Channels
+        );
+        assert_eq!(channel_cut(geo, 4, 2, exec(false, mib / 2)), Cut::Waves);
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let shared = pool(2).install(|| channel_cut(geo, 4, 2, exec(true, 600 << 10)));
+        assert_eq!(
+            shared,
+            Cut::Shared(2),
+            "a team shares what one thread would hold alone"
+        );
+        let alone = pool(1).install(|| channel_cut(geo, 4, 2, exec(true, 600 << 10)));
+        assert_eq!(alone, Cut::Channels);
+    }
 
     #[test]
     fn wrapped_steps_read_the_channels_of_their_positions() {

@@ -116,6 +116,52 @@ pub(crate) fn prefetch_past<T>(chunk: &[T], bytes: usize) {
     prefetch_bytes(ahead, std::mem::size_of_val(chunk));
 }
 
+/// Where a reduction over one run of values prefetches: [`PREFETCH_BYTES`] ahead of each chunk,
+/// and for the chunks whose lookahead passes the run's end, `gap` further, onto the run the walk
+/// reads next (the same channels in the next outer block). Past the end of a channels-first
+/// run lie other channels, which a walk channel by channel reads much later: one such walk
+/// (1.6 MB channels, one thread) ran the backward 3-4% faster following its runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunAhead {
+    /// Offset into the run, in bytes, from which prefetches jump the gap.
+    turn: usize,
+    gap: usize,
+}
+
+impl RunAhead {
+    /// For a run of `len` values of `T` whose walk goes on `gap` values past its end (0: right
+    /// after it).
+    #[inline(always)]
+    pub fn new<T>(len: usize, gap: usize) -> Self {
+        let size = std::mem::size_of::<T>();
+        Self {
+            turn: (len * size).saturating_sub(PREFETCH_BYTES),
+            gap: gap * size,
+        }
+    }
+
+    /// The same walk from `bytes` into the run on.
+    #[inline(always)]
+    pub fn skip(self, bytes: usize) -> Self {
+        Self {
+            turn: self.turn.saturating_sub(bytes),
+            ..self
+        }
+    }
+
+    /// Prefetches for `chunk`, which starts `at` bytes into the run.
+    #[inline(always)]
+    pub fn prefetch<T>(self, chunk: &[T], at: usize) {
+        prefetch_past(chunk, self.far(at));
+    }
+
+    /// How far past the chunk at `at` bytes into the run to prefetch, in bytes.
+    #[inline(always)]
+    fn far(self, at: usize) -> usize {
+        PREFETCH_BYTES + if at >= self.turn { self.gap } else { 0 }
+    }
+}
+
 /// Elements per step of the prefetching maps. Eight `f32` are one 32-byte store: streamed one
 /// per step, the 64x64x56x56 f32 backward ran 20% faster than with two per step of 16 values
 /// or through a staging buffer (5.1-5.6 against 6.0-6.9 ms, 2 threads); the stores are the same
@@ -462,5 +508,27 @@ unsafe fn stream_bytes(dst: *mut u8, src: *const u8, len: usize) {
             let v = _mm256_loadu_si256(src.add(i).cast::<__m256i>());
             _mm256_stream_si256(dst.add(i).cast::<__m256i>(), v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_prefetches_jump_the_gap_once_they_would_pass_the_end() {
+        // 3000 f32 (12000 bytes), the next run 1000 values (4000 bytes) past the end.
+        let ahead = RunAhead::new::<f32>(3000, 1000);
+        let end = 12000 - PREFETCH_BYTES;
+        assert_eq!(ahead.far(0), PREFETCH_BYTES);
+        assert_eq!(ahead.far(end - 64), PREFETCH_BYTES);
+        assert_eq!(ahead.far(end), PREFETCH_BYTES + 4000);
+        // The same walk from 4000 bytes on: the turn comes 4000 bytes sooner.
+        assert_eq!(ahead.skip(4000).far(end - 4000), PREFETCH_BYTES + 4000);
+        assert_eq!(ahead.skip(4000).far(end - 4064), PREFETCH_BYTES);
+        assert_eq!(ahead.skip(end + 64).far(0), PREFETCH_BYTES + 4000);
+        // A run shorter than the lookahead jumps from its start; no gap, no jump.
+        assert_eq!(RunAhead::new::<f64>(100, 7).far(0), PREFETCH_BYTES + 56);
+        assert_eq!(RunAhead::new::<f32>(3000, 0).far(end), PREFETCH_BYTES);
     }
 }

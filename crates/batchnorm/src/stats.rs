@@ -15,10 +15,10 @@ use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
     column_strips, fold_widened_in_place, reduce_per_channel, row_width, step_sum, strip_step,
-    strips, Exec, Span, StripPrefetch,
+    strips, Exec, Span, StripPrefetch, UnitRuns,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{multiversion, prefetch_ahead, Isa};
+use crate::simd::{multiversion, prefetch_ahead, Isa, RunAhead};
 use crate::tuning::{LANES, RUN_CHUNK};
 
 /// Summary statistics of a set of values: count, mean, and M2 = sum((x - mean)^2).
@@ -57,11 +57,17 @@ impl Moments {
     /// documentation for why that shift keeps the result accurate).
     #[inline(always)]
     pub fn of_slice<T: Element>(xs: &[T]) -> Self {
+        Self::of_run(xs, RunAhead::new::<T>(xs.len(), 0))
+    }
+
+    /// [`Moments::of_slice`], prefetching as `ahead` says.
+    #[inline(always)]
+    fn of_run<T: Element>(xs: &[T], ahead: RunAhead) -> Self {
         let Some(&first) = xs.first() else {
             return Self::EMPTY;
         };
         let (mut dev, mut sq) = ([0.0f64; LANES], [0.0f64; LANES]);
-        add_shifted_lanes(&mut dev, &mut sq, xs, first.to_f64());
+        add_shifted_lanes(&mut dev, &mut sq, xs, first.to_f64(), ahead);
         Self::from_shifted(
             xs.len() as u64,
             first.to_f64(),
@@ -113,12 +119,19 @@ impl Moments {
     }
 }
 
-/// `dev[l] += x[i] - c`, `sq[l] += (x[i] - c)^2` (in `f64`) for `i % LANES == l`, in order.
+/// `dev[l] += x[i] - c`, `sq[l] += (x[i] - c)^2` (in `f64`) for `i % LANES == l`, in order;
+/// prefetching as `ahead` says.
 #[inline(always)]
-fn add_shifted_lanes<T: Element>(dev: &mut [f64; LANES], sq: &mut [f64; LANES], xs: &[T], c: f64) {
+fn add_shifted_lanes<T: Element>(
+    dev: &mut [f64; LANES],
+    sq: &mut [f64; LANES],
+    xs: &[T],
+    c: f64,
+    ahead: RunAhead,
+) {
     let (chunks, tail) = xs.as_chunks::<LANES>();
-    for ch in chunks {
-        prefetch_ahead(ch);
+    for (k, ch) in chunks.iter().enumerate() {
+        ahead.prefetch(ch, k * size_of_val(ch));
         for l in 0..LANES {
             let v = ch[l].to_f64() - c;
             dev[l] += v;
@@ -142,26 +155,20 @@ fn add_shifted_terms<T: Element, const R: usize>(dev: &mut f64, sq: &mut f64, c:
 }
 
 multiversion! {
-    /// The moments of `out.len()` neighbouring channels over `count` consecutive outer blocks of
-    /// channels-first input: `x` starts at the first channel's run in the first block, blocks
-    /// are `stride` apart, runs `inner` long. Short runs are summed together, shifted by each
-    /// channel's first value; long runs go chunk by chunk, merged.
-    fn unit_moments<T>(
-        x: &[T],
-        stride: usize,
-        count: usize,
-        inner: usize,
-        out: &mut [Moments],
-        scratch: &mut [f64],
-    ) {
-        let g = out.len();
-        let runs = |k: usize| x[k * stride..k * stride + g * inner].chunks_exact(inner);
+    /// The moments of `out.len()` neighbouring channels over the runs `u` of channels-first
+    /// input: `x` starts at the first channel's run in the first block. Short runs are summed
+    /// together, shifted by each channel's first value; long runs go chunk by chunk, merged.
+    fn unit_moments<T>(x: &[T], u: UnitRuns, out: &mut [Moments], scratch: &mut [f64]) {
+        let (g, inner) = (out.len(), u.inner);
+        let runs = |k: usize| x[k * u.stride..k * u.stride + g * inner].chunks_exact(inner);
         if inner > RUN_CHUNK {
             out.fill(Moments::EMPTY);
-            for k in 0..count {
-                for (o, run) in out.iter_mut().zip(runs(k)) {
-                    for chunk in run.chunks(RUN_CHUNK) {
-                        *o = o.merge(Moments::of_slice(chunk));
+            for k in 0..u.count {
+                for (j, (o, run)) in out.iter_mut().zip(runs(k)).enumerate() {
+                    let ahead = u.ahead::<T>(g, j, k);
+                    for (c, chunk) in run.chunks(RUN_CHUNK).enumerate() {
+                        let ahead = ahead.skip(c * RUN_CHUNK * size_of::<T>());
+                        *o = o.merge(Moments::of_run(chunk, ahead));
                     }
                 }
             }
@@ -170,12 +177,13 @@ multiversion! {
         let (lanes, _) = scratch.as_chunks_mut::<LANES>();
         let (dev, sq) = lanes.split_at_mut(g);
         let shift = |j: usize| x[j * inner].to_f64();
-        for k in 0..count {
+        for k in 0..u.count {
             for (j, run) in runs(k).enumerate() {
-                add_shifted_lanes(&mut dev[j], &mut sq[j], run, shift(j));
+                let ahead = u.ahead::<T>(g, j, k);
+                add_shifted_lanes(&mut dev[j], &mut sq[j], run, shift(j), ahead);
             }
         }
-        let n = (count * inner) as u64;
+        let n = (u.count * inner) as u64;
         for (j, o) in out.iter_mut().enumerate() {
             let (d, q) = (dev[j].iter().sum(), sq[j].iter().sum());
             *o = Moments::from_shifted(n, shift(j), d, q);
@@ -258,9 +266,22 @@ pub(crate) fn moments_kernel<T: Element>(
         Span::Rows(r) => with_zeroed(3 * row_width(geo.channels), |s| {
             block_moments(isa, &x[r], p, s)
         }),
-        Span::Runs { elems, count, .. } => with_zeroed(2 * p.len() * LANES, |s| {
-            unit_moments(isa, &x[elems], stride, count, geo.inner, p, s)
-        }),
+        Span::Runs {
+            elems,
+            count,
+            follow,
+            ..
+        } => {
+            let u = UnitRuns {
+                stride,
+                count,
+                inner: geo.inner,
+                follow,
+            };
+            with_zeroed(2 * p.len() * LANES, |s| {
+                unit_moments(isa, &x[elems], u, p, s)
+            })
+        }
     }
 }
 

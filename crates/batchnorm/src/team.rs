@@ -82,7 +82,7 @@ pub(crate) fn two_passes_shared<P: Copy + Default + Send + Sync>(
         board,
         |ch, pieces, partials| {
             for (p, o) in pieces.zip(partials.chunks_mut(1)) {
-                kernel(piece_span(geo, ch, 1, p), o);
+                kernel(piece_span(geo, ch, 1, p, true), o);
             }
         },
         |ch, pieces, all| map(ch, piece_blocks(geo, pieces), merged(all)),

@@ -52,6 +52,13 @@ pub(crate) const PIECE_ELEMS: usize = 1024;
 /// dx) reads from cache. Half of a 32 MiB L3 leaves room for the outputs being written.
 pub(crate) const WAVE_BYTES: usize = 12 * 1024 * 1024;
 
+/// Quarters of the L2 budget (half the L2, see [`crate::cache::l2_budget_bytes`]) one channel's
+/// data may fill on a thread working alone (one thread: no team to share the channel with, see
+/// [`crate::plan::channel_cut`]): 7/8 of the L2. Its reduction leaves the channel there for the
+/// element-wise pass, which starts from the runs read last. Two threads do better sharing each
+/// channel, half in each L2.
+pub(crate) const LONE_CHANNEL_BUDGET_QUARTERS: usize = 7;
+
 /// Fewest bytes of one channel for its two passes to be fused on one thread (see
 /// [`crate::plan::channel_cut`]): smaller channels make tasks of a few microseconds, and
 /// fit in L3 in channel groups anyway.
