@@ -119,8 +119,9 @@ pub(crate) fn prefetch_past<T>(chunk: &[T], bytes: usize) {
 /// Where a reduction over one run of values prefetches: [`PREFETCH_BYTES`] ahead of each chunk,
 /// and for the chunks whose lookahead passes the run's end, `gap` further, onto the run the walk
 /// reads next (the same channels in the next outer block). Past the end of a channels-first
-/// run lie other channels, which a walk channel by channel reads much later: one such walk
-/// (1.6 MB channels, one thread) ran the backward 3-4% faster following its runs.
+/// run lie other channels, which a walk channel by channel reads much later: following its runs
+/// instead, the 64x64x56x56 backward on one thread (1.6 MB channels of x and dy) ran 7-9%
+/// faster (in-process, alternating).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RunAhead {
     /// Offset into the run, in bytes, from which prefetches jump the gap.
