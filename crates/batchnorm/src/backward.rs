@@ -192,7 +192,6 @@ pub(crate) fn grad_sums_kernel<'a, T: Element>(
     mean: &'a [f64],
     wide_mean: &'a [f64],
 ) -> impl Fn(Span, &mut [GradSums]) + Sync + 'a {
-    let stride = geo.channels * geo.inner;
     move |span: Span, p: &mut [GradSums]| match span {
         Span::Rows(r) => with_zeroed(2 * wide_mean.len(), |s| {
             block_grad_sums(isa, &x[r.clone()], &dy[r], wide_mean, p, s)
@@ -205,12 +204,7 @@ pub(crate) fn grad_sums_kernel<'a, T: Element>(
         } => {
             let m = &mean[first..first + p.len()];
             let (xs, ds) = (&x[elems.clone()], &dy[elems]);
-            let u = UnitRuns {
-                stride,
-                count,
-                inner: geo.inner,
-                follow,
-            };
+            let u = UnitRuns::new(geo, count, follow);
             with_zeroed(2 * p.len() * LANES, |s| {
                 unit_grad_sums(isa, xs, ds, u, m, p, s)
             })

@@ -555,6 +555,16 @@ pub(crate) struct UnitRuns {
 }
 
 impl UnitRuns {
+    /// The runs of a unit of `count` outer blocks of `geo`.
+    pub fn new(geo: Geometry, count: usize, follow: bool) -> Self {
+        Self {
+            stride: geo.channels * geo.inner,
+            count,
+            inner: geo.inner,
+            follow,
+        }
+    }
+
     /// The prefetching of run `j` (of `g` channels) in block `k`, on to where the walk reads
     /// next (see [`UnitRuns::gap`]).
     #[inline(always)]

@@ -261,7 +261,6 @@ pub(crate) fn moments_kernel<T: Element>(
     geo: Geometry,
     isa: Isa,
 ) -> impl Fn(Span, &mut [Moments]) + Sync + '_ {
-    let stride = geo.channels * geo.inner;
     move |span: Span, p: &mut [Moments]| match span {
         Span::Rows(r) => with_zeroed(3 * row_width(geo.channels), |s| {
             block_moments(isa, &x[r], p, s)
@@ -272,12 +271,7 @@ pub(crate) fn moments_kernel<T: Element>(
             follow,
             ..
         } => {
-            let u = UnitRuns {
-                stride,
-                count,
-                inner: geo.inner,
-                follow,
-            };
+            let u = UnitRuns::new(geo, count, follow);
             with_zeroed(2 * p.len() * LANES, |s| {
                 unit_moments(isa, &x[elems], u, p, s)
             })
