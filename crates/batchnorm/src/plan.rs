@@ -13,9 +13,9 @@ use crate::par::{for_each_chunk, Par};
 use crate::simd::{prefetch_past, Cyclic, Inputs, Isa, RunAhead, MAP_CHUNK};
 use crate::stream::{streaming, Writer};
 use crate::tuning::{
-    COLUMN_STRIP, ITEM_ELEMS, LONE_CHANNEL_BUDGET_QUARTERS, MAP_TASK_ELEMS, MERGE_TASK_CHANNELS,
-    MIN_BLOCK_ROWS, MIN_CHANNEL_RUN_BYTES, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS, MIN_ROW_WIDTH,
-    PAR_MERGE_MIN, PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, WAVE_BYTES,
+    COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MERGE_TASK_CHANNELS, MIN_BLOCK_ROWS,
+    MIN_CHANNEL_RUN_BYTES, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS, MIN_ROW_WIDTH, PAR_MERGE_MIN,
+    PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, STRETCH_BUDGET_QUARTERS, WAVE_BYTES,
 };
 
 /// The execution choices of one call.
@@ -500,9 +500,9 @@ pub(crate) enum Cut {
 
 /// The cut for a channels-first channel of `geo.per_channel()` values in `streams` tensors:
 /// on one core when it fits `exec.l2_budget` (and is at least [`MIN_RESIDENT_BYTES`], below
-/// which tasks would be too short), shared by every thread of the pool when each share fits,
-/// on the one core when a thread works alone and it fits
-/// [`LONE_CHANNEL_BUDGET_QUARTERS`] of the budget, else in waves.
+/// which tasks would be too short), else shared by every thread of the pool when each share
+/// fits [`STRETCH_BUDGET_QUARTERS`] of the budget (on the one core, when a thread works alone),
+/// else in waves.
 pub(crate) fn channel_cut(geo: Geometry, elem_bytes: usize, streams: usize, exec: Exec) -> Cut {
     let bytes = geo.per_channel() * elem_bytes * streams;
     let short_runs = geo.inner * elem_bytes < MIN_CHANNEL_RUN_BYTES;
@@ -517,11 +517,10 @@ pub(crate) fn channel_cut(geo: Geometry, elem_bytes: usize, streams: usize, exec
     } else {
         1
     };
-    let pieces = parts_len(geo, 1);
-    let lone_budget = exec.l2_budget.saturating_mul(LONE_CHANNEL_BUDGET_QUARTERS) / 4;
-    if team >= 2 && team <= pieces && bytes.div_ceil(team) <= exec.l2_budget {
+    let stretch = exec.l2_budget.saturating_mul(STRETCH_BUDGET_QUARTERS) / 4;
+    if team >= 2 && team <= parts_len(geo, 1) && bytes.div_ceil(team) <= stretch {
         Cut::Shared(team)
-    } else if team == 1 && bytes <= lone_budget {
+    } else if team == 1 && bytes <= stretch {
         Cut::Channels
     } else {
         Cut::Waves
@@ -711,7 +710,7 @@ mod tests {
     }
 
     #[test]
-    fn channels_alone_on_a_thread_may_fill_most_of_the_l2() {
+    fn a_thread_s_part_of_a_channel_may_fill_most_of_the_l2() {
         // 32 outer blocks of 64x64 f32 values: one channel of x and dy is 1 MiB.
         let geo = Geometry {
             outer: 32,
@@ -745,6 +744,15 @@ mod tests {
         );
         let alone = pool(1).install(|| channel_cut(geo, 4, 2, exec(true, 600 << 10)));
         assert_eq!(alone, Cut::Channels);
+        // Shares of 512 KiB, within the budget or within 7/4 of it.
+        for (budget, cut) in [(mib / 2, Cut::Shared(2)), (300 << 10, Cut::Shared(2))] {
+            assert_eq!(
+                pool(2).install(|| channel_cut(geo, 4, 2, exec(true, budget))),
+                cut
+            );
+        }
+        let waves = pool(2).install(|| channel_cut(geo, 4, 2, exec(true, 256 << 10)));
+        assert_eq!(waves, Cut::Waves);
     }
 
     #[test]

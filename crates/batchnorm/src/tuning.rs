@@ -52,15 +52,17 @@ pub(crate) const PIECE_ELEMS: usize = 1024;
 /// dx) reads from cache. Half of a 32 MiB L3 leaves room for the outputs being written.
 pub(crate) const WAVE_BYTES: usize = 12 * 1024 * 1024;
 
-/// Quarters of the L2 budget (half the L2, see [`crate::cache::l2_budget_bytes`]) one channel's
-/// data may fill on a thread working alone (one thread: no team to share the channel with, see
-/// [`crate::plan::channel_cut`]): 7/8 of the L2. Its reduction leaves the channel there for the
-/// element-wise pass, which starts from the runs read last. 64x64x56x56 backward on one
-/// thread (1.6 MB channels of x and dy, 2 MiB L2): 1.18-1.20x the `a + b` pass instead of
-/// 1.43-1.46x in 12 MiB channel groups; with 1.72 MB channels (64x64x58x58) 10.7-12.1 ms
-/// against 13.3-13.9. Two threads do better sharing each channel, half in each L2 (5.0-5.1
-/// against 4.56-4.62 ms).
-pub(crate) const LONE_CHANNEL_BUDGET_QUARTERS: usize = 7;
+/// Quarters of the L2 budget (half the L2, see [`crate::cache::l2_budget_bytes`]) one thread's
+/// part of a channel's data may fill when no cut keeps it within the budget (see
+/// [`crate::plan::channel_cut`]): 7/8 of the L2, a whole channel on a thread working alone, or
+/// one share of a team's. Its reduction leaves it there for the element-wise pass, which starts
+/// from the runs read last. Against 12 MiB channel groups, 2 MiB L2: 64x64x56x56 backward on one
+/// thread (1.6 MB channels of x and dy) 1.18-1.20x the `a + b` pass instead of 1.43-1.46x,
+/// 64x64x58x58 (1.72 MB) 10.7-12.1 ms against 13.3-13.9; two threads sharing 3.2 MB channels
+/// (1.6 MB each): 128x64x56x56 backward 14.1-14.4 ms against 19.6-20.0, 8x3x224x224 0.41-0.43
+/// against 0.51-0.56. A team still shares channels that one thread could hold whole: 64x64x56x56
+/// backward on two threads, 1.6 MB channels each, 5.0-5.1 ms, against 4.56-4.62 shared.
+pub(crate) const STRETCH_BUDGET_QUARTERS: usize = 7;
 
 /// Fewest bytes of one channel for its two passes to be fused on one thread (see
 /// [`crate::plan::channel_cut`]): smaller channels make tasks of a few microseconds, and
