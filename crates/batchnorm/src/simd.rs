@@ -476,7 +476,11 @@ fn aligned_head<U>(y: &[U], stream: bool) -> usize {
 /// Stores one step's results: with non-temporal stores straight from the registers when
 /// `stream` (the task fences them when it ends, see [`crate::stream::streaming`]), which skip
 /// the read of the destination a normal store starts with. `stream` is only set on the AVX2
-/// path, and `dst` is then 32-byte aligned (see [`aligned_head`]).
+/// path, and `dst` is then 32-byte aligned (see [`aligned_head`]). Normal stores first ask for
+/// the destination [`PREFETCH_BYTES`] ahead, as the inputs are, so that its read is in flight
+/// early: outputs below the streaming threshold but beyond L2 otherwise wait on it (backward,
+/// one thread: 32x256x14x14 1.30-1.39 -> 1.22-1.28 ms, 8x3x224x224 0.94-1.00 -> 0.86-0.91;
+/// 256x1024, whose output stays in L2, 0.218-0.253 -> 0.226-0.257).
 #[inline(always)]
 fn put<U: Copy>(dst: &mut [U; MAP_CHUNK], v: [U; MAP_CHUNK], stream: bool) {
     #[cfg(target_arch = "x86_64")]
@@ -490,6 +494,7 @@ fn put<U: Copy>(dst: &mut [U; MAP_CHUNK], v: [U; MAP_CHUNK], stream: bool) {
         unsafe { stream_bytes(dst.as_mut_ptr().cast(), v.as_ptr().cast(), bytes) };
         return;
     }
+    prefetch_ahead(&dst[..]);
     *dst = v;
 }
 
