@@ -5,7 +5,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
-    column_strips, fold_widened_in_place, map_channel, map_per_channel, reduce_per_channel,
+    column_strips, fold_widened_in_place, map_channels, map_per_channel, reduce_per_channel,
     step_sum, strip_step, strips, widen, Apply, Disjoint, Exec, FourCoefficients, Span,
     StripPrefetch, UnitRuns, WideMaps,
 };
@@ -303,21 +303,21 @@ pub(crate) fn input_grad<T: Element>(
     });
 }
 
-/// Writes channel `ch` of channels-first `dx` in outer blocks `blocks` with `map`, on this
-/// thread.
+/// Writes the channels in `range` of channels-first `dx` in outer blocks `blocks` with `maps`
+/// (one per channel of `range`), on this thread.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn input_grad_channel<T: Element>(
+pub(crate) fn input_grad_channels<T: Element>(
     x: &[T],
     dy: &[T],
     dx: &Disjoint<'_, T>,
     geo: Geometry,
-    ch: usize,
+    range: Range<usize>,
     blocks: Range<usize>,
     exec: Exec,
-    map: GradMap,
+    maps: &[GradMap],
 ) {
-    map_channel(geo, ch, blocks, exec, dx, |run, gs, w| {
-        let (xs, ds, map) = (&x[run.clone()], &dy[run], std::slice::from_ref(&map));
-        runs_input_grad(exec.isa, xs, ds, gs, geo.inner, map, w.streams())
+    map_channels(geo, range, blocks, exec, dx, |run, gs, w| {
+        let (xs, ds) = (&x[run.clone()], &dy[run]);
+        runs_input_grad(exec.isa, xs, ds, gs, geo.inner, maps, w.streams())
     });
 }

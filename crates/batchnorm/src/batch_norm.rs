@@ -1,16 +1,16 @@
 //! The BatchNorm module: parameters, running statistics, forward and backward.
 
 use crate::backward::{
-    grad_sums, grad_sums_kernel, input_grad, input_grad_channel, GradMap, GradSums,
+    grad_sums, grad_sums_kernel, input_grad, input_grad_channels, GradMap, GradSums,
 };
 use crate::config::{BatchNormConfig, Mode, Statistics};
 use crate::element::Element;
 use crate::error::{BatchNormError, Result};
-use crate::forward::{normalize, normalize_channel, ChannelMap};
+use crate::forward::{normalize, normalize_channels, ChannelMap};
 use crate::layout::Shape;
 use crate::par::Par;
 use crate::plan::{
-    channel_cut, channel_groups, for_each_channel, parts_len, reduce_per_channel, Cut, Disjoint,
+    channel_cut, channel_groups, for_each_group, parts_len, reduce_per_channel, Cut, Disjoint,
     Exec, WideMaps,
 };
 use crate::running_stats;
@@ -475,16 +475,19 @@ impl<T: Element> BatchNorm<T> {
         ws.moments.resize(c, Moments::EMPTY);
         let cut = channel_cut(geo, elem, 1, exec);
         match (statistics, cut) {
-            (Statistics::Batch, Cut::Channels) => {
-                // Channel by channel, each on one thread: its normalising pass reads it from L2.
-                let per = parts_len(geo, 1);
-                ws.moment_parts.resize(per * c, Moments::EMPTY);
-                let (y, seq) = (Disjoint::new(y), exec.sequential());
+            (Statistics::Batch, Cut::Channels(g)) => {
+                // Channel group by channel group, each on one thread: its normalising pass
+                // reads it from L2.
                 let parts = &mut ws.moment_parts;
-                for_each_channel(exec, &mut ws.moments, parts, per, |ch, m, parts| {
-                    channel_moments(x, geo, ch..ch + 1, seq, parts, std::slice::from_mut(m));
-                    let map = self.channel_map(ch, m.mean, m.variance());
-                    normalize_channel(x, &y, geo, ch, 0..geo.outer, seq, map);
+                parts.resize(parts_len(geo, g) * c.div_ceil(g), Moments::EMPTY);
+                let (y, seq) = (Disjoint::new(y), exec.sequential());
+                let outs = (&mut ws.moments[..], &mut ws.maps[..]);
+                for_each_group(exec, geo, g, outs, parts, |range, ms, maps, parts| {
+                    channel_moments(x, geo, range.clone(), seq, parts, ms);
+                    for ((ch, m), map) in range.clone().zip(&*ms).zip(&mut *maps) {
+                        *map = self.channel_map(ch, m.mean, m.variance());
+                    }
+                    normalize_channels(x, &y, geo, range, 0..geo.outer, seq, maps);
                 });
             }
             (Statistics::Batch, Cut::Shared(team)) => {
@@ -500,8 +503,8 @@ impl<T: Element> BatchNorm<T> {
                     moments_kernel(x, geo, exec.isa),
                     Moments::merge,
                     |ch, blocks, m| {
-                        let map = self.channel_map(ch, m.mean, m.variance());
-                        normalize_channel(x, &y, geo, ch, blocks, seq, map);
+                        let map = [self.channel_map(ch, m.mean, m.variance())];
+                        normalize_channels(x, &y, geo, ch..ch + 1, blocks, seq, &map);
                     },
                 );
             }
@@ -589,18 +592,22 @@ impl<T: Element> BatchNorm<T> {
         };
         ws.sums.resize(c, GradSums::default());
         match channel_cut(geo, elem, 2, exec) {
-            Cut::Channels => {
-                // Channel by channel, each on one thread: its dx pass reads it from L2.
-                let per = parts_len(geo, 1);
-                ws.sum_parts.resize(per * c, GradSums::default());
+            Cut::Channels(g) => {
+                // Channel group by channel group, each on one thread: its dx pass reads it
+                // from L2.
+                let parts = &mut ws.sum_parts;
+                parts.resize(parts_len(geo, g) * c.div_ceil(g), GradSums::default());
+                ws.grad_maps.resize(c, GradMap::default());
                 let (dx, seq) = (Disjoint::new(dx), exec.sequential());
                 let kernel = grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]);
-                let parts = &mut ws.sum_parts;
-                for_each_channel(exec, &mut ws.sums, parts, per, |ch, s, parts| {
-                    let out = std::slice::from_mut(s);
-                    reduce_per_channel(geo, ch..ch + 1, seq, parts, out, &kernel, GradSums::add);
-                    let map = grad_map(ch, *s);
-                    input_grad_channel(x, dy, &dx, geo, ch, 0..geo.outer, seq, map);
+                let outs = (&mut ws.sums[..], &mut ws.grad_maps[..]);
+                for_each_group(exec, geo, g, outs, parts, |range, sums, maps, parts| {
+                    let add = GradSums::add;
+                    reduce_per_channel(geo, range.clone(), seq, parts, sums, &kernel, add);
+                    for ((ch, &s), map) in range.clone().zip(&*sums).zip(&mut *maps) {
+                        *map = grad_map(ch, s);
+                    }
+                    input_grad_channels(x, dy, &dx, geo, range, 0..geo.outer, seq, maps);
                 });
             }
             Cut::Shared(team) => {
@@ -616,7 +623,8 @@ impl<T: Element> BatchNorm<T> {
                     grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
                     GradSums::add,
                     |ch, blocks, sums| {
-                        input_grad_channel(x, dy, &dx, geo, ch, blocks, seq, grad_map(ch, sums));
+                        let map = [grad_map(ch, sums)];
+                        input_grad_channels(x, dy, &dx, geo, ch..ch + 1, blocks, seq, &map);
                     },
                 );
             }
@@ -750,6 +758,47 @@ mod tests {
     fn channel_by_channel_gives_the_bits_of_channel_groups() {
         channel_by_channel_is_bitwise_blocked::<f32>();
         channel_by_channel_is_bitwise_blocked::<f64>();
+    }
+
+    fn small_channel_groups_are_bitwise_blocked<T: Element>() {
+        // 80 channels of 6x20x21 values, too small to go one by one: under a budget of 600
+        // KiB they go in as few groups as fit (x alone for the forward, x and dy for the
+        // backward), of even size, on one thread or shared out.
+        let dims: &[usize] = &[6, 80, 20, 21];
+        let geo = Shape::new(dims, Layout::ChannelsFirst).unwrap().geometry();
+        let budget = 600 << 10;
+        let exec = Exec {
+            isa: Isa::Baseline,
+            par: false,
+            stream: false,
+            l2_budget: budget,
+        };
+        let (size, bytes) = (
+            std::mem::size_of::<T>(),
+            geo.per_channel() * std::mem::size_of::<T>(),
+        );
+        for streams in [1, 2] {
+            // As few groups as fit the budget, of even size.
+            let most = budget / (bytes * streams);
+            let Cut::Channels(g) = channel_cut(geo, size, streams, exec) else {
+                panic!("{streams} streams: not in groups");
+            };
+            assert!(g > 1 && g <= most, "{g} of at most {most}");
+            assert_eq!(80usize.div_ceil(g), 80usize.div_ceil(most));
+        }
+        let blocked = train_step::<T>(dims, Par::Seq, Isa::Baseline, 0);
+        for isa in Isa::available() {
+            for par in [Par::Seq, Par::Rayon] {
+                let grouped = train_step::<T>(dims, par, isa, budget);
+                assert!(grouped == blocked, "{isa:?} {par:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn small_channel_groups_give_the_bits_of_channel_groups() {
+        small_channel_groups_are_bitwise_blocked::<f32>();
+        small_channel_groups_are_bitwise_blocked::<f64>();
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::ops::Range;
 use crate::element::Element;
 use crate::layout::Geometry;
 use crate::plan::{
-    map_channel, map_per_channel, Apply, Disjoint, Exec, FourCoefficients, Span, WideMaps,
+    map_channels, map_per_channel, Apply, Disjoint, Exec, FourCoefficients, Span, WideMaps,
 };
 use crate::simd::{map_cyclic, map_runs, multiversion};
 
@@ -102,19 +102,18 @@ pub(crate) fn normalize<T: Element>(
     });
 }
 
-/// Applies `map` to channel `ch` of channels-first `x` in outer blocks `blocks`, writing them
-/// to `y`, on this thread.
-pub(crate) fn normalize_channel<T: Element>(
+/// Applies `maps` (one per channel of `range`) to the channels in `range` of channels-first
+/// `x` in outer blocks `blocks`, writing them to `y`, on this thread.
+pub(crate) fn normalize_channels<T: Element>(
     x: &[T],
     y: &Disjoint<'_, T>,
     geo: Geometry,
-    ch: usize,
+    range: Range<usize>,
     blocks: Range<usize>,
     exec: Exec,
-    map: ChannelMap<T>,
+    maps: &[ChannelMap<T>],
 ) {
-    map_channel(geo, ch, blocks, exec, y, |run, ys, w| {
-        let map = std::slice::from_ref(&map);
-        normalize_runs(exec.isa, &x[run], ys, geo.inner, map, w.streams())
+    map_channels(geo, range, blocks, exec, y, |run, ys, w| {
+        normalize_runs(exec.isa, &x[run], ys, geo.inner, maps, w.streams())
     });
 }

@@ -14,8 +14,9 @@ use crate::simd::{prefetch_past, Cyclic, Inputs, Isa, RunAhead, MAP_CHUNK};
 use crate::stream::{streaming, Writer};
 use crate::tuning::{
     COLUMN_STRIP, ITEM_ELEMS, MAP_TASK_ELEMS, MERGE_TASK_CHANNELS, MIN_BLOCK_ROWS,
-    MIN_CHANNEL_RUN_BYTES, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS, MIN_ROW_WIDTH, PAR_MERGE_MIN,
-    PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, STRETCH_BUDGET_QUARTERS, WAVE_BYTES,
+    MIN_CHANNEL_RUN_BYTES, MIN_GROUP_RUN_BYTES, MIN_RESIDENT_BYTES, MIN_ROW_BLOCKS, MIN_ROW_WIDTH,
+    PAR_MERGE_MIN, PIECE_ELEMS, PREFETCH_BYTES, ROW_BLOCK_ELEMS, STRETCH_BUDGET_QUARTERS,
+    WAVE_BYTES,
 };
 
 /// The execution choices of one call.
@@ -490,38 +491,59 @@ pub(crate) enum Cut {
     /// Channel groups ("waves", see [`channel_groups`]): the second pass reads a group from L3.
     /// Also channels-last input, whose every row holds every channel.
     Waves,
-    /// Channel by channel, each on one thread ([`for_each_channel`]): the second pass reads
-    /// the channel from that core's L2.
-    Channels,
+    /// Groups of this many neighbouring channels (one, for channels of at least
+    /// [`MIN_RESIDENT_BYTES`]), each on one thread ([`for_each_group`]): the second pass reads
+    /// the group from that core's L2.
+    Channels(usize),
     /// Channel by channel, each shared by a team of this many threads
     /// ([`crate::team::two_passes_shared`]): the share each thread reduced stays in its L2.
     Shared(usize),
 }
 
-/// The cut for a channels-first channel of `geo.per_channel()` values in `streams` tensors:
-/// on one core when it fits `exec.l2_budget` (and is at least [`MIN_RESIDENT_BYTES`], below
-/// which tasks would be too short), else shared by every thread of the pool when each share
-/// fits [`STRETCH_BUDGET_QUARTERS`] of the budget (on the one core, when a thread works alone),
-/// else in waves.
+/// The cut for channels-first channels of `geo.per_channel()` values in `streams` tensors: on
+/// one core, alone or in groups of neighbours, when they fit `exec.l2_budget` (a group holding
+/// at least [`MIN_RESIDENT_BYTES`], below which tasks would be too short, runs of at least
+/// [`MIN_CHANNEL_RUN_BYTES`] in each outer block, and each channel's runs at least
+/// [`MIN_GROUP_RUN_BYTES`] when grouped); else shared by every thread of the pool when each
+/// share fits [`STRETCH_BUDGET_QUARTERS`] of the budget (on the one core, when a thread works
+/// alone); else in waves.
 pub(crate) fn channel_cut(geo: Geometry, elem_bytes: usize, streams: usize, exec: Exec) -> Cut {
-    let bytes = geo.per_channel() * elem_bytes * streams;
-    let short_runs = geo.inner * elem_bytes < MIN_CHANNEL_RUN_BYTES;
-    if geo.is_rows() || short_runs || bytes < MIN_RESIDENT_BYTES {
+    if geo.is_rows() {
         return Cut::Waves;
     }
-    if bytes <= exec.l2_budget {
-        return Cut::Channels;
-    }
+    let bytes = geo.per_channel() * elem_bytes * streams;
     let team = if exec.par {
         rayon::current_num_threads().min(crate::team::MAX_TEAM)
     } else {
         1
     };
+    let run_bytes = geo.inner * elem_bytes;
+    if bytes <= exec.l2_budget {
+        // Smaller channels in as few groups as fit, a multiple of the threads, of even size.
+        let g = if bytes >= MIN_RESIDENT_BYTES {
+            1
+        } else {
+            let most = (exec.l2_budget / bytes.max(1)).max(1);
+            let groups = geo.channels.div_ceil(most).next_multiple_of(team);
+            geo.channels.div_ceil(groups)
+        };
+        let resident = g * bytes >= MIN_RESIDENT_BYTES;
+        let long_runs = g * run_bytes >= MIN_CHANNEL_RUN_BYTES;
+        let groups_pay = g == 1 || run_bytes >= MIN_GROUP_RUN_BYTES;
+        return if resident && long_runs && groups_pay {
+            Cut::Channels(g)
+        } else {
+            Cut::Waves
+        };
+    }
+    if run_bytes < MIN_CHANNEL_RUN_BYTES {
+        return Cut::Waves;
+    }
     let stretch = exec.l2_budget.saturating_mul(STRETCH_BUDGET_QUARTERS) / 4;
     if team >= 2 && team <= parts_len(geo, 1) && bytes.div_ceil(team) <= stretch {
         Cut::Shared(team)
     } else if team == 1 && bytes <= stretch {
-        Cut::Channels
+        Cut::Channels(1)
     } else {
         Cut::Waves
     }
@@ -592,48 +614,58 @@ pub(crate) fn piece_blocks(geo: Geometry, pieces: Range<usize>) -> Range<usize> 
     pieces.start * per..(pieces.end * per).min(geo.outer)
 }
 
-/// Calls `task(ch, out, parts)` for every channel, in parallel when `exec.par`, with the
-/// channel's own entry of `out` and `per` entries of `parts`.
-pub(crate) fn for_each_channel<O: Send, P: Send>(
+/// Calls `task(range, a, b, parts)` for every group of `g` neighbouring channels (the last may
+/// be smaller), in parallel when `exec.par`, with the group's entries of `a` and `b` (one per
+/// channel) and its own [`parts_len`] entries of `parts`.
+pub(crate) fn for_each_group<A: Send, B: Send, P: Send>(
     exec: Exec,
-    out: &mut [O],
+    geo: Geometry,
+    g: usize,
+    (a, b): (&mut [A], &mut [B]),
     parts: &mut [P],
-    per: usize,
-    task: impl Fn(usize, &mut O, &mut [P]) + Sync + Send,
+    task: impl Fn(Range<usize>, &mut [A], &mut [B], &mut [P]) + Sync + Send,
 ) {
-    let parts = &mut parts[..out.len() * per];
+    let per = parts_len(geo, g);
+    let parts = &mut parts[..a.len().div_ceil(g) * per];
+    let run = |k: usize, ((a, b), p): ((&mut [A], &mut [B]), &mut [P])| {
+        task(k * g..k * g + a.len(), a, b, p)
+    };
     if exec.par {
         use rayon::prelude::*;
-        out.par_iter_mut()
+        let groups = a.par_chunks_mut(g).zip(b.par_chunks_mut(g));
+        groups
             .zip(parts.par_chunks_mut(per))
             .enumerate()
-            .for_each(|(ch, (o, p))| task(ch, o, p));
+            .for_each(|(k, item)| run(k, item));
     } else {
-        let each = out.iter_mut().zip(parts.chunks_mut(per)).enumerate();
-        each.for_each(|(ch, (o, p))| task(ch, o, p));
+        let groups = a.chunks_mut(g).zip(b.chunks_mut(g));
+        groups
+            .zip(parts.chunks_mut(per))
+            .enumerate()
+            .for_each(|(k, item)| run(k, item));
     }
 }
 
-/// Writes channel `ch` of a channels-first element-wise pass in outer blocks `blocks` on this
-/// thread, as one streaming task: `kernel(run, out)` fills the channel's run at element range
-/// `run` of each of those blocks.
-pub(crate) fn map_channel<T: Element>(
+/// Writes the channels in `range` of a channels-first element-wise pass in outer blocks
+/// `blocks` on this thread, as one streaming task: `kernel(run, out)` fills the channels' runs
+/// (contiguous) at element range `run` of each of those blocks.
+pub(crate) fn map_channels<T: Element>(
     geo: Geometry,
-    ch: usize,
+    range: Range<usize>,
     blocks: Range<usize>,
     exec: Exec,
     out: &Disjoint<'_, T>,
     kernel: impl Fn(Range<usize>, &mut [T], &Writer),
 ) {
     streaming(exec.isa, exec.stream, |w| {
-        // Last block first: the reduction just read the channel (or share) front to back, so
-        // its last runs are the likeliest still in L2.
+        // Last block first: the reduction just read the channels (or share) front to back, so
+        // their last runs are the likeliest still in L2.
         for o in blocks.rev() {
-            let start = (o * geo.channels + ch) * geo.inner;
-            let run = start..start + geo.inner;
-            // SAFETY: these runs of channel `ch` belong to the one task that handles them
-            // (`for_each_channel` gives each channel to one task, `two_passes_shared`
-            // each share), and this borrow ends here.
+            let start = (o * geo.channels + range.start) * geo.inner;
+            let run = start..start + range.len() * geo.inner;
+            // SAFETY: these runs of the channels in `range` belong to the one task that
+            // handles them (`for_each_group` gives each group to one task,
+            // `two_passes_shared` each share), and this borrow ends here.
             let o = unsafe { out.slice(run.clone()) };
             kernel(run, o, w);
         }
@@ -724,10 +756,10 @@ mod tests {
             l2_budget,
         };
         let mib = 1 << 20;
-        assert_eq!(channel_cut(geo, 4, 2, exec(false, mib)), Cut::Channels);
+        assert_eq!(channel_cut(geo, 4, 2, exec(false, mib)), Cut::Channels(1));
         assert_eq!(
             channel_cut(geo, 4, 2, exec(false, 600 << 10)),
-            Cut::Channels
+            Cut::Channels(1)
         );
         assert_eq!(channel_cut(geo, 4, 2, exec(false, mib / 2)), Cut::Waves);
         let pool = |n| {
@@ -743,7 +775,7 @@ mod tests {
             "a team shares what one thread would hold alone"
         );
         let alone = pool(1).install(|| channel_cut(geo, 4, 2, exec(true, 600 << 10)));
-        assert_eq!(alone, Cut::Channels);
+        assert_eq!(alone, Cut::Channels(1));
         // Shares of 512 KiB, within the budget or within 7/4 of it.
         for (budget, cut) in [(mib / 2, Cut::Shared(2)), (300 << 10, Cut::Shared(2))] {
             assert_eq!(
@@ -753,6 +785,33 @@ mod tests {
         }
         let waves = pool(2).install(|| channel_cut(geo, 4, 2, exec(true, 256 << 10)));
         assert_eq!(waves, Cut::Waves);
+    }
+
+    #[test]
+    fn small_channels_go_in_groups_unless_their_runs_are_short() {
+        // 32 outer blocks of 14x14 f32 values: 50 KB of x and dy per channel, 20 channels in a
+        // 1 MiB budget; of 7x7: 12.5 KB, whose 196-byte runs go in waves.
+        let exec = Exec {
+            isa: Isa::Baseline,
+            par: false,
+            stream: false,
+            l2_budget: 1 << 20,
+        };
+        let geo = |inner| Geometry {
+            outer: 32,
+            channels: 256,
+            inner,
+        };
+        assert_eq!(channel_cut(geo(14 * 14), 4, 2, exec), Cut::Channels(20));
+        assert_eq!(channel_cut(geo(7 * 7), 4, 2, exec), Cut::Waves);
+        // Two threads: 14 groups of 19 (and one of 9) rather than 13 of 20.
+        let two = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let par = Exec { par: true, ..exec };
+        let cut = two.install(|| channel_cut(geo(14 * 14), 4, 2, par));
+        assert_eq!(cut, Cut::Channels(19));
     }
 
     #[test]

@@ -64,9 +64,18 @@ pub(crate) const WAVE_BYTES: usize = 12 * 1024 * 1024;
 /// backward on two threads, 1.6 MB channels each, 5.0-5.1 ms, against 4.56-4.62 shared.
 pub(crate) const STRETCH_BUDGET_QUARTERS: usize = 7;
 
-/// Fewest bytes of one channel for its two passes to be fused on one thread (see
-/// [`crate::plan::channel_cut`]): smaller channels make tasks of a few microseconds, and
-/// fit in L3 in channel groups anyway.
+/// Fewest bytes of one channel's run (one outer block) for channels too small to go one by one
+/// (below [`MIN_RESIDENT_BYTES`]) to go in groups of neighbours on one thread each, their second
+/// pass reading the group from L2 (see [`crate::plan::channel_cut`]), rather than in channel
+/// groups from L3. Measured on one thread, NCHW, ratios to the yardstick: runs of 784 bytes
+/// and more gained (32x256x14x14 training and backward 1.47-1.51 -> 1.32-1.39, 16x512x14x14
+/// 1.43-1.50 -> 1.21-1.36, 32x128x28x28 1.32-1.44 -> 1.14-1.36); runs of 196 bytes lost
+/// (64x512x7x7 1.59-1.64 -> 1.74-1.85, 128x2048x7x7 training 1.40-1.56 -> 1.86-2.02).
+pub(crate) const MIN_GROUP_RUN_BYTES: usize = 512;
+
+/// Fewest bytes of one channel, or of a group of neighbouring channels, for its two passes to be
+/// fused on one thread (see [`crate::plan::channel_cut`]): smaller tasks take a few
+/// microseconds, and fit in L3 in channel groups anyway.
 pub(crate) const MIN_RESIDENT_BYTES: usize = 256 * 1024;
 
 /// Fewest bytes of one run (one channel in one outer block) for the channel-by-channel cuts
