@@ -78,11 +78,13 @@ pub(crate) const MIN_GROUP_RUN_BYTES: usize = 512;
 /// microseconds, and fit in L3 in channel groups anyway.
 pub(crate) const MIN_RESIDENT_BYTES: usize = 256 * 1024;
 
-/// Fewest bytes of one run (one channel in one outer block) for the channel-by-channel cuts
-/// (see [`crate::plan::channel_cut`]), which walk a channel's runs one after the other, each
-/// prefetched [`PREFETCH_BYTES`] ahead and streamed out: past a shorter run those prefetches
-/// fetch other channels' data, and its ends share cache lines with them (2048x64x7x7, 196-byte
-/// runs: training 5.2x the copy channel by channel, 3.1x in waves).
+/// Fewest bytes of one run (one outer block of a channel, or of a group of them) for the
+/// channel-by-channel cuts (see [`crate::plan::channel_cut`]), which walk those runs one after
+/// the other: their element-wise pass prefetches [`PREFETCH_BYTES`] past each run into other
+/// channels' data (the reductions follow the walk, see [`crate::plan::UnitRuns`]), and a short
+/// run's ends share cache lines with its neighbours (2048x64x7x7, 196-byte runs, measured
+/// before the reductions followed the walk: training 5.2x the copy channel by channel, 3.1x in
+/// waves).
 pub(crate) const MIN_CHANNEL_RUN_BYTES: usize = PREFETCH_BYTES;
 
 /// Partial results above which the final merge of a reduction is split over threads by ranges
