@@ -12,12 +12,13 @@
 //! By default the buffers stay in cache between calls, as far as they fit ("hot"). With `cold`,
 //! every buffer is flushed from all cache levels before each timed call of the kernel and of the
 //! yardstick: the regime of a tensor larger than the last-level cache, whatever the machine.
+//! With `huge_pages`, every buffer (the kernel's and the yardsticks') is on transparent huge
+//! pages ([`crate::huge_pages`]); by default they are on whatever pages the allocator gives.
 
 use std::time::{Duration, Instant};
 
-use batchnorm::{
-    BatchNorm, BatchNormConfig, BatchNormError, Grads, Layout, Mode, Par, Saved, Shape,
-};
+use anyhow::Context;
+use batchnorm::{BatchNorm, BatchNormConfig, Grads, Layout, Mode, Par, Saved, Shape};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -48,6 +49,8 @@ pub struct Config {
     pub min_sample: Duration,
     /// Flush every buffer from the caches before each timed call.
     pub cold: bool,
+    /// Put every buffer on transparent huge pages (Linux).
+    pub huge_pages: bool,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             samples: 21,
             min_sample: Duration::from_millis(2),
             cold: false,
+            huge_pages: false,
         }
     }
 }
@@ -121,6 +125,8 @@ pub struct Row {
     pub streamed_ms: f64,
     /// Whether the buffers were flushed from the caches before each call.
     pub cold: bool,
+    /// Whether the buffers were on transparent huge pages.
+    pub huge_pages: bool,
 }
 
 impl Row {
@@ -163,6 +169,7 @@ impl Row {
             "streamed_ms": self.streamed_ms,
             "floor": self.floor(),
             "cache": if self.cold { "cold" } else { "hot" },
+            "pages": if self.huge_pages { "huge" } else { "base" },
         })
     }
 }
@@ -178,8 +185,12 @@ pub fn layout_name(layout: Layout) -> &'static str {
 /// Runs every measurement, calling `report` after each row (for progress output).
 ///
 /// # Errors
-/// A shape the kernels reject, or a thread pool that cannot be built.
+/// A shape the kernels reject, a thread pool that cannot be built, or huge pages asked for on a
+/// machine that cannot give them (see [`crate::huge_pages::check_available`]).
 pub fn run(cfg: &Config, mut report: impl FnMut(&Row)) -> anyhow::Result<Vec<Row>> {
+    if cfg.huge_pages {
+        crate::huge_pages::check_available().context("huge pages asked for, not available")?;
+    }
     let mut rows = Vec::new();
     for &threads in &cfg.threads {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -201,26 +212,66 @@ pub fn run(cfg: &Config, mut report: impl FnMut(&Row)) -> anyhow::Result<Vec<Row
     Ok(rows)
 }
 
-/// Buffers of one shape, touched once so that no timing pays for page faults.
+/// Buffers of one shape, touched once so that no timing pays for page faults; `scratch` is the
+/// yardsticks' output, so that the kernel's own inputs stay intact.
 struct Buffers {
     x: Vec<f32>,
     y: Vec<f32>,
     dy: Vec<f32>,
     dx: Vec<f32>,
+    scratch: Vec<f32>,
 }
 
-fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>, BatchNormError> {
+impl Buffers {
+    /// The buffers of `n` values, on huge pages when `huge`.
+    fn new(n: usize, huge: bool) -> std::io::Result<Self> {
+        let buffer = |value: fn(usize) -> f32| {
+            if huge {
+                crate::huge_pages::vec_on_huge_pages(n, value)
+            } else {
+                Ok((0..n).map(value).collect())
+            }
+        };
+        Ok(Self {
+            x: buffer(|i| ((i * 7919) % 1000) as f32 * 0.01 - 3.0)?,
+            y: buffer(|_| 1.0)?,
+            dy: buffer(|i| ((i * 104_729) % 1000) as f32 * 0.002 - 1.0)?,
+            dx: buffer(|_| 1.0)?,
+            scratch: buffer(|_| 1.0)?,
+        })
+    }
+}
+
+impl Buffers {
+    /// Warns (on stderr) when the kernel gave fewer huge pages than the buffers hold whole
+    /// pages: it falls back to small pages silently when memory is fragmented.
+    fn check_huge_pages(&self) {
+        let bufs = [&self.x, &self.y, &self.dy, &self.dx, &self.scratch];
+        let inside = |b: &Vec<f32>| {
+            crate::huge_pages::whole_pages_inside(b.as_ptr() as usize, std::mem::size_of_val(&**b))
+        };
+        let wanted: usize = bufs.iter().map(|b| inside(b)).sum();
+        match crate::huge_pages::process_huge_bytes() {
+            Ok(got) if got < wanted => eprintln!(
+                "warning: only {} of the {} MiB of buffers that fit huge pages are on them",
+                got >> 20,
+                wanted >> 20
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: cannot tell whether the buffers are on huge pages: {e}"),
+        }
+    }
+}
+
+fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> anyhow::Result<Vec<Row>> {
     let n = shape.len();
-    let mut b = Buffers {
-        x: (0..n)
-            .map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 3.0)
-            .collect(),
-        y: vec![1.0; n],
-        dy: (0..n)
-            .map(|i| ((i * 104_729) % 1000) as f32 * 0.002 - 1.0)
-            .collect(),
-        dx: vec![1.0; n],
-    };
+    let mut b = Buffers::new(n, cfg.huge_pages).with_context(|| {
+        let pages = if cfg.huge_pages { " on huge pages" } else { "" };
+        format!("allocating the buffers of {:?}{pages}", shape.dims())
+    })?;
+    if cfg.huge_pages {
+        b.check_huge_pages();
+    }
     let mut bn = BatchNorm::<f32>::new(shape.channels(), BatchNormConfig::default())?;
     bn.set_par(Par::Rayon);
     let mut saved = Saved::default();
@@ -233,9 +284,14 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>
     for op in [Op::ForwardTrain, Op::ForwardEval, Op::Backward] {
         let mut failure = None;
         let [median_ms, yardstick_ms, read_ms, streamed_ms] = {
-            let Buffers { x, y, dy, dx } = &mut b;
-            // The yardstick writes a scratch copy so the kernel's own inputs stay intact.
-            let scratch = std::cell::RefCell::new(x.clone());
+            let Buffers {
+                x,
+                y,
+                dy,
+                dx,
+                scratch,
+            } = &mut b;
+            let scratch = std::cell::RefCell::new(scratch);
             let regions: Vec<(usize, usize)> = [&**x, y, dy, dx, &scratch.borrow()]
                 .iter()
                 .map(|b| (b.as_ptr() as usize, std::mem::size_of_val(*b)))
@@ -272,7 +328,7 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>
             time_alternating(cfg, &evict, fns)
         };
         if let Some(e) = failure {
-            return Err(e);
+            return Err(e.into());
         }
         rows.push(Row {
             dims: shape.dims().to_vec(),
@@ -284,6 +340,7 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> Result<Vec<Row>
             read_ms,
             streamed_ms,
             cold: cfg.cold,
+            huge_pages: cfg.huge_pages,
         });
     }
     Ok(rows)

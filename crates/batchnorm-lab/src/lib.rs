@@ -6,6 +6,7 @@
 pub mod atomic_write;
 pub mod bench;
 pub mod experiments;
+pub mod huge_pages;
 pub mod percentile;
 pub mod plot;
 mod progress;

@@ -67,6 +67,11 @@ struct BenchArgs {
     /// yardstick (the regime of tensors larger than the last-level cache).
     #[arg(long)]
     cold: bool,
+    /// Put every buffer, the kernel's and the yardsticks', on transparent huge pages (Linux,
+    /// madvise; fails if they are disabled). The two-pass kernels gain more from them than a
+    /// copy does.
+    #[arg(long)]
+    huge_pages: bool,
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +161,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         threads: a.threads,
         samples: a.samples.max(1),
         cold: a.cold,
+        huge_pages: a.huge_pages,
         ..Default::default()
     };
     if !a.shapes.is_empty() {
@@ -174,6 +180,9 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         }];
     }
     if !a.json {
+        if a.huge_pages {
+            println!("every buffer on transparent huge pages");
+        }
         println!(
             "{:<18} {:<14} {:<13} {:>3} {:>10} {:>8} {:>6} {:>10} {:>6} {:>8} {:>8} {:>6}",
             "shape",

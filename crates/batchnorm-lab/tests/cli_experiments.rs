@@ -460,6 +460,7 @@ fn bench_reports_every_op_against_its_yardstick_hot_and_cold() {
             let yard = if r["op"] == "backward" { "add" } else { "copy" };
             assert_eq!(r["yardstick"], yard);
             assert_eq!(r["cache"], cache);
+            assert_eq!(r["pages"], "base");
             assert_eq!(r["shape"], serde_json::json!([4, 3, 5, 5]));
             let (ms, yard_ms) = (
                 r["median_ms"].as_f64().unwrap(),
@@ -476,6 +477,38 @@ fn bench_reports_every_op_against_its_yardstick_hot_and_cold() {
                 (read_ms + streamed_ms) / yard_ms
             };
             assert!((floor - expected).abs() < 1e-9 * expected, "{r}");
+        }
+    }
+}
+
+#[test]
+fn bench_on_huge_pages_reports_them_or_says_why_not() {
+    // 1 MiB per buffer (no whole huge page inside: the flag must still work) and 12 MiB.
+    for shape in ["4,64,32,32", "48,64,32,32"] {
+        let o = bnlab()
+            .args([
+                "bench",
+                "--shapes",
+                shape,
+                "--threads",
+                "1",
+                "--samples",
+                "3",
+            ])
+            .args(["--layout", "nhwc", "--json", "--huge-pages"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        if o.status.success() {
+            let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
+            let rows = rows.as_array().unwrap();
+            assert_eq!(rows.len(), 3, "3 ops");
+            assert!(rows.iter().all(|r| r["pages"] == "huge"), "{rows:?}");
+        } else {
+            // A machine without transparent huge pages: a clear error, nothing measured.
+            assert!(err.contains("huge pages"), "{err}");
+            assert!(o.stdout.is_empty());
         }
     }
 }
