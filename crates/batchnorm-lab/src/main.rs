@@ -41,7 +41,7 @@ enum Command {
     /// (against an f64 oracle) and the inference speed-up, measured in the same run.
     Fold(cli::FoldArgs),
     /// Every experiment at its defaults (fig1, depth, lr-sweep, batch-size, cnn, fold) into
-    /// <out>/<name>/, then one combined <out>/report.md and <out>/index.html.
+    /// `<out>/<name>/`, then one combined `<out>/report.md` and `<out>/index.html`.
     All(cli::AllArgs),
 }
 
@@ -106,7 +106,7 @@ struct Fig1Args {
     /// also looked up under the source checkout.
     #[arg(long, default_value = "data/mnist")]
     data: PathBuf,
-    /// Save a checkpoint every N steps and at the last step, into <out>/checkpoint (or the
+    /// Save a checkpoint every N steps and at the last step, into `<out>/checkpoint` (or the
     /// --resume folder): each network's PyTorch state dict (safetensors) and a JSON with the
     /// step, batch order, generator state and metrics. Writes are atomic: a killed run keeps
     /// its previous checkpoint.

@@ -252,8 +252,8 @@ impl FoldArgs {
 /// `bnlab all`.
 #[derive(Debug, Clone, Args)]
 pub struct AllArgs {
-    /// Parent folder: each experiment writes into <out>/<name>/, the combined report into
-    /// <out>/report.md and <out>/index.html.
+    /// Parent folder: each experiment writes into `<out>/<name>/`, the combined report into
+    /// `<out>/report.md` and `<out>/index.html`.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
     /// Tiny settings for every experiment: checks the whole pipeline in seconds (not results).

@@ -6,7 +6,7 @@ use batchnorm_nn::{count_correct, Sequential};
 
 use super::LabError;
 
-/// Test images per evaluation forward pass: a model evaluated with [`Accuracy`] needs at least
+/// Test images per evaluation forward pass: a model evaluated with `Accuracy` needs at least
 /// this capacity (or the test set's size, if smaller).
 pub const EVAL_CHUNK: usize = 1000;
 
