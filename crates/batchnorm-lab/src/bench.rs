@@ -240,9 +240,7 @@ impl Buffers {
             scratch: buffer(|_| 1.0)?,
         })
     }
-}
 
-impl Buffers {
     /// Warns (on stderr) when the kernel gave fewer huge pages than the buffers hold whole
     /// pages: it falls back to small pages silently when memory is fragmented.
     fn check_huge_pages(&self) {
