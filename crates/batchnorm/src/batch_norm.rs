@@ -10,8 +10,7 @@ use crate::forward::{normalize, normalize_channels, ChannelMap};
 use crate::layout::Shape;
 use crate::par::Par;
 use crate::plan::{
-    channel_cut, channel_groups, for_each_group, parts_len, reduce_per_channel, Cut, Disjoint,
-    Exec, WideMaps,
+    channel_cut, channel_groups, parts_len, two_passes_grouped, Cut, Disjoint, Exec, WideMaps,
 };
 use crate::running_stats;
 use crate::simd::Isa;
@@ -478,17 +477,19 @@ impl<T: Element> BatchNorm<T> {
             (Statistics::Batch, Cut::Channels(g)) => {
                 // Channel group by channel group, each on one thread: its normalising pass
                 // reads it from L2.
-                let parts = &mut ws.moment_parts;
-                parts.resize(parts_len(geo, g) * c.div_ceil(g), Moments::EMPTY);
                 let (y, seq) = (Disjoint::new(y), exec.sequential());
-                let outs = (&mut ws.moments[..], &mut ws.maps[..]);
-                for_each_group(exec, geo, g, outs, parts, |range, ms, maps, parts| {
-                    channel_moments(x, geo, range.clone(), seq, parts, ms);
-                    for ((ch, m), map) in range.clone().zip(&*ms).zip(&mut *maps) {
-                        *map = self.channel_map(ch, m.mean, m.variance());
-                    }
-                    normalize_channels(x, &y, geo, range, 0..geo.outer, seq, maps);
-                });
+                two_passes_grouped(
+                    exec,
+                    geo,
+                    g,
+                    &mut ws.moment_parts,
+                    &mut ws.moments,
+                    &mut ws.maps,
+                    moments_kernel(x, geo, exec.isa),
+                    Moments::merge,
+                    |ch, m| self.channel_map(ch, m.mean, m.variance()),
+                    |range, maps| normalize_channels(x, &y, geo, range, 0..geo.outer, seq, maps),
+                );
             }
             (Statistics::Batch, Cut::Shared(team)) => {
                 // Channel by channel, each shared by the threads: each normalises its share
@@ -595,20 +596,22 @@ impl<T: Element> BatchNorm<T> {
             Cut::Channels(g) => {
                 // Channel group by channel group, each on one thread: its dx pass reads it
                 // from L2.
-                let parts = &mut ws.sum_parts;
-                parts.resize(parts_len(geo, g) * c.div_ceil(g), GradSums::default());
                 ws.grad_maps.resize(c, GradMap::default());
                 let (dx, seq) = (Disjoint::new(dx), exec.sequential());
-                let kernel = grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]);
-                let outs = (&mut ws.sums[..], &mut ws.grad_maps[..]);
-                for_each_group(exec, geo, g, outs, parts, |range, sums, maps, parts| {
-                    let add = GradSums::add;
-                    reduce_per_channel(geo, range.clone(), seq, parts, sums, &kernel, add);
-                    for ((ch, &s), map) in range.clone().zip(&*sums).zip(&mut *maps) {
-                        *map = grad_map(ch, s);
-                    }
-                    input_grad_channels(x, dy, &dx, geo, range, 0..geo.outer, seq, maps);
-                });
+                two_passes_grouped(
+                    exec,
+                    geo,
+                    g,
+                    &mut ws.sum_parts,
+                    &mut ws.sums,
+                    &mut ws.grad_maps,
+                    grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
+                    GradSums::add,
+                    grad_map,
+                    |range, maps| {
+                        input_grad_channels(x, dy, &dx, geo, range, 0..geo.outer, seq, maps)
+                    },
+                );
             }
             Cut::Shared(team) => {
                 // Channel by channel, each shared by the threads: each writes dx for its share

@@ -492,8 +492,8 @@ pub(crate) enum Cut {
     /// Also channels-last input, whose every row holds every channel.
     Waves,
     /// Groups of this many neighbouring channels (one, for channels of at least
-    /// [`MIN_RESIDENT_BYTES`]), each on one thread ([`for_each_group`]): the second pass reads
-    /// the group from that core's L2.
+    /// [`MIN_RESIDENT_BYTES`]), each on one thread ([`two_passes_grouped`]): the second pass
+    /// reads the group from that core's L2.
     Channels(usize),
     /// Channel by channel, each shared by a team of this many threads
     /// ([`crate::team::two_passes_shared`]): the share each thread reduced stays in its L2.
@@ -614,35 +614,49 @@ pub(crate) fn piece_blocks(geo: Geometry, pieces: Range<usize>) -> Range<usize> 
     pieces.start * per..(pieces.end * per).min(geo.outer)
 }
 
-/// Calls `task(range, a, b, parts)` for every group of `g` neighbouring channels (the last may
-/// be smaller), in parallel when `exec.par`, with the group's entries of `a` and `b` (one per
-/// channel) and its own [`parts_len`] entries of `parts`.
-pub(crate) fn for_each_group<A: Send, B: Send, P: Send>(
+/// Runs the two passes of channels-first channels in groups of `g` neighbours (the last may be
+/// smaller), each group on one thread, in parallel when `exec.par` (see [`Cut::Channels`]):
+/// `kernel` fills the partial results of the group's units into its share of `parts` (resized
+/// here) and `merge` combines them into the group's entries of `out`, in piece order, as
+/// [`reduce_per_channel`] does; `to_map(ch, merged)` makes channel `ch`'s entry of `maps`, and
+/// `map(range, maps)` then writes the group's channels `range` on the same thread, from its L2.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn two_passes_grouped<P: Copy + Default + Send + Sync, M: Send>(
     exec: Exec,
     geo: Geometry,
     g: usize,
-    (a, b): (&mut [A], &mut [B]),
-    parts: &mut [P],
-    task: impl Fn(Range<usize>, &mut [A], &mut [B], &mut [P]) + Sync + Send,
+    parts: &mut Vec<P>,
+    out: &mut [P],
+    maps: &mut [M],
+    kernel: impl Fn(Span, &mut [P]) + Sync + Send,
+    merge: impl Fn(P, P) -> P + Sync,
+    to_map: impl Fn(usize, P) -> M + Sync,
+    map: impl Fn(Range<usize>, &[M]) + Sync,
 ) {
     let per = parts_len(geo, g);
-    let parts = &mut parts[..a.len().div_ceil(g) * per];
-    let run = |k: usize, ((a, b), p): ((&mut [A], &mut [B]), &mut [P])| {
-        task(k * g..k * g + a.len(), a, b, p)
+    parts.resize(per * out.len().div_ceil(g), P::default());
+    let seq = exec.sequential();
+    let group = |k: usize, ((out, maps), parts): ((&mut [P], &mut [M]), &mut [P])| {
+        let range = k * g..k * g + out.len();
+        reduce_per_channel(geo, range.clone(), seq, parts, out, &kernel, &merge);
+        for ((ch, &o), m) in range.clone().zip(&*out).zip(&mut *maps) {
+            *m = to_map(ch, o);
+        }
+        map(range, maps);
     };
     if exec.par {
         use rayon::prelude::*;
-        let groups = a.par_chunks_mut(g).zip(b.par_chunks_mut(g));
+        let groups = out.par_chunks_mut(g).zip(maps.par_chunks_mut(g));
         groups
             .zip(parts.par_chunks_mut(per))
             .enumerate()
-            .for_each(|(k, item)| run(k, item));
+            .for_each(|(k, item)| group(k, item));
     } else {
-        let groups = a.chunks_mut(g).zip(b.chunks_mut(g));
+        let groups = out.chunks_mut(g).zip(maps.chunks_mut(g));
         groups
             .zip(parts.chunks_mut(per))
             .enumerate()
-            .for_each(|(k, item)| run(k, item));
+            .for_each(|(k, item)| group(k, item));
     }
 }
 
@@ -664,7 +678,7 @@ pub(crate) fn map_channels<T: Element>(
             let start = (o * geo.channels + range.start) * geo.inner;
             let run = start..start + range.len() * geo.inner;
             // SAFETY: these runs of the channels in `range` belong to the one task that
-            // handles them (`for_each_group` gives each group to one task,
+            // handles them (`two_passes_grouped` gives each group to one task,
             // `two_passes_shared` each share), and this borrow ends here.
             let o = unsafe { out.slice(run.clone()) };
             kernel(run, o, w);
