@@ -4,9 +4,9 @@ use crate::backward::{
     grad_sums, grad_sums_kernel, input_grad, input_grad_channels, GradMap, GradSums,
 };
 use crate::config::{BatchNormConfig, Mode, Statistics};
-use crate::element::Element;
+use crate::element::{Element, Float};
 use crate::error::{BatchNormError, Result};
-use crate::forward::{normalize, normalize_channels, ChannelMap};
+use crate::forward::{normalize, normalize_channels, NormMap};
 use crate::layout::Shape;
 use crate::par::Par;
 use crate::plan::{
@@ -63,15 +63,15 @@ use crate::team::{two_passes_shared, Board};
 /// # Ok::<(), batchnorm::BatchNormError>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct BatchNorm<T> {
-    /// gamma, one per channel (init 1); empty when not affine.
-    pub weight: Vec<T>,
+pub struct BatchNorm<T: Element> {
+    /// gamma, one per channel (init 1); empty when not affine. `f32` for 16-bit tensors.
+    pub weight: Vec<T::Param>,
     /// beta, one per channel (init 0); empty when not affine.
-    pub bias: Vec<T>,
+    pub bias: Vec<T::Param>,
     /// Running mean (init 0); empty when not tracking.
-    pub running_mean: Vec<T>,
+    pub running_mean: Vec<T::Param>,
     /// Running UNBIASED variance (init 1); empty when not tracking.
-    pub running_var: Vec<T>,
+    pub running_var: Vec<T::Param>,
     /// Training batches seen while tracking.
     pub num_batches_tracked: u64,
     channels: usize,
@@ -84,7 +84,7 @@ pub struct BatchNorm<T> {
 }
 
 /// Equal parameters, buffers, configuration and execution settings (scratch space is ignored).
-impl<T: PartialEq> PartialEq for BatchNorm<T> {
+impl<T: Element> PartialEq for BatchNorm<T> {
     fn eq(&self, other: &Self) -> bool {
         self.weight == other.weight
             && self.bias == other.bias
@@ -100,12 +100,12 @@ impl<T: PartialEq> PartialEq for BatchNorm<T> {
 
 /// Per-channel scratch, kept between calls so that warm calls allocate nothing.
 #[derive(Debug, Clone)]
-struct Workspace<T> {
+struct Workspace<T: Element> {
     moments: Vec<Moments>,
     moment_parts: Vec<Moments>,
-    maps: Vec<ChannelMap<T>>,
+    maps: Vec<NormMap<T>>,
     /// `maps` repeated over one widened row (channels-last input).
-    wide_maps: WideMaps<T, ChannelMap<T>>,
+    wide_maps: WideMaps<T::Compute, NormMap<T>>,
     sums: Vec<GradSums>,
     sum_parts: Vec<GradSums>,
     grad_maps: Vec<GradMap>,
@@ -117,7 +117,7 @@ struct Workspace<T> {
     board: Board,
 }
 
-impl<T> Default for Workspace<T> {
+impl<T: Element> Default for Workspace<T> {
     fn default() -> Self {
         Self {
             moments: Vec::new(),
@@ -135,12 +135,12 @@ impl<T> Default for Workspace<T> {
 }
 
 /// What `forward` used, kept for `backward`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Saved<T> {
-    /// The per-channel mean used, rounded to `T`.
-    pub mean: Vec<T>,
-    /// The per-channel `1 / sqrt(var + eps)` used, rounded to `T`.
-    pub invstd: Vec<T>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved<T: Element> {
+    /// The per-channel mean used, rounded to `T::Param`.
+    pub mean: Vec<T::Param>,
+    /// The per-channel `1 / sqrt(var + eps)` used, rounded to `T::Param`.
+    pub invstd: Vec<T::Param>,
     /// The same two in `f64`, as normalisation used them: backward needs their exact values.
     mean64: Vec<f64>,
     invstd64: Vec<f64>,
@@ -148,7 +148,20 @@ pub struct Saved<T> {
     statistics: Option<Statistics>,
 }
 
-impl<T> Saved<T> {
+impl<T: Element> Default for Saved<T> {
+    fn default() -> Self {
+        Self {
+            mean: Vec::new(),
+            invstd: Vec::new(),
+            mean64: Vec::new(),
+            invstd64: Vec::new(),
+            shape: None,
+            statistics: None,
+        }
+    }
+}
+
+impl<T: Element> Saved<T> {
     /// The shape of the input these statistics were computed for (`None` before any forward).
     pub fn shape(&self) -> Option<&Shape> {
         self.shape.as_ref()
@@ -162,12 +175,21 @@ impl<T> Saved<T> {
 
 /// Parameter gradients: `weight = sum(dy * xhat)`, `bias = sum(dy)` per channel; both empty when
 /// the module is not affine.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Grads<T> {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grads<T: Element> {
     /// d loss / d weight.
-    pub weight: Vec<T>,
+    pub weight: Vec<T::Param>,
     /// d loss / d bias.
-    pub bias: Vec<T>,
+    pub bias: Vec<T::Param>,
+}
+
+impl<T: Element> Default for Grads<T> {
+    fn default() -> Self {
+        Self {
+            weight: Vec::new(),
+            bias: Vec::new(),
+        }
+    }
 }
 
 impl<T: Element> BatchNorm<T> {
@@ -181,12 +203,12 @@ impl<T: Element> BatchNorm<T> {
         if channels == 0 {
             return Err(BatchNormError::ZeroChannels);
         }
-        let filled = |on: bool, v: T| if on { vec![v; channels] } else { Vec::new() };
+        let filled = |on: bool, v: T::Param| if on { vec![v; channels] } else { Vec::new() };
         Ok(Self {
-            weight: filled(config.affine, T::ONE),
-            bias: filled(config.affine, T::ZERO),
-            running_mean: filled(config.track_running_stats, T::ZERO),
-            running_var: filled(config.track_running_stats, T::ONE),
+            weight: filled(config.affine, Float::ONE),
+            bias: filled(config.affine, Float::ZERO),
+            running_mean: filled(config.track_running_stats, Float::ZERO),
+            running_var: filled(config.track_running_stats, Float::ONE),
             num_batches_tracked: 0,
             channels,
             config,
@@ -238,8 +260,8 @@ impl<T: Element> BatchNorm<T> {
 
     /// Sets the running statistics back to mean 0, variance 1, no batches tracked.
     pub fn reset_running_stats(&mut self) {
-        self.running_mean.fill(T::ZERO);
-        self.running_var.fill(T::ONE);
+        self.running_mean.fill(Float::ZERO);
+        self.running_var.fill(Float::ONE);
         self.num_batches_tracked = 0;
     }
 
@@ -380,8 +402,8 @@ impl<T: Element> BatchNorm<T> {
 
     /// The normalising map of channel `ch` for `mean` and biased variance `var`, with this
     /// module's weight and bias.
-    fn channel_map(&self, ch: usize, mean: f64, var: f64) -> ChannelMap<T> {
-        ChannelMap::new(mean, self.invstd(var), self.gamma(ch), self.beta(ch))
+    fn channel_map(&self, ch: usize, mean: f64, var: f64) -> NormMap<T> {
+        NormMap::<T>::new(mean, self.invstd(var), self.gamma(ch), self.beta(ch))
     }
 
     /// The running mean and variance of channel `ch`, in `f64`.
@@ -470,7 +492,7 @@ impl<T: Element> BatchNorm<T> {
         let elem = std::mem::size_of::<T>();
         saved.mean64.resize(c, 0.0);
         saved.invstd64.resize(c, 0.0);
-        ws.maps.resize(c, ChannelMap::default());
+        ws.maps.resize(c, NormMap::<T>::default());
         ws.moments.resize(c, Moments::EMPTY);
         let cut = channel_cut(geo, elem, 1, exec);
         match (statistics, cut) {
@@ -541,10 +563,10 @@ impl<T: Element> BatchNorm<T> {
         }
         saved
             .mean
-            .extend(saved.mean64.iter().map(|&v| T::from_f64(v)));
+            .extend(saved.mean64.iter().map(|&v| T::Param::from_f64(v)));
         saved
             .invstd
-            .extend(saved.invstd64.iter().map(|&v| T::from_f64(v)));
+            .extend(saved.invstd64.iter().map(|&v| T::Param::from_f64(v)));
         saved.shape = Some(*shape);
         saved.statistics = Some(statistics);
         Ok(())
@@ -654,14 +676,16 @@ impl<T: Element> BatchNorm<T> {
             let sums = ws.sums.iter().zip(&saved.invstd64);
             grads
                 .weight
-                .extend(sums.map(|(s, &invstd)| T::from_f64(s.dy_xmu * invstd)));
-            grads.bias.extend(ws.sums.iter().map(|s| T::from_f64(s.dy)));
+                .extend(sums.map(|(s, &invstd)| T::Param::from_f64(s.dy_xmu * invstd)));
+            grads
+                .bias
+                .extend(ws.sums.iter().map(|s| T::Param::from_f64(s.dy)));
         }
         Ok(())
     }
 }
 
-impl<T> Saved<T> {
+impl<T: Element> Saved<T> {
     /// Empties every buffer, keeping their allocations.
     fn clear(&mut self) {
         self.mean.clear();
@@ -691,7 +715,14 @@ mod tests {
     use crate::Layout;
 
     /// y and running statistics of a training forward, and dx, dweight, dbias of its backward.
-    type Outputs<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
+    type Outputs<T> = (
+        Vec<T>,
+        Vec<<T as Element>::Param>,
+        Vec<<T as Element>::Param>,
+        Vec<T>,
+        Vec<<T as Element>::Param>,
+        Vec<<T as Element>::Param>,
+    );
 
     fn train_step<T: Element>(dims: &[usize], par: Par, isa: Isa, l2: usize) -> Outputs<T> {
         let shape = Shape::new(dims, Layout::ChannelsFirst).unwrap();
@@ -704,12 +735,12 @@ mod tests {
             .collect();
         let mut bn = BatchNorm::<T>::new(shape.channels(), BatchNormConfig::default()).unwrap();
         bn.weight = (0..shape.channels())
-            .map(|c| T::from_f64(0.5 + c as f64))
+            .map(|c| T::Param::from_f64(0.5 + c as f64))
             .collect();
         bn.set_par(par);
         bn.set_isa(isa).unwrap();
         bn.l2_budget = Some(l2);
-        let (mut y, mut dx) = (vec![T::ZERO; n], vec![T::ZERO; n]);
+        let (mut y, mut dx) = (vec![T::default(); n], vec![T::default(); n]);
         let saved = bn.forward(&x, &shape, Mode::Train, &mut y).unwrap();
         let grads = bn.backward(&x, &dy, &shape, &saved, &mut dx).unwrap();
         let running = (bn.running_mean.clone(), bn.running_var.clone());
@@ -719,7 +750,9 @@ mod tests {
     fn channel_by_channel_is_bitwise_blocked<T: Element>() {
         // Channels of at least MIN_RESIDENT_BYTES: long runs (inner > RUN_CHUNK) and short
         // runs gathered into pieces.
-        let shapes: [&[usize]; 2] = [&[4, 3, 128, 130], &[40, 2, 40, 41]];
+        // Runs twice as long for 16-bit elements, to keep the runs and channels as many bytes.
+        let k = 4 / std::mem::size_of::<T>().min(4);
+        let shapes: [&[usize]; 2] = [&[4, 3, 128, 130 * k], &[40, 2, 40, 41 * k]];
         for dims in shapes {
             let per_channel = dims[0] * dims[2] * dims[3] * std::mem::size_of::<T>();
             assert!(per_channel >= crate::tuning::MIN_RESIDENT_BYTES, "{dims:?}");
@@ -761,6 +794,7 @@ mod tests {
     fn channel_by_channel_gives_the_bits_of_channel_groups() {
         channel_by_channel_is_bitwise_blocked::<f32>();
         channel_by_channel_is_bitwise_blocked::<f64>();
+        channel_by_channel_is_bitwise_blocked::<crate::bf16>();
     }
 
     fn small_channel_groups_are_bitwise_blocked<T: Element>() {
@@ -802,6 +836,7 @@ mod tests {
     fn small_channel_groups_give_the_bits_of_channel_groups() {
         small_channel_groups_are_bitwise_blocked::<f32>();
         small_channel_groups_are_bitwise_blocked::<f64>();
+        small_channel_groups_are_bitwise_blocked::<crate::f16>();
     }
 
     #[test]

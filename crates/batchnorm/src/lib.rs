@@ -53,7 +53,7 @@ mod tuning;
 
 pub use batch_norm::{BatchNorm, Grads, Saved};
 pub use config::{BatchNormConfig, Mode, Statistics};
-pub use element::Element;
+pub use element::{bf16, f16, Element, Float};
 pub use error::{BatchNormError, Result};
 pub use layout::{Geometry, Layout, Shape, MAX_RANK};
 pub use par::Par;

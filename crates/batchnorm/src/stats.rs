@@ -81,7 +81,9 @@ impl Moments {
     #[inline(always)]
     fn from_shifted(count: u64, shift: f64, dev: f64, sq: f64) -> Self {
         let n = count as f64;
-        let m2 = (sq - dev * dev / n).max(0.0);
+        // Rounding can take M2 of a (nearly) constant piece a hair below 0; NaN stays NaN.
+        let m2 = sq - dev * dev / n;
+        let m2 = if m2 < 0.0 { 0.0 } else { m2 };
         Self {
             count,
             mean: shift + dev / n,

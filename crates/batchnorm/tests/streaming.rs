@@ -1,7 +1,7 @@
 //! Outputs written through non-temporal stores (forced here for every size) are bitwise the
 //! ones written normally: the baseline path, which never streams, is the reference.
 
-use batchnorm::{BatchNorm, BatchNormConfig, Element, Isa, Layout, Mode, Par, Shape};
+use batchnorm::{bf16, f16, BatchNorm, BatchNormConfig, Element, Isa, Layout, Mode, Par, Shape};
 
 type Outputs<T> = (Vec<T>, Vec<T>, Vec<T>);
 
@@ -16,7 +16,11 @@ fn run<T: Element>(shape: &Shape, isa: Isa, par: Par) -> Outputs<T> {
     let mut bn = BatchNorm::<T>::new(shape.channels(), BatchNormConfig::default()).unwrap();
     bn.set_isa(isa).unwrap();
     bn.set_par(par);
-    let (mut y, mut dx, mut y_eval) = (vec![T::ZERO; n], vec![T::ZERO; n], vec![T::ZERO; n]);
+    let (mut y, mut dx, mut y_eval) = (
+        vec![T::default(); n],
+        vec![T::default(); n],
+        vec![T::default(); n],
+    );
     let saved = bn.forward(&x, shape, Mode::Train, &mut y).unwrap();
     bn.backward(&x, &dy, shape, &saved, &mut dx).unwrap();
     bn.forward(&x, shape, Mode::Eval, &mut y_eval).unwrap();
@@ -35,14 +39,20 @@ fn streamed_outputs_are_the_normal_ones() {
     ];
     for (dims, layout) in shapes {
         let shape = Shape::new(dims, layout).unwrap();
-        let reference = run::<f32>(&shape, Isa::Baseline, Par::Seq);
-        let reference64 = run::<f64>(&shape, Isa::Baseline, Par::Seq);
-        for isa in Isa::available() {
-            for par in [Par::Seq, Par::Rayon] {
-                let what = format!("{dims:?} {layout:?} {isa:?} {par:?}");
-                assert!(run::<f32>(&shape, isa, par) == reference, "f32 {what}");
-                assert!(run::<f64>(&shape, isa, par) == reference64, "f64 {what}");
-            }
+        same_on_every_path::<f32>(&shape);
+        same_on_every_path::<f64>(&shape);
+        // 16-bit steps are one 16-byte store each.
+        same_on_every_path::<bf16>(&shape);
+        same_on_every_path::<f16>(&shape);
+    }
+}
+
+fn same_on_every_path<T: Element>(shape: &Shape) {
+    let reference = run::<T>(shape, Isa::Baseline, Par::Seq);
+    for isa in Isa::available() {
+        for par in [Par::Seq, Par::Rayon] {
+            let what = format!("{} {shape:?} {isa:?} {par:?}", T::NAME);
+            assert!(run::<T>(shape, isa, par) == reference, "{what}");
         }
     }
 }
