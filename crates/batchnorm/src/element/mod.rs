@@ -122,14 +122,16 @@ macro_rules! half_float {
                 <$t>::from_bits($narrow(rounding::f64_to_f32_odd(v)))
             }
 
+            // (`bf16` and `f16` have inherent `to_f64` and `from_f64`, which would take
+            // precedence over these; the latter rounds values near a midpoint wrongly.)
             #[inline(always)]
             fn to_compute(self) -> f64 {
-                self.to_f64()
+                <Self as Element>::to_f64(self)
             }
 
             #[inline(always)]
             fn from_compute(v: f64) -> Self {
-                Self::from_f64(v)
+                <Self as Element>::from_f64(v)
             }
         }
     };
