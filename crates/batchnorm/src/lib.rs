@@ -46,6 +46,7 @@ mod plan;
 mod running_stats;
 mod scratch;
 mod simd;
+pub mod stages;
 mod stats;
 mod stream;
 mod team;

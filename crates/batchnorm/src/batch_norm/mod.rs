@@ -14,6 +14,7 @@ use crate::plan::{
 };
 use crate::running_stats;
 use crate::simd::Isa;
+use crate::stages::{self, check_len, InputGrad, Kernels, Normalization};
 use crate::stats::{channel_moments, moments_kernel, Moments};
 use crate::team::{two_passes_shared, Board};
 
@@ -76,8 +77,7 @@ pub struct BatchNorm<T: Element> {
     pub num_batches_tracked: u64,
     channels: usize,
     config: BatchNormConfig,
-    par: Par,
-    isa: Isa,
+    kernels: Kernels,
     /// Overrides the L2 budget detected for the machine (tests force both blockings with it).
     l2_budget: Option<usize>,
     workspace: Workspace<T>,
@@ -93,8 +93,7 @@ impl<T: Element> PartialEq for BatchNorm<T> {
             && self.num_batches_tracked == other.num_batches_tracked
             && self.channels == other.channels
             && self.config == other.config
-            && self.par == other.par
-            && self.isa == other.isa
+            && self.kernels == other.kernels
     }
 }
 
@@ -212,8 +211,7 @@ impl<T: Element> BatchNorm<T> {
             num_batches_tracked: 0,
             channels,
             config,
-            par: Par::Seq,
-            isa: Isa::detect(),
+            kernels: Kernels::default(),
             l2_budget: None,
             workspace: Workspace::default(),
         })
@@ -231,12 +229,12 @@ impl<T: Element> BatchNorm<T> {
 
     /// Whether calls may use rayon's threads (results do not depend on it).
     pub fn set_par(&mut self, par: Par) {
-        self.par = par;
+        self.kernels = self.kernels.with_par(par);
     }
 
     /// The threading choice.
     pub fn par(&self) -> Par {
-        self.par
+        self.kernels.par()
     }
 
     /// Chooses the kernel path (results do not depend on it).
@@ -244,18 +242,13 @@ impl<T: Element> BatchNorm<T> {
     /// # Errors
     /// [`BatchNormError::UnsupportedIsa`] if this CPU cannot run it.
     pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
-        if !isa.is_supported() {
-            return Err(BatchNormError::UnsupportedIsa {
-                isa: format!("{isa:?}"),
-            });
-        }
-        self.isa = isa;
+        self.kernels = self.kernels.with_isa(isa)?;
         Ok(())
     }
 
     /// The kernel path.
     pub fn isa(&self) -> Isa {
-        self.isa
+        self.kernels.isa()
     }
 
     /// Sets the running statistics back to mean 0, variance 1, no batches tracked.
@@ -304,8 +297,7 @@ impl<T: Element> BatchNorm<T> {
         let result = self.forward_impl(x, shape, mode, y, saved, &mut ws);
         if result.is_ok() && mode == Mode::Train && self.config.track_running_stats {
             self.num_batches_tracked += 1;
-            let factor =
-                running_stats::update_factor(self.config.momentum, self.num_batches_tracked);
+            let factor = stages::update_factor(self.config.momentum, self.num_batches_tracked);
             running_stats::update(
                 &mut self.running_mean,
                 &mut self.running_var,
@@ -388,22 +380,23 @@ impl<T: Element> BatchNorm<T> {
 
     /// The execution choices for a call over `shape`.
     fn exec(&self, shape: &Shape) -> Exec {
-        let mut exec = Exec::new(self.isa, self.par, shape.len(), std::mem::size_of::<T>());
+        let mut exec = self.kernels.exec::<T>(shape);
         if let Some(budget) = self.l2_budget {
             exec.l2_budget = budget;
         }
         exec
     }
 
-    /// `1 / sqrt(var + eps)`.
-    fn invstd(&self, var: f64) -> f64 {
-        1.0 / (var + self.config.eps).sqrt()
+    /// The normalisation of channel `ch` by `mean` and biased variance `var`, with this
+    /// module's weight and bias.
+    fn normalization(&self, ch: usize, mean: f64, var: f64) -> Normalization {
+        let (eps, gamma, beta) = (self.config.eps, self.gamma(ch), self.beta(ch));
+        Normalization::from_mean_var(mean, var, eps, gamma, beta)
     }
 
-    /// The normalising map of channel `ch` for `mean` and biased variance `var`, with this
-    /// module's weight and bias.
+    /// Its map for `T` tensors.
     fn channel_map(&self, ch: usize, mean: f64, var: f64) -> NormMap<T> {
-        NormMap::<T>::new(mean, self.invstd(var), self.gamma(ch), self.beta(ch))
+        self.normalization(ch, mean, var).map::<T>()
     }
 
     /// The running mean and variance of channel `ch`, in `f64`.
@@ -559,7 +552,7 @@ impl<T: Element> BatchNorm<T> {
                 Statistics::Running => self.running(ch),
             };
             saved.mean64[ch] = mean;
-            saved.invstd64[ch] = self.invstd(var);
+            saved.invstd64[ch] = self.normalization(ch, mean, var).invstd;
         }
         saved
             .mean
@@ -603,15 +596,19 @@ impl<T: Element> BatchNorm<T> {
         let geo = shape.geometry();
         let exec = self.exec(shape);
         let elem = std::mem::size_of::<T>();
-        let m = shape.per_channel() as f64;
+        let count = shape.per_channel() as u64;
         let grad_map = |ch: usize, sums: GradSums| {
-            let (mean, invstd) = (saved.mean64[ch], saved.invstd64[ch]);
-            let (a, b) = match statistics {
-                Statistics::Batch => (sums.dy / m, sums.dy_xmu * invstd * invstd / m),
-                Statistics::Running => (0.0, 0.0),
+            let norm = Normalization {
+                mean: saved.mean64[ch],
+                invstd: saved.invstd64[ch],
+                weight: self.gamma(ch),
+                bias: self.beta(ch),
             };
-            let k = self.gamma(ch) * invstd;
-            GradMap::new(mean, k, a, b)
+            let grad = match statistics {
+                Statistics::Batch => InputGrad::batch(&norm, sums, count),
+                Statistics::Running => InputGrad::frozen(&norm),
+            };
+            grad.0
         };
         ws.sums.resize(c, GradSums::default());
         match channel_cut(geo, elem, 2, exec) {
@@ -628,7 +625,7 @@ impl<T: Element> BatchNorm<T> {
                     &mut ws.sums,
                     &mut ws.grad_maps,
                     grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
-                    GradSums::add,
+                    std::ops::Add::add,
                     grad_map,
                     |range, maps| {
                         input_grad_channels(x, dy, &dx, geo, range, 0..geo.outer, seq, maps)
@@ -646,7 +643,7 @@ impl<T: Element> BatchNorm<T> {
                     &mut ws.board,
                     &mut ws.sums,
                     grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
-                    GradSums::add,
+                    std::ops::Add::add,
                     |ch, blocks, sums| {
                         let map = [grad_map(ch, sums)];
                         input_grad_channels(x, dy, &dx, geo, ch..ch + 1, blocks, seq, &map);
@@ -694,18 +691,6 @@ impl<T: Element> Saved<T> {
         self.invstd64.clear();
         self.shape = None;
         self.statistics = None;
-    }
-}
-
-fn check_len(buffer: &'static str, got: usize, expected: usize) -> Result<()> {
-    if got == expected {
-        Ok(())
-    } else {
-        Err(BatchNormError::LengthMismatch {
-            buffer,
-            expected,
-            got,
-        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Every cut of a training step gives the bits of channel groups; non-finite input as PyTorch.
 
 use super::*;
+use crate::stages::GradSums;
 use crate::Layout;
 
 /// y and running statistics of a training forward, and dx, dweight, dbias of its backward.
@@ -36,6 +37,47 @@ fn train_step<T: Element>(dims: &[usize], par: Par, isa: Isa, l2: usize) -> Outp
     (y, running.0, running.1, dx, grads.weight, grads.bias)
 }
 
+/// [`train_step`] composed from the public stages, on this thread with the baseline kernels.
+fn stage_step<T: Element>(dims: &[usize]) -> Outputs<T> {
+    use crate::stages::{update_factor, update_running_stats};
+    let shape = Shape::new(dims, Layout::ChannelsFirst).unwrap();
+    let (n, c) = (shape.len(), shape.channels());
+    let x: Vec<T> = (0..n)
+        .map(|i| T::from_f64(((i * 7919) % 1013) as f64 * 0.37 - 100.0))
+        .collect();
+    let dy: Vec<T> = (0..n)
+        .map(|i| T::from_f64(((i * 31) % 97) as f64 * 0.01 - 0.5))
+        .collect();
+    let k = Kernels::new(Par::Seq).with_isa(Isa::Baseline).unwrap();
+    let mut moments = vec![Moments::EMPTY; c];
+    k.moments(&x, &shape, &mut moments).unwrap();
+    let gamma = |ch: usize| T::Param::from_f64(0.5 + ch as f64).to_f64();
+    let norms: Vec<Normalization> = (0..c)
+        .map(|ch| Normalization::from_moments(&moments[ch], 1e-5, gamma(ch), 0.0))
+        .collect();
+    let mut y = vec![T::default(); n];
+    k.normalize(&x, &shape, &norms, &mut y).unwrap();
+    let (mut rm, mut rv) = (vec![T::Param::ZERO; c], vec![T::Param::ONE; c]);
+    update_running_stats(&mut rm, &mut rv, &moments, update_factor(Some(0.1), 1)).unwrap();
+    let mut sums = vec![GradSums::default(); c];
+    let mean: Vec<f64> = norms.iter().map(|g| g.mean).collect();
+    k.grad_sums(&x, &dy, &shape, &mean, &mut sums).unwrap();
+    let count = shape.per_channel() as u64;
+    let grads: Vec<InputGrad> = (0..c)
+        .map(|ch| InputGrad::batch(&norms[ch], sums[ch], count))
+        .collect();
+    let mut dx = vec![T::default(); n];
+    k.input_grad(&x, &dy, &shape, &grads, &mut dx).unwrap();
+    let weight = (0..c)
+        .map(|ch| T::Param::from_f64(sums[ch].weight_grad(norms[ch].invstd)))
+        .collect();
+    let bias = sums
+        .iter()
+        .map(|s| T::Param::from_f64(s.bias_grad()))
+        .collect();
+    (y, rm, rv, dx, weight, bias)
+}
+
 fn channel_by_channel_is_bitwise_blocked<T: Element>() {
     // Channels of at least MIN_RESIDENT_BYTES: long runs (inner > RUN_CHUNK) and short
     // runs gathered into pieces.
@@ -46,6 +88,7 @@ fn channel_by_channel_is_bitwise_blocked<T: Element>() {
         let per_channel = dims[0] * dims[2] * dims[3] * std::mem::size_of::<T>();
         assert!(per_channel >= crate::tuning::MIN_RESIDENT_BYTES, "{dims:?}");
         let blocked = train_step::<T>(dims, Par::Seq, Isa::Baseline, 0);
+        assert!(stage_step::<T>(dims) == blocked, "{dims:?}: stages");
         for isa in Isa::available() {
             for par in [Par::Seq, Par::Rayon] {
                 let resident = train_step::<T>(dims, par, isa, usize::MAX);
@@ -113,6 +156,7 @@ fn small_channel_groups_are_bitwise_blocked<T: Element>() {
         assert_eq!(80usize.div_ceil(g), 80usize.div_ceil(most));
     }
     let blocked = train_step::<T>(dims, Par::Seq, Isa::Baseline, 0);
+    assert!(stage_step::<T>(dims) == blocked, "stages");
     for isa in Isa::available() {
         for par in [Par::Seq, Par::Rayon] {
             let grouped = train_step::<T>(dims, par, isa, budget);
