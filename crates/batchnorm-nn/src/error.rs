@@ -95,6 +95,14 @@ pub enum NnError {
     /// A state dict does not fit the model it is loaded into.
     #[error(transparent)]
     StateDict(#[from] crate::state_dict::StateDictError),
+    /// A data file is in neither of its accepted forms (`NAME.gz`, `NAME`).
+    #[error("{}: neither {name}.gz nor {name} is there", dir.display())]
+    MissingData {
+        /// The folder searched.
+        dir: PathBuf,
+        /// The file's uncompressed name.
+        name: String,
+    },
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {

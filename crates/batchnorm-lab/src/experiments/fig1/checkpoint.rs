@@ -18,6 +18,14 @@
 //! Saving writes the weights under a new name, then replaces `<net>.json`, each with
 //! [`write_atomic`]; only then are the older weights removed. A process killed at any moment
 //! leaves a `<net>.json` naming complete weights: the previous checkpoint or the new one.
+//!
+//! Every checkpointed run saves both networks at step 0, before training, so a folder holds
+//! both networks' checkpoints and a missing one is an error, not a silent restart.
+//!
+//! For the crash tests, `BNLAB_FAULT_INJECT=<net>:<step>:<point>` aborts the process (as a
+//! SIGKILL would: no destructor, no flush) while saving that checkpoint, at `tmp` (half the
+//! weights written to their temporary file), `weights` (weights committed, JSON not yet) or
+//! `json` (JSON committed, older weights not yet removed).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,11 +38,11 @@ use super::network::Variant;
 use super::train::EvalRecord;
 use super::{Config, LabError};
 use crate::atomic_write::{sync_dir, temp_path, write_atomic};
-use crate::experiments::sampler::SamplerState;
+use crate::experiments::sampler::{order_seed, Sampler, SamplerState};
 use crate::experiments::trainer::Trainer;
 
 /// The `format` field of every checkpoint JSON this version writes and reads.
-pub const FORMAT: &str = "bnlab-fig1-checkpoint/1";
+pub const FORMAT: &str = "bnlab-fig1-checkpoint/2";
 
 /// What can go wrong saving or resuming a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +91,32 @@ pub enum CheckpointError {
         /// The folder given to `--resume`.
         dir: PathBuf,
     },
+    /// The folder holds one network's checkpoint but not the other's (every checkpointed run
+    /// saves both at step 0, before training).
+    #[error(
+        "{}: holds {present}.json but not {absent}.json, so the run cannot continue \
+         bitwise; remove the folder to start afresh",
+        dir.display()
+    )]
+    Incomplete {
+        /// The folder given to `--resume`.
+        dir: PathBuf,
+        /// The network whose checkpoint is there.
+        present: &'static str,
+        /// The network whose checkpoint is missing.
+        absent: &'static str,
+    },
+    /// A new run would replace the checkpoint of an earlier run.
+    #[error(
+        "{} already holds a checkpoint: continue that run with --resume {}, or give \
+         another --out for a new one",
+        dir.display(),
+        dir.display()
+    )]
+    Exists {
+        /// The checkpoint folder.
+        dir: PathBuf,
+    },
 }
 
 impl From<CheckpointError> for LabError {
@@ -108,6 +142,45 @@ pub(super) struct NetState {
     pub train_seconds: f64,
     /// Seconds spent evaluating, over every session of the run.
     pub eval_seconds: f64,
+    /// Wall-clock seconds of the run (data loading included) at the end of this step, over
+    /// every session.
+    pub wall_seconds: f64,
+}
+
+impl NetState {
+    /// The state before the first step and the first evaluation, `wall_seconds` into the run.
+    pub fn start(wall_seconds: f64) -> Self {
+        NetState {
+            step: 0,
+            evals: Vec::new(),
+            loss_sum: 0.0,
+            correct: 0,
+            since: 0,
+            train_seconds: 0.0,
+            eval_seconds: 0.0,
+            wall_seconds,
+        }
+    }
+}
+
+/// Saves both networks' step-0 checkpoints for a new checkpointed run, one after the other,
+/// before either trains: from then on the folder always holds both (with one thread the
+/// second network would otherwise save its first checkpoint only after the first finished).
+///
+/// # Errors
+/// As [`save`].
+pub(super) fn save_start(
+    cfg: &Config,
+    nets: [(Variant, &mut Sequential<f32>); 2],
+    train_len: usize,
+    wall_seconds: f64,
+) -> Result<(), CheckpointError> {
+    let sampler = Sampler::new(order_seed(cfg.seed), train_len, cfg.batch_size).state();
+    let state = NetState::start(wall_seconds);
+    for (variant, model) in nets {
+        save(&dir(cfg), variant, cfg, model, &state, &sampler)?;
+    }
+    Ok(())
 }
 
 /// A network's checkpoint as read back: its state, batch order and weights.
@@ -148,6 +221,51 @@ impl Resumed {
                 why: format!("sampler: {why}"),
             })?;
         Ok(self.state)
+    }
+}
+
+/// Refuses to start a new checkpointed run (`--checkpoint-every` without `--resume`) into a
+/// folder that already holds a checkpoint, which the run would replace.
+///
+/// # Errors
+/// [`CheckpointError::Exists`] naming the folder and how to resume.
+pub fn check_fresh(cfg: &Config) -> Result<(), CheckpointError> {
+    let dir = dir(cfg);
+    if cfg.checkpoint_every.is_some()
+        && cfg.resume.is_none()
+        && [Variant::BatchNorm, Variant::Plain]
+            .iter()
+            .any(|&v| json_path(&dir, v).exists())
+    {
+        return Err(CheckpointError::Exists { dir });
+    }
+    Ok(())
+}
+
+/// Both networks' checkpoints in `dir`, for `--resume`.
+///
+/// # Errors
+/// [`CheckpointError::Missing`] if there are none, `Incomplete` if one network's is missing,
+/// and any error of [`load`].
+pub(super) fn load_both(
+    dir: &Path,
+    cfg: &Config,
+    train_len: usize,
+) -> Result<(Resumed, Resumed), CheckpointError> {
+    let bn = load(dir, Variant::BatchNorm, cfg, train_len)?;
+    let plain = load(dir, Variant::Plain, cfg, train_len)?;
+    let incomplete = |present: Variant, absent: Variant| CheckpointError::Incomplete {
+        dir: dir.to_path_buf(),
+        present: present.key(),
+        absent: absent.key(),
+    };
+    match (bn, plain) {
+        (Some(bn), Some(plain)) => Ok((bn, plain)),
+        (Some(_), None) => Err(incomplete(Variant::BatchNorm, Variant::Plain)),
+        (None, Some(_)) => Err(incomplete(Variant::Plain, Variant::BatchNorm)),
+        (None, None) => Err(CheckpointError::Missing {
+            dir: dir.to_path_buf(),
+        }),
     }
 }
 
@@ -196,12 +314,30 @@ pub(super) fn save(
             source: Box::new(source),
         }
     })?;
+    let fault = |point: &str| fault_point(variant, state.step, point);
+    if fault("tmp") {
+        let _ = std::fs::write(temp_path(&weights_path), &bytes[..bytes.len() / 2]);
+        std::process::abort();
+    }
     write_atomic(&weights_path, &bytes).map_err(io(&weights_path))?;
+    if fault("weights") {
+        std::process::abort();
+    }
     let doc = to_json(variant, cfg, state, sampler, &name, &bytes);
     let text = serde_json::to_string(&doc).unwrap_or_default() + "\n";
     let json = json_path(dir, variant);
     write_atomic(&json, text.as_bytes()).map_err(io(&json))?;
+    if fault("json") {
+        std::process::abort();
+    }
     remove_stale(dir, variant, &name).map_err(io(dir))
+}
+
+/// Whether `BNLAB_FAULT_INJECT` asks for a crash at `point` of this checkpoint (see the
+/// module's documentation).
+fn fault_point(variant: Variant, step: usize, point: &str) -> bool {
+    std::env::var("BNLAB_FAULT_INJECT")
+        .is_ok_and(|v| v == format!("{}:{step}:{point}", variant.key()))
 }
 
 /// The network's weights as safetensors bytes: its state dict, with `format: pt` (as
@@ -248,13 +384,12 @@ fn remove_stale(dir: &Path, variant: Variant, keep: &str) -> std::io::Result<()>
     Ok(())
 }
 
-/// Reads `variant`'s checkpoint from `dir`: `None` if it has none yet (the run was killed
-/// before its first checkpoint: that network starts afresh).
+/// Reads `variant`'s checkpoint from `dir`: `None` if it has none.
 ///
 /// # Errors
 /// [`CheckpointError::ConfigMismatch`] if it was made with other settings; `Malformed`, `Io`
 /// or `Weights` if it cannot be used.
-pub(super) fn load(
+fn load(
     dir: &Path,
     variant: Variant,
     cfg: &Config,
@@ -399,6 +534,7 @@ fn to_json(
         },
         "train_seconds": float(s.train_seconds),
         "eval_seconds": float(s.eval_seconds),
+        "wall_seconds": float(s.wall_seconds),
         "evals": evals,
     })
 }
@@ -441,8 +577,8 @@ fn config_diffs(saved: &Reader<'_>, cfg: &Config, train_len: usize) -> Result<Ve
 /// The state and batch order, checked for consistency with each other and with `cfg`.
 fn read_state(r: &Reader<'_>, cfg: &Config) -> Result<(NetState, SamplerState), String> {
     let step = r.usize("step")?;
-    if step == 0 || step > cfg.steps {
-        return Err(format!("step {step} is outside 1..={}", cfg.steps));
+    if step > cfg.steps {
+        return Err(format!("step {step} is outside 0..={}", cfg.steps));
     }
     let s = Reader(r.get("sampler")?);
     let words: Vec<u64> = s
@@ -489,12 +625,18 @@ fn read_state(r: &Reader<'_>, cfg: &Config) -> Result<(NetState, SamplerState), 
         since: w.usize("since")?,
         train_seconds: r.float("train_seconds")?,
         eval_seconds: r.float("eval_seconds")?,
+        wall_seconds: r.float("wall_seconds")?,
         evals,
     };
-    // The evaluations are those an uninterrupted run makes up to `step`, and the window counts
-    // the steps after the last one.
+    // The evaluations are those an uninterrupted run makes up to `step` (none in the
+    // checkpoint saved at step 0, before the first evaluation), and the window counts the steps
+    // after the last one.
     let due = |k: usize| k.is_multiple_of(cfg.eval_every) || k == cfg.steps;
-    let want: Vec<usize> = (0..=step).filter(|&k| k == 0 || due(k)).collect();
+    let want: Vec<usize> = if step == 0 {
+        Vec::new()
+    } else {
+        (0..=step).filter(|&k| k == 0 || due(k)).collect()
+    };
     let got: Vec<usize> = state.evals.iter().map(|e| e.step).collect();
     if got != want {
         return Err(format!("evaluations at steps {got:?}, expected {want:?}"));
