@@ -1,5 +1,7 @@
 //! Outputs written through non-temporal stores (forced here for every size) are bitwise the
-//! ones written normally: the baseline path, which never streams, is the reference.
+//! ones written normally: the baseline path, which never streams, is the reference for every
+//! path that streams (AVX2); on a machine without one there is nothing to compare, and the
+//! test says so.
 
 use batchnorm::{BatchNorm, BatchNormConfig, Element, Isa, Layout, Mode, Par, Shape};
 
@@ -25,6 +27,15 @@ fn run<T: Element>(shape: &Shape, isa: Isa, par: Par) -> Outputs<T> {
 
 #[test]
 fn streamed_outputs_are_the_normal_ones() {
+    // Only the SIMD paths stream; comparing the baseline with itself would check nothing.
+    let streaming: Vec<Isa> = Isa::available()
+        .into_iter()
+        .filter(|&isa| isa != Isa::Baseline)
+        .collect();
+    if streaming.is_empty() {
+        eprintln!("no path that streams on this machine (no AVX2): nothing compared");
+        return;
+    }
     // Read once, before any kernel runs: every output in this process is streamed.
     std::env::set_var("BATCHNORM_STREAM_MIN_BYTES", "0");
     let shapes: [(&[usize], Layout); 4] = [
@@ -37,7 +48,7 @@ fn streamed_outputs_are_the_normal_ones() {
         let shape = Shape::new(dims, layout).unwrap();
         let reference = run::<f32>(&shape, Isa::Baseline, Par::Seq);
         let reference64 = run::<f64>(&shape, Isa::Baseline, Par::Seq);
-        for isa in Isa::available() {
+        for &isa in &streaming {
             for par in [Par::Seq, Par::Rayon] {
                 let what = format!("{dims:?} {layout:?} {isa:?} {par:?}");
                 assert!(run::<f32>(&shape, isa, par) == reference, "f32 {what}");
