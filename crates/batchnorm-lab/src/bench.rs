@@ -185,9 +185,14 @@ pub fn layout_name(layout: Layout) -> &'static str {
 /// Runs every measurement, calling `report` after each row (for progress output).
 ///
 /// # Errors
-/// A shape the kernels reject, a thread pool that cannot be built, or huge pages asked for on a
+/// No samples or a thread count of 0, a shape the kernels reject, a thread pool that cannot be built, or huge pages asked for on a
 /// machine that cannot give them (see [`crate::huge_pages::check_available`]).
 pub fn run(cfg: &Config, mut report: impl FnMut(&Row)) -> anyhow::Result<Vec<Row>> {
+    anyhow::ensure!(cfg.samples >= 1, "--samples = 0: must be at least 1");
+    anyhow::ensure!(
+        !cfg.threads.contains(&0),
+        "--threads = 0: must be at least 1"
+    );
     if cfg.huge_pages {
         crate::huge_pages::check_available().context("huge pages asked for, not available")?;
     }

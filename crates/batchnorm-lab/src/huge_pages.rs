@@ -28,13 +28,29 @@ pub fn check_available() -> io::Result<()> {
     }
     let setting = std::fs::read_to_string(THP_ENABLED)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot read {THP_ENABLED}: {e}")))?;
-    if setting.contains("[never]") {
-        return Err(io::Error::other(format!(
+    setting_allows(&setting)
+}
+
+/// Whether the contents of [`THP_ENABLED`] (the choices, the current one in brackets:
+/// `always [madvise] never`) let `madvise` give huge pages: any choice but `never`.
+///
+/// # Errors
+/// The setting `never`, or no choice in brackets.
+fn setting_allows(setting: &str) -> io::Result<()> {
+    let chosen = setting
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')));
+    match chosen {
+        Some("always" | "madvise") => Ok(()),
+        Some(_) => Err(io::Error::other(format!(
             "transparent huge pages are disabled on this machine ({THP_ENABLED}: {})",
             setting.trim()
-        )));
+        ))),
+        None => Err(io::Error::other(format!(
+            "{THP_ENABLED} names no current setting: {:?}",
+            setting.trim()
+        ))),
     }
-    Ok(())
 }
 
 /// `len` values `value(i)` in a vector whose whole 2 MiB pages were marked for huge pages before
@@ -140,13 +156,23 @@ mod tests {
 
     #[test]
     fn availability_follows_the_kernel_setting() {
-        let got = check_available();
-        if cfg!(target_os = "linux") {
-            let setting = std::fs::read_to_string(THP_ENABLED);
-            let enabled = setting.as_ref().is_ok_and(|s| !s.contains("[never]"));
-            assert_eq!(got.is_ok(), enabled, "{got:?} with {setting:?}");
-        } else {
-            assert_eq!(got.unwrap_err().kind(), io::ErrorKind::Unsupported);
+        for on in [
+            "[always] madvise never\n",
+            "always [madvise] never",
+            "always [madvise] never defer",
+        ] {
+            assert!(setting_allows(on).is_ok(), "{on}");
+        }
+        for off in ["always madvise [never]\n", "always madvise never", ""] {
+            assert!(setting_allows(off).is_err(), "{off}");
+        }
+        let e = setting_allows("always madvise [never]").unwrap_err();
+        assert!(e.to_string().contains("disabled"), "{e}");
+        if !cfg!(target_os = "linux") {
+            assert_eq!(
+                check_available().unwrap_err().kind(),
+                io::ErrorKind::Unsupported
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `bnlab`: parses the command line and dispatches to an experiment.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use batchnorm_lab::bench;
@@ -51,13 +52,13 @@ struct BenchArgs {
     /// of the benchmark table, from 64,64,56,56 down to the fig1 MLP layer 60,100).
     #[arg(long, num_args = 1.., value_delimiter = ' ')]
     shapes: Vec<String>,
-    /// Thread counts to measure (each gets its own pool).
+    /// Thread counts to measure (each gets its own pool), e.g. `1,2` or `1 2`.
     #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [1, 2])]
     threads: Vec<usize>,
     /// Only this layout: `nchw` (channels-first) or `nhwc` (channels-last); default both.
     #[arg(long)]
     layout: Option<String>,
-    /// Timed samples per measurement; the median is reported.
+    /// Timed samples per measurement (at least 1); the median is reported.
     #[arg(long, default_value_t = 21)]
     samples: usize,
     /// Print one JSON array instead of the table.
@@ -80,13 +81,13 @@ struct Fig1Args {
     #[arg(long, default_value_t = 50_000)]
     steps: usize,
     /// Learning rate of plain SGD (no momentum, no weight decay).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
     lr: f64,
     /// Training images per mini-batch (at least 2: batch statistics need two values).
     #[arg(long, default_value_t = 60)]
     batch_size: usize,
     /// Standard deviation of the Gaussian initial weights N(0, std^2); biases start at 0.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     init_std: f64,
     /// Seed of the initial weights, the batch order and the probe batch (same for both networks).
     #[arg(long, default_value_t = 1)]
@@ -118,8 +119,37 @@ struct Fig1Args {
     resume: Option<PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, causes joined, no backtrace (even with RUST_BACKTRACE=1): these are the
+            // user's errors (options, files), not the program's.
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `e` and its causes joined by `": "`, leaving out a cause whose text its parent already
+/// shows (`path: Permission denied` caused by `Permission denied`).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Fig1(a) => {
             let cfg = fig1::Config {
                 steps: a.steps,
@@ -134,24 +164,22 @@ fn main() -> anyhow::Result<()> {
                 checkpoint_every: a.checkpoint_every,
                 resume: a.resume,
             };
-            let outcome = fig1::run(&cfg).context("bnlab fig1 failed")?;
+            let outcome = fig1::run(&cfg)?;
             fig1::print_summary(&outcome);
         }
         Command::Bench(a) => run_bench(a)?,
         Command::Depth(a) => {
-            depth::print_summary(&depth::run(&a.config()).context("bnlab depth failed")?);
+            depth::print_summary(&depth::run(&a.config())?);
         }
-        Command::Cnn(a) => cnn::print_summary(&cnn::run(&a.config()).context("bnlab cnn failed")?),
-        Command::All(a) => all::print_summary(&all::run(&a.config()).context("bnlab all failed")?),
+        Command::Cnn(a) => cnn::print_summary(&cnn::run(&a.config())?),
+        Command::All(a) => all::print_summary(&all::run(&a.config())?),
         Command::Fold(a) => {
-            fold::print_summary(&fold::run(&a.config()).context("bnlab fold failed")?);
+            fold::print_summary(&fold::run(&a.config())?);
         }
         Command::LrSweep(a) => {
-            lr_sweep::print_summary(&lr_sweep::run(&a.config()).context("bnlab lr-sweep failed")?);
+            lr_sweep::print_summary(&lr_sweep::run(&a.config())?);
         }
-        Command::BatchSize(a) => batch_size::print_summary(
-            &batch_size::run(&a.config()).context("bnlab batch-size failed")?,
-        ),
+        Command::BatchSize(a) => batch_size::print_summary(&batch_size::run(&a.config())?),
     }
     Ok(())
 }
@@ -159,7 +187,7 @@ fn main() -> anyhow::Result<()> {
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut cfg = bench::Config {
         threads: a.threads,
-        samples: a.samples.max(1),
+        samples: a.samples,
         cold: a.cold,
         huge_pages: a.huge_pages,
         ..Default::default()
@@ -229,4 +257,26 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&all)?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_joins_causes_and_skips_repeated_ones() {
+        let io = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+        let reason = io.to_string();
+        let e = anyhow::Error::new(batchnorm_lab::experiments::LabError::Unwritable {
+            path: "out/fig1".into(),
+            source: io,
+        });
+        assert_eq!(e.chain().count(), 2, "the I/O error is also the source");
+        assert_eq!(
+            one_line(&e),
+            format!("--out out/fig1: cannot write there: {reason}")
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&e), "outer: inner");
+    }
 }

@@ -131,7 +131,7 @@ fn lr_sweep_reports_accuracy_and_divergence() {
     );
     let rows = csv_rows(
         &out.join("results.csv"),
-        "activation,net,lr,test_accuracy,diverged,diverged_at,non_finite,initial_loss,max_loss,final_loss,steps_done,train_seconds",
+        "activation,net,lr,test_accuracy,diverged,diverged_at,non_finite,nan_outputs,spiked_at,initial_loss,max_loss,final_loss,steps_done,train_seconds",
     );
     assert_eq!(rows.len(), 2 * 2 * 2, "lrs x activations x BN");
     for r in &rows {
@@ -139,8 +139,8 @@ fn lr_sweep_reports_accuracy_and_divergence() {
         assert!((0.0..=1.0).contains(&acc), "{r:?}");
         assert_eq!(
             r[4] == "true",
-            !r[5].is_empty(),
-            "diverged iff it has a step: {r:?}"
+            !r[5].is_empty() || r[7] == "true",
+            "diverged iff it has a step or NaN outputs: {r:?}"
         );
     }
     // lr 50 on ReLU without BN blows up: the detector must say so. lr 0.1 with BN must not.
@@ -387,7 +387,7 @@ fn results_depend_on_the_seed_only_not_on_threads() {
             ],
             &out,
         );
-        let header = "activation,net,lr,test_accuracy,diverged,diverged_at,non_finite,initial_loss,max_loss,final_loss,steps_done,train_seconds";
+        let header = "activation,net,lr,test_accuracy,diverged,diverged_at,non_finite,nan_outputs,spiked_at,initial_loss,max_loss,final_loss,steps_done,train_seconds";
         let r: Vec<Vec<String>> = csv_rows(&out.join("results.csv"), header)
             .into_iter()
             .map(|mut r| {
@@ -407,33 +407,136 @@ fn results_depend_on_the_seed_only_not_on_threads() {
     );
 }
 
+/// Runs bnlab with `RUST_BACKTRACE=1`, expects a failure; returns stderr after checking it
+/// is one line, without a panic or a backtrace.
+fn user_error(args: &[&str]) -> String {
+    let o = bnlab()
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert!(!err.contains("backtrace"), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    assert!(err.starts_with("error: "), "{args:?}: {err}");
+    err
+}
+
 #[test]
-fn bad_options_are_errors_not_panics() {
-    for args in [
-        &["depth", "--depths", "0"][..],
-        &["depth", "--lr", "-1"],
-        &["depth", "--threads", "0"],
-        &["lr-sweep", "--lrs", "0"],
-        &["lr-sweep", "--batch-size", "1"],
-        &["batch-size", "--batch-sizes", "1"],
-        &["cnn", "--epochs", "0"],
-        &["fold", "--batch-sizes", "0"],
-        &["all", "--threads", "0"],
-        &["batch-size", "--examples", "10", "--batch-sizes", "64"],
+fn bad_options_are_one_line_errors_quoting_the_value() {
+    let out = temp_dir("bad-exp");
+    let o = out.to_str().unwrap();
+    for (args, says) in [
+        (&["depth", "--depths", "0"][..], "--depths = 0: "),
+        (&["depth", "--depths", "3,1000"], "--depths = 1000: "),
+        (&["depth", "--depths", "3", "1000"], "--depths = 1000: "),
+        (
+            &["depth", "--lr", "-1"],
+            "--lr = -1: must be finite and > 0",
+        ),
+        (&["depth", "--threads", "0"], "--threads = 0: "),
+        (&["lr-sweep", "--lrs", "0"], "--lrs = 0: "),
+        (&["lr-sweep", "--lrs", "0.1", "-2"], "--lrs = -2: "),
+        (&["lr-sweep", "--batch-size", "1"], "--batch-size = 1: "),
+        (
+            &["batch-size", "--batch-sizes", "4,1"],
+            "--batch-sizes = 1: ",
+        ),
+        (
+            &["batch-size", "--batch-sizes", "2000"],
+            "--batch-sizes = 2000: ",
+        ),
+        (&["cnn", "--epochs", "0"], "--epochs = 0: "),
+        (&["fold", "--batch-sizes", "0"], "--batch-sizes = 0: "),
+        (&["fold", "--cnn-steps", "0"], "--cnn-steps = 0: "),
+        (&["all", "--threads", "0"], "--threads = 0: "),
+        (&["fig1", "--init-std", "-0.5"], "--init-std = -0.5: "),
+        (
+            &["batch-size", "--examples", "10", "--batch-sizes", "64"],
+            "--examples = 10: ",
+        ),
+        (
+            &["bench", "--threads", "0"],
+            "--threads = 0: must be at least 1",
+        ),
+        (
+            &["bench", "--samples", "0"],
+            "--samples = 0: must be at least 1",
+        ),
     ] {
-        let o = bnlab()
-            .args(args)
-            .arg("--out")
-            .arg(temp_dir("bad-exp"))
-            .output()
-            .unwrap();
-        assert!(!o.status.success(), "{args:?} should fail");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !err.contains("panicked") && !err.is_empty(),
-            "{args:?}: {err}"
-        );
+        let mut all = args.to_vec();
+        if args[0] != "bench" {
+            all.extend(["--out", o]);
+        }
+        let err = user_error(&all);
+        assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn list_options_take_commas_or_spaces() {
+    let help = bnlab().args(["depth", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("`3,5` or `3 5`"), "{help}");
+    // Both spellings reach validation with both values (the second is out of range).
+    for args in [["--depths", "3,101", ""], ["--depths", "3", "101"]] {
+        let args: Vec<&str> = ["depth"]
+            .into_iter()
+            .chain(args.into_iter().filter(|a| !a.is_empty()))
+            .collect();
+        let err = user_error(&args);
+        assert!(err.contains("--depths = 101"), "{err}");
+    }
+}
+
+#[test]
+fn an_unwritable_out_fails_before_training_in_every_experiment() {
+    // A file where the folder should be: creating the folder fails, whoever runs the test (a
+    // permission test would pass as root).
+    let file = temp_dir("out-is-a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let o = file.to_str().unwrap();
+    for exp in [
+        "fig1",
+        "depth",
+        "lr-sweep",
+        "batch-size",
+        "cnn",
+        "fold",
+        "all",
+    ] {
+        let t = std::time::Instant::now();
+        let err = user_error(&[exp, "--out", o, "--data", "/nonexistent/mnist"]);
+        // The output folder is checked first: the data folder (which does not exist) is never
+        // reached, nor is training.
+        assert!(err.contains("cannot write there"), "{exp}: {err}");
+        assert!(err.contains(o), "{exp}: {err}");
+        assert!(!err.contains("mnist"), "{exp}: {err}");
+        // The operating system's reason once, not twice.
+        let reason = err.rsplit(": ").next().unwrap().trim();
+        assert_eq!(err.matches(reason).count(), 1, "{exp}: {err}");
+        assert!(t.elapsed().as_secs() < 30, "{exp} took {:?}", t.elapsed());
+    }
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn data_errors_name_the_missing_file() {
+    let out = temp_dir("missing-data");
+    let err = user_error(&[
+        "depth",
+        "--out",
+        out.to_str().unwrap(),
+        "--data",
+        "/nonexistent/mnist",
+    ]);
+    assert!(
+        err.contains("neither train-images-idx3-ubyte.gz nor train-images-idx3-ubyte"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]

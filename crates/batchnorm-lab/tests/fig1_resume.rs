@@ -1,6 +1,6 @@
-//! Checkpoints of `bnlab fig1`: a run killed with SIGKILL (repeatedly, as soon as a checkpoint
-//! write is seen in progress) and resumed ends with bitwise the same weights and metrics as an
-//! uninterrupted run; resuming with other settings or from a damaged checkpoint is a clear error.
+//! Checkpoints of `bnlab fig1`: a run crashed at every point of a checkpoint's save (by
+//! `BNLAB_FAULT_INJECT`, so the test depends on no timing), then killed with SIGKILL, and
+//! resumed each time, ends with bitwise the same weights and metrics as an uninterrupted run; resuming with other settings or from a damaged checkpoint is a clear error.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -78,71 +78,42 @@ fn committed_step(dir: &Path, net: &str) -> usize {
         .map_or(0, |s| s as usize)
 }
 
-/// Whether a checkpoint write is in progress (a temporary exists).
-fn writing(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|rd| {
-        rd.flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-    })
-}
-
-/// How one kill went.
-#[derive(Debug)]
-struct Kill {
-    /// A temporary existed when the SIGKILL was sent.
-    mid_write: bool,
-    /// The networks' committed steps after the kill.
-    steps_after: (usize, usize),
-}
-
-/// Starts bnlab (resuming from `ckpt` if it has a checkpoint), waits until it has committed a
-/// checkpoint past `after`, then SIGKILLs it at the first moment a checkpoint write is in
-/// progress (or after a short wait). `None` if the run finished before it could be killed.
-fn start_and_kill(out: &Path, ckpt: &Path, after: usize) -> Option<Kill> {
+/// Starts bnlab (resuming from `ckpt` if it has a checkpoint) with
+/// `BNLAB_FAULT_INJECT=<fault>`, which aborts it inside that checkpoint's save. Returns the
+/// networks' committed steps afterwards.
+fn crash_at(out: &Path, ckpt: &Path, fault: &str) -> (usize, usize) {
     let mut cmd = bnlab();
-    cmd.args(ARGS).arg("--out").arg(out);
-    if ckpt.join("bn.json").exists() || ckpt.join("plain.json").exists() {
+    cmd.args(ARGS).args(["--threads", "1", "--out"]).arg(out);
+    if ckpt.join("bn.json").exists() {
         cmd.arg("--resume").arg(ckpt);
     }
-    let mut child = cmd.spawn().unwrap();
+    let status = cmd.env("BNLAB_FAULT_INJECT", fault).status().unwrap();
+    assert!(!status.success(), "{fault}: the run did not crash");
+    (committed_step(ckpt, "bn"), committed_step(ckpt, "plain"))
+}
+
+/// Resumes bnlab and SIGKILLs it at an arbitrary moment after the plain network's next commit
+/// (whatever it is doing then); `false` if it finished first.
+fn start_and_kill(out: &Path, ckpt: &Path) -> bool {
+    let mut child = bnlab()
+        .args(ARGS)
+        .arg("--out")
+        .arg(out)
+        .arg("--resume")
+        .arg(ckpt)
+        .spawn()
+        .unwrap();
+    let before = committed_step(ckpt, "plain");
     let deadline = Instant::now() + Duration::from_secs(60);
-    // Wait for a new commit, then for a write in progress (up to 300 ms, then kill anyway).
-    let mut hunt_until = None;
-    let mut mid_write = false;
-    loop {
+    while committed_step(ckpt, "plain") == before {
         if child.try_wait().unwrap().is_some() {
-            return None;
+            return false;
         }
-        assert!(
-            Instant::now() < deadline,
-            "bnlab made no checkpoint in 60 s"
-        );
-        match hunt_until {
-            None => {
-                if committed_step(ckpt, "bn").max(committed_step(ckpt, "plain")) >= after {
-                    hunt_until = Some(Instant::now() + Duration::from_millis(300));
-                }
-            }
-            Some(t) => {
-                if writing(ckpt) {
-                    mid_write = true;
-                    break;
-                }
-                if Instant::now() > t {
-                    break;
-                }
-            }
-        }
+        assert!(Instant::now() < deadline, "no checkpoint in 60 s");
+        std::thread::sleep(Duration::from_millis(1));
     }
     child.kill().unwrap(); // SIGKILL on Unix: no destructor, no flush, no clean-up runs
-    let status = child.wait().unwrap();
-    if status.success() {
-        return None; // it finished between the last poll and the kill
-    }
-    Some(Kill {
-        mid_write,
-        steps_after: (committed_step(ckpt, "bn"), committed_step(ckpt, "plain")),
-    })
+    !child.wait().unwrap().success()
 }
 
 /// summary.json without the timing fields (wall clock differs between runs).
@@ -183,46 +154,39 @@ fn killed_and_resumed_run_is_bitwise_identical_to_an_uninterrupted_one() {
 
     let out = temp_dir("killed");
     let ckpt = out.join("checkpoint");
-    let mut kills = Vec::new();
-    // Kill points spread over the run: each round waits for a checkpoint at least 60 steps past
-    // the last one, so kills land before and after evaluations and with partial loss windows.
-    let mut after = 1;
-    for _ in 0..4 {
-        match start_and_kill(&out, &ckpt, after) {
-            Some(k) => {
-                // The kill left a usable checkpoint behind (checked bitwise by the end result).
-                let done = k.steps_after.0.max(k.steps_after.1);
-                assert!(done >= after, "{k:?}");
-                after = done + 60;
-                kills.push(k);
-            }
-            None => break,
+    // Crashes at every point of a save, on both networks, with and without an evaluation in
+    // the checkpoint (every 25 steps, evaluations every 100), each run resuming the last. With
+    // one thread the networks train one after the other, so each crash lands where it says.
+    let mut crashes = Vec::new();
+    for fault in [
+        "plain:0:json",
+        "bn:25:tmp",
+        "bn:100:weights",
+        "bn:150:json",
+        "plain:175:tmp",
+        "plain:300:weights",
+    ] {
+        let steps = crash_at(&out, &ckpt, fault);
+        let (net, rest) = fault.split_once(':').unwrap();
+        let (step, point) = rest.split_once(':').unwrap();
+        let step: usize = step.parse().unwrap();
+        // The crashed network's committed checkpoint is the new one only once its JSON is.
+        let committed = if net == "bn" { steps.0 } else { steps.1 };
+        let want = if point == "json" { step } else { step - 25 };
+        if step > 0 {
+            assert_eq!(committed, want, "{fault}: {steps:?}");
         }
-        if after >= STEPS {
-            break;
-        }
+        crashes.push((fault, steps));
     }
-    assert!(!kills.is_empty(), "no run could be killed mid-run");
-    assert!(
-        kills
-            .iter()
-            .any(|k| k.steps_after.0.min(k.steps_after.1) < STEPS),
-        "every kill came after the end: {kills:?}"
-    );
-    let mid_write = kills.iter().filter(|k| k.mid_write).count();
-    eprintln!(
-        "{} kills, {mid_write} during a checkpoint write: {kills:?}",
-        kills.len()
-    );
-    // Writes take milliseconds (fsync) and are polled every few microseconds: most kills land
-    // inside one. At least one must, or the property "killed at any moment" is untested.
-    assert!(mid_write >= 1, "no kill landed during a write: {kills:?}");
+    // And a real SIGKILL at whatever moment it lands.
+    let killed = start_and_kill(&out, &ckpt);
+    eprintln!("crashes {crashes:?}, then a SIGKILL (landed: {killed})");
     run_ok(&ARGS, &out, &["--resume", ckpt.to_str().unwrap()]);
 
     assert_eq!(
         std::fs::read_to_string(reference.join("metrics.csv")).unwrap(),
         std::fs::read_to_string(out.join("metrics.csv")).unwrap(),
-        "metrics differ after {kills:?}"
+        "metrics differ after {crashes:?}"
     );
     assert_eq!(
         summary_without_timings(&reference),
@@ -231,7 +195,7 @@ fn killed_and_resumed_run_is_bitwise_identical_to_an_uninterrupted_one() {
     for net in ["bn", "plain"] {
         assert!(
             final_weights(&reference, net) == final_weights(&out, net),
-            "{net} weights differ after {kills:?}"
+            "{net} weights differ after {crashes:?}"
         );
     }
     // Only the final checkpoint is left: no stale weights, no temporaries.
@@ -357,6 +321,76 @@ fn resuming_with_other_settings_or_a_damaged_checkpoint_is_an_error() {
         "{err}"
     );
     for d in [out, empty, elsewhere] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn checkpoint_folders_are_never_replaced_nor_half_used() {
+    let out = temp_dir("folders");
+    let args = ["fig1", "--steps", "40", "--eval-every", "20"];
+    run_ok(&args, &out, &["--checkpoint-every", "20"]);
+    let ckpt = out.join("checkpoint");
+    let ck = ckpt.to_str().unwrap();
+    let bn_json = std::fs::read(ckpt.join("bn.json")).unwrap();
+    let summary = |dir: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let first = summary(&out);
+
+    // A new checkpointed run into the same folder refuses, saying how to resume; the
+    // checkpoint is untouched.
+    let o = bnlab()
+        .stderr(Stdio::piped())
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .args(["--checkpoint-every", "20"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("already holds a checkpoint") && err.contains(&format!("--resume {ck}")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(ckpt.join("bn.json")).unwrap(), bn_json);
+
+    // Resuming the finished run trains nothing and reports the original run's timing, not
+    // the few milliseconds of this session.
+    let again = temp_dir("folders-again");
+    run_ok(&args, &again, &["--resume", ck]);
+    let (w0, w1) = (
+        first["wall_seconds"].as_f64().unwrap(),
+        summary(&again)["wall_seconds"].as_f64().unwrap(),
+    );
+    // The last checkpoint is saved after the last step's evaluation, before the outputs.
+    assert!(
+        w1 <= w0 && w1 >= 0.5 * w0,
+        "original {w0} s, resumed {w1} s"
+    );
+    for net in ["bn", "plain"] {
+        assert_eq!(
+            first[net]["train_seconds"],
+            summary(&again)[net]["train_seconds"],
+            "{net}"
+        );
+    }
+
+    // One network's checkpoint missing: an error naming it, not a silent restart from step 0.
+    std::fs::remove_file(ckpt.join("plain.json")).unwrap();
+    let o = bnlab()
+        .stderr(Stdio::piped())
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .args(["--resume", ck])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("holds bn.json but not plain.json"), "{err}");
+    for d in [out, again] {
         std::fs::remove_dir_all(d).unwrap();
     }
 }

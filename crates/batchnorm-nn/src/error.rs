@@ -73,6 +73,56 @@ pub enum NnError {
         /// What is empty.
         what: &'static str,
     },
+    /// Sizes whose product (an element count, or its bytes) does not fit in memory.
+    #[error("{what}: sizes {sizes:?} describe more elements than fit in memory")]
+    TooLarge {
+        /// What was being sized.
+        what: &'static str,
+        /// The sizes multiplied.
+        sizes: Vec<usize>,
+    },
+    /// More dimensions than supported.
+    #[error("{what}: {got} dims, at most {max} supported")]
+    TooManyDims {
+        /// What has the dims.
+        what: &'static str,
+        /// The number of dims given.
+        got: usize,
+        /// The most supported.
+        max: usize,
+    },
+    /// An optimiser used on a model with another number of parameter tensors than the one it
+    /// was built for.
+    #[error(
+        "the optimiser was built for a model with {expected} parameter tensors, this one has {got}"
+    )]
+    ParamCount {
+        /// Tensors of the model the optimiser was built for.
+        expected: usize,
+        /// Tensors of the model given.
+        got: usize,
+    },
+    /// An optimiser used on a model whose parameter tensor has another length than in the model
+    /// it was built for.
+    #[error("parameter tensor {index} has {got} values, the optimiser was built for {expected}")]
+    ParamLength {
+        /// The tensor, in visiting order.
+        index: usize,
+        /// Its length in the model the optimiser was built for.
+        expected: usize,
+        /// Its length now.
+        got: usize,
+    },
+    /// An index past the end.
+    #[error("{what} {index} is past the end (there are {len})")]
+    IndexOutOfRange {
+        /// What is indexed.
+        what: &'static str,
+        /// The index given.
+        index: usize,
+        /// The number of items.
+        len: usize,
+    },
     /// The core batch-normalization kernels rejected a call.
     #[error(transparent)]
     BatchNorm(#[from] batchnorm::BatchNormError),
@@ -95,6 +145,14 @@ pub enum NnError {
     /// A state dict does not fit the model it is loaded into.
     #[error(transparent)]
     StateDict(#[from] crate::state_dict::StateDictError),
+    /// A data file is in neither of its accepted forms (`NAME.gz`, `NAME`).
+    #[error("{}: neither {name}.gz nor {name} is there", dir.display())]
+    MissingData {
+        /// The folder searched.
+        dir: PathBuf,
+        /// The file's uncompressed name.
+        name: String,
+    },
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {

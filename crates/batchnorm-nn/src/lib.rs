@@ -22,7 +22,7 @@
 //! let stats = ce.forward_backward(out, &labels, grad)?;
 //! assert!(stats.loss.is_finite());
 //! model.backward(4, false)?;
-//! sgd.step(&mut model);
+//! sgd.step(&mut model)?;
 //! # Ok::<(), batchnorm_nn::NnError>(())
 //! ```
 

@@ -55,10 +55,9 @@ fn extent(buffer: &'static str, rows: usize, cols: usize, rs: usize, cs: usize) 
         .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)))
         .and_then(|e| e.checked_add(1))
         .filter(|&e| e <= isize::MAX as usize);
-    reach.ok_or(NnError::LengthMismatch {
-        buffer,
-        expected: usize::MAX,
-        got: 0,
+    reach.ok_or(NnError::TooLarge {
+        what: buffer,
+        sizes: vec![rows, cols, rs, cs],
     })
 }
 
@@ -84,6 +83,11 @@ fn check_view(
 /// `c = alpha * a b + beta * c`, with `c` a row-major `a.rows x b.cols` matrix in `c`.
 ///
 /// When `beta` is zero, `c` is only written (its old contents, even NaN, are ignored), as in BLAS.
+///
+/// # Errors
+/// [`NnError::LengthMismatch`] when the inner dimensions differ or a buffer is shorter than
+/// its view (`c` must hold exactly `m * n`); [`NnError::TooLarge`] when a view's extent or
+/// `m * n` overflows. Nothing is written then.
 pub fn gemm<T: Scalar>(
     alpha: T,
     a: MatRef<'_, T>,
@@ -101,7 +105,12 @@ pub fn gemm<T: Scalar>(
     let (m, k, n) = (a.rows, a.cols, b.cols);
     check_view("gemm a", a.data.len(), m, k, a.rs, a.cs)?;
     check_view("gemm b", b.data.len(), k, n, b.rs, b.cs)?;
-    crate::error::check_len("gemm c", c.len(), m * n)?;
+    // Checked: a wrapped product would let a short `c` pass and the kernel write past it.
+    let c_len = m.checked_mul(n).ok_or(NnError::TooLarge {
+        what: "gemm c (m x n)",
+        sizes: vec![m, n],
+    })?;
+    crate::error::check_len("gemm c", c.len(), c_len)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -200,5 +209,56 @@ mod tests {
         )
         .unwrap();
         assert!(c.iter().all(|&v| v == 3.0));
+    }
+
+    #[test]
+    fn huge_dims_with_empty_buffers_are_errors_not_writes() {
+        let empty: [f32; 0] = [];
+        let mut c: [f32; 0] = [];
+        // k = 0: `a` and `b` address nothing, so only `c`'s check stands between the kernel and
+        // m x n writes; 2^32 x 2^32 wraps to 0 in unchecked arithmetic.
+        let huge = 1usize << (usize::BITS / 2);
+        let a = MatRef::row_major(&empty, huge, 0);
+        let b = MatRef::row_major(&empty, 0, huge);
+        let err = gemm(1.0, a, b, 0.0, &mut c).unwrap_err();
+        assert!(
+            matches!(err, NnError::TooLarge { ref sizes, .. } if sizes == &[huge, huge]),
+            "{err}"
+        );
+        // A product that fits but a `c` that is too short.
+        let a = MatRef::row_major(&empty, 3, 0);
+        let b = MatRef::row_major(&empty, 0, 5);
+        assert!(matches!(
+            gemm(1.0, a, b, 0.0, &mut c),
+            Err(NnError::LengthMismatch {
+                expected: 15,
+                got: 0,
+                ..
+            })
+        ));
+        // A view whose extent overflows.
+        let v = [1.0f32; 4];
+        let a = MatRef {
+            data: &v,
+            rows: 2,
+            cols: 2,
+            rs: usize::MAX,
+            cs: 1,
+        };
+        let mut c = [0.0f32; 4];
+        assert!(matches!(
+            gemm(1.0, a, MatRef::row_major(&v, 2, 2), 0.0, &mut c),
+            Err(NnError::TooLarge { .. })
+        ));
+        // Empty products are fine and write nothing.
+        let mut c: [f32; 0] = [];
+        gemm(
+            1.0,
+            MatRef::row_major(&empty, 0, 0),
+            MatRef::row_major(&empty, 0, 7),
+            0.0,
+            &mut c,
+        )
+        .unwrap();
     }
 }

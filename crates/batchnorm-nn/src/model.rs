@@ -55,16 +55,17 @@ impl<T: Scalar> Sequential<T> {
             }
             lens.push(l.out_len());
         }
-        let too_big = NnError::Empty {
-            what: "workspace (capacity too large)",
+        let too_big = |len: usize| NnError::TooLarge {
+            what: "workspace (capacity x values per sample)",
+            sizes: vec![capacity, len],
         };
         let max_len = *lens.iter().max().unwrap_or(&0);
-        let grad_len = capacity.checked_mul(max_len).ok_or(too_big)?;
+        let grad_len = capacity
+            .checked_mul(max_len)
+            .ok_or_else(|| too_big(max_len))?;
         let mut acts = Vec::with_capacity(lens.len());
         for &len in &lens {
-            let size = capacity.checked_mul(len).ok_or(NnError::Empty {
-                what: "workspace (capacity too large)",
-            })?;
+            let size = capacity.checked_mul(len).ok_or_else(|| too_big(len))?;
             acts.push(vec![T::ZERO; size]);
         }
         Ok(Sequential {
@@ -163,7 +164,7 @@ impl<T: Scalar> Sequential<T> {
     ///
     /// # Errors
     /// [`NnError::BatchSize`] if `n` is not the last forward's batch size; an index past the end
-    /// gives [`NnError::Empty`].
+    /// gives [`NnError::IndexOutOfRange`].
     pub fn activation(&self, index: usize, n: usize) -> Result<&[T]> {
         if n != self.last_n || n == 0 {
             return Err(NnError::BatchSize {
@@ -171,8 +172,10 @@ impl<T: Scalar> Sequential<T> {
                 got: n,
             });
         }
-        let buf = self.acts.get(index).ok_or(NnError::Empty {
-            what: "activation index (past the end)",
+        let buf = self.acts.get(index).ok_or(NnError::IndexOutOfRange {
+            what: "activation index",
+            index,
+            len: self.acts.len(),
         })?;
         Ok(&buf[..n * buf.len() / self.capacity])
     }

@@ -33,6 +33,8 @@ impl Default for SgdConfig {
 #[derive(Debug, Clone)]
 pub struct Sgd<T> {
     cfg: SgdConfig,
+    /// The length of every parameter tensor of the model it was built for, in visiting order.
+    lens: Vec<usize>,
     velocity: Vec<Vec<T>>,
     started: bool,
 }
@@ -64,12 +66,16 @@ impl<T: Scalar> Sgd<T> {
                 why: "must be finite and >= 0",
             });
         }
-        let mut velocity = Vec::new();
-        if cfg.momentum > 0.0 {
-            model.visit_params(&mut |p| velocity.push(vec![T::ZERO; p.value.len()]));
-        }
+        let mut lens = Vec::new();
+        model.visit_params(&mut |p| lens.push(p.value.len()));
+        let velocity = if cfg.momentum > 0.0 {
+            lens.iter().map(|&l| vec![T::ZERO; l]).collect()
+        } else {
+            Vec::new()
+        };
         Ok(Sgd {
             cfg,
+            lens,
             velocity,
             started: false,
         })
@@ -81,7 +87,12 @@ impl<T: Scalar> Sgd<T> {
     }
 
     /// Applies one update from the gradients the model's last `backward` wrote.
-    pub fn step(&mut self, model: &mut Sequential<T>) {
+    ///
+    /// # Errors
+    /// [`NnError::ParamCount`] or [`NnError::ParamLength`] when `model`'s parameters are not
+    /// those of the model the optimiser was built for; nothing is updated then.
+    pub fn step(&mut self, model: &mut Sequential<T>) -> Result<()> {
+        self.check(model)?;
         let lr = T::from_f64(self.cfg.lr);
         let wd = T::from_f64(self.cfg.weight_decay);
         let mu = T::from_f64(self.cfg.momentum);
@@ -90,7 +101,7 @@ impl<T: Scalar> Sgd<T> {
         if self.cfg.momentum > 0.0 {
             let mut vs = self.velocity.iter_mut();
             model.visit_params(&mut |p| {
-                // The same model and visiting order as in `new`, so there is one buffer per tensor.
+                // Checked above: the same tensors as in `new`, one buffer each.
                 let Some(v) = vs.next() else { return };
                 momentum_update(p.value, p.grad, v, lr, wd, decay, mu, started);
             });
@@ -98,6 +109,33 @@ impl<T: Scalar> Sgd<T> {
             model.visit_params(&mut |p| plain_update(p.value, p.grad, lr, wd, decay));
         }
         self.started = true;
+        Ok(())
+    }
+
+    /// Checks, without allocating, that `model`'s parameter tensors have the lengths of the
+    /// model the optimiser was built for.
+    fn check(&self, model: &mut Sequential<T>) -> Result<()> {
+        let (mut count, mut first_bad) = (0, None);
+        model.visit_params(&mut |p| {
+            let got = p.value.len();
+            if let Some(&expected) = self.lens.get(count) {
+                if expected != got && first_bad.is_none() {
+                    first_bad = Some(NnError::ParamLength {
+                        index: count,
+                        expected,
+                        got,
+                    });
+                }
+            }
+            count += 1;
+        });
+        if count != self.lens.len() {
+            return Err(NnError::ParamCount {
+                expected: self.lens.len(),
+                got: count,
+            });
+        }
+        first_bad.map_or(Ok(()), Err)
     }
 }
 
@@ -174,7 +212,7 @@ mod tests {
         )
         .unwrap();
         set_grads(&mut m, [0.5, 1.0], -1.0);
-        sgd.step(&mut m);
+        sgd.step(&mut m).unwrap();
         // p - lr (g + wd p), worked by hand; f64 rounding only.
         let want = [
             1.0 - 0.1 * (0.5 + 0.01),
@@ -201,7 +239,7 @@ mod tests {
         // Constant gradient 1 on w0: v = 1, 1.9, 2.71; w0 = 1 - 0.1 (1 + 1.9 + 2.71) = 0.439.
         for _ in 0..3 {
             set_grads(&mut m, [1.0, 0.0], 0.0);
-            sgd.step(&mut m);
+            sgd.step(&mut m).unwrap();
         }
         let p = params(&mut m);
         assert!((p[0] - 0.439).abs() < 1e-12, "{}", p[0]);
@@ -230,6 +268,56 @@ mod tests {
             },
         ] {
             assert!(Sgd::new(cfg, &mut m).is_err(), "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn a_step_on_another_model_is_an_error_and_changes_nothing() {
+        let mut built_for = model([1.0, 2.0], 3.0);
+        for momentum in [0.0, 0.9] {
+            let cfg = SgdConfig {
+                lr: 0.1,
+                momentum,
+                ..SgdConfig::default()
+            };
+            let mut sgd = Sgd::new(cfg, &mut built_for).unwrap();
+            // Another shape: a 3-input linear layer (weight 3 values, bias 1).
+            let layers: Vec<Box<dyn Layer<f64>>> = vec![Box::new(Linear::new(3, 1).unwrap())];
+            let mut other = Sequential::new(layers, 2).unwrap();
+            let e = sgd.step(&mut other).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    NnError::ParamLength {
+                        index: 0,
+                        expected: 2,
+                        got: 3
+                    }
+                ),
+                "{e}"
+            );
+            // Another number of tensors: two linear layers.
+            let layers: Vec<Box<dyn Layer<f64>>> = vec![
+                Box::new(Linear::new(2, 1).unwrap()),
+                Box::new(Linear::new(1, 1).unwrap()),
+            ];
+            let mut deeper = Sequential::new(layers, 2).unwrap();
+            deeper.visit_params(&mut |p| p.grad.fill(1.0));
+            set_grads(&mut built_for, [1.0, 1.0], 1.0);
+            let before = params(&mut deeper);
+            let e = sgd.step(&mut deeper).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    NnError::ParamCount {
+                        expected: 2,
+                        got: 4
+                    }
+                ),
+                "{e}"
+            );
+            assert_eq!(params(&mut deeper), before, "nothing updated");
+            sgd.step(&mut built_for).unwrap();
         }
     }
 }

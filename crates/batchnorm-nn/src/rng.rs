@@ -129,6 +129,38 @@ impl Rng {
 mod tests {
     use super::*;
 
+    /// Known answers from the authors' reference code: `xoshiro256plusplus.c` from state
+    /// (1, 2, 3, 4) (the vector rand_xoshiro's `reference` test also checks), and
+    /// `splitmix64.c` from seed 0, which seeds `Rng::new(0)`.
+    #[test]
+    fn known_answers_of_the_reference_implementations() {
+        let mut rng = Rng::from_state([1, 2, 3, 4], None).unwrap();
+        let want: [u64; 10] = [
+            41_943_041,
+            58_720_359,
+            3_588_806_011_781_223,
+            3_591_011_842_654_386,
+            9_228_616_714_210_784_205,
+            9_973_669_472_204_895_162,
+            14_011_001_112_246_962_877,
+            12_406_186_145_184_390_807,
+            15_849_039_046_786_891_736,
+            10_450_023_813_501_588_000,
+        ];
+        for w in want {
+            assert_eq!(rng.next_u64(), w);
+        }
+        assert_eq!(
+            Rng::new(0).state().0,
+            [
+                0xe220_a839_7b1d_cdaf,
+                0x6e78_9e6a_a1b9_65f4,
+                0x06c4_5d18_8009_454f,
+                0xf88b_b8a8_724c_81ec
+            ]
+        );
+    }
+
     #[test]
     fn splitmix_reference_values() {
         // First outputs of SplitMix64 from state 0 (Vigna's reference implementation).

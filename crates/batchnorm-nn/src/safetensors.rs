@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, SerializeStruct, Serializer};
 use serde_json::Value;
 
 use crate::error::{NnError, Result};
@@ -601,18 +602,49 @@ fn parse_entry(
     })
 }
 
-/// Writes `s` as a JSON string literal.
-fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
+/// The header of a file being written: `__metadata__` (when not empty), then each tensor's
+/// entry in key order, its data following the previous tensor's.
+struct HeaderOut<'a> {
+    tensors: &'a BTreeMap<String, Tensor>,
+    metadata: &'a BTreeMap<String, String>,
+}
+
+/// One tensor's header entry.
+struct EntryOut<'a> {
+    dtype: Dtype,
+    shape: &'a [usize],
+    data_offsets: [usize; 2],
+}
+
+impl Serialize for HeaderOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        if !self.metadata.is_empty() {
+            map.serialize_entry(METADATA_KEY, self.metadata)?;
         }
+        let mut offset = 0;
+        for (key, t) in self.tensors {
+            let end = offset + t.data.len();
+            let entry = EntryOut {
+                dtype: t.dtype,
+                shape: &t.shape,
+                data_offsets: [offset, end],
+            };
+            map.serialize_entry(key, &entry)?;
+            offset = end;
+        }
+        map.end()
     }
-    out.push('"');
+}
+
+impl Serialize for EntryOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut e = s.serialize_struct("Entry", 3)?;
+        e.serialize_field("dtype", self.dtype.name())?;
+        e.serialize_field("shape", self.shape)?;
+        e.serialize_field("data_offsets", &self.data_offsets)?;
+        e.end()
+    }
 }
 
 /// Encodes tensors and metadata as a safetensors file: the header lists `__metadata__` (when
@@ -629,39 +661,10 @@ pub fn encode(
     if tensors.contains_key(METADATA_KEY) {
         return Err(SafetensorsError::ReservedKey);
     }
-    let mut header = String::from("{");
-    let mut first = true;
-    if !metadata.is_empty() {
-        push_json_string(&mut header, METADATA_KEY);
-        header.push_str(":{");
-        for (i, (k, v)) in metadata.iter().enumerate() {
-            if i > 0 {
-                header.push(',');
-            }
-            push_json_string(&mut header, k);
-            header.push(':');
-            push_json_string(&mut header, v);
-        }
-        header.push('}');
-        first = false;
-    }
-    let mut offset = 0usize;
-    for (key, t) in tensors {
-        if !first {
-            header.push(',');
-        }
-        first = false;
-        push_json_string(&mut header, key);
-        let dims: Vec<String> = t.shape.iter().map(usize::to_string).collect();
-        let end = offset + t.data.len();
-        header.push_str(&format!(
-            ":{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
-            t.dtype,
-            dims.join(",")
-        ));
-        offset = end;
-    }
-    header.push('}');
+    // Cannot fail (string keys; strings and integers as values); mapped rather than unwrapped.
+    let mut header = serde_json::to_string(&HeaderOut { tensors, metadata })
+        .map_err(|source| SafetensorsError::HeaderJson { source })?;
+    let offset: usize = tensors.values().map(|t| t.data.len()).sum();
     while (8 + header.len()) % 8 != 0 {
         header.push(' ');
     }

@@ -300,13 +300,25 @@ fn bad_configurations_are_errors() {
         padding: [usize::MAX / 2, 0],
         ..Conv2dConfig::new(1, 4, 3, [8, 8])
     };
-    assert!(Conv2d::<f32>::new(huge).is_err());
+    assert!(matches!(
+        Conv2d::<f32>::new(huge),
+        Err(NnError::TooLarge { ref sizes, .. }) if sizes == &[8, usize::MAX / 2]
+    ));
     // O * C * KH * KW overflows usize: an error before any allocation.
     let too_many = Conv2dConfig::new(usize::MAX / 8, usize::MAX / 8, 3, [4, 4]);
-    assert!(Conv2d::<f32>::new(too_many).is_err());
+    assert!(matches!(
+        Conv2d::<f32>::new(too_many),
+        Err(NnError::TooLarge { .. })
+    ));
     // 2^40 weights (4 TiB): within usize, refused by the size limit or by the allocator.
     let huge_weights = Conv2dConfig::new(1 << 18, 1 << 18, 4, [4, 4]);
-    assert!(Conv2d::<f32>::new(huge_weights).is_err(), "no abort");
+    assert!(
+        matches!(
+            Conv2d::<f32>::new(huge_weights),
+            Err(NnError::TooLarge { .. })
+        ),
+        "no abort"
+    );
 
     let pool_pad = MaxPool2dConfig {
         padding: [2, 0],
@@ -318,8 +330,29 @@ fn bad_configurations_are_errors() {
     ));
     assert!(MaxPool2d::new(MaxPool2dConfig::new(1, 0, [8, 8])).is_err());
     assert!(MaxPool2d::new(MaxPool2dConfig::new(1, 9, [8, 8])).is_err());
-    assert!(MaxPool2d::new(MaxPool2dConfig::new(1, 2, [8, usize::MAX])).is_err());
+    assert!(matches!(
+        MaxPool2d::new(MaxPool2dConfig::new(2, 2, [8, usize::MAX])),
+        Err(NnError::TooLarge { ref sizes, .. }) if sizes == &[2, 8, usize::MAX]
+    ));
     assert!(Flatten::new(0).is_err());
+    assert!(matches!(
+        Linear::<f32>::new(usize::MAX, 2),
+        Err(NnError::TooLarge { ref sizes, .. }) if sizes == &[2, usize::MAX]
+    ));
+    let cfg = batchnorm::BatchNormConfig::default();
+    let e = BatchNorm::<f32>::new(&[3, 2, 2, 2, 2], cfg).unwrap_err();
+    assert!(
+        matches!(e, NnError::TooManyDims { got: 5, max: 4, .. }),
+        "{e}"
+    );
+    assert!(matches!(
+        BatchNorm::<f32>::new(&[usize::MAX, 4], cfg),
+        Err(NnError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        BatchNorm::<f32>::new(&[3, 0], cfg),
+        Err(NnError::Empty { .. })
+    ));
 }
 
 #[test]
@@ -394,7 +427,7 @@ fn training_step_through_conv_net_reduces_the_loss() {
         let (out, grad) = net.output_and_grad(8).unwrap();
         losses.push(ce.forward_backward(out, &labels, grad).unwrap().loss);
         net.backward(8, false).unwrap();
-        sgd.step(&mut net);
+        sgd.step(&mut net).unwrap();
     }
     assert!(
         losses[9] < 0.5 * losses[0],

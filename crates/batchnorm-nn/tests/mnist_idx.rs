@@ -220,6 +220,52 @@ fn file_errors_name_the_path() {
         read_idx(&dir.join("missing")),
         Err(NnError::Io { .. })
     ));
-    assert!(matches!(Mnist::load(&dir), Err(NnError::Io { .. })));
+    let err = Mnist::load(&dir).unwrap_err();
+    assert!(
+        matches!(err, NnError::MissingData { ref name, .. } if name == "train-images-idx3-ubyte"),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains("neither train-images-idx3-ubyte.gz nor train-images-idx3-ubyte"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes the four MNIST files into a fresh folder: tiny valid splits, with `train_labels`
+/// in place of the training labels.
+fn tiny_mnist(name: &str, train_labels: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bn-idx-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let images = idx(2051, &[3, 2, 2], 12);
+    for (file, bytes) in [
+        ("train-images-idx3-ubyte", &images[..]),
+        ("train-labels-idx1-ubyte", train_labels),
+        ("t10k-images-idx3-ubyte", &images[..]),
+        ("t10k-labels-idx1-ubyte", &idx(2049, &[3], 3)[..]),
+    ] {
+        std::fs::write(dir.join(file), bytes).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn split_errors_name_the_file_that_is_wrong() {
+    let dir = tiny_mnist("ok", &idx(2049, &[3], 3));
+    assert_eq!(Mnist::load(&dir).unwrap().train.len(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let mut bad_label = idx(2049, &[3], 3);
+    *bad_label.last_mut().unwrap() = 10;
+    let wrong_count = idx(2049, &[2], 2);
+    for (name, labels) in [("label", bad_label), ("count", wrong_count)] {
+        let dir = tiny_mnist(name, &labels);
+        let err = Mnist::load(&dir).unwrap_err();
+        assert!(
+            matches!(err, NnError::Idx { ref path, .. }
+                if path == &dir.join("train-labels-idx1-ubyte")),
+            "{name}: {err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

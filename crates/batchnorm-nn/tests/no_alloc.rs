@@ -76,7 +76,7 @@ fn allocations_per_run(bn: bool, steps: usize) -> usize {
         let (out, grad) = model.output_and_grad(60).unwrap();
         ce.forward_backward(out, &labels, grad).unwrap();
         model.backward(60, false).unwrap();
-        sgd.step(model);
+        sgd.step(model).unwrap();
     };
     step(&mut model);
     step(&mut model);

@@ -44,7 +44,7 @@ fn train(model: &mut Sequential<f32>, steps: usize) {
         let (out, grad) = model.output_and_grad(8).unwrap();
         ce.forward_backward(out, &labels, grad).unwrap();
         model.backward(8, false).unwrap();
-        sgd.step(model);
+        sgd.step(model).unwrap();
     }
 }
 

@@ -45,7 +45,7 @@ fn bn_sigmoid_mlp_learns_mnist_in_300_steps() {
         let (out, grad) = model.output_and_grad(batch).unwrap();
         losses.push(ce.forward_backward(out, &labels, grad).unwrap().loss);
         model.backward(batch, false).unwrap();
-        sgd.step(&mut model);
+        sgd.step(&mut model).unwrap();
     }
     let first: f64 = losses[..20].iter().sum::<f64>() / 20.0;
     let last: f64 = losses[280..].iter().sum::<f64>() / 20.0;

@@ -1,5 +1,7 @@
 //! Outputs written through non-temporal stores (forced here for every size) are bitwise the
-//! ones written normally: the baseline path, which never streams, is the reference.
+//! ones written normally: the baseline path, which never streams, is the reference for every
+//! path that streams (AVX2); on a machine without one there is nothing to compare, and the
+//! test says so.
 
 use batchnorm::{bf16, f16, BatchNorm, BatchNormConfig, Element, Isa, Layout, Mode, Par, Shape};
 
@@ -29,6 +31,15 @@ fn run<T: Element>(shape: &Shape, isa: Isa, par: Par) -> Outputs<T> {
 
 #[test]
 fn streamed_outputs_are_the_normal_ones() {
+    // Only the SIMD paths stream; comparing the baseline with itself would check nothing.
+    let streaming: Vec<Isa> = Isa::available()
+        .into_iter()
+        .filter(|&isa| isa != Isa::Baseline)
+        .collect();
+    if streaming.is_empty() {
+        eprintln!("no path that streams on this machine (no AVX2): nothing compared");
+        return;
+    }
     // Read once, before any kernel runs: every output in this process is streamed.
     std::env::set_var("BATCHNORM_STREAM_MIN_BYTES", "0");
     let shapes: [(&[usize], Layout); 4] = [
@@ -39,17 +50,17 @@ fn streamed_outputs_are_the_normal_ones() {
     ];
     for (dims, layout) in shapes {
         let shape = Shape::new(dims, layout).unwrap();
-        same_on_every_path::<f32>(&shape);
-        same_on_every_path::<f64>(&shape);
+        same_as_baseline::<f32>(&shape, &streaming);
+        same_as_baseline::<f64>(&shape, &streaming);
         // 16-bit steps are one 16-byte store each.
-        same_on_every_path::<bf16>(&shape);
-        same_on_every_path::<f16>(&shape);
+        same_as_baseline::<bf16>(&shape, &streaming);
+        same_as_baseline::<f16>(&shape, &streaming);
     }
 }
 
-fn same_on_every_path<T: Element>(shape: &Shape) {
+fn same_as_baseline<T: Element>(shape: &Shape, streaming: &[Isa]) {
     let reference = run::<T>(shape, Isa::Baseline, Par::Seq);
-    for isa in Isa::available() {
+    for &isa in streaming {
         for par in [Par::Seq, Par::Rayon] {
             let what = format!("{} {shape:?} {isa:?} {par:?}", T::NAME);
             assert!(run::<T>(shape, isa, par) == reference, "{what}");

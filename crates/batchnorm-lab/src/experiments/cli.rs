@@ -27,8 +27,8 @@ pub struct Common {
 /// `bnlab depth`.
 #[derive(Debug, Clone, Args)]
 pub struct DepthArgs {
-    /// Numbers of hidden layers, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [3, 5, 10, 15, 20])]
+    /// Numbers of hidden layers (1 to 100), e.g. `3,5` or `3 5`.
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [3, 5, 10, 15, 20])]
     pub depths: Vec<usize>,
     /// Units per hidden layer.
     #[arg(long, default_value_t = 100)]
@@ -37,13 +37,13 @@ pub struct DepthArgs {
     #[arg(long, default_value_t = 1000)]
     pub steps: usize,
     /// Learning rate of plain SGD.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub lr: f64,
     /// Training images per mini-batch (at least 2).
     #[arg(long, default_value_t = 60)]
     pub batch_size: usize,
     /// Initial weights from N(0, (gain / sqrt(fan_in))^2); biases 0.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub init_gain: f64,
     /// Training images in the fixed batch the gradients and statistics are measured on.
     #[arg(long, default_value_t = 1000)]
@@ -78,8 +78,14 @@ impl DepthArgs {
 /// `bnlab lr-sweep`.
 #[derive(Debug, Clone, Args)]
 pub struct LrSweepArgs {
-    /// Learning rates, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.1, 0.5, 1.0, 2.0, 5.0])]
+    /// Learning rates (each finite and > 0), e.g. `0.1,1` or `0.1 1`.
+    #[arg(
+        long,
+        num_args = 1..,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        default_values_t = [0.01, 0.1, 0.5, 1.0, 2.0, 5.0]
+    )]
     pub lrs: Vec<f64>,
     /// SGD steps per run.
     #[arg(long, default_value_t = 3000)]
@@ -88,7 +94,7 @@ pub struct LrSweepArgs {
     #[arg(long, default_value_t = 60)]
     pub batch_size: usize,
     /// Standard deviation of the Gaussian initial weights (fig1's); biases 0.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub init_std: f64,
     /// Steps per point of the training-loss curves in curves.csv.
     #[arg(long, default_value_t = 100)]
@@ -121,20 +127,20 @@ impl LrSweepArgs {
 /// `bnlab batch-size`.
 #[derive(Debug, Clone, Args)]
 pub struct BatchSizeArgs {
-    /// Batch sizes, comma-separated (each 2 to 1000).
-    #[arg(long, value_delimiter = ',', default_values_t = [2, 4, 8, 16, 32, 64, 128])]
+    /// Batch sizes (each 2 to 1000), e.g. `2,4` or `2 4`.
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [2, 4, 8, 16, 32, 64, 128])]
     pub batch_sizes: Vec<usize>,
     /// Training examples every run sees (steps = examples / batch size).
     #[arg(long, default_value_t = 240_000)]
     pub examples: usize,
     /// Learning rate at batch size --lr-batch; batch B uses lr * B / lr-batch.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub lr: f64,
     /// The batch size --lr refers to.
     #[arg(long, default_value_t = 128)]
     pub lr_batch: usize,
     /// Standard deviation of the Gaussian initial weights (fig1's); biases 0.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub init_std: f64,
     /// Test-accuracy evaluations per run, evenly spaced.
     #[arg(long, default_value_t = 10)]
@@ -172,7 +178,7 @@ pub struct CnnArgs {
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
     /// Learning rate of plain SGD.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub lr: f64,
     /// Training images per mini-batch (2 to 1000).
     #[arg(long, default_value_t = 60)]
@@ -216,8 +222,8 @@ pub struct FoldArgs {
     /// SGD steps of the BN conv net before folding.
     #[arg(long, default_value_t = 500)]
     pub cnn_steps: usize,
-    /// Batch sizes the inference time is measured at (1 to 1000), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100, 1000])]
+    /// Batch sizes the inference time is measured at (each 1 to 1000), e.g. `1,10` or `1 10`.
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [1, 10, 100, 1000])]
     pub batch_sizes: Vec<usize>,
     /// Timed passes per network, version and batch size (the median is reported).
     #[arg(long, default_value_t = 15)]

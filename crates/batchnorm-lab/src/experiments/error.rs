@@ -13,10 +13,25 @@ pub enum LabError {
     Config {
         /// The option.
         what: &'static str,
-        /// Its value.
-        value: f64,
+        /// The value given, as the user wrote it (for a list, the offending element).
+        value: String,
         /// The valid range.
         why: &'static str,
+    },
+    /// A list option was given no values.
+    #[error("{what}: give at least one value")]
+    EmptyList {
+        /// The option.
+        what: &'static str,
+    },
+    /// The output folder cannot be created or written; checked before any training.
+    #[error("--out {path}: cannot write there: {source}")]
+    Unwritable {
+        /// The folder.
+        path: PathBuf,
+        /// The operating-system error.
+        #[source]
+        source: std::io::Error,
     },
     /// The training stack failed (data files, shapes, kernels).
     #[error(transparent)]
@@ -47,8 +62,16 @@ pub enum LabError {
 }
 
 /// `Err(LabError::Config)` for a setting out of range.
-pub(crate) fn bad<T>(what: &'static str, value: f64, why: &'static str) -> Result<T, LabError> {
-    Err(LabError::Config { what, value, why })
+pub(crate) fn bad<T>(
+    what: &'static str,
+    value: impl std::fmt::Display,
+    why: &'static str,
+) -> Result<T, LabError> {
+    Err(LabError::Config {
+        what,
+        value: value.to_string(),
+        why,
+    })
 }
 
 /// A count that must be at least 1 (steps, threads, evaluation periods).
@@ -57,7 +80,7 @@ pub(crate) fn bad<T>(what: &'static str, value: f64, why: &'static str) -> Resul
 /// [`LabError::Config`] "must be at least 1" when `value` is 0.
 pub(crate) fn at_least_one(what: &'static str, value: usize) -> Result<(), LabError> {
     if value == 0 {
-        return bad(what, 0.0, "must be at least 1");
+        return bad(what, value, "must be at least 1");
     }
     Ok(())
 }
@@ -95,7 +118,7 @@ pub(crate) fn in_range(
     why: &'static str,
 ) -> Result<(), LabError> {
     if !range.contains(&value) {
-        return bad(what, value as f64, why);
+        return bad(what, value, why);
     }
     Ok(())
 }
@@ -114,18 +137,45 @@ pub(crate) fn train_batch_size(value: usize) -> Result<(), LabError> {
     )
 }
 
-/// A non-empty list of sizes, each in `range`; `why` states both to the user.
+/// A non-empty list of sizes, each in `range`; `why` states the range to the user.
 ///
 /// # Errors
-/// [`LabError::Config`] with `why` and the value 0.
+/// [`LabError::EmptyList`] for no values; [`LabError::Config`] with `why`, naming the first value
+/// out of range.
 pub(crate) fn each_in_range(
     what: &'static str,
     values: &[usize],
     range: std::ops::RangeInclusive<usize>,
     why: &'static str,
 ) -> Result<(), LabError> {
-    if values.is_empty() || values.iter().any(|v| !range.contains(v)) {
-        return bad(what, 0.0, why);
+    if values.is_empty() {
+        return Err(LabError::EmptyList { what });
     }
-    Ok(())
+    match values.iter().find(|v| !range.contains(v)) {
+        Some(v) => bad(what, v, why),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_errors_quote_the_offending_value() {
+        let e = each_in_range("--depths", &[3, 1000], 1..=100, "each must be in 1..=100")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "--depths = 1000: each must be in 1..=100");
+        let e = each_in_range("--depths", &[], 1..=100, "each must be in 1..=100").unwrap_err();
+        assert_eq!(e.to_string(), "--depths: give at least one value");
+        assert_eq!(
+            positive("--lr", -1.0).unwrap_err().to_string(),
+            "--lr = -1: must be finite and > 0"
+        );
+        assert_eq!(
+            at_least_one("--steps", 0).unwrap_err().to_string(),
+            "--steps = 0: must be at least 1"
+        );
+    }
 }

@@ -15,6 +15,8 @@ pub const EVAL_CHUNK: usize = 1000;
 pub(crate) struct Accuracy {
     index: Vec<usize>,
     labels: Vec<u8>,
+    /// Rows of the last run's outputs holding a NaN or an infinity (no prediction).
+    pub(crate) non_finite_rows: usize,
 }
 
 impl Accuracy {
@@ -23,6 +25,7 @@ impl Accuracy {
         Accuracy {
             index: (0..split.len()).collect(),
             labels: vec![0; EVAL_CHUNK.min(split.len())],
+            non_finite_rows: 0,
         }
     }
 
@@ -56,6 +59,7 @@ impl Accuracy {
         chunk: usize,
     ) -> Result<f64, LabError> {
         let mut correct = 0;
+        self.non_finite_rows = 0;
         let classes = model.out_len();
         let chunk = chunk.clamp(1, EVAL_CHUNK);
         let len = self.index.len();
@@ -78,6 +82,8 @@ impl Accuracy {
                 for (row, l) in out.chunks_exact(classes).zip(labels.chunks_exact(1)) {
                     if row.iter().all(|v| v.is_finite()) {
                         correct += count_correct(row, classes, l)?;
+                    } else {
+                        self.non_finite_rows += 1;
                     }
                 }
             }

@@ -35,6 +35,22 @@ pub(crate) fn write_outputs(dir: &Path, out: &Outputs<'_>) -> Result<(), LabErro
     write(&dir.join("report.md"), &out.report)
 }
 
+/// Creates `dir` (and its parents) and checks that a file can be written in it, before any
+/// training: a run never ends by failing to save what it computed.
+///
+/// # Errors
+/// [`LabError::Unwritable`] naming `dir` (it is a file, or permission is denied, ...).
+pub(crate) fn prepare_out(dir: &Path) -> Result<(), LabError> {
+    let unwritable = |source| LabError::Unwritable {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(unwritable)?;
+    let probe = dir.join(format!(".bnlab-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(unwritable)?;
+    std::fs::remove_file(&probe).map_err(unwritable)
+}
+
 /// Creates `dir` and its parents.
 ///
 /// # Errors

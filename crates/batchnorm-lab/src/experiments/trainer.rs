@@ -97,7 +97,7 @@ impl Trainer {
     /// Any error of the training stack.
     pub(crate) fn step(&mut self, train: &Split) -> Result<LossStats, LabError> {
         let s = self.forward_backward(train)?;
-        self.sgd.step(&mut self.model);
+        self.sgd.step(&mut self.model)?;
         Ok(s)
     }
 }

@@ -439,21 +439,63 @@ fn panels_without_finite_points_say_no_data() {
     assert_eq!((image.width(), image.height()), (1600, 1280));
 }
 
+/// Renders both test figures as PNG and SVG into the folder `BNLAB_RENDER_TO` names: the
+/// child process of [`renders_are_deterministic`] (ignored when run on its own).
+#[test]
+#[ignore = "run by renders_are_deterministic in a child process"]
+fn render_into_the_folder_given() {
+    let Some(dir) = std::env::var_os("BNLAB_RENDER_TO") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    for (name, figure) in [("fig1", figure_1()), ("grad", gradient_norms())] {
+        figure.save_png(&dir.join(format!("{name}.png"))).unwrap();
+        figure.save_svg(&dir.join(format!("{name}.svg"))).unwrap();
+    }
+}
+
+/// The same figures give the same bytes in two processes, whose hash maps are seeded
+/// differently, and twice within one.
 #[test]
 fn renders_are_deterministic() {
     let dir = out_dir("determinism");
+    let render_in_child = |name: &str| {
+        let sub = dir.join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "plot::tests::render_into_the_folder_given",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("BNLAB_RENDER_TO", &sub)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "child render failed");
+        sub
+    };
+    let (a, b) = (render_in_child("a"), render_in_child("b"));
     for (name, figure) in [("fig1", figure_1()), ("grad", gradient_norms())] {
-        let first = png_bytes(&figure, &dir, &format!("{name}-1.png"));
-        let second = png_bytes(&figure.clone(), &dir, &format!("{name}-2.png"));
+        for ext in ["png", "svg"] {
+            let file = format!("{name}.{ext}");
+            let first = std::fs::read(a.join(&file)).unwrap();
+            assert!(first.len() > 100, "{file}: the child wrote nothing");
+            assert!(
+                first == std::fs::read(b.join(&file)).unwrap(),
+                "{file}: bytes differ between two processes"
+            );
+        }
+        let here = png_bytes(&figure, &dir, &format!("{name}-here.png"));
         assert!(
-            first == second,
+            here == std::fs::read(a.join(format!("{name}.png"))).unwrap(),
+            "{name}: this process renders other PNG bytes than a child"
+        );
+        assert!(
+            here == png_bytes(&figure.clone(), &dir, &format!("{name}-again.png")),
             "{name}: PNG bytes differ between two renders"
         );
-        figure.save_svg(&dir.join("a.svg")).unwrap();
-        figure.save_svg(&dir.join("b.svg")).unwrap();
-        let a = std::fs::read(dir.join("a.svg")).unwrap();
-        let b = std::fs::read(dir.join("b.svg")).unwrap();
-        assert!(a == b, "{name}: SVG bytes differ between two renders");
     }
 }
 

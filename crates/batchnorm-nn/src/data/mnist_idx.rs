@@ -410,15 +410,24 @@ impl Mnist {
     /// `t10k-labels-idx1-ubyte`).
     ///
     /// # Errors
-    /// [`NnError::Io`] if a file is missing or unreadable, [`NnError::Idx`] if one is invalid.
+    /// [`NnError::MissingData`] if a file is missing, [`NnError::Io`] if one is unreadable,
+    /// [`NnError::Idx`] naming the file that is invalid.
     pub fn load(dir: &Path) -> Result<Self> {
         let split = |images: &str, labels: &str| -> Result<Split> {
-            let ip = find(dir, images);
-            let lp = find(dir, labels);
+            let ip = find(dir, images)?;
+            let lp = find(dir, labels)?;
             let im = read_idx(&ip)?;
             let lb = read_idx(&lp)?;
-            // Attribute a pairing error to the image file, the one named first.
-            Split::from_arrays(im, lb).map_err(|source| NnError::Idx { path: ip, source })
+            Split::from_arrays(im, lb).map_err(|source| {
+                // Each error is reported against the file that holds the wrong bytes; a count
+                // mismatch, which takes both, against the labels (the file that disagrees with
+                // the images it describes).
+                let path = match source {
+                    IdxError::WrongKind { what: "images", .. } | IdxError::Dims { .. } => ip,
+                    _ => lp,
+                };
+                NnError::Idx { path, source }
+            })
         };
         Ok(Mnist {
             train: split("train-images-idx3-ubyte", "train-labels-idx1-ubyte")?,
@@ -428,11 +437,20 @@ impl Mnist {
 }
 
 /// `dir/name.gz` if it exists, else `dir/name`.
-fn find(dir: &Path, name: &str) -> PathBuf {
+///
+/// # Errors
+/// [`NnError::MissingData`] naming both when neither exists.
+fn find(dir: &Path, name: &str) -> Result<PathBuf> {
     let gz = dir.join(format!("{name}.gz"));
+    let plain = dir.join(name);
     if gz.exists() {
-        gz
+        Ok(gz)
+    } else if plain.exists() {
+        Ok(plain)
     } else {
-        dir.join(name)
+        Err(NnError::MissingData {
+            dir: dir.to_path_buf(),
+            name: name.to_owned(),
+        })
     }
 }

@@ -46,21 +46,31 @@ impl<T: Scalar> BatchNorm<T> {
     /// `BatchNormConfig::default()`).
     ///
     /// # Errors
-    /// [`NnError::Empty`] for empty or zero dims, the core's errors for a bad `cfg`.
+    /// [`NnError::Empty`] for empty or zero dims, [`NnError::TooManyDims`] for more than 3
+    /// spatial dims, [`NnError::TooLarge`] when their product overflows, the core's errors for
+    /// a bad `cfg`.
     pub fn new(sample_dims: &[usize], cfg: BatchNormConfig) -> Result<Self> {
         let (&c, spatial) = sample_dims.split_first().ok_or(NnError::Empty {
             what: "batch-norm sample shape",
         })?;
-        if spatial.len() > 3 || sample_dims.contains(&0) {
+        if spatial.len() > 3 {
+            return Err(NnError::TooManyDims {
+                what: "batch-norm sample dims (C, then spatial)",
+                got: sample_dims.len(),
+                max: 4,
+            });
+        }
+        if sample_dims.contains(&0) {
             return Err(NnError::Empty {
-                what: "batch-norm sample dims (need C and at most 3 non-zero spatial dims)",
+                what: "batch-norm sample dim",
             });
         }
         let sample_len = sample_dims
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or(NnError::Empty {
-                what: "batch-norm sample (too large)",
+            .ok_or_else(|| NnError::TooLarge {
+                what: "batch-norm sample",
+                sizes: sample_dims.to_vec(),
             })?;
         let inner = batchnorm::BatchNorm::new(c, cfg)?;
         Ok(BatchNorm {

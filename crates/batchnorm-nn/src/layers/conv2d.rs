@@ -58,7 +58,7 @@ impl Conv2dConfig {
     ///
     /// # Errors
     /// [`NnError::Empty`] for a zero size, kernel or stride; [`NnError::InvalidConfig`] when the
-    /// kernel is larger than the padded input; overflow as [`NnError::Empty`].
+    /// kernel is larger than the padded input; [`NnError::TooLarge`] on overflow.
     pub fn output_hw(&self) -> Result<[usize; 2]> {
         let sizes = [
             self.in_channels,
@@ -80,8 +80,9 @@ impl Conv2dConfig {
             let padded = self.padding[d]
                 .checked_mul(2)
                 .and_then(|p| p.checked_add(self.input_hw[d]))
-                .ok_or(NnError::Empty {
-                    what: "conv2d padded input (too large)",
+                .ok_or(NnError::TooLarge {
+                    what: "conv2d padded input (size + 2 x padding)",
+                    sizes: vec![self.input_hw[d], self.padding[d]],
                 })?;
             if self.kernel[d] > padded {
                 return Err(NnError::InvalidConfig {
@@ -99,8 +100,9 @@ impl Conv2dConfig {
 /// `len` zeros, or an error if the memory cannot be had (never an abort on a huge request).
 fn zeros<T: Scalar>(len: usize) -> Result<Vec<T>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| NnError::Empty {
-        what: "conv2d (allocation failed: too large)",
+    v.try_reserve_exact(len).map_err(|_| NnError::TooLarge {
+        what: "conv2d buffer (allocation failed)",
+        sizes: vec![len],
     })?;
     v.resize(len, T::ZERO);
     Ok(v)
@@ -265,11 +267,19 @@ impl<T: Scalar> Conv2d<T> {
     /// A convolution with zero weights and biases.
     ///
     /// # Errors
-    /// As [`Conv2dConfig::output_hw`], and [`NnError::Empty`] when a size overflows.
+    /// As [`Conv2dConfig::output_hw`], and [`NnError::TooLarge`] when a size overflows.
     pub fn new(cfg: Conv2dConfig) -> Result<Self> {
         let [oh, ow] = cfg.output_hw()?;
-        let too_big = || NnError::Empty {
-            what: "conv2d (too large)",
+        let too_big = || NnError::TooLarge {
+            what: "conv2d (channels, input and kernel sizes)",
+            sizes: vec![
+                cfg.in_channels,
+                cfg.out_channels,
+                cfg.input_hw[0],
+                cfg.input_hw[1],
+                cfg.kernel[0],
+                cfg.kernel[1],
+            ],
         };
         let mul = |a: usize, b: usize| a.checked_mul(b).ok_or_else(too_big);
         let c = cfg.in_channels;

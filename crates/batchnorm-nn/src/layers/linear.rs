@@ -30,15 +30,16 @@ impl<T: Scalar> Linear<T> {
     /// A layer with zero weights and biases.
     ///
     /// # Errors
-    /// [`NnError::Empty`] if either size is 0.
+    /// [`NnError::Empty`] if either size is 0, [`NnError::TooLarge`] if their product overflows.
     pub fn new(in_len: usize, out_len: usize) -> Result<Self> {
         if in_len == 0 || out_len == 0 {
             return Err(NnError::Empty {
                 what: "linear layer dimension",
             });
         }
-        let w = in_len.checked_mul(out_len).ok_or(NnError::Empty {
-            what: "linear layer (too large)",
+        let w = in_len.checked_mul(out_len).ok_or(NnError::TooLarge {
+            what: "linear layer weight",
+            sizes: vec![out_len, in_len],
         })?;
         Ok(Linear {
             weight: vec![T::ZERO; w],

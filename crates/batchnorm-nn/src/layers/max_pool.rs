@@ -44,7 +44,7 @@ impl MaxPool2dConfig {
     /// Output height and width, `OH = (H + 2 PH - KH) / SH + 1` (rounded down), likewise `OW`.
     ///
     /// # Errors
-    /// [`NnError::Empty`] for a zero size, kernel or stride (or overflow);
+    /// [`NnError::Empty`] for a zero size, kernel or stride, [`NnError::TooLarge`] on overflow;
     /// [`NnError::InvalidConfig`] for padding above half the kernel or a kernel larger than
     /// the padded input.
     pub fn output_hw(&self) -> Result<[usize; 2]> {
@@ -75,8 +75,9 @@ impl MaxPool2dConfig {
             let padded =
                 self.input_hw[d]
                     .checked_add(2 * self.padding[d])
-                    .ok_or(NnError::Empty {
-                        what: "max_pool2d padded input (too large)",
+                    .ok_or(NnError::TooLarge {
+                        what: "max_pool2d padded input (size + 2 x padding)",
+                        sizes: vec![self.input_hw[d], self.padding[d]],
                     })?;
             if self.kernel[d] > padded {
                 return Err(NnError::InvalidConfig {
@@ -115,11 +116,12 @@ impl MaxPool2d {
     /// A max-pooling layer.
     ///
     /// # Errors
-    /// As [`MaxPool2dConfig::output_hw`], and [`NnError::Empty`] when a size overflows.
+    /// As [`MaxPool2dConfig::output_hw`], and [`NnError::TooLarge`] when a size overflows.
     pub fn new(cfg: MaxPool2dConfig) -> Result<Self> {
         let out_hw = cfg.output_hw()?;
-        let too_big = || NnError::Empty {
-            what: "max_pool2d (too large)",
+        let too_big = || NnError::TooLarge {
+            what: "max_pool2d (channels x height x width)",
+            sizes: vec![cfg.channels, cfg.input_hw[0], cfg.input_hw[1]],
         };
         let in_len = cfg
             .channels

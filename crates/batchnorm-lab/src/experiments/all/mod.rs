@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::output::{create_dir, write};
+use super::output::write;
 use super::{batch_size, cnn, depth, fig1, fold, lr_sweep, LabError};
 
 /// Settings.
@@ -65,7 +65,7 @@ pub struct Outcome {
 pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     super::error::at_least_one("--threads", cfg.threads)?;
     let start = Instant::now();
-    create_dir(&cfg.out)?;
+    super::output::prepare_out(&cfg.out)?;
     let dir = |name: &str| cfg.out.join(name);
     let (seed, threads, data) = (cfg.seed, cfg.threads, cfg.data.clone());
     let mut sections = Vec::new();

@@ -84,13 +84,13 @@ impl Config {
             "--batch-sizes",
             &self.batch_sizes,
             2..=EVAL_CHUNK,
-            "need at least one, each between 2 and 1000",
+            "each must be between 2 and 1000",
         )?;
         let largest = self.batch_sizes.iter().copied().max().unwrap_or(2);
         if self.examples < largest {
             return bad(
                 "--examples",
-                self.examples as f64,
+                self.examples,
                 "must be at least the largest batch size",
             );
         }
@@ -145,6 +145,7 @@ pub struct Outcome {
 /// A bad setting, unreadable data, or an unwritable output folder.
 pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     cfg.validate()?;
+    super::output::prepare_out(&cfg.out)?;
     let start = Instant::now();
     let (data, _) = super::data::load_mnist(&cfg.data)?;
     let linears = mlp::initial_linears(&WIDTHS, cfg.seed, |_| cfg.init_std)?;

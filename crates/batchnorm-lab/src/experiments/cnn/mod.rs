@@ -180,6 +180,7 @@ pub struct Outcome {
 /// A bad setting, unreadable data, or an unwritable output folder.
 pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     cfg.validate()?;
+    super::output::prepare_out(&cfg.out)?;
     let start = Instant::now();
     let (data, _) = super::data::load_mnist(&cfg.data)?;
     let init = convnet::init(cfg.seed)?;

@@ -87,12 +87,7 @@ impl Config {
     /// # Errors
     /// [`LabError::Config`] naming the first bad setting.
     pub fn validate(&self) -> Result<(), LabError> {
-        each_in_range(
-            "--depths",
-            &self.depths,
-            1..=100,
-            "need at least one depth, each in 1..=100",
-        )?;
+        each_in_range("--depths", &self.depths, 1..=100, "each must be in 1..=100")?;
         in_range("--width", self.width, 1..=10_000, "must be in 1..=10000")?;
         positive("--lr", self.lr)?;
         train_batch_size(self.batch_size)?;
@@ -212,6 +207,7 @@ impl Outcome {
 /// A bad setting, unreadable data, or an unwritable output folder.
 pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     cfg.validate()?;
+    super::output::prepare_out(&cfg.out)?;
     let start = Instant::now();
     let (data, _) = super::data::load_mnist(&cfg.data)?;
     let (probe, probe_labels) =

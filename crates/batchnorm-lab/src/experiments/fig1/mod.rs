@@ -102,7 +102,7 @@ pub struct Outcome {
     /// The network with batch normalization.
     pub bn: NetRun,
     /// Seconds from the start of the run to the end of training (data loading included,
-    /// writing the outputs excluded).
+    /// writing the outputs excluded); for a resumed run, over every session.
     pub wall_seconds: f64,
     /// Seconds spent loading MNIST.
     pub load_seconds: f64,
@@ -121,6 +121,8 @@ impl Outcome {
 /// A bad setting, unreadable data, or an unwritable output folder.
 pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     cfg.validate()?;
+    super::output::prepare_out(&cfg.out)?;
+    checkpoint::check_fresh(cfg)?;
     let start = Instant::now();
     let (data, load_seconds) = super::data::load_mnist(&cfg.data)?;
 
@@ -128,6 +130,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     let (probe, _) = super::data::fixed_batch(&data.train, probe_seed(cfg.seed), PROBE_SIZE)?;
     let probe_size = probe.len() / data.train.pixels();
     let inputs = train::Inputs {
+        start,
         train: &data.train,
         test: &data.test,
         probe: &probe,
@@ -136,19 +139,31 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
 
     let linears = network::initial_linears(cfg.seed, cfg.init_std)?;
     let capacity = cfg.batch_size.max(EVAL_CHUNK).max(probe_size);
-    let plain = network::build(&linears, Variant::Plain, capacity)?;
-    let bn = network::build(&linears, Variant::BatchNorm, capacity)?;
+    let mut plain = network::build(&linears, Variant::Plain, capacity)?;
+    let mut bn = network::build(&linears, Variant::BatchNorm, capacity)?;
 
-    let (mut resume_bn, mut resume_plain) = (None, None);
-    if let Some(dir) = &cfg.resume {
-        let n = data.train.len();
-        resume_bn = checkpoint::load(dir, Variant::BatchNorm, cfg, n)?;
-        resume_plain = checkpoint::load(dir, Variant::Plain, cfg, n)?;
-        if resume_bn.is_none() && resume_plain.is_none() {
-            let dir = dir.clone();
-            return Err(checkpoint::CheckpointError::Missing { dir }.into());
+    let (resume_bn, resume_plain) = match &cfg.resume {
+        Some(dir) => {
+            let (bn, plain) = checkpoint::load_both(dir, cfg, data.train.len())?;
+            (Some(bn), Some(plain))
         }
-    }
+        None => {
+            if cfg.checkpoint_every.is_some() {
+                let nets = [(Variant::BatchNorm, &mut bn), (Variant::Plain, &mut plain)];
+                let wall = start.elapsed().as_secs_f64();
+                checkpoint::save_start(cfg, nets, data.train.len(), wall)?;
+            }
+            (None, None)
+        }
+    };
+    // Wall-clock seconds of the earlier sessions of a resumed run (each network's checkpoint
+    // records the run's wall clock when it was saved).
+    let earlier = [&resume_bn, &resume_plain]
+        .iter()
+        .filter_map(|r| r.as_ref().map(|r| (r.state.step, r.state.wall_seconds)))
+        .collect::<Vec<_>>();
+    let finished = !earlier.is_empty() && earlier.iter().all(|&(step, _)| step == cfg.steps);
+    let earlier_seconds = earlier.iter().map(|&(_, w)| w).fold(0.0, f64::max);
 
     let progress = Progress::new();
     let bar_bn = progress.add(Variant::BatchNorm.key(), cfg.steps as u64);
@@ -178,7 +193,12 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
         config: cfg.clone(),
         plain: plain_run?,
         bn: bn_run?,
-        wall_seconds: start.elapsed().as_secs_f64(),
+        // A finished run resumed trains nothing: its timing is the original run's.
+        wall_seconds: if finished {
+            earlier_seconds
+        } else {
+            earlier_seconds + start.elapsed().as_secs_f64()
+        },
         load_seconds,
     };
     output::write_all(&outcome)?;

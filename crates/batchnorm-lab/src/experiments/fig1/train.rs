@@ -75,6 +75,8 @@ impl NetRun {
 /// The data a network trains and is evaluated on, shared read-only between threads.
 #[derive(Debug)]
 pub struct Inputs<'a> {
+    /// When this session of the run started.
+    pub start: Instant,
     /// Training split.
     pub train: &'a Split,
     /// Test split.
@@ -106,29 +108,26 @@ pub fn train(
     let bs = cfg.batch_size;
     let mut trainer = Trainer::new(model, cfg.lr, bs, order_seed(cfg.seed), inputs.train.len())?;
     let mut evaluator = Evaluator::new(inputs, &trainer.model)?;
-    let mut st = match resume {
-        Some(r) => {
-            let st = r.restore(&mut trainer)?;
-            progress.set_step(st.step as u64);
-            st
-        }
-        None => {
-            let t = Instant::now();
-            let first = evaluator.run(&mut trainer.model, 0, f64::NAN, f64::NAN)?;
-            NetState {
-                step: 0,
-                evals: vec![first],
-                loss_sum: 0.0,
-                correct: 0,
-                since: 0,
-                train_seconds: 0.0,
-                eval_seconds: t.elapsed().as_secs_f64(),
-            }
-        }
-    };
     let save_to = cfg
         .checkpoint_every
         .map(|every| (checkpoint::dir(cfg), every));
+    // Wall-clock seconds of the run before this session.
+    let mut earlier = 0.0;
+    let mut st = match resume {
+        Some(r) => {
+            let st = r.restore(&mut trainer)?;
+            earlier = st.wall_seconds;
+            progress.set_step(st.step as u64);
+            st
+        }
+        None => NetState::start(inputs.start.elapsed().as_secs_f64()),
+    };
+    if st.evals.is_empty() {
+        let t = Instant::now();
+        let first = evaluator.run(&mut trainer.model, 0, f64::NAN, f64::NAN)?;
+        st.evals.push(first);
+        st.eval_seconds += t.elapsed().as_secs_f64();
+    }
     let mut t_train = Instant::now();
     for step in st.step + 1..=cfg.steps {
         let s = trainer.step(inputs.train)?;
@@ -156,6 +155,7 @@ pub fn train(
             if step.is_multiple_of(*every) || step == cfg.steps {
                 // After the step's evaluation, so the checkpoint holds it; not timed as training.
                 st.train_seconds += t_train.elapsed().as_secs_f64();
+                st.wall_seconds = earlier + inputs.start.elapsed().as_secs_f64();
                 let sampler = trainer.sampler_state();
                 checkpoint::save(dir, variant, cfg, &mut trainer.model, &st, &sampler)?;
                 t_train = Instant::now();

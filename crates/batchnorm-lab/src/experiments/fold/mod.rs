@@ -24,7 +24,7 @@ use batchnorm_nn::fold::fold_batch_norm;
 use batchnorm_nn::layers::Mode;
 use batchnorm_nn::Sequential;
 
-use super::error::{at_least_one, bad, each_in_range, in_range};
+use super::error::{at_least_one, each_in_range, in_range};
 use super::mlp::{self, Activation};
 use super::output::print_wall_time;
 use super::parallel::run_jobs;
@@ -105,14 +105,13 @@ impl Config {
     /// # Errors
     /// [`LabError::Config`] naming the first bad setting.
     pub fn validate(&self) -> Result<(), LabError> {
-        if self.mlp_steps == 0 || self.cnn_steps == 0 {
-            return bad("--mlp-steps/--cnn-steps", 0.0, "must be at least 1");
-        }
+        at_least_one("--mlp-steps", self.mlp_steps)?;
+        at_least_one("--cnn-steps", self.cnn_steps)?;
         each_in_range(
             "--batch-sizes",
             &self.batch_sizes,
             1..=EVAL_CHUNK,
-            "need at least one, each between 1 and 1000",
+            "each must be between 1 and 1000",
         )?;
         at_least_one("--repeats", self.repeats)?;
         in_range("--images", self.images, 1..=10_000, "must be in 1..=10000")?;
@@ -200,6 +199,7 @@ pub struct Outcome {
 /// A bad setting, unreadable data, a failed fold, or an unwritable output folder.
 pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     cfg.validate()?;
+    super::output::prepare_out(&cfg.out)?;
     let start = Instant::now();
     let (data, _) = super::data::load_mnist(&cfg.data)?;
     let trained = run_jobs(&[Net::Mlp, Net::Cnn], cfg.threads, |_, &net| {

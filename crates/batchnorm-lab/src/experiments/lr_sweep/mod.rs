@@ -3,8 +3,10 @@
 //!
 //! Every run starts from the same weights and sees the same batches. Recorded: the test
 //! accuracy after the last step (BN with running statistics) and whether training diverged: a
-//! non-finite loss at any step (training stops there: the weights are NaN from then on) or a
-//! batch loss above 10 times the first batch's loss (training goes on; the flag stays).
+//! non-finite loss at any step (training stops there: the weights are NaN from then on), test
+//! outputs that are NaN or infinite after training, or a mean loss above 10 times the first
+//! batch's over every window from some point to the end. A run whose loss rose above that and
+//! came back down has recovered: it is not diverged (its first such step is kept, `spiked_at`).
 //!
 //! Outputs: `results.csv` (one row per run), `curves.csv` (mean training loss per window),
 //! `summary.json`, `lr_sweep.png`/`.svg`, `report.md`.
@@ -29,7 +31,8 @@ use crate::progress::Progress;
 
 /// Layer widths: as fig1.
 pub const WIDTHS: [usize; 5] = [784, 100, 100, 100, 10];
-/// A batch loss above this multiple of the first batch's loss marks a run as diverged.
+/// A loss above this multiple of the first batch's loss, to the end of the run, marks a run as
+/// diverged.
 pub const DIVERGENCE_FACTOR: f64 = 10.0;
 
 /// Settings of the experiment.
@@ -78,7 +81,7 @@ impl Config {
     /// [`LabError::Config`] naming the first bad setting.
     pub fn validate(&self) -> Result<(), LabError> {
         if self.lrs.is_empty() {
-            return bad("--lrs", 0.0, "need at least one learning rate");
+            return Err(LabError::EmptyList { what: "--lrs" });
         }
         if let Some(&lr) = self.lrs.iter().find(|lr| !(lr.is_finite() && **lr > 0.0)) {
             return bad("--lrs", lr, "each must be finite and > 0");
@@ -106,10 +109,16 @@ pub struct Run {
     pub max_loss: f64,
     /// Mean training loss over the last `log_every` steps trained (NaN once diverged to NaN).
     pub final_loss: f64,
-    /// First step whose loss was non-finite or above 10x the initial loss.
+    /// Where the run diverged: the step its loss became non-finite, or the first step of the
+    /// windows whose mean loss stayed above 10x the initial loss to the end. `None` if it did
+    /// not (or only its test outputs became NaN: [`Run::nan_outputs`]).
     pub diverged_at: Option<usize>,
+    /// The first step whose batch loss was above 10x the initial loss, even if it recovered.
+    pub spiked_at: Option<usize>,
     /// Whether the loss became NaN or infinite (training stopped there).
     pub non_finite: bool,
+    /// Whether some test outputs were NaN or infinite after training (no prediction).
+    pub nan_outputs: bool,
     /// Steps trained.
     pub steps_done: usize,
     /// Test accuracy after training (BN with running statistics; a row with a NaN counts as
@@ -127,9 +136,10 @@ impl Run {
         net_key(self.batch_norm)
     }
 
-    /// Whether the run diverged (NaN or loss above 10x the initial loss).
+    /// Whether the run diverged: NaN loss or outputs, or a loss above 10x the initial loss
+    /// to the end.
     pub fn diverged(&self) -> bool {
-        self.diverged_at.is_some()
+        self.diverged_at.is_some() || self.nan_outputs
     }
 }
 
@@ -160,6 +170,7 @@ impl Outcome {
 /// A bad setting, unreadable data, or an unwritable output folder.
 pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     cfg.validate()?;
+    super::output::prepare_out(&cfg.out)?;
     let start = Instant::now();
     let (data, _) = super::data::load_mnist(&cfg.data)?;
     let linears = mlp::initial_linears(&WIDTHS, cfg.seed, |_| cfg.init_std)?;
@@ -219,7 +230,7 @@ fn train_one(
     let mut trainer = Trainer::new(model, lr, cfg.batch_size, order_seed(cfg.seed), train.len())?;
     let t = Instant::now();
     let (mut initial_loss, mut max_loss) = (f64::NAN, f64::NEG_INFINITY);
-    let (mut diverged_at, mut non_finite) = (None, false);
+    let mut watch = Divergence::default();
     let (mut window, mut since) = (0.0, 0usize);
     let mut curve = Vec::new();
     let mut final_loss = f64::NAN;
@@ -230,21 +241,20 @@ fn train_one(
         if step == 1 {
             initial_loss = loss;
         }
+        let limit = DIVERGENCE_FACTOR * initial_loss;
         if !loss.is_finite() {
-            diverged_at.get_or_insert(step);
-            non_finite = true;
+            watch.non_finite(step);
             curve.push((step, loss));
             final_loss = loss;
             break;
         }
         max_loss = max_loss.max(loss);
-        if loss > DIVERGENCE_FACTOR * initial_loss {
-            diverged_at.get_or_insert(step);
-        }
+        watch.batch(step, loss, limit);
         window += loss;
         since += 1;
         if step.is_multiple_of(cfg.log_every) || step == cfg.steps {
             final_loss = window / since as f64;
+            watch.window(step + 1 - since, final_loss, limit);
             curve.push((step, final_loss));
             (window, since) = (0.0, 0);
         }
@@ -253,7 +263,10 @@ fn train_one(
         }
     }
     let train_seconds = t.elapsed().as_secs_f64();
-    let test_accuracy = Accuracy::new(test).run(&mut trainer.model, test, Mode::Eval)?;
+    let mut accuracy = Accuracy::new(test);
+    let test_accuracy = accuracy.run(&mut trainer.model, test, Mode::Eval)?;
+    let (diverged_at, spiked_at, non_finite) = (watch.diverged_at(), watch.spiked_at, watch.nan);
+    let nan_outputs = accuracy.non_finite_rows > 0;
     Ok(Run {
         activation,
         batch_norm,
@@ -262,12 +275,57 @@ fn train_one(
         max_loss,
         final_loss,
         diverged_at,
+        spiked_at,
         non_finite,
+        nan_outputs,
         steps_done,
         test_accuracy,
         curve,
         train_seconds,
     })
+}
+
+/// Watches a run's losses for divergence.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Divergence {
+    /// Whether the loss became non-finite.
+    nan: bool,
+    /// The step it did.
+    nan_at: Option<usize>,
+    /// The first step of the current stretch of windows whose mean loss is above the limit.
+    above_since: Option<usize>,
+    /// The first step whose batch loss was above the limit.
+    spiked_at: Option<usize>,
+}
+
+impl Divergence {
+    /// A non-finite loss at `step`: training stops.
+    fn non_finite(&mut self, step: usize) {
+        self.nan = true;
+        self.nan_at = Some(step);
+    }
+
+    /// A finite batch loss.
+    fn batch(&mut self, step: usize, loss: f64, limit: f64) {
+        if loss > limit {
+            self.spiked_at.get_or_insert(step);
+        }
+    }
+
+    /// The mean loss of a window starting at step `first`: above the limit it starts (or
+    /// continues) a stretch; at or below it, the run has recovered.
+    fn window(&mut self, first: usize, mean: f64, limit: f64) {
+        if mean > limit {
+            self.above_since.get_or_insert(first);
+        } else {
+            self.above_since = None;
+        }
+    }
+
+    /// Where the run diverged, if it did: its NaN step, or the stretch that lasted to the end.
+    fn diverged_at(&self) -> Option<usize> {
+        self.nan_at.or(self.above_since)
+    }
 }
 
 /// Prints one line per run to stdout.
@@ -284,4 +342,26 @@ pub fn print_summary(o: &Outcome) {
         );
     }
     print_wall_time(o.wall_seconds, &o.config.out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_recovery_is_not_divergence() {
+        let mut d = Divergence::default();
+        d.batch(5, 30.0, 23.0);
+        d.window(1, 25.0, 23.0);
+        assert_eq!((d.diverged_at(), d.spiked_at), (Some(1), Some(5)));
+        d.window(11, 2.0, 23.0);
+        assert_eq!((d.diverged_at(), d.spiked_at), (None, Some(5)));
+        // Above again to the end: diverged from the start of that stretch.
+        d.window(21, 24.0, 23.0);
+        d.window(31, 40.0, 23.0);
+        assert_eq!(d.diverged_at(), Some(21));
+        d.non_finite(35);
+        assert_eq!(d.diverged_at(), Some(35));
+        assert!(d.nan);
+    }
 }

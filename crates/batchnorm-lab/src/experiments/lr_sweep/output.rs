@@ -26,12 +26,12 @@ pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
 
 fn results_csv(o: &Outcome) -> String {
     let mut s = String::from(
-        "activation,net,lr,test_accuracy,diverged,diverged_at,non_finite,initial_loss,max_loss,final_loss,steps_done,train_seconds\n",
+        "activation,net,lr,test_accuracy,diverged,diverged_at,non_finite,nan_outputs,spiked_at,initial_loss,max_loss,final_loss,steps_done,train_seconds\n",
     );
     for r in &o.runs {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.activation.key(),
             r.net_key(),
             r.lr,
@@ -39,6 +39,8 @@ fn results_csv(o: &Outcome) -> String {
             r.diverged(),
             r.diverged_at.map_or(String::new(), |s| s.to_string()),
             r.non_finite,
+            r.nan_outputs,
+            r.spiked_at.map_or(String::new(), |s| s.to_string()),
             num(r.initial_loss),
             num(r.max_loss),
             num(r.final_loss),
@@ -79,8 +81,10 @@ pub(super) fn summary_json(o: &Outcome) -> Value {
                 "test_accuracy": finite(r.test_accuracy),
                 "diverged": r.diverged(),
                 "diverged_at": r.diverged_at,
-                "at_chance": r.test_accuracy < AT_CHANCE,
+                "at_chance": !r.diverged() && r.test_accuracy < AT_CHANCE,
                 "non_finite": r.non_finite,
+                "nan_outputs": r.nan_outputs,
+                "spiked_at": r.spiked_at,
                 "initial_loss": finite(r.initial_loss),
                 "max_loss": finite(r.max_loss),
                 "final_loss": finite(r.final_loss),
@@ -103,7 +107,7 @@ pub(super) fn summary_json(o: &Outcome) -> Value {
             "architecture": "784-100-100-100-10, sigmoid or ReLU hidden units, softmax cross-entropy",
             "optimizer": "plain SGD (no momentum, no weight decay)",
             "batch_norm": "before each hidden nonlinearity; eps 1e-5, momentum 0.1, learnable gamma/beta",
-            "divergence": format!("a non-finite batch loss (training stops) or a batch loss above {DIVERGENCE_FACTOR}x the first batch's"),
+            "divergence": format!("a non-finite batch loss (training stops), non-finite test outputs, or a mean loss above {DIVERGENCE_FACTOR}x the first batch's in every window to the end"),
         },
     })
 }
@@ -187,13 +191,20 @@ fn figure(o: &Outcome) -> Figure {
     }
 }
 
+/// A run's cell in the report: its test accuracy, or why it has none.
 fn cell(r: &Run) -> String {
-    let mark = match (r.diverged_at, r.non_finite) {
-        (Some(s), true) => format!(" (NaN at step {s})"),
-        (Some(s), false) => format!(" (loss > {DIVERGENCE_FACTOR}x at step {s})"),
-        (None, _) => String::new(),
-    };
-    format!("{}{mark}", pct(Some(r.test_accuracy)))
+    match (r.diverged_at, r.non_finite) {
+        (Some(s), true) => format!("diverged (NaN loss at step {s})"),
+        (Some(s), false) => format!("diverged (loss > {DIVERGENCE_FACTOR}x from step {s})"),
+        (None, _) if r.nan_outputs => "diverged (NaN outputs)".into(),
+        (None, _) => match r.spiked_at {
+            Some(s) => format!(
+                "{} (loss > {DIVERGENCE_FACTOR}x at step {s}, recovered)",
+                pct(Some(r.test_accuracy))
+            ),
+            None => pct(Some(r.test_accuracy)),
+        },
+    }
 }
 
 fn report_md(o: &Outcome) -> String {
@@ -210,7 +221,9 @@ fn report_md(o: &Outcome) -> String {
          biases 0 (the same weights and batches for every run), {} steps of plain SGD with batches of \
          {}, seed {}. Test accuracy on the 10,000 test images after the last step (BN with running \
          statistics). Diverged: a non-finite batch loss (training stops; the network's outputs are \
-         NaN and count as wrong) or a batch loss above {}x the first batch's.\n",
+         NaN), NaN test outputs, or a mean loss above {}x the first batch's in every window to the \
+         end; a diverged run has no accuracy. A run whose loss passed that and came back is \
+         marked recovered.\n",
         c.init_std, c.steps, c.batch_size, c.seed, DIVERGENCE_FACTOR
     );
     let _ = write!(s, "| learning rate |");
@@ -234,26 +247,26 @@ fn report_md(o: &Outcome) -> String {
             .filter(|r| r.diverged())
             .map(|r| r.lr.to_string())
             .collect();
-        let best = runs
-            .iter()
-            .max_by(|x, y| x.test_accuracy.total_cmp(&y.test_accuracy));
-        let worst = runs
-            .iter()
-            .min_by(|x, y| x.test_accuracy.total_cmp(&y.test_accuracy));
-        let _ = writeln!(
-            s,
-            "- {}: best {} at lr {}, worst {} at lr {}; diverged at lr {}.",
-            label(a, bn),
-            best.map_or("n/a".into(), |r| pct(Some(r.test_accuracy))),
-            best.map_or(f64::NAN, |r| r.lr),
-            worst.map_or("n/a".into(), |r| pct(Some(r.test_accuracy))),
-            worst.map_or(f64::NAN, |r| r.lr),
-            if div.is_empty() {
-                "none".into()
-            } else {
-                div.join(", ")
-            }
-        );
+        // Best and worst among the runs that did not diverge (a diverged one has no accuracy).
+        let kept = || runs.iter().filter(|r| !r.diverged());
+        let best = kept().max_by(|x, y| x.test_accuracy.total_cmp(&y.test_accuracy));
+        let worst = kept().min_by(|x, y| x.test_accuracy.total_cmp(&y.test_accuracy));
+        let range = match (best, worst) {
+            (Some(b), Some(w)) => format!(
+                "best {} at lr {}, worst {} at lr {}",
+                pct(Some(b.test_accuracy)),
+                b.lr,
+                pct(Some(w.test_accuracy)),
+                w.lr
+            ),
+            _ => "no run trained".into(),
+        };
+        let diverged = if div.is_empty() {
+            "did not diverge at any learning rate".into()
+        } else {
+            format!("diverged at lr {}", div.join(", "))
+        };
+        let _ = writeln!(s, "- {}: {range}; {diverged}.", label(a, bn));
     }
     let chance: Vec<String> = o
         .runs
@@ -282,23 +295,34 @@ fn report_md(o: &Outcome) -> String {
     }
     let high: Vec<&Run> = o.runs.iter().filter(|r| r.lr >= 1.0).collect();
     if !high.is_empty() {
+        // The mean over the runs that did not diverge, and how many did.
         let mean = |a: Activation, bn: bool| {
-            let v: Vec<f64> = high
+            let runs: Vec<&&Run> = high
                 .iter()
                 .filter(|r| r.activation == a && r.batch_norm == bn)
+                .collect();
+            let kept: Vec<f64> = runs
+                .iter()
+                .filter(|r| !r.diverged())
                 .map(|r| r.test_accuracy)
                 .collect();
-            v.iter().sum::<f64>() / v.len().max(1) as f64
+            let diverged = runs.len() - kept.len();
+            let avg = (!kept.is_empty()).then(|| kept.iter().sum::<f64>() / kept.len() as f64);
+            match (avg, diverged) {
+                (Some(m), 0) => pct(Some(m)),
+                (Some(m), d) => format!("{} ({d} of {} diverged)", pct(Some(m)), runs.len()),
+                (None, _) => "none (all diverged)".into(),
+            }
         };
         let _ = writeln!(
             s,
-            "- At learning rates >= 1, mean test accuracy: ReLU {} with BN and {} without; sigmoid {} \
-             with BN and {} without. (A TensorFlow reproduction reported ReLU without BN collapsing to \
-             about 10% at lr >= 1 while BN held about 98%.)",
-            pct(Some(mean(Activation::Relu, true))),
-            pct(Some(mean(Activation::Relu, false))),
-            pct(Some(mean(Activation::Sigmoid, true))),
-            pct(Some(mean(Activation::Sigmoid, false)))
+            "- At learning rates >= 1, mean test accuracy of the runs that did not diverge: ReLU {} \
+             with BN and {} without; sigmoid {} with BN and {} without. (A TensorFlow reproduction \
+             reported ReLU without BN collapsing to about 10% at lr >= 1 while BN held about 98%.)",
+            mean(Activation::Relu, true),
+            mean(Activation::Relu, false),
+            mean(Activation::Sigmoid, true),
+            mean(Activation::Sigmoid, false)
         );
     }
     let _ = writeln!(
@@ -312,4 +336,68 @@ fn report_md(o: &Outcome) -> String {
          `lr_sweep.png`, `lr_sweep.svg`."
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    fn run(activation: Activation, batch_norm: bool, lr: f64, acc: f64) -> Run {
+        Run {
+            activation,
+            batch_norm,
+            lr,
+            initial_loss: 2.3,
+            max_loss: 2.3,
+            final_loss: 0.3,
+            diverged_at: None,
+            spiked_at: None,
+            non_finite: false,
+            nan_outputs: false,
+            steps_done: 100,
+            test_accuracy: acc,
+            curve: Vec::new(),
+            train_seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn report_names_divergence_instead_of_an_accuracy() {
+        let mut runs = Vec::new();
+        for &(a, bn) in &COMBOS {
+            runs.push(run(a, bn, 0.1, 0.9));
+            runs.push(run(a, bn, 5.0, 0.8));
+        }
+        // ReLU without BN at lr 5: NaN outputs, accuracy 0 (no row predicted).
+        runs[7].nan_outputs = true;
+        runs[7].test_accuracy = 0.0;
+        // Sigmoid with BN at lr 5: a spike that recovered.
+        runs[1].spiked_at = Some(40);
+        let o = Outcome {
+            config: Config {
+                lrs: vec![0.1, 5.0],
+                ..Config::default()
+            },
+            runs,
+            wall_seconds: 1.0,
+        };
+        let md = report_md(&o);
+        assert!(!md.contains("lr none"), "{md}");
+        assert!(md.contains("did not diverge at any learning rate"), "{md}");
+        assert!(md.contains("| diverged (NaN outputs) |"), "{md}");
+        assert!(!md.contains(" 0.00%"), "{md}");
+        assert!(
+            md.contains("ReLU 80.00% with BN and none (all diverged) without"),
+            "{md}"
+        );
+        assert!(
+            md.contains("80.00% (loss > 10x at step 40, recovered)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("ReLU, without BN: best 90.00% at lr 0.1, worst 90.00% at lr 0.1; diverged at lr 5."),
+            "{md}"
+        );
+    }
 }
