@@ -1,22 +1,18 @@
 //! The BatchNorm module: parameters, running statistics, forward and backward.
 
-use crate::backward::{
-    grad_sums, grad_sums_kernel, input_grad, input_grad_channels, GradMap, GradSums,
-};
+use crate::backward::{grad_sums_kernel, input_grad, input_grad_channels, GradMap, GradSums};
 use crate::config::{BatchNormConfig, Mode, Statistics};
 use crate::element::{Element, Float};
 use crate::error::{BatchNormError, Result};
 use crate::forward::{normalize, normalize_channels, NormMap};
 use crate::layout::Shape;
 use crate::par::Par;
-use crate::plan::{
-    channel_cut, channel_groups, parts_len, two_passes_grouped, Cut, Disjoint, Exec, WideMaps,
-};
+use crate::plan::{two_passes, widen, Exec, WideMaps};
 use crate::running_stats;
 use crate::simd::Isa;
 use crate::stages::{self, check_len, InputGrad, Kernels, Normalization};
-use crate::stats::{channel_moments, moments_kernel, Moments};
-use crate::team::{two_passes_shared, Board};
+use crate::stats::{moments_kernel, Moments};
+use crate::team::Board;
 
 /// Batch Normalization over the channel axis, with PyTorch's semantics
 /// (`torch.nn.BatchNorm{1,2,3}d`, `F.batch_norm`).
@@ -482,63 +478,32 @@ impl<T: Element> BatchNorm<T> {
         let c = self.channels;
         let geo = shape.geometry();
         let exec = self.exec(shape);
-        let elem = std::mem::size_of::<T>();
         saved.mean64.resize(c, 0.0);
         saved.invstd64.resize(c, 0.0);
         ws.maps.resize(c, NormMap::<T>::default());
         ws.moments.resize(c, Moments::EMPTY);
-        let cut = channel_cut(geo, elem, 1, exec);
-        match (statistics, cut) {
-            (Statistics::Batch, Cut::Channels(g)) => {
-                // Channel group by channel group, each on one thread: its normalising pass
-                // reads it from L2.
-                let (y, seq) = (Disjoint::new(y), exec.sequential());
-                two_passes_grouped(
+        match statistics {
+            Statistics::Batch => {
+                let seq = exec.sequential();
+                two_passes(
                     exec,
                     geo,
-                    g,
-                    &mut ws.moment_parts,
-                    &mut ws.moments,
-                    &mut ws.maps,
-                    moments_kernel(x, geo, exec.isa),
-                    Moments::merge,
-                    |ch, m| self.channel_map(ch, m.mean, m.variance()),
-                    |range, maps| normalize_channels(x, &y, geo, range, 0..geo.outer, seq, maps),
-                );
-            }
-            (Statistics::Batch, Cut::Shared(team)) => {
-                // Channel by channel, each shared by the threads: each normalises its share
-                // from its L2.
-                let (y, seq) = (Disjoint::new(y), exec.sequential());
-                two_passes_shared(
-                    team,
-                    geo,
+                    1,
                     &mut ws.moment_parts,
                     &mut ws.board,
                     &mut ws.moments,
+                    &mut ws.maps,
+                    y,
                     moments_kernel(x, geo, exec.isa),
                     Moments::merge,
-                    |ch, blocks, m| {
-                        let map = [self.channel_map(ch, m.mean, m.variance())];
-                        normalize_channels(x, &y, geo, ch..ch + 1, blocks, seq, &map);
+                    |ch, m| self.channel_map(ch, m.mean, m.variance()),
+                    |y, range, blocks, maps| {
+                        normalize_channels(x, y, geo, range, blocks, seq, maps)
                     },
+                    |y, range, maps| normalize(x, y, geo, range, exec, maps, &mut ws.wide_maps),
                 );
             }
-            (Statistics::Batch, Cut::Waves) => {
-                // Channel group by channel group: a group's statistics pass leaves it in L3
-                // for its normalising pass.
-                for group in channel_groups(geo, elem, 1) {
-                    let parts = &mut ws.moment_parts;
-                    parts.resize(parts_len(geo, group.len()), Moments::EMPTY);
-                    let moments = &mut ws.moments[group.clone()];
-                    channel_moments(x, geo, group.clone(), exec, parts, moments);
-                    for (ch, m) in group.clone().zip(&*moments) {
-                        ws.maps[ch] = self.channel_map(ch, m.mean, m.variance());
-                    }
-                    normalize(x, y, geo, group, exec, &ws.maps, &mut ws.wide_maps);
-                }
-            }
-            (Statistics::Running, _) => {
+            Statistics::Running => {
                 for ch in 0..c {
                     let (mean, var) = self.running(ch);
                     ws.maps[ch] = self.channel_map(ch, mean, var);
@@ -595,7 +560,6 @@ impl<T: Element> BatchNorm<T> {
         let c = self.channels;
         let geo = shape.geometry();
         let exec = self.exec(shape);
-        let elem = std::mem::size_of::<T>();
         let count = shape.per_channel() as u64;
         let grad_map = |ch: usize, sums: GradSums| {
             let norm = Normalization {
@@ -611,72 +575,34 @@ impl<T: Element> BatchNorm<T> {
             grad.0
         };
         ws.sums.resize(c, GradSums::default());
-        match channel_cut(geo, elem, 2, exec) {
-            Cut::Channels(g) => {
-                // Channel group by channel group, each on one thread: its dx pass reads it
-                // from L2.
-                ws.grad_maps.resize(c, GradMap::default());
-                let (dx, seq) = (Disjoint::new(dx), exec.sequential());
-                two_passes_grouped(
-                    exec,
-                    geo,
-                    g,
-                    &mut ws.sum_parts,
-                    &mut ws.sums,
-                    &mut ws.grad_maps,
-                    grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
-                    std::ops::Add::add,
-                    grad_map,
-                    |range, maps| {
-                        input_grad_channels(x, dy, &dx, geo, range, 0..geo.outer, seq, maps)
-                    },
-                );
-            }
-            Cut::Shared(team) => {
-                // Channel by channel, each shared by the threads: each writes dx for its share
-                // from its L2.
-                let (dx, seq) = (Disjoint::new(dx), exec.sequential());
-                two_passes_shared(
-                    team,
-                    geo,
-                    &mut ws.sum_parts,
-                    &mut ws.board,
-                    &mut ws.sums,
-                    grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
-                    std::ops::Add::add,
-                    |ch, blocks, sums| {
-                        let map = [grad_map(ch, sums)];
-                        input_grad_channels(x, dy, &dx, geo, ch..ch + 1, blocks, seq, &map);
-                    },
-                );
-            }
-            Cut::Waves => {
-                // Channel group by channel group: a group's sums pass leaves it in L3 for dx.
-                ws.grad_maps.resize(c, GradMap::default());
-                for group in channel_groups(geo, elem, 2) {
-                    let (parts, wide) = (&mut ws.sum_parts, &mut ws.wide_mean);
-                    parts.resize(parts_len(geo, group.len()), GradSums::default());
-                    let sums = &mut ws.sums[group.clone()];
-                    let mean = &saved.mean64;
-                    grad_sums(x, dy, geo, group.clone(), exec, mean, parts, wide, sums);
-                    for ch in group.clone() {
-                        ws.grad_maps[ch] = grad_map(ch, ws.sums[ch]);
-                    }
-                    let wide = &mut ws.wide_grad_maps;
-                    input_grad(x, dy, dx, geo, group, exec, &ws.grad_maps, wide);
-                }
-            }
+        ws.grad_maps.resize(c, GradMap::default());
+        if geo.is_rows() {
+            widen(&saved.mean64, &mut ws.wide_mean);
         }
+        let seq = exec.sequential();
+        two_passes(
+            exec,
+            geo,
+            2,
+            &mut ws.sum_parts,
+            &mut ws.board,
+            &mut ws.sums,
+            &mut ws.grad_maps,
+            dx,
+            grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &ws.wide_mean),
+            std::ops::Add::add,
+            grad_map,
+            |dx, range, blocks, maps| input_grad_channels(x, dy, dx, geo, range, blocks, seq, maps),
+            |dx, range, maps| input_grad(x, dy, dx, geo, range, exec, maps, &mut ws.wide_grad_maps),
+        );
         grads.weight.clear();
         grads.bias.clear();
         if self.config.affine {
             let sums = ws.sums.iter().zip(&saved.invstd64);
-            grads
-                .weight
-                .extend(sums.map(|(s, &invstd)| T::Param::from_f64(s.dy_xmu * invstd)));
-            grads
-                .bias
-                .extend(ws.sums.iter().map(|s| T::Param::from_f64(s.dy)));
+            let weight = sums.map(|(s, &invstd)| T::Param::from_f64(s.weight_grad(invstd)));
+            grads.weight.extend(weight);
+            let bias = ws.sums.iter().map(|s| T::Param::from_f64(s.bias_grad()));
+            grads.bias.extend(bias);
         }
         Ok(())
     }

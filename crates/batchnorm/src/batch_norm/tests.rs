@@ -1,6 +1,7 @@
 //! Every cut of a training step gives the bits of channel groups; non-finite input as PyTorch.
 
 use super::*;
+use crate::plan::{channel_cut, Cut};
 use crate::stages::GradSums;
 use crate::Layout;
 
