@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use crate::element::Element;
+use crate::element::{to_f64_pair, Element};
 use crate::layout::Geometry;
 use crate::plan::{
     column_strips, fold_widened_in_place, map_channels, map_per_channel, reduce_per_channel,
@@ -10,7 +10,7 @@ use crate::plan::{
     StripPrefetch, UnitRuns, WideMaps,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead};
+use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead, MAP_CHUNK};
 use crate::tuning::LANES;
 
 /// The gradient sums of one channel (or of a piece of it), in `f64`: what the backward pass
@@ -102,10 +102,10 @@ fn add_grad_lanes<T: Element>(
         let at = k * size_of_val(xs);
         ahead.prefetch(xs, at);
         ahead.prefetch(ds, at);
+        let (x, d) = (to_f64_pair(xs), to_f64_pair(ds));
         for l in 0..LANES {
-            let d = ds[l].to_f64();
-            s[l] += d;
-            sx[l] += d * (xs[l].to_f64() - mean);
+            s[l] += d[l];
+            sx[l] += d[l] * (x[l] - mean);
         }
     }
     for (l, (&xv, &dv)) in xt.iter().zip(dt).enumerate() {
@@ -280,18 +280,29 @@ impl FourCoefficients<f64> for GradMap {
     }
 }
 
-impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T> for GradMap {
+impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64> for GradMap {
     #[inline(always)]
     fn apply(self, (x, dy): (T, T)) -> T {
         let (p, q, r, mean) = (self.p, self.q, self.r, self.mean);
         T::from_f64(p.mul_add(dy.to_f64(), q.mul_add(x.to_f64() - mean, r)))
+    }
+
+    #[inline(always)]
+    fn apply_lanes(
+        [mean, p, q, r]: [[f64; MAP_CHUNK]; 4],
+        (x, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
+    ) -> [T; MAP_CHUNK] {
+        let (x, dy) = (T::to_f64_step(*x), T::to_f64_step(*dy));
+        T::from_f64_step(std::array::from_fn(|l| {
+            p[l].mul_add(dy[l], q[l].mul_add(x[l] - mean[l], r[l]))
+        }))
     }
 }
 
 multiversion! {
     /// dx over consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
     fn runs_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[GradMap], stream: bool) {
-        map_runs((x, dy), dx, inner, maps, stream, |map, v| map.apply(v));
+        map_runs((x, dy), dx, inner, maps, stream);
     }
 }
 

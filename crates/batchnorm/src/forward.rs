@@ -7,7 +7,7 @@ use crate::layout::Geometry;
 use crate::plan::{
     map_channels, map_per_channel, Apply, Disjoint, Exec, FourCoefficients, Span, WideMaps,
 };
-use crate::simd::{map_cyclic, map_runs, multiversion};
+use crate::simd::{map_cyclic, map_runs, multiversion, MAP_CHUNK};
 
 /// The coefficients of one channel's `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated
 /// in the compute type `C` of the storage type ([`Element::Compute`]: `f32` for `f32` tensors,
@@ -63,18 +63,28 @@ impl<C: Copy> FourCoefficients<C> for ChannelMap<C> {
     }
 }
 
-impl<T: Element> Apply<&[T], T> for NormMap<T> {
+impl<T: Element> Apply<&[T], T, T::Compute> for NormMap<T> {
     #[inline(always)]
     fn apply(self, x: T) -> T {
         let x = x.to_compute();
         T::from_compute(((x - self.mean_hi) - self.mean_lo) * self.scale + self.shift)
+    }
+
+    #[inline(always)]
+    fn apply_lanes(
+        [hi, lo, scale, shift]: [[T::Compute; MAP_CHUNK]; 4],
+        xs: &[T; MAP_CHUNK],
+    ) -> [T; MAP_CHUNK] {
+        let x = T::to_compute_step(*xs);
+        let y = std::array::from_fn(|l| ((x[l] - hi[l]) - lo[l]) * scale[l] + shift[l]);
+        T::from_compute_step(y)
     }
 }
 
 multiversion! {
     /// Consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
     fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, maps: &[NormMap<T>], stream: bool) {
-        map_runs(x, y, inner, maps, stream, |map, xv| map.apply(xv));
+        map_runs(x, y, inner, maps, stream);
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::sync::OnceLock;
 
+use crate::plan::Apply;
 use crate::tuning::PREFETCH_BYTES;
 
 /// A kernel path.
@@ -269,65 +270,68 @@ impl<'a, T: Copy> Inputs for (&'a [T], &'a [T]) {
     }
 }
 
-/// `y[i] = f(maps[i / inner], x[i])` over inputs `x` (of `y`'s length) that hold consecutive
-/// runs of `inner` values, run `r` mapped with `maps[r]` (channels-first data: one run per
-/// channel), a step of [`MAP_CHUNK`] values at a time, prefetching ahead. When `stream`, `y` is
+/// `y[i] = maps[i / inner].apply(x[i])` over inputs `x` (of `y`'s length) that hold
+/// consecutive runs of `inner` values, run `r` mapped with `maps[r]` (channels-first data: one
+/// run per channel), a step of [`MAP_CHUNK`] values at a time ([`Apply::apply_step`]),
+/// prefetching ahead. When `stream`, `y` is
 /// written with non-temporal stores (see [`put`]), aligned steps across the whole span, so that
 /// short runs still fill whole cache lines; a step that straddles two runs maps its values
 /// both ways and keeps the right ones.
 #[inline(always)]
-pub(crate) fn map_runs<I: Inputs, U: Copy + Default, M: Copy>(
+pub(crate) fn map_runs<I: Inputs, U: Copy + Default, V: Copy, M: Apply<I, U, V>>(
     x: I,
     y: &mut [U],
     inner: usize,
     maps: &[M],
     stream: bool,
-    f: impl Fn(M, I::Value) -> U,
 ) {
     let mut run = Runs::new(inner);
     let head = aligned_head(y, stream);
     let (xh, x) = x.split_at(head);
     let (yh, y) = y.split_at_mut(head);
     for (yv, xv) in yh.iter_mut().zip(xh.values()) {
-        *yv = f(maps[run.next()], xv);
+        *yv = maps[run.next()].apply(xv);
     }
     let (xc, xt) = x.steps();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     let steps = yc.iter_mut().zip(xc);
     if stream {
-        run_steps::<I, U, M, true>(steps, &mut run, maps, &f);
+        run_steps::<I, U, V, M, true>(steps, &mut run, maps);
     } else {
-        run_steps::<I, U, M, false>(steps, &mut run, maps, &f);
+        run_steps::<I, U, V, M, false>(steps, &mut run, maps);
     }
     for (yv, xv) in yt.iter_mut().zip(xt.values()) {
-        *yv = f(maps[run.next()], xv);
+        *yv = maps[run.next()].apply(xv);
     }
 }
 
 /// The whole steps of [`map_runs`], from where `run` is, with the choice of stores fixed for
 /// the loop.
 #[inline(always)]
-fn run_steps<'a, I: Inputs, U: Copy + Default + 'a, M: Copy, const STREAM: bool>(
+fn run_steps<'a, I, U, V, M, const STREAM: bool>(
     mut steps: impl ExactSizeIterator<Item = (&'a mut [U; MAP_CHUNK], I::Step)>,
     run: &mut Runs,
     maps: &[M],
-    f: &impl Fn(M, I::Value) -> U,
-) {
+) where
+    I: Inputs,
+    U: Copy + Default + 'a,
+    V: Copy,
+    M: Apply<I, U, V>,
+{
     while steps.len() > 0 {
         match run.steps(steps.len()) {
             Step::One(r, n) => {
                 let map = maps[r];
                 for (ys, xs) in steps.by_ref().take(n) {
                     I::prefetch(xs);
-                    put(ys, std::array::from_fn(|l| f(map, I::lane(xs, l))), STREAM);
+                    put(ys, map.apply_step(xs), STREAM);
                 }
             }
             Step::Two(r, k) => {
                 let (ys, xs) = steps.next().expect("a step is left");
                 I::prefetch(xs);
                 let (m0, m1) = (maps[r], maps[r + 1]);
-                let a: [U; MAP_CHUNK] = std::array::from_fn(|l| f(m0, I::lane(xs, l)));
-                let b: [U; MAP_CHUNK] = std::array::from_fn(|l| f(m1, I::lane(xs, l)));
+                let (a, b) = (m0.apply_step(xs), m1.apply_step(xs));
                 let v = std::array::from_fn(|l| if l < k { a[l] } else { b[l] });
                 put(ys, v, STREAM);
             }
@@ -336,7 +340,7 @@ fn run_steps<'a, I: Inputs, U: Copy + Default + 'a, M: Copy, const STREAM: bool>
                 I::prefetch(xs);
                 let mut v = [U::default(); MAP_CHUNK];
                 for (l, o) in v.iter_mut().enumerate() {
-                    *o = f(maps[run.next()], I::lane(xs, l));
+                    *o = maps[run.next()].apply(I::lane(xs, l));
                 }
                 put(ys, v, STREAM);
             }

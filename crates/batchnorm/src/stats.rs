@@ -17,7 +17,7 @@
 
 use std::ops::Range;
 
-use crate::element::Element;
+use crate::element::{to_f64_pair, Element};
 use crate::layout::Geometry;
 use crate::plan::{
     column_strips, fold_widened_in_place, reduce_per_channel, row_width, step_sum, strip_step,
@@ -160,8 +160,9 @@ fn add_shifted_lanes<T: Element>(
     let (chunks, tail) = xs.as_chunks::<LANES>();
     for (k, ch) in chunks.iter().enumerate() {
         ahead.prefetch(ch, k * size_of_val(ch));
+        let x = to_f64_pair(ch);
         for l in 0..LANES {
-            let v = ch[l].to_f64() - c;
+            let v = x[l] - c;
             dev[l] += v;
             sq[l] += v * v;
         }

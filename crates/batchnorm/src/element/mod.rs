@@ -50,6 +50,46 @@ pub trait Element:
     fn to_compute(self) -> Self::Compute;
     /// The value of this type nearest to `v` (ties to even).
     fn from_compute(v: Self::Compute) -> Self;
+
+    /// [`to_f64`](Self::to_f64) of a step of values. The element-wise kernels convert a step
+    /// at a time: the 16-bit types do it in 64-bit lanes, which the compiler vectorises.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn to_f64_step(xs: [Self; STEP]) -> [f64; STEP] {
+        xs.map(Self::to_f64)
+    }
+
+    /// [`from_f64`](Self::from_f64) of a step of values.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn from_f64_step(v: [f64; STEP]) -> [Self; STEP] {
+        v.map(Self::from_f64)
+    }
+
+    /// [`to_compute`](Self::to_compute) of a step of values.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn to_compute_step(xs: [Self; STEP]) -> [Self::Compute; STEP] {
+        xs.map(Self::to_compute)
+    }
+
+    /// [`from_compute`](Self::from_compute) of a step of values.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn from_compute_step(v: [Self::Compute; STEP]) -> [Self; STEP] {
+        v.map(Self::from_compute)
+    }
+}
+
+/// Values per step of the element-wise kernels ([`crate::simd::MAP_CHUNK`]).
+pub(crate) const STEP: usize = 8;
+
+/// [`Element::to_f64`] of `2 * STEP` values, a step at a time (the reductions' lanes).
+#[inline(always)]
+pub(crate) fn to_f64_pair<T: Element>(xs: &[T; 2 * STEP]) -> [f64; 2 * STEP] {
+    let a = T::to_f64_step(std::array::from_fn(|l| xs[l]));
+    let b = T::to_f64_step(std::array::from_fn(|l| xs[STEP + l]));
+    std::array::from_fn(|l| if l < STEP { a[l] } else { b[l - STEP] })
 }
 
 /// A storage type that is also an arithmetic type: `f32` and `f64`. Parameters, statistics
@@ -106,7 +146,7 @@ float!(f32, "f32");
 float!(f64, "f64");
 
 macro_rules! half_float {
-    ($t:ty, $name:literal, $widen:path, $narrow:path) => {
+    ($t:ty, $name:literal, $widen:path, $narrow:path, $format:expr) => {
         impl Element for $t {
             type Param = f32;
             type Compute = f64;
@@ -133,9 +173,47 @@ macro_rules! half_float {
             fn from_compute(v: f64) -> Self {
                 <Self as Element>::from_f64(v)
             }
+
+            #[inline(always)]
+            fn to_f64_step(xs: [Self; STEP]) -> [f64; STEP] {
+                let bits = xs.map(|x| x.to_bits());
+                $format
+                    .widen_step(bits)
+                    .unwrap_or_else(|| xs.map(<Self as Element>::to_f64))
+            }
+
+            #[inline(always)]
+            fn from_f64_step(v: [f64; STEP]) -> [Self; STEP] {
+                match $format.narrow_step(v) {
+                    Some(bits) => bits.map(<$t>::from_bits),
+                    None => v.map(<Self as Element>::from_f64),
+                }
+            }
+
+            #[inline(always)]
+            fn to_compute_step(xs: [Self; STEP]) -> [f64; STEP] {
+                Self::to_f64_step(xs)
+            }
+
+            #[inline(always)]
+            fn from_compute_step(v: [f64; STEP]) -> [Self; STEP] {
+                Self::from_f64_step(v)
+            }
         }
     };
 }
 
-half_float!(bf16, "bf16", rounding::bf16_to_f32, rounding::f32_to_bf16);
-half_float!(f16, "f16", rounding::f16_to_f32, rounding::f32_to_f16);
+half_float!(
+    bf16,
+    "bf16",
+    rounding::bf16_to_f32,
+    rounding::f32_to_bf16,
+    rounding::BF16
+);
+half_float!(
+    f16,
+    "f16",
+    rounding::f16_to_f32,
+    rounding::f32_to_f16,
+    rounding::F16
+);

@@ -98,9 +98,22 @@ pub(crate) trait FourCoefficients<V>: Copy {
     fn from_coefficients(c: [V; 4]) -> Self;
 }
 
-/// A per-channel map applied to one value of its inputs `I` (x, or x and dy side by side).
-pub(crate) trait Apply<I: Inputs, U> {
+/// A per-channel map of coefficients `V` applied to its inputs `I` (x, or x and dy side by
+/// side), giving values `U`: one value, or a step of them converted and computed lane by lane
+/// (which the compiler vectorises; per value, the 16-bit conversions would not be).
+pub(crate) trait Apply<I: Inputs, U, V: Copy>: FourCoefficients<V> {
+    /// One value.
     fn apply(self, v: I::Value) -> U;
+
+    /// A step, lane `l` mapped with the coefficients `c[k][l]` (the same arithmetic as
+    /// [`apply`](Self::apply), so the same bits).
+    fn apply_lanes(c: [[V; MAP_CHUNK]; 4], xs: I::Step) -> [U; MAP_CHUNK];
+
+    /// A step, every lane with this map.
+    #[inline(always)]
+    fn apply_step(self, xs: I::Step) -> [U; MAP_CHUNK] {
+        Self::apply_lanes(self.coefficients().map(|c| [c; MAP_CHUNK]), xs)
+    }
 }
 
 /// Per-channel maps `M` of coefficients `V` repeated over one widened row and wrapped, one
@@ -122,7 +135,7 @@ impl<V: Copy, M: FourCoefficients<V>> WideMaps<V, M> {
     }
 }
 
-impl<I: Inputs, U, V: Copy, M: FourCoefficients<V> + Apply<I, U>> Cyclic<I, U> for WideMaps<V, M> {
+impl<I: Inputs, U, V: Copy, M: Apply<I, U, V>> Cyclic<I, U> for WideMaps<V, M> {
     fn width(&self) -> usize {
         self.0.width()
     }
@@ -131,7 +144,7 @@ impl<I: Inputs, U, V: Copy, M: FourCoefficients<V> + Apply<I, U>> Cyclic<I, U> f
     unsafe fn step(&self, xs: I::Step, j: usize) -> [U; MAP_CHUNK] {
         // SAFETY: `j < width`, this function's own contract.
         let coefs = unsafe { self.0.chunks(j) };
-        std::array::from_fn(|l| M::from_coefficients(coefs.map(|c| c[l])).apply(I::lane(xs, l)))
+        M::apply_lanes(coefs.map(|c| *c), xs)
     }
 
     #[inline(always)]
