@@ -14,7 +14,15 @@
 //! - [`BatchNorm::backward`]: closed-form gradients for x, weight and bias.
 //!
 //! Memory may be channels-first (NCHW...) or channels-last (NHWC...): see [`Layout`] and
-//! [`Shape`]. Statistics accumulate in `f64`; see `docs/design.md` for the numerics.
+//! [`Shape`]. Tensors may be stored as `f32`, `f64`, [`bf16`] or [`f16`](struct@f16) ([`Element`]); with the
+//! 16-bit types the parameters and statistics are `f32` and every output is correctly rounded.
+//! Statistics accumulate in `f64`; see `docs/design.md` for the numerics.
+//!
+//! A call is a pipeline of public stages ([`stages`]): per-channel [`Moments`] of the batch,
+//! merged (across pieces, threads or processes), the normalisation they give, the pass that
+//! applies it, the running-statistics update; backward, the gradient sums and the dx pass.
+//! [`BatchNorm`] composes them in one process, bit for bit; a batch split over processes
+//! composes them around a collective.
 //!
 //! ```
 //! use batchnorm::{BatchNorm, BatchNormConfig, Layout, Mode, Shape};

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `f64` | `f64` | `f64` |
 //! | `f32` | `f32` | `f32` (mean as a high and a low part, see `docs/design.md`) |
-//! | [`bf16`], [`f16`] | `f32` | `f64` |
+//! | [`bf16`], [`f16`](struct@f16) | `f32` | `f64` |
 //!
 //! This is PyTorch's mixed-type convention for reduced precision: activations and their
 //! gradients in 16 bits, parameters and statistics in `f32`. Statistics and gradient sums are
@@ -26,7 +26,7 @@ mod sealed {
     impl Sealed for half::f16 {}
 }
 
-/// A storage type of tensors: `f32`, `f64`, [`bf16`] or [`f16`].
+/// A storage type of tensors: `f32`, `f64`, [`bf16`] or [`f16`](struct@f16).
 ///
 /// Conversions to and from `f64` are exact one way and correctly rounded (to nearest, ties to
 /// even) the other; NaN stays NaN.
