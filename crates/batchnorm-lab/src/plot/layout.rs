@@ -223,8 +223,7 @@ pub(crate) fn lay_out(figure: &Figure, path: &Path) -> Result<Scene, PlotError> 
                 if let Some(legend) = &legend {
                     let headroom = legend.headroom(plot);
                     let (_, hidden) = legend.best_spot(plot, &traces);
-                    let fixed = panel.y_range.is_some() && !panel.y_log;
-                    if hidden > 0.0 && headroom <= MAX_HEADROOM && !fixed {
+                    if hidden > 0.0 && headroom <= MAX_HEADROOM {
                         axis = y_axis(panel, path, y0, y1, headroom, plot_height)?;
                     }
                 }
@@ -355,6 +354,8 @@ fn y_axis(
     }
     let target = (plot_height / PIXELS_PER_Y_TICK).floor().max(2.0) as usize;
     if let Some((lo, hi)) = panel.y_range.filter(|(lo, hi)| lo < hi) {
+        // A fixed top (an accuracy's 1) cannot move: room for a legend is made at the bottom.
+        let lo = hi - (hi - lo) / (1.0 - headroom);
         return Axis::linear(lo, hi, Ends::Snapped, 0.0, target, fits)
             .ok_or_else(|| range_overflow(panel, path, "y", lo, hi));
     }

@@ -136,7 +136,9 @@ pub struct Panel {
     /// Empty (the default): a linear x axis.
     pub x_log_ticks: Vec<f64>,
     /// A fixed linear y range (`lo < hi`): panels meant to be compared share it, and an
-    /// accuracy axis stops at 1. `None` (the default): from the data. Ignored on a log axis.
+    /// accuracy axis stops at 1. The top stays; when the legend would hide data, the bottom
+    /// moves down to make room for it. `None` (the default): from the data. Ignored on a log
+    /// axis.
     pub y_range: Option<(f64, f64)>,
 }
 

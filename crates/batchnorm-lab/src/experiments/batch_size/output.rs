@@ -288,6 +288,8 @@ mod tests {
         for p in &f.panels {
             assert_eq!(p.y_range, Some((0.5, 1.0)), "{}", p.title);
         }
+        let hidden = crate::plot::legend_overlap(&f).unwrap();
+        assert!(hidden.iter().all(|&h| h == 0.0), "{hidden:?}");
         // Neighbouring curves differ in dash, so one running over another stays visible.
         let styles: Vec<LineStyle> = f.panels[1].series.iter().map(|s| s.style).collect();
         assert!(styles.windows(2).all(|w| w[0] != w[1]), "{styles:?}");

@@ -107,10 +107,10 @@ fn percentile_range(runs: [&NetRun; 2]) -> Option<(f64, f64)> {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });
-    // 5 % below, and a third of the span above: room for the legend over the data, which a
-    // fixed range cannot make by itself.
+    // 5 % below, and 60 % of the span above: room for the three-row legend over the data in
+    // both panels, so that neither moves its range to make room (which would unshare them).
     let span = (hi - lo).max(1e-3);
-    (lo <= hi).then_some((lo - 0.05 * span, hi + span / 3.0))
+    (lo <= hi).then_some((lo - 0.05 * span, hi + 0.6 * span))
 }
 
 fn percentile_panel(title: &str, run: &NetRun, y_range: Option<(f64, f64)>) -> Panel {
