@@ -18,7 +18,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use batchnorm::{BatchNorm, BatchNormConfig, Grads, Layout, Mode, Par, Saved, Shape};
+use batchnorm::{
+    bf16, f16, BatchNorm, BatchNormConfig, Element, Grads, Layout, Mode, Par, Saved, Shape,
+};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -33,6 +35,47 @@ pub const DEFAULT_SHAPES: [&[usize]; 6] = [
     &[60, 100],
 ];
 
+/// The storage type of the tensors measured (parameters and statistics are `f32` for all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl Dtype {
+    /// The name used on the command line and in the JSON (`"f32"`, `"bf16"`, `"f16"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => f32::NAME,
+            Dtype::Bf16 => bf16::NAME,
+            Dtype::F16 => f16::NAME,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 | Dtype::F16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        [Dtype::F32, Dtype::Bf16, Dtype::F16]
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown dtype {s:?}: use f32, bf16 or f16"))
+    }
+}
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,6 +85,8 @@ pub struct Config {
     pub layouts: Vec<Layout>,
     /// Thread counts; each gets its own rayon pool.
     pub threads: Vec<usize>,
+    /// Storage types, each measured on every shape (in the same run, so their times compare).
+    pub dtypes: Vec<Dtype>,
     /// Timed samples per measurement (the median is reported).
     pub samples: usize,
     /// Minimum duration of one sample: fast calls are repeated until a sample lasts this long
@@ -59,6 +104,7 @@ impl Default for Config {
             shapes: DEFAULT_SHAPES.iter().map(|s| s.to_vec()).collect(),
             layouts: vec![Layout::ChannelsFirst, Layout::ChannelsLast],
             threads: vec![1, 2],
+            dtypes: vec![Dtype::F32],
             samples: 21,
             min_sample: Duration::from_millis(2),
             cold: false,
@@ -97,9 +143,9 @@ impl Op {
     }
 
     /// Bytes the operation must move at least: every input read once, every output written once.
-    fn bytes(self, elems: usize) -> usize {
+    fn bytes(self, elems: usize, dtype: Dtype) -> usize {
         let streams = if self == Op::Backward { 3 } else { 2 };
-        streams * elems * std::mem::size_of::<f32>()
+        streams * elems * dtype.size()
     }
 }
 
@@ -110,6 +156,8 @@ pub struct Row {
     pub dims: Vec<usize>,
     /// Memory layout.
     pub layout: Layout,
+    /// Storage type of x, y, dy, dx.
+    pub dtype: Dtype,
     /// Operation.
     pub op: Op,
     /// Threads in the pool.
@@ -132,7 +180,7 @@ pub struct Row {
 impl Row {
     /// Minimum traffic divided by the median time.
     pub fn gb_per_s(&self) -> f64 {
-        self.op.bytes(self.dims.iter().product()) as f64 / (self.median_ms * 1e6)
+        self.op.bytes(self.dims.iter().product(), self.dtype) as f64 / (self.median_ms * 1e6)
     }
 
     /// Kernel time over yardstick time: 1.0 is the speed of memory.
@@ -158,6 +206,7 @@ impl Row {
         json!({
             "shape": self.dims,
             "layout": layout_name(self.layout),
+            "dtype": self.dtype.name(),
             "op": self.op.name(),
             "threads": self.threads,
             "median_ms": self.median_ms,
@@ -207,9 +256,16 @@ pub fn run(cfg: &Config, mut report: impl FnMut(&Row)) -> anyhow::Result<Vec<Row
                     continue; // 2-D: both layouts are the same memory
                 }
                 let shape = Shape::new(dims, layout)?;
-                for row in pool.install(|| measure_shape(cfg, &shape, threads))? {
-                    report(&row);
-                    rows.push(row);
+                for &dtype in &cfg.dtypes {
+                    let measure = || match dtype {
+                        Dtype::F32 => measure_shape::<f32>(cfg, &shape, threads, dtype),
+                        Dtype::Bf16 => measure_shape::<bf16>(cfg, &shape, threads, dtype),
+                        Dtype::F16 => measure_shape::<f16>(cfg, &shape, threads, dtype),
+                    };
+                    for row in pool.install(measure)? {
+                        report(&row);
+                        rows.push(row);
+                    }
                 }
             }
         }
@@ -218,7 +274,9 @@ pub fn run(cfg: &Config, mut report: impl FnMut(&Row)) -> anyhow::Result<Vec<Row
 }
 
 /// Buffers of one shape, touched once so that no timing pays for page faults; `scratch` is the
-/// yardsticks' output, so that the kernel's own inputs stay intact.
+/// yardsticks' output, so that the kernel's own inputs stay intact. They are `f32` words, which
+/// the kernels see as elements of their storage type (two 16-bit values a word) and the
+/// yardsticks as `f32`: both move the same bytes.
 struct Buffers {
     x: Vec<f32>,
     y: Vec<f32>,
@@ -228,19 +286,26 @@ struct Buffers {
 }
 
 impl Buffers {
-    /// The buffers of `n` values, on huge pages when `huge`.
-    fn new(n: usize, huge: bool) -> std::io::Result<Self> {
-        let buffer = |value: fn(usize) -> f32| {
-            if huge {
-                crate::huge_pages::vec_on_huge_pages(n, value)
+    /// The buffers of `n` values of `T`, on huge pages when `huge`.
+    fn new<T: Element>(n: usize, huge: bool) -> std::io::Result<Self> {
+        let words = (n * std::mem::size_of::<T>()).div_ceil(4);
+        let buffer = |value: fn(usize) -> f64| -> std::io::Result<Vec<f32>> {
+            let mut b = if huge {
+                crate::huge_pages::vec_on_huge_pages(words, |_| 1.0)?
             } else {
-                Ok((0..n).map(value).collect())
+                vec![1.0; words]
+            };
+            // No zero: the yardsticks see the same words as f32, which must not be subnormal
+            // (slow on some CPUs).
+            for (i, v) in as_elements_mut::<T>(&mut b, n).iter_mut().enumerate() {
+                *v = T::from_f64(value(i));
             }
+            Ok(b)
         };
         Ok(Self {
-            x: buffer(|i| ((i * 7919) % 1000) as f32 * 0.01 - 3.0)?,
+            x: buffer(|i| ((i * 7919) % 1000) as f64 * 0.01 - 2.995)?,
             y: buffer(|_| 1.0)?,
-            dy: buffer(|i| ((i * 104_729) % 1000) as f32 * 0.002 - 1.0)?,
+            dy: buffer(|i| ((i * 104_729) % 1000) as f64 * 0.002 - 0.999)?,
             dx: buffer(|_| 1.0)?,
             scratch: buffer(|_| 1.0)?,
         })
@@ -266,22 +331,43 @@ impl Buffers {
     }
 }
 
-fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> anyhow::Result<Vec<Row>> {
+fn measure_shape<T: Element<Param = f32>>(
+    cfg: &Config,
+    shape: &Shape,
+    threads: usize,
+    dtype: Dtype,
+) -> anyhow::Result<Vec<Row>> {
     let n = shape.len();
-    let mut b = Buffers::new(n, cfg.huge_pages).with_context(|| {
+    let mut b = Buffers::new::<T>(n, cfg.huge_pages).with_context(|| {
         let pages = if cfg.huge_pages { " on huge pages" } else { "" };
         format!("allocating the buffers of {:?}{pages}", shape.dims())
     })?;
     if cfg.huge_pages {
         b.check_huge_pages();
     }
-    let mut bn = BatchNorm::<f32>::new(shape.channels(), BatchNormConfig::default())?;
+    let mut bn = BatchNorm::<T>::new(shape.channels(), BatchNormConfig::default())?;
     bn.set_par(Par::Rayon);
     let mut saved = Saved::default();
     let mut grads = Grads::default();
     // Warm up the module's buffers and the caches of the yardsticks.
-    bn.forward_into(&b.x, shape, Mode::Train, &mut b.y, &mut saved)?;
-    bn.backward_into(&b.x, &b.dy, shape, &saved, &mut b.dx, &mut grads)?;
+    {
+        let (x, dy) = (as_elements::<T>(&b.x, n), as_elements::<T>(&b.dy, n));
+        bn.forward_into(
+            x,
+            shape,
+            Mode::Train,
+            as_elements_mut(&mut b.y, n),
+            &mut saved,
+        )?;
+        bn.backward_into(
+            x,
+            dy,
+            shape,
+            &saved,
+            as_elements_mut(&mut b.dx, n),
+            &mut grads,
+        )?;
+    }
 
     let mut rows = Vec::new();
     for op in [Op::ForwardTrain, Op::ForwardEval, Op::Backward] {
@@ -304,11 +390,21 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> anyhow::Result<
                     flush(&regions);
                 }
             };
+            let (xs, dys) = (as_elements::<T>(x, n), as_elements::<T>(dy, n));
             let mut kernel = || {
                 let result = match op {
-                    Op::ForwardTrain => bn.forward_into(x, shape, Mode::Train, y, &mut saved),
-                    Op::ForwardEval => bn.forward_into(x, shape, Mode::Eval, y, &mut saved),
-                    Op::Backward => bn.backward_into(x, dy, shape, &saved, dx, &mut grads),
+                    Op::ForwardTrain => {
+                        let y = as_elements_mut(y, n);
+                        bn.forward_into(xs, shape, Mode::Train, y, &mut saved)
+                    }
+                    Op::ForwardEval => {
+                        let y = as_elements_mut(y, n);
+                        bn.forward_into(xs, shape, Mode::Eval, y, &mut saved)
+                    }
+                    Op::Backward => {
+                        let dx = as_elements_mut(dx, n);
+                        bn.backward_into(xs, dys, shape, &saved, dx, &mut grads)
+                    }
                 };
                 if let Err(e) = result {
                     failure = Some(e);
@@ -336,6 +432,7 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> anyhow::Result<
         rows.push(Row {
             dims: shape.dims().to_vec(),
             layout: shape.layout(),
+            dtype,
             op,
             threads,
             median_ms,
@@ -347,6 +444,24 @@ fn measure_shape(cfg: &Config, shape: &Shape, threads: usize) -> anyhow::Result<
         });
     }
     Ok(rows)
+}
+
+/// The first `n` elements of type `T` in the words `b`.
+fn as_elements<T: Element>(b: &[f32], n: usize) -> &[T] {
+    assert!(std::mem::size_of::<T>() <= 4 && std::mem::align_of::<T>() <= 4);
+    assert!(n * std::mem::size_of::<T>() <= std::mem::size_of_val(b));
+    // SAFETY: `T` is `f32`, `bf16` or `f16` (the bench's dtypes; at most 4 bytes, aligned to at
+    // most 4, checked above), for which every bit pattern is a value; the `n` elements lie
+    // within `b` (checked above), whose borrow the result keeps.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<T>(), n) }
+}
+
+/// [`as_elements`], to write.
+fn as_elements_mut<T: Element>(b: &mut [f32], n: usize) -> &mut [T] {
+    assert!(std::mem::size_of::<T>() <= 4 && std::mem::align_of::<T>() <= 4);
+    assert!(n * std::mem::size_of::<T>() <= std::mem::size_of_val(b));
+    // SAFETY: as in `as_elements`, with the exclusive borrow of `b`.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<T>(), n) }
 }
 
 /// `dst = src`, split over `threads` contiguous pieces (memcpy per piece).

@@ -55,6 +55,10 @@ struct BenchArgs {
     /// Thread counts to measure (each gets its own pool), e.g. `1,2` or `1 2`.
     #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [1, 2])]
     threads: Vec<usize>,
+    /// Storage types of x, y, dy, dx to measure, each on every shape: `f32`, `bf16`, `f16`
+    /// (e.g. `f32,bf16`; parameters and statistics stay f32).
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = ["f32".to_string()])]
+    dtype: Vec<String>,
     /// Only this layout: `nchw` (channels-first) or `nhwc` (channels-last); default both.
     #[arg(long)]
     layout: Option<String>,
@@ -185,8 +189,14 @@ fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+    let dtypes = a
+        .dtype
+        .iter()
+        .map(|d| d.parse())
+        .collect::<anyhow::Result<_>>()?;
     let mut cfg = bench::Config {
         threads: a.threads,
+        dtypes,
         samples: a.samples,
         cold: a.cold,
         huge_pages: a.huge_pages,
@@ -212,9 +222,10 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             println!("every buffer on transparent huge pages");
         }
         println!(
-            "{:<18} {:<14} {:<13} {:>3} {:>10} {:>8} {:>6} {:>10} {:>6} {:>8} {:>8} {:>6}",
+            "{:<18} {:<14} {:<5} {:<13} {:>3} {:>10} {:>8} {:>6} {:>10} {:>6} {:>8} {:>8} {:>6}",
             "shape",
             "layout",
+            "dtype",
             "op",
             "thr",
             "median ms",
@@ -236,9 +247,10 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(",");
             println!(
-                "{:<18} {:<14} {:<13} {:>3} {:>10.3} {:>8.1} {:>6} {:>10.3} {:>6.2} {:>8.3} {:>8.3} {:>6.2}",
+                "{:<18} {:<14} {:<5} {:<13} {:>3} {:>10.3} {:>8.1} {:>6} {:>10.3} {:>6.2} {:>8.3} {:>8.3} {:>6.2}",
                 dims,
                 bench::layout_name(r.layout),
+                r.dtype.name(),
                 r.op.name(),
                 r.threads,
                 r.median_ms,

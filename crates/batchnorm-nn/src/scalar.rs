@@ -11,10 +11,10 @@ mod sealed {
 
 /// A floating-point element type of a network: `f32` or `f64`.
 ///
-/// Extends the core crate's [`batchnorm::Element`] with the few functions the layers need and
+/// Extends the core crate's [`batchnorm::Float`] with the few functions the layers need and
 /// with the matching GEMM kernel of `matrixmultiply`.
 pub trait Scalar:
-    sealed::Sealed + batchnorm::Element + Div<Output = Self> + Neg<Output = Self> + AddAssign + Debug
+    sealed::Sealed + batchnorm::Float + Div<Output = Self> + Neg<Output = Self> + AddAssign + Debug
 {
     /// `e^self`.
     fn exp(self) -> Self;

@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use batchnorm::Element;
+use batchnorm::Float;
 
 use crate::error::{NnError, Result};
 use crate::layers::{Layer, StateEntry, StateValue};
@@ -117,7 +117,7 @@ pub enum StateDictError {
 }
 
 /// The safetensors dtype of `T`.
-fn dtype_of<T: Element>() -> Dtype {
+fn dtype_of<T: Float>() -> Dtype {
     if T::NAME == "f32" {
         Dtype::F32
     } else {
@@ -138,7 +138,7 @@ fn join(prefix: &str, name: &str) -> String {
 /// `weight`, `bias` (when affine), `running_mean`, `running_var`, `num_batches_tracked` (when
 /// tracking). Shapes are `[C]` and `[]`; a public vector resized away from C values is reported
 /// by the length checks of saving and loading.
-pub(crate) fn visit_batch_norm_state<T: Element>(
+pub(crate) fn visit_batch_norm_state<T: Float>(
     bn: &mut batchnorm::BatchNorm<T>,
     f: &mut dyn FnMut(StateEntry<'_, T>),
 ) {
@@ -173,7 +173,7 @@ pub(crate) fn visit_batch_norm_state<T: Element>(
 }
 
 /// The tensor holding an entry's values.
-fn to_tensor<T: Element>(entry: &StateEntry<'_, T>) -> Result<Tensor> {
+fn to_tensor<T: Float>(entry: &StateEntry<'_, T>) -> Result<Tensor> {
     match &entry.value {
         StateValue::Float(v) => {
             let len: usize = entry.shape.iter().product();
@@ -253,7 +253,7 @@ impl StateDict {
     ///
     /// # Errors
     /// [`NnError::LengthMismatch`] if a public vector no longer has one value per channel.
-    pub fn insert_batch_norm<T: Element>(
+    pub fn insert_batch_norm<T: Float>(
         &mut self,
         prefix: &str,
         bn: &batchnorm::BatchNorm<T>,
@@ -281,7 +281,7 @@ enum Staged<T> {
 }
 
 /// Checks one entry against the state dict.
-fn stage<T: Element>(
+fn stage<T: Float>(
     key: &str,
     entry: &StateEntry<'_, T>,
     sd: &StateDict,
@@ -336,7 +336,7 @@ type KeyedVisit<'v, T> = dyn FnMut(&mut dyn FnMut(String, StateEntry<'_, T>)) ->
 
 /// Loads `sd` into the entries `visit` yields; `scope` is the key prefix (ending in `.`) within
 /// which unexpected keys are reported (`""`: all keys).
-fn load_keyed<T: Element>(
+fn load_keyed<T: Float>(
     visit: &mut KeyedVisit<'_, T>,
     sd: &StateDict,
     scope: &str,
@@ -394,7 +394,7 @@ fn load_keyed<T: Element>(
 /// # Errors
 /// [`StateDictError`] (as [`NnError::StateDict`]) for a wrong shape or dtype, a negative
 /// counter, or (when `strict`) missing or unexpected keys; the module is then unchanged.
-pub fn load_batch_norm<T: Element>(
+pub fn load_batch_norm<T: Float>(
     bn: &mut batchnorm::BatchNorm<T>,
     sd: &StateDict,
     prefix: &str,

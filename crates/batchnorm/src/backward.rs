@@ -13,20 +13,46 @@ use crate::scratch::with_zeroed;
 use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead};
 use crate::tuning::LANES;
 
-/// `sum(dy)` and `sum(dy * (x - mean))` of one channel or piece, in `f64`.
+/// The gradient sums of one channel (or of a piece of it), in `f64`: what the backward pass
+/// needs of the whole batch. Sums of pieces add up (`+`) to the sums of the whole.
+///
+/// The parameter gradients follow: `dweight = sum(dy * xhat) = dy_xmu * invstd`,
+/// `dbias = dy`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct GradSums {
+pub struct GradSums {
+    /// `sum(dy)`.
     pub dy: f64,
+    /// `sum(dy * (x - mean))`, around the mean that normalised `x`.
     pub dy_xmu: f64,
 }
 
-impl GradSums {
-    /// The sums over both pieces.
-    pub(crate) fn add(self, other: Self) -> Self {
+/// The sums over both pieces.
+impl std::ops::Add for GradSums {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
         Self {
             dy: self.dy + other.dy,
             dy_xmu: self.dy_xmu + other.dy_xmu,
         }
+    }
+}
+
+impl std::ops::AddAssign for GradSums {
+    fn add_assign(&mut self, other: Self) {
+        *self = *self + other;
+    }
+}
+
+impl GradSums {
+    /// `d loss / d weight = sum(dy * xhat)`, given the channel's `invstd`.
+    pub fn weight_grad(&self, invstd: f64) -> f64 {
+        self.dy_xmu * invstd
+    }
+
+    /// `d loss / d bias = sum(dy)`.
+    pub fn bias_grad(&self) -> f64 {
+        self.dy
     }
 }
 
@@ -179,7 +205,7 @@ pub(crate) fn grad_sums<T: Element>(
         widen(mean, wide_mean);
     }
     let kernel = grad_sums_kernel(x, dy, geo, exec.isa, mean, wide_mean);
-    reduce_per_channel(geo, range, exec, parts, out, kernel, GradSums::add);
+    reduce_per_channel(geo, range, exec, parts, out, kernel, std::ops::Add::add);
 }
 
 /// The partial gradient sums of one unit of work (a [`Span`] of `x` and `dy`), one per channel

@@ -81,10 +81,19 @@ pub enum BatchNormError {
         value: f64,
     },
     /// The kernel path asked for cannot run on this CPU.
-    #[error("this CPU cannot run the {isa} kernels")]
+    #[error("this CPU cannot run the {isa:?} kernels")]
     UnsupportedIsa {
         /// The path asked for.
-        isa: String,
+        isa: crate::Isa,
+    },
+    /// Moments given to update running statistics hold fewer than 2 values in a channel: the
+    /// unbiased variance `M2 / (count - 1)` is undefined.
+    #[error("channel {channel} has {count} values: updating running statistics needs at least 2")]
+    TooFewMoments {
+        /// The first such channel.
+        channel: usize,
+        /// Its count.
+        count: u64,
     },
     /// `backward` was given statistics saved for another shape (or none at all).
     #[error("the saved statistics belong to an input of shape {saved:?}, not {got:?}")]

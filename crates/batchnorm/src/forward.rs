@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use crate::element::Element;
+use crate::element::{Element, Float};
 use crate::layout::Geometry;
 use crate::plan::{
     map_channels, map_per_channel, Apply, Disjoint, Exec, FourCoefficients, Span, WideMaps,
@@ -10,43 +10,50 @@ use crate::plan::{
 use crate::simd::{map_cyclic, map_runs, multiversion};
 
 /// The coefficients of one channel's `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated
-/// in the element type.
+/// in the compute type `C` of the storage type ([`Element::Compute`]: `f32` for `f32` tensors,
+/// `f64` for the others) and rounded once to the storage type.
 ///
-/// The `f64` mean travels as two values of the element type, `mean_hi = round(mean)` and
+/// The `f64` mean travels as two values of the compute type, `mean_hi = round(mean)` and
 /// `mean_lo = round(mean - mean_hi)`: `x - mean_hi` is exact (Sterbenz) when `x` is within a
 /// factor two of the mean, so a large offset costs no precision, a constant channel gives
 /// exactly `shift`, and `mean_lo` restores the bits `mean_hi` could not hold. The remaining
 /// roundings are relative to `|(x - mean) * scale|` and `|y|`, a few units in the last place.
+/// In `f64` (`mean_lo` is then 0) those are 2^-29 units of an `f32`, 2^-45 of a 16-bit value:
+/// rounding once more to 16 bits gives the nearest value except when the exact result lies
+/// within that distance of a midpoint.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ChannelMap<T> {
-    mean_hi: T,
-    mean_lo: T,
-    scale: T,
-    shift: T,
+pub(crate) struct ChannelMap<C> {
+    mean_hi: C,
+    mean_lo: C,
+    scale: C,
+    shift: C,
 }
 
-impl<T: Element> ChannelMap<T> {
+/// The normalising map of storage type `T`.
+pub(crate) type NormMap<T> = ChannelMap<<T as Element>::Compute>;
+
+impl<C: Float> ChannelMap<C> {
     /// Normalises with `mean` and `invstd`, then scales by `gamma` and shifts by `beta` (all
     /// `f64`, rounded here once each).
     pub fn new(mean: f64, invstd: f64, gamma: f64, beta: f64) -> Self {
-        let hi = T::from_f64(mean);
+        let hi = C::from_f64(mean);
         Self {
             mean_hi: hi,
-            mean_lo: T::from_f64(mean - hi.to_f64()),
-            scale: T::from_f64(invstd * gamma),
-            shift: T::from_f64(beta),
+            mean_lo: C::from_f64(mean - hi.to_f64()),
+            scale: C::from_f64(invstd * gamma),
+            shift: C::from_f64(beta),
         }
     }
 }
 
-impl<T: Copy> FourCoefficients<T> for ChannelMap<T> {
+impl<C: Copy> FourCoefficients<C> for ChannelMap<C> {
     #[inline(always)]
-    fn coefficients(&self) -> [T; 4] {
+    fn coefficients(&self) -> [C; 4] {
         [self.mean_hi, self.mean_lo, self.scale, self.shift]
     }
 
     #[inline(always)]
-    fn from_coefficients([mean_hi, mean_lo, scale, shift]: [T; 4]) -> Self {
+    fn from_coefficients([mean_hi, mean_lo, scale, shift]: [C; 4]) -> Self {
         Self {
             mean_hi,
             mean_lo,
@@ -56,16 +63,17 @@ impl<T: Copy> FourCoefficients<T> for ChannelMap<T> {
     }
 }
 
-impl<T: Element> Apply<&[T], T> for ChannelMap<T> {
+impl<T: Element> Apply<&[T], T> for NormMap<T> {
     #[inline(always)]
     fn apply(self, x: T) -> T {
-        ((x - self.mean_hi) - self.mean_lo) * self.scale + self.shift
+        let x = x.to_compute();
+        T::from_compute(((x - self.mean_hi) - self.mean_lo) * self.scale + self.shift)
     }
 }
 
 multiversion! {
     /// Consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
-    fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, maps: &[ChannelMap<T>], stream: bool) {
+    fn normalize_runs<T>(x: &[T], y: &mut [T], inner: usize, maps: &[NormMap<T>], stream: bool) {
         map_runs(x, y, inner, maps, stream, |map, xv| map.apply(xv));
     }
 }
@@ -73,7 +81,7 @@ multiversion! {
 multiversion! {
     /// Rows of channels-last input as one run whose positions cycle through the widened maps
     /// `wide` (see [`map_cyclic`]); `stream` as in [`map_runs`].
-    fn normalize_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T, ChannelMap<T>>, stream: bool) {
+    fn normalize_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T::Compute, NormMap<T>>, stream: bool) {
         map_cyclic(x, y, stream, wide);
     }
 }
@@ -86,8 +94,8 @@ pub(crate) fn normalize<T: Element>(
     geo: Geometry,
     range: Range<usize>,
     exec: Exec,
-    maps: &[ChannelMap<T>],
-    wide: &mut WideMaps<T, ChannelMap<T>>,
+    maps: &[NormMap<T>],
+    wide: &mut WideMaps<T::Compute, NormMap<T>>,
 ) {
     if geo.is_rows() {
         wide.set(maps);
@@ -111,7 +119,7 @@ pub(crate) fn normalize_channels<T: Element>(
     range: Range<usize>,
     blocks: Range<usize>,
     exec: Exec,
-    maps: &[ChannelMap<T>],
+    maps: &[NormMap<T>],
 ) {
     map_channels(geo, range, blocks, exec, y, |run, ys, w| {
         normalize_runs(exec.isa, &x[run], ys, geo.inner, maps, w.streams())

@@ -46,6 +46,7 @@ mod plan;
 mod running_stats;
 mod scratch;
 mod simd;
+pub mod stages;
 mod stats;
 mod stream;
 mod team;
@@ -53,7 +54,7 @@ mod tuning;
 
 pub use batch_norm::{BatchNorm, Grads, Saved};
 pub use config::{BatchNormConfig, Mode, Statistics};
-pub use element::Element;
+pub use element::{bf16, f16, Element, Float};
 pub use error::{BatchNormError, Result};
 pub use layout::{Geometry, Layout, Shape, MAX_RANK};
 pub use par::Par;

@@ -169,8 +169,22 @@ impl RunAhead {
 /// when not streaming.
 pub(crate) const MAP_CHUNK: usize = 8;
 
-/// Alignment of a non-temporal AVX store.
-const STREAM_ALIGN: usize = 32;
+/// Bytes of one step of [`MAP_CHUNK`] values of `U`: 16 for the 16-bit types, 32 for `f32`,
+/// 64 for `f64`, each a whole number of the 16-byte vectors a streamed store writes (checked
+/// at compile time in [`put`]).
+const fn step_bytes<U>() -> usize {
+    std::mem::size_of::<[U; MAP_CHUNK]>()
+}
+
+/// Alignment a streamed step of `U` needs: 32 bytes when it is written by 32-byte AVX stores,
+/// 16 when it is one 16-byte store.
+const fn stream_align<U>() -> usize {
+    if step_bytes::<U>() >= 32 {
+        32
+    } else {
+        16
+    }
+}
 
 /// The inputs of an element-wise kernel: one slice, or two of the same length read side by
 /// side (`x` and `dy`), walked a value or a step of [`MAP_CHUNK`] values at a time.
@@ -462,12 +476,12 @@ fn cyclic_steps<'a, I: Inputs, U: Copy + 'a, const STREAM: bool>(
     j
 }
 
-/// Elements of `y` before its first 32-byte boundary when streaming (non-temporal stores need
-/// aligned addresses; those elements are stored normally), else none.
+/// Elements of `y` before its first aligned address when streaming (non-temporal stores need
+/// aligned addresses, see [`stream_align`]; those elements are stored normally), else none.
 #[inline(always)]
 fn aligned_head<U>(y: &[U], stream: bool) -> usize {
     if stream {
-        y.as_ptr().align_offset(STREAM_ALIGN).min(y.len())
+        y.as_ptr().align_offset(stream_align::<U>()).min(y.len())
     } else {
         0
     }
@@ -476,38 +490,45 @@ fn aligned_head<U>(y: &[U], stream: bool) -> usize {
 /// Stores one step's results: with non-temporal stores straight from the registers when
 /// `stream` (the task fences them when it ends, see [`crate::stream::streaming`]), which skip
 /// the read of the destination a normal store starts with. `stream` is only set on the AVX2
-/// path, and `dst` is then 32-byte aligned (see [`aligned_head`]). Normal stores first ask for
+/// path, and `dst` is then aligned to [`stream_align`] (see [`aligned_head`]). Normal stores first ask for
 /// the destination [`PREFETCH_BYTES`] ahead, as the inputs are, so that its read is in flight
 /// early: outputs below the streaming threshold but beyond L2 otherwise wait on it (backward,
 /// one thread: 32x256x14x14 1.30-1.39 -> 1.22-1.28 ms, 8x3x224x224 0.94-1.00 -> 0.86-0.91;
 /// 256x1024, whose output stays in L2, 0.218-0.253 -> 0.226-0.257).
 #[inline(always)]
 fn put<U: Copy>(dst: &mut [U; MAP_CHUNK], v: [U; MAP_CHUNK], stream: bool) {
+    // A step is a whole number of 16-byte vectors for every element type, at compile time.
+    const { assert!(step_bytes::<U>().is_multiple_of(16)) };
     #[cfg(target_arch = "x86_64")]
     if stream {
-        debug_assert_eq!(dst.as_ptr().align_offset(STREAM_ALIGN), 0);
-        debug_assert_eq!(std::mem::size_of_val(&v) % STREAM_ALIGN, 0);
-        let bytes = std::mem::size_of_val(&v);
-        // SAFETY: `stream` is only set once `Isa::detect` found AVX2; `dst` is valid for
-        // `bytes` and aligned (the caller's contract); `v` is a local array of `bytes`, a
-        // multiple of 32 for the element types (`f32`, `f64`).
-        unsafe { stream_bytes(dst.as_mut_ptr().cast(), v.as_ptr().cast(), bytes) };
+        debug_assert_eq!(dst.as_ptr().align_offset(stream_align::<U>()), 0);
+        let (dst, src) = (dst.as_mut_ptr().cast::<u8>(), v.as_ptr().cast::<u8>());
+        if stream_align::<U>() == 32 {
+            // SAFETY: `stream` is only set once `Isa::detect` found AVX2; `dst` is valid for
+            // the step's bytes, a multiple of 32 here, and 32-byte aligned (the caller's
+            // contract); `v` is a local array of as many bytes.
+            unsafe { stream_32(dst, src, step_bytes::<U>()) };
+        } else {
+            // SAFETY: as above, with 16 bytes and 16-byte alignment; SSE2 is part of the x86-64
+            // baseline.
+            unsafe { stream_16(dst, src) };
+        }
         return;
     }
     prefetch_ahead(&dst[..]);
     *dst = v;
 }
 
-/// Copies `len` bytes (a multiple of 32) with non-temporal stores.
+/// Copies `len` bytes (a multiple of 32) with non-temporal 32-byte stores.
 ///
 /// # Safety
 /// The CPU supports AVX; `src` and `dst` are valid for `len` bytes; `dst` is 32-byte aligned.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx")]
-unsafe fn stream_bytes(dst: *mut u8, src: *const u8, len: usize) {
+unsafe fn stream_32(dst: *mut u8, src: *const u8, len: usize) {
     use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
-    for i in (0..len).step_by(STREAM_ALIGN) {
+    for i in (0..len).step_by(32) {
         // SAFETY: `i + 32 <= len` for both buffers, and `dst + i` stays aligned (the caller's
         // contract).
         unsafe {
@@ -515,6 +536,23 @@ unsafe fn stream_bytes(dst: *mut u8, src: *const u8, len: usize) {
             _mm256_stream_si256(dst.add(i).cast::<__m256i>(), v);
         }
     }
+}
+
+/// Copies 16 bytes with one non-temporal store.
+///
+/// # Safety
+/// `src` and `dst` are valid for 16 bytes; `dst` is 16-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn stream_16(dst: *mut u8, src: *const u8) {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+    // SAFETY: the caller's contract; SSE2 is part of the x86-64 baseline.
+    unsafe {
+        _mm_stream_si128(
+            dst.cast::<__m128i>(),
+            _mm_loadu_si128(src.cast::<__m128i>()),
+        )
+    };
 }
 
 #[cfg(test)]

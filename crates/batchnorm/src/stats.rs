@@ -8,6 +8,12 @@
 //! far below an `f32` rounding. A constant unit gives exactly its value as the mean and zero
 //! as `M2`. The naive `E[x^2] - E[x]^2` is never used: it cancels catastrophically for large
 //! offsets.
+//!
+//! Non-finite values give PyTorch's statistics, whose mean is `sum(x) / n` and whose variance
+//! sums `(x - mean)^2`: a NaN, or both infinities, make the mean NaN; infinities of one sign
+//! make it that infinity; either way M2 is NaN. A non-finite first value is not used as the
+//! shift (`x - inf` would be NaN for every `x`); [`Moments::merge`] adds non-finite means as
+//! sums would.
 
 use std::ops::Range;
 
@@ -66,22 +72,22 @@ impl Moments {
         let Some(&first) = xs.first() else {
             return Self::EMPTY;
         };
+        let shift = shift_of(first);
         let (mut dev, mut sq) = ([0.0f64; LANES], [0.0f64; LANES]);
-        add_shifted_lanes(&mut dev, &mut sq, xs, first.to_f64(), ahead);
-        Self::from_shifted(
-            xs.len() as u64,
-            first.to_f64(),
-            dev.iter().sum(),
-            sq.iter().sum(),
-        )
+        add_shifted_lanes(&mut dev, &mut sq, xs, shift, ahead);
+        Self::from_shifted(xs.len() as u64, shift, dev.iter().sum(), sq.iter().sum())
     }
 
     /// Builds the summary from the sums `dev = sum(x - c)` and `sq = sum((x - c)^2)` around a
-    /// shift `c` that is one of the values.
+    /// shift `c` from [`shift_of`] one of the values. A non-finite value among them makes `dev`
+    /// non-finite, so the mean becomes `sum(x) / n`'s, and M2 NaN.
     #[inline(always)]
     fn from_shifted(count: u64, shift: f64, dev: f64, sq: f64) -> Self {
         let n = count as f64;
-        let m2 = (sq - dev * dev / n).max(0.0);
+        // Rounding can take M2 of a (nearly) constant piece a hair below 0; NaN stays NaN.
+        let m2 = sq - dev * dev / n;
+        let m2 = if m2 < 0.0 { 0.0 } else { m2 };
+        let m2 = if dev.is_finite() { m2 } else { f64::NAN };
         Self {
             count,
             mean: shift + dev / n,
@@ -90,6 +96,9 @@ impl Moments {
     }
 
     /// The summary of the union of the two sets (Chan, Golub & LeVeque's pairwise update).
+    ///
+    /// When either mean is not finite (the set held NaN or an infinity), the union's mean is
+    /// their sum (NaN, or the infinity) and its M2 NaN, as PyTorch's statistics of such data.
     #[inline]
     pub fn merge(self, other: Self) -> Self {
         if other.count == 0 {
@@ -97,6 +106,13 @@ impl Moments {
         }
         if self.count == 0 {
             return other;
+        }
+        if !(self.mean.is_finite() && other.mean.is_finite()) {
+            return Self {
+                count: self.count + other.count,
+                mean: self.mean + other.mean,
+                m2: f64::NAN,
+            };
         }
         let (na, nb) = (self.count as f64, other.count as f64);
         let share = nb / (na + nb);
@@ -116,6 +132,18 @@ impl Moments {
     /// The unbiased (sample) variance M2 / (n - 1), the one the running variance tracks.
     pub fn unbiased_variance(&self) -> f64 {
         self.m2 / (self.count as f64 - 1.0)
+    }
+}
+
+/// The shift of a piece whose first value is `first`: that value, or 0 when it is not finite
+/// (the sums around it would be NaN whatever the other values).
+#[inline(always)]
+fn shift_of<T: Element>(first: T) -> f64 {
+    let c = first.to_f64();
+    if c.is_finite() {
+        c
+    } else {
+        0.0
     }
 }
 
@@ -176,7 +204,7 @@ multiversion! {
         }
         let (lanes, _) = scratch.as_chunks_mut::<LANES>();
         let (dev, sq) = lanes.split_at_mut(g);
-        let shift = |j: usize| x[j * inner].to_f64();
+        let shift = |j: usize| shift_of(x[j * inner]);
         for k in 0..u.count {
             for (j, run) in runs(k).enumerate() {
                 let ahead = u.ahead::<T>(g, j, k);
@@ -202,7 +230,7 @@ multiversion! {
         let (shift, rest) = scratch.split_at_mut(w);
         let (dev, sq) = rest.split_at_mut(w);
         for (i, s) in shift.iter_mut().enumerate() {
-            *s = block[i % c].to_f64();
+            *s = shift_of(block[i % c]);
         }
         let shifted = |dev: &mut [f64], sq: &mut [f64], shift: &[f64], row: &[T]| {
             prefetch_ahead(row);

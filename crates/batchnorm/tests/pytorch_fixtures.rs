@@ -52,7 +52,7 @@ const F64_TOL: Tol = Tol {
     grad: 1e-12,
 };
 
-fn run_typed<T: batchnorm::Element>(fx: &Fixture, isa: Isa, tol: Tol) {
+fn run_typed<T: batchnorm::Float>(fx: &Fixture, isa: Isa, tol: Tol) {
     let name = &fx.name;
     let dims = fx.dims();
     let layout = fx.layout();

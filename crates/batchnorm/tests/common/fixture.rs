@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use batchnorm::Layout;
+use batchnorm::{bf16, f16, Layout};
 use safetensors::{Dtype, SafeTensors};
 
 pub struct Fixture {
@@ -61,7 +61,7 @@ impl Fixture {
         self.tensors.contains_key(key)
     }
 
-    /// A tensor widened to f64 (exact for f32 and f64 data).
+    /// A tensor widened to f64 (exact for every dtype stored).
     pub fn get(&self, key: &str) -> Vec<f64> {
         let (dtype, data) = self
             .tensors
@@ -76,8 +76,19 @@ impl Fixture {
                 .chunks_exact(8)
                 .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
                 .collect(),
+            Dtype::BF16 => half_bits(data)
+                .map(|h| bf16::from_bits(h).to_f64())
+                .collect(),
+            Dtype::F16 => half_bits(data)
+                .map(|h| f16::from_bits(h).to_f64())
+                .collect(),
             other => panic!("{}: `{key}` has unsupported dtype {other:?}", self.name),
         }
+    }
+
+    /// The storage type of a tensor (`"f32"`, `"bf16"`, ...).
+    pub fn dtype(&self, key: &str) -> String {
+        format!("{:?}", self.tensors[key].0).to_lowercase()
     }
 
     /// All case names in the fixture folder (single-BatchNorm cases only).
@@ -92,4 +103,9 @@ impl Fixture {
         names.sort();
         names
     }
+}
+
+fn half_bits(data: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    data.chunks_exact(2)
+        .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
 }

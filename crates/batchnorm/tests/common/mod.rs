@@ -67,3 +67,37 @@ pub fn widen<T: batchnorm::Element>(v: &[T]) -> Vec<f64> {
 pub fn narrow<T: batchnorm::Element>(v: &[f64]) -> Vec<T> {
     v.iter().map(|&x| T::from_f64(x)).collect()
 }
+
+/// One unit in the last place of `T` at the magnitude of `t`: the spacing of `T`'s values in
+/// the binade of `t` (subnormal spacing below the smallest normal).
+pub fn ulp<T: batchnorm::Element>(t: f64) -> f64 {
+    let (precision, min_exp) = match T::NAME {
+        "bf16" => (8, -126),
+        "f16" => (11, -14),
+        "f32" => (24, -126),
+        "f64" => (53, -1022),
+        other => panic!("no format for {other}"),
+    };
+    let exp = ((t.abs().to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    2f64.powi(exp.max(min_exp) - (precision - 1))
+}
+
+/// Largest `|ours - truth|` in units in the last place of `T` at `truth` (0.5: correctly
+/// rounded). A NaN truth needs a NaN.
+pub fn max_ulp_err<T: batchnorm::Element>(ours: &[T], truth: &[f64]) -> f64 {
+    assert_eq!(ours.len(), truth.len());
+    ours.iter()
+        .zip(truth)
+        .map(|(o, &t)| {
+            let o = o.to_f64();
+            if t.is_nan() || o.is_nan() {
+                return if t.is_nan() && o.is_nan() {
+                    0.0
+                } else {
+                    f64::INFINITY
+                };
+            }
+            (o - t).abs() / ulp::<T>(t)
+        })
+        .fold(0.0, f64::max)
+}

@@ -1,21 +1,18 @@
 //! The BatchNorm module: parameters, running statistics, forward and backward.
 
-use crate::backward::{
-    grad_sums, grad_sums_kernel, input_grad, input_grad_channels, GradMap, GradSums,
-};
+use crate::backward::{grad_sums_kernel, input_grad, input_grad_channels, GradMap, GradSums};
 use crate::config::{BatchNormConfig, Mode, Statistics};
-use crate::element::Element;
+use crate::element::{Element, Float};
 use crate::error::{BatchNormError, Result};
-use crate::forward::{normalize, normalize_channels, ChannelMap};
+use crate::forward::{normalize, normalize_channels, NormMap};
 use crate::layout::Shape;
 use crate::par::Par;
-use crate::plan::{
-    channel_cut, channel_groups, parts_len, two_passes_grouped, Cut, Disjoint, Exec, WideMaps,
-};
+use crate::plan::{two_passes, widen, Exec, WideMaps};
 use crate::running_stats;
 use crate::simd::Isa;
-use crate::stats::{channel_moments, moments_kernel, Moments};
-use crate::team::{two_passes_shared, Board};
+use crate::stages::{self, check_len, InputGrad, Kernels, Normalization};
+use crate::stats::{moments_kernel, Moments};
+use crate::team::Board;
 
 /// Batch Normalization over the channel axis, with PyTorch's semantics
 /// (`torch.nn.BatchNorm{1,2,3}d`, `F.batch_norm`).
@@ -63,28 +60,27 @@ use crate::team::{two_passes_shared, Board};
 /// # Ok::<(), batchnorm::BatchNormError>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct BatchNorm<T> {
-    /// gamma, one per channel (init 1); empty when not affine.
-    pub weight: Vec<T>,
+pub struct BatchNorm<T: Element> {
+    /// gamma, one per channel (init 1); empty when not affine. `f32` for 16-bit tensors.
+    pub weight: Vec<T::Param>,
     /// beta, one per channel (init 0); empty when not affine.
-    pub bias: Vec<T>,
+    pub bias: Vec<T::Param>,
     /// Running mean (init 0); empty when not tracking.
-    pub running_mean: Vec<T>,
+    pub running_mean: Vec<T::Param>,
     /// Running UNBIASED variance (init 1); empty when not tracking.
-    pub running_var: Vec<T>,
+    pub running_var: Vec<T::Param>,
     /// Training batches seen while tracking.
     pub num_batches_tracked: u64,
     channels: usize,
     config: BatchNormConfig,
-    par: Par,
-    isa: Isa,
+    kernels: Kernels,
     /// Overrides the L2 budget detected for the machine (tests force both blockings with it).
     l2_budget: Option<usize>,
     workspace: Workspace<T>,
 }
 
 /// Equal parameters, buffers, configuration and execution settings (scratch space is ignored).
-impl<T: PartialEq> PartialEq for BatchNorm<T> {
+impl<T: Element> PartialEq for BatchNorm<T> {
     fn eq(&self, other: &Self) -> bool {
         self.weight == other.weight
             && self.bias == other.bias
@@ -93,19 +89,18 @@ impl<T: PartialEq> PartialEq for BatchNorm<T> {
             && self.num_batches_tracked == other.num_batches_tracked
             && self.channels == other.channels
             && self.config == other.config
-            && self.par == other.par
-            && self.isa == other.isa
+            && self.kernels == other.kernels
     }
 }
 
 /// Per-channel scratch, kept between calls so that warm calls allocate nothing.
 #[derive(Debug, Clone)]
-struct Workspace<T> {
+struct Workspace<T: Element> {
     moments: Vec<Moments>,
     moment_parts: Vec<Moments>,
-    maps: Vec<ChannelMap<T>>,
+    maps: Vec<NormMap<T>>,
     /// `maps` repeated over one widened row (channels-last input).
-    wide_maps: WideMaps<T, ChannelMap<T>>,
+    wide_maps: WideMaps<T::Compute, NormMap<T>>,
     sums: Vec<GradSums>,
     sum_parts: Vec<GradSums>,
     grad_maps: Vec<GradMap>,
@@ -117,7 +112,7 @@ struct Workspace<T> {
     board: Board,
 }
 
-impl<T> Default for Workspace<T> {
+impl<T: Element> Default for Workspace<T> {
     fn default() -> Self {
         Self {
             moments: Vec::new(),
@@ -135,12 +130,12 @@ impl<T> Default for Workspace<T> {
 }
 
 /// What `forward` used, kept for `backward`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Saved<T> {
-    /// The per-channel mean used, rounded to `T`.
-    pub mean: Vec<T>,
-    /// The per-channel `1 / sqrt(var + eps)` used, rounded to `T`.
-    pub invstd: Vec<T>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved<T: Element> {
+    /// The per-channel mean used, rounded to `T::Param`.
+    pub mean: Vec<T::Param>,
+    /// The per-channel `1 / sqrt(var + eps)` used, rounded to `T::Param`.
+    pub invstd: Vec<T::Param>,
     /// The same two in `f64`, as normalisation used them: backward needs their exact values.
     mean64: Vec<f64>,
     invstd64: Vec<f64>,
@@ -148,7 +143,20 @@ pub struct Saved<T> {
     statistics: Option<Statistics>,
 }
 
-impl<T> Saved<T> {
+impl<T: Element> Default for Saved<T> {
+    fn default() -> Self {
+        Self {
+            mean: Vec::new(),
+            invstd: Vec::new(),
+            mean64: Vec::new(),
+            invstd64: Vec::new(),
+            shape: None,
+            statistics: None,
+        }
+    }
+}
+
+impl<T: Element> Saved<T> {
     /// The shape of the input these statistics were computed for (`None` before any forward).
     pub fn shape(&self) -> Option<&Shape> {
         self.shape.as_ref()
@@ -162,12 +170,21 @@ impl<T> Saved<T> {
 
 /// Parameter gradients: `weight = sum(dy * xhat)`, `bias = sum(dy)` per channel; both empty when
 /// the module is not affine.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Grads<T> {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grads<T: Element> {
     /// d loss / d weight.
-    pub weight: Vec<T>,
+    pub weight: Vec<T::Param>,
     /// d loss / d bias.
-    pub bias: Vec<T>,
+    pub bias: Vec<T::Param>,
+}
+
+impl<T: Element> Default for Grads<T> {
+    fn default() -> Self {
+        Self {
+            weight: Vec::new(),
+            bias: Vec::new(),
+        }
+    }
 }
 
 impl<T: Element> BatchNorm<T> {
@@ -181,17 +198,16 @@ impl<T: Element> BatchNorm<T> {
         if channels == 0 {
             return Err(BatchNormError::ZeroChannels);
         }
-        let filled = |on: bool, v: T| if on { vec![v; channels] } else { Vec::new() };
+        let filled = |on: bool, v: T::Param| if on { vec![v; channels] } else { Vec::new() };
         Ok(Self {
-            weight: filled(config.affine, T::ONE),
-            bias: filled(config.affine, T::ZERO),
-            running_mean: filled(config.track_running_stats, T::ZERO),
-            running_var: filled(config.track_running_stats, T::ONE),
+            weight: filled(config.affine, Float::ONE),
+            bias: filled(config.affine, Float::ZERO),
+            running_mean: filled(config.track_running_stats, Float::ZERO),
+            running_var: filled(config.track_running_stats, Float::ONE),
             num_batches_tracked: 0,
             channels,
             config,
-            par: Par::Seq,
-            isa: Isa::detect(),
+            kernels: Kernels::default(),
             l2_budget: None,
             workspace: Workspace::default(),
         })
@@ -209,12 +225,12 @@ impl<T: Element> BatchNorm<T> {
 
     /// Whether calls may use rayon's threads (results do not depend on it).
     pub fn set_par(&mut self, par: Par) {
-        self.par = par;
+        self.kernels = self.kernels.with_par(par);
     }
 
     /// The threading choice.
     pub fn par(&self) -> Par {
-        self.par
+        self.kernels.par()
     }
 
     /// Chooses the kernel path (results do not depend on it).
@@ -222,24 +238,19 @@ impl<T: Element> BatchNorm<T> {
     /// # Errors
     /// [`BatchNormError::UnsupportedIsa`] if this CPU cannot run it.
     pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
-        if !isa.is_supported() {
-            return Err(BatchNormError::UnsupportedIsa {
-                isa: format!("{isa:?}"),
-            });
-        }
-        self.isa = isa;
+        self.kernels = self.kernels.with_isa(isa)?;
         Ok(())
     }
 
     /// The kernel path.
     pub fn isa(&self) -> Isa {
-        self.isa
+        self.kernels.isa()
     }
 
     /// Sets the running statistics back to mean 0, variance 1, no batches tracked.
     pub fn reset_running_stats(&mut self) {
-        self.running_mean.fill(T::ZERO);
-        self.running_var.fill(T::ONE);
+        self.running_mean.fill(Float::ZERO);
+        self.running_var.fill(Float::ONE);
         self.num_batches_tracked = 0;
     }
 
@@ -282,8 +293,7 @@ impl<T: Element> BatchNorm<T> {
         let result = self.forward_impl(x, shape, mode, y, saved, &mut ws);
         if result.is_ok() && mode == Mode::Train && self.config.track_running_stats {
             self.num_batches_tracked += 1;
-            let factor =
-                running_stats::update_factor(self.config.momentum, self.num_batches_tracked);
+            let factor = stages::update_factor(self.config.momentum, self.num_batches_tracked);
             running_stats::update(
                 &mut self.running_mean,
                 &mut self.running_var,
@@ -366,22 +376,23 @@ impl<T: Element> BatchNorm<T> {
 
     /// The execution choices for a call over `shape`.
     fn exec(&self, shape: &Shape) -> Exec {
-        let mut exec = Exec::new(self.isa, self.par, shape.len(), std::mem::size_of::<T>());
+        let mut exec = self.kernels.exec::<T>(shape);
         if let Some(budget) = self.l2_budget {
             exec.l2_budget = budget;
         }
         exec
     }
 
-    /// `1 / sqrt(var + eps)`.
-    fn invstd(&self, var: f64) -> f64 {
-        1.0 / (var + self.config.eps).sqrt()
+    /// The normalisation of channel `ch` by `mean` and biased variance `var`, with this
+    /// module's weight and bias.
+    fn normalization(&self, ch: usize, mean: f64, var: f64) -> Normalization {
+        let (eps, gamma, beta) = (self.config.eps, self.gamma(ch), self.beta(ch));
+        Normalization::from_mean_var(mean, var, eps, gamma, beta)
     }
 
-    /// The normalising map of channel `ch` for `mean` and biased variance `var`, with this
-    /// module's weight and bias.
-    fn channel_map(&self, ch: usize, mean: f64, var: f64) -> ChannelMap<T> {
-        ChannelMap::new(mean, self.invstd(var), self.gamma(ch), self.beta(ch))
+    /// Its map for `T` tensors.
+    fn channel_map(&self, ch: usize, mean: f64, var: f64) -> NormMap<T> {
+        self.normalization(ch, mean, var).map::<T>()
     }
 
     /// The running mean and variance of channel `ch`, in `f64`.
@@ -467,63 +478,32 @@ impl<T: Element> BatchNorm<T> {
         let c = self.channels;
         let geo = shape.geometry();
         let exec = self.exec(shape);
-        let elem = std::mem::size_of::<T>();
         saved.mean64.resize(c, 0.0);
         saved.invstd64.resize(c, 0.0);
-        ws.maps.resize(c, ChannelMap::default());
+        ws.maps.resize(c, NormMap::<T>::default());
         ws.moments.resize(c, Moments::EMPTY);
-        let cut = channel_cut(geo, elem, 1, exec);
-        match (statistics, cut) {
-            (Statistics::Batch, Cut::Channels(g)) => {
-                // Channel group by channel group, each on one thread: its normalising pass
-                // reads it from L2.
-                let (y, seq) = (Disjoint::new(y), exec.sequential());
-                two_passes_grouped(
+        match statistics {
+            Statistics::Batch => {
+                let seq = exec.sequential();
+                two_passes(
                     exec,
                     geo,
-                    g,
-                    &mut ws.moment_parts,
-                    &mut ws.moments,
-                    &mut ws.maps,
-                    moments_kernel(x, geo, exec.isa),
-                    Moments::merge,
-                    |ch, m| self.channel_map(ch, m.mean, m.variance()),
-                    |range, maps| normalize_channels(x, &y, geo, range, 0..geo.outer, seq, maps),
-                );
-            }
-            (Statistics::Batch, Cut::Shared(team)) => {
-                // Channel by channel, each shared by the threads: each normalises its share
-                // from its L2.
-                let (y, seq) = (Disjoint::new(y), exec.sequential());
-                two_passes_shared(
-                    team,
-                    geo,
+                    1,
                     &mut ws.moment_parts,
                     &mut ws.board,
                     &mut ws.moments,
+                    &mut ws.maps,
+                    y,
                     moments_kernel(x, geo, exec.isa),
                     Moments::merge,
-                    |ch, blocks, m| {
-                        let map = [self.channel_map(ch, m.mean, m.variance())];
-                        normalize_channels(x, &y, geo, ch..ch + 1, blocks, seq, &map);
+                    |ch, m| self.channel_map(ch, m.mean, m.variance()),
+                    |y, range, blocks, maps| {
+                        normalize_channels(x, y, geo, range, blocks, seq, maps)
                     },
+                    |y, range, maps| normalize(x, y, geo, range, exec, maps, &mut ws.wide_maps),
                 );
             }
-            (Statistics::Batch, Cut::Waves) => {
-                // Channel group by channel group: a group's statistics pass leaves it in L3
-                // for its normalising pass.
-                for group in channel_groups(geo, elem, 1) {
-                    let parts = &mut ws.moment_parts;
-                    parts.resize(parts_len(geo, group.len()), Moments::EMPTY);
-                    let moments = &mut ws.moments[group.clone()];
-                    channel_moments(x, geo, group.clone(), exec, parts, moments);
-                    for (ch, m) in group.clone().zip(&*moments) {
-                        ws.maps[ch] = self.channel_map(ch, m.mean, m.variance());
-                    }
-                    normalize(x, y, geo, group, exec, &ws.maps, &mut ws.wide_maps);
-                }
-            }
-            (Statistics::Running, _) => {
+            Statistics::Running => {
                 for ch in 0..c {
                     let (mean, var) = self.running(ch);
                     ws.maps[ch] = self.channel_map(ch, mean, var);
@@ -537,14 +517,14 @@ impl<T: Element> BatchNorm<T> {
                 Statistics::Running => self.running(ch),
             };
             saved.mean64[ch] = mean;
-            saved.invstd64[ch] = self.invstd(var);
+            saved.invstd64[ch] = self.normalization(ch, mean, var).invstd;
         }
         saved
             .mean
-            .extend(saved.mean64.iter().map(|&v| T::from_f64(v)));
+            .extend(saved.mean64.iter().map(|&v| T::Param::from_f64(v)));
         saved
             .invstd
-            .extend(saved.invstd64.iter().map(|&v| T::from_f64(v)));
+            .extend(saved.invstd64.iter().map(|&v| T::Param::from_f64(v)));
         saved.shape = Some(*shape);
         saved.statistics = Some(statistics);
         Ok(())
@@ -580,88 +560,55 @@ impl<T: Element> BatchNorm<T> {
         let c = self.channels;
         let geo = shape.geometry();
         let exec = self.exec(shape);
-        let elem = std::mem::size_of::<T>();
-        let m = shape.per_channel() as f64;
+        let count = shape.per_channel() as u64;
         let grad_map = |ch: usize, sums: GradSums| {
-            let (mean, invstd) = (saved.mean64[ch], saved.invstd64[ch]);
-            let (a, b) = match statistics {
-                Statistics::Batch => (sums.dy / m, sums.dy_xmu * invstd * invstd / m),
-                Statistics::Running => (0.0, 0.0),
+            let norm = Normalization {
+                mean: saved.mean64[ch],
+                invstd: saved.invstd64[ch],
+                weight: self.gamma(ch),
+                bias: self.beta(ch),
             };
-            let k = self.gamma(ch) * invstd;
-            GradMap::new(mean, k, a, b)
+            let grad = match statistics {
+                Statistics::Batch => InputGrad::batch(&norm, sums, count),
+                Statistics::Running => InputGrad::frozen(&norm),
+            };
+            grad.0
         };
         ws.sums.resize(c, GradSums::default());
-        match channel_cut(geo, elem, 2, exec) {
-            Cut::Channels(g) => {
-                // Channel group by channel group, each on one thread: its dx pass reads it
-                // from L2.
-                ws.grad_maps.resize(c, GradMap::default());
-                let (dx, seq) = (Disjoint::new(dx), exec.sequential());
-                two_passes_grouped(
-                    exec,
-                    geo,
-                    g,
-                    &mut ws.sum_parts,
-                    &mut ws.sums,
-                    &mut ws.grad_maps,
-                    grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
-                    GradSums::add,
-                    grad_map,
-                    |range, maps| {
-                        input_grad_channels(x, dy, &dx, geo, range, 0..geo.outer, seq, maps)
-                    },
-                );
-            }
-            Cut::Shared(team) => {
-                // Channel by channel, each shared by the threads: each writes dx for its share
-                // from its L2.
-                let (dx, seq) = (Disjoint::new(dx), exec.sequential());
-                two_passes_shared(
-                    team,
-                    geo,
-                    &mut ws.sum_parts,
-                    &mut ws.board,
-                    &mut ws.sums,
-                    grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &[]),
-                    GradSums::add,
-                    |ch, blocks, sums| {
-                        let map = [grad_map(ch, sums)];
-                        input_grad_channels(x, dy, &dx, geo, ch..ch + 1, blocks, seq, &map);
-                    },
-                );
-            }
-            Cut::Waves => {
-                // Channel group by channel group: a group's sums pass leaves it in L3 for dx.
-                ws.grad_maps.resize(c, GradMap::default());
-                for group in channel_groups(geo, elem, 2) {
-                    let (parts, wide) = (&mut ws.sum_parts, &mut ws.wide_mean);
-                    parts.resize(parts_len(geo, group.len()), GradSums::default());
-                    let sums = &mut ws.sums[group.clone()];
-                    let mean = &saved.mean64;
-                    grad_sums(x, dy, geo, group.clone(), exec, mean, parts, wide, sums);
-                    for ch in group.clone() {
-                        ws.grad_maps[ch] = grad_map(ch, ws.sums[ch]);
-                    }
-                    let wide = &mut ws.wide_grad_maps;
-                    input_grad(x, dy, dx, geo, group, exec, &ws.grad_maps, wide);
-                }
-            }
+        ws.grad_maps.resize(c, GradMap::default());
+        if geo.is_rows() {
+            widen(&saved.mean64, &mut ws.wide_mean);
         }
+        let seq = exec.sequential();
+        two_passes(
+            exec,
+            geo,
+            2,
+            &mut ws.sum_parts,
+            &mut ws.board,
+            &mut ws.sums,
+            &mut ws.grad_maps,
+            dx,
+            grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &ws.wide_mean),
+            std::ops::Add::add,
+            grad_map,
+            |dx, range, blocks, maps| input_grad_channels(x, dy, dx, geo, range, blocks, seq, maps),
+            |dx, range, maps| input_grad(x, dy, dx, geo, range, exec, maps, &mut ws.wide_grad_maps),
+        );
         grads.weight.clear();
         grads.bias.clear();
         if self.config.affine {
             let sums = ws.sums.iter().zip(&saved.invstd64);
-            grads
-                .weight
-                .extend(sums.map(|(s, &invstd)| T::from_f64(s.dy_xmu * invstd)));
-            grads.bias.extend(ws.sums.iter().map(|s| T::from_f64(s.dy)));
+            let weight = sums.map(|(s, &invstd)| T::Param::from_f64(s.weight_grad(invstd)));
+            grads.weight.extend(weight);
+            let bias = ws.sums.iter().map(|s| T::Param::from_f64(s.bias_grad()));
+            grads.bias.extend(bias);
         }
         Ok(())
     }
 }
 
-impl<T> Saved<T> {
+impl<T: Element> Saved<T> {
     /// Empties every buffer, keeping their allocations.
     fn clear(&mut self) {
         self.mean.clear();
@@ -673,158 +620,5 @@ impl<T> Saved<T> {
     }
 }
 
-fn check_len(buffer: &'static str, got: usize, expected: usize) -> Result<()> {
-    if got == expected {
-        Ok(())
-    } else {
-        Err(BatchNormError::LengthMismatch {
-            buffer,
-            expected,
-            got,
-        })
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Layout;
-
-    /// y and running statistics of a training forward, and dx, dweight, dbias of its backward.
-    type Outputs<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
-
-    fn train_step<T: Element>(dims: &[usize], par: Par, isa: Isa, l2: usize) -> Outputs<T> {
-        let shape = Shape::new(dims, Layout::ChannelsFirst).unwrap();
-        let n = shape.len();
-        let x: Vec<T> = (0..n)
-            .map(|i| T::from_f64(((i * 7919) % 1013) as f64 * 0.37 - 100.0))
-            .collect();
-        let dy: Vec<T> = (0..n)
-            .map(|i| T::from_f64(((i * 31) % 97) as f64 * 0.01 - 0.5))
-            .collect();
-        let mut bn = BatchNorm::<T>::new(shape.channels(), BatchNormConfig::default()).unwrap();
-        bn.weight = (0..shape.channels())
-            .map(|c| T::from_f64(0.5 + c as f64))
-            .collect();
-        bn.set_par(par);
-        bn.set_isa(isa).unwrap();
-        bn.l2_budget = Some(l2);
-        let (mut y, mut dx) = (vec![T::ZERO; n], vec![T::ZERO; n]);
-        let saved = bn.forward(&x, &shape, Mode::Train, &mut y).unwrap();
-        let grads = bn.backward(&x, &dy, &shape, &saved, &mut dx).unwrap();
-        let running = (bn.running_mean.clone(), bn.running_var.clone());
-        (y, running.0, running.1, dx, grads.weight, grads.bias)
-    }
-
-    fn channel_by_channel_is_bitwise_blocked<T: Element>() {
-        // Channels of at least MIN_RESIDENT_BYTES: long runs (inner > RUN_CHUNK) and short
-        // runs gathered into pieces.
-        let shapes: [&[usize]; 2] = [&[4, 3, 128, 130], &[40, 2, 40, 41]];
-        for dims in shapes {
-            let per_channel = dims[0] * dims[2] * dims[3] * std::mem::size_of::<T>();
-            assert!(per_channel >= crate::tuning::MIN_RESIDENT_BYTES, "{dims:?}");
-            let blocked = train_step::<T>(dims, Par::Seq, Isa::Baseline, 0);
-            for isa in Isa::available() {
-                for par in [Par::Seq, Par::Rayon] {
-                    let resident = train_step::<T>(dims, par, isa, usize::MAX);
-                    assert!(resident == blocked, "{dims:?} {isa:?} {par:?}");
-                }
-            }
-            // Teams of 2 and 3 threads sharing each channel: with an L2 budget of half a
-            // channel of x the forward shares, with one channel of x the backward does.
-            for threads in [2, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let geo = Shape::new(dims, Layout::ChannelsFirst).unwrap().geometry();
-                for (l2, streams) in [(per_channel / 2, 1), (per_channel, 2)] {
-                    let exec = Exec {
-                        isa: Isa::Baseline,
-                        par: true,
-                        stream: false,
-                        l2_budget: l2,
-                    };
-                    let size = std::mem::size_of::<T>();
-                    let cut = pool.install(|| channel_cut(geo, size, streams, exec));
-                    assert_eq!(cut, Cut::Shared(threads), "{dims:?} {l2}");
-                    for isa in Isa::available() {
-                        let shared = pool.install(|| train_step::<T>(dims, Par::Rayon, isa, l2));
-                        assert!(shared == blocked, "{dims:?} {isa:?} {threads} threads");
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn channel_by_channel_gives_the_bits_of_channel_groups() {
-        channel_by_channel_is_bitwise_blocked::<f32>();
-        channel_by_channel_is_bitwise_blocked::<f64>();
-    }
-
-    fn small_channel_groups_are_bitwise_blocked<T: Element>() {
-        // 80 channels of 6x20x21 values, too small to go one by one: under a budget of 600
-        // KiB they go in as few groups as fit (x alone for the forward, x and dy for the
-        // backward), of even size, on one thread or shared out.
-        let dims: &[usize] = &[6, 80, 20, 21];
-        let geo = Shape::new(dims, Layout::ChannelsFirst).unwrap().geometry();
-        let budget = 600 << 10;
-        let exec = Exec {
-            isa: Isa::Baseline,
-            par: false,
-            stream: false,
-            l2_budget: budget,
-        };
-        let (size, bytes) = (
-            std::mem::size_of::<T>(),
-            geo.per_channel() * std::mem::size_of::<T>(),
-        );
-        for streams in [1, 2] {
-            // As few groups as fit the budget, of even size.
-            let most = budget / (bytes * streams);
-            let Cut::Channels(g) = channel_cut(geo, size, streams, exec) else {
-                panic!("{streams} streams: not in groups");
-            };
-            assert!(g > 1 && g <= most, "{g} of at most {most}");
-            assert_eq!(80usize.div_ceil(g), 80usize.div_ceil(most));
-        }
-        let blocked = train_step::<T>(dims, Par::Seq, Isa::Baseline, 0);
-        for isa in Isa::available() {
-            for par in [Par::Seq, Par::Rayon] {
-                let grouped = train_step::<T>(dims, par, isa, budget);
-                assert!(grouped == blocked, "{isa:?} {par:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn small_channel_groups_give_the_bits_of_channel_groups() {
-        small_channel_groups_are_bitwise_blocked::<f32>();
-        small_channel_groups_are_bitwise_blocked::<f64>();
-    }
-
-    #[test]
-    fn shared_channels_under_a_busy_pool() {
-        // Calls that share their channels among the pool's threads, eight at once on two
-        // threads (each call's team may find its other member busy with another call): every
-        // call finishes, with the bits of channel groups.
-        use rayon::prelude::*;
-        let dims: &[usize] = &[4, 3, 128, 130];
-        let per_channel = 4 * 128 * 130 * std::mem::size_of::<f32>();
-        let blocked = train_step::<f32>(dims, Par::Seq, Isa::Baseline, 0);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for l2 in [per_channel / 2, per_channel] {
-            let outs: Vec<_> = pool.install(|| {
-                (0..8)
-                    .into_par_iter()
-                    .map(|_| train_step::<f32>(dims, Par::Rayon, Isa::detect(), l2))
-                    .collect()
-            });
-            assert!(outs.iter().all(|o| *o == blocked), "budget {l2}");
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,141 @@
+//! Element types: what tensors are stored in, kept apart from what the arithmetic runs in.
+//!
+//! | storage `T` | [`Element::Param`] (weight, bias, running and saved statistics, gradients) | [`Element::Compute`] (the normalising map) |
+//! |---|---|---|
+//! | `f64` | `f64` | `f64` |
+//! | `f32` | `f32` | `f32` (mean as a high and a low part, see `docs/design.md`) |
+//! | [`bf16`], [`f16`] | `f32` | `f64` |
+//!
+//! This is PyTorch's mixed-type convention for reduced precision: activations and their
+//! gradients in 16 bits, parameters and statistics in `f32`. Statistics and gradient sums are
+//! accumulated in `f64` whatever the storage type, and every 16-bit result is rounded once, from
+//! an `f64` value, to the nearest representable value ([`rounding`]).
+
+use std::fmt::Debug;
+use std::ops::{Add, Mul, Sub};
+
+pub use half::{bf16, f16};
+
+pub(crate) mod rounding;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+}
+
+/// A storage type of tensors: `f32`, `f64`, [`bf16`] or [`f16`].
+///
+/// Conversions to and from `f64` are exact one way and correctly rounded (to nearest, ties to
+/// even) the other; NaN stays NaN.
+pub trait Element:
+    sealed::Sealed + Copy + Default + Debug + PartialEq + Send + Sync + 'static
+{
+    /// The type of the per-channel parameters, statistics and parameter gradients: `f32`, or
+    /// `f64` for `f64` tensors. Never a 16-bit type: running statistics kept in half precision
+    /// drift.
+    type Param: Float;
+    /// The type the normalising map evaluates in (see the module table).
+    type Compute: Float;
+    /// The name used in messages and file formats (`"f32"`, `"f64"`, `"bf16"`, `"f16"`).
+    const NAME: &'static str;
+
+    /// The value as `f64`; exact.
+    fn to_f64(self) -> f64;
+    /// The value of this type nearest to `v` (ties to even); NaN gives NaN.
+    fn from_f64(v: f64) -> Self;
+    /// The value in the compute type; exact.
+    fn to_compute(self) -> Self::Compute;
+    /// The value of this type nearest to `v` (ties to even).
+    fn from_compute(v: Self::Compute) -> Self;
+}
+
+/// A storage type that is also an arithmetic type: `f32` and `f64`. Parameters, statistics
+/// and the normalising map are of this kind.
+pub trait Float:
+    Element<Param = Self, Compute = Self>
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+{
+    /// The additive identity.
+    const ZERO: Self;
+    /// The multiplicative identity.
+    const ONE: Self;
+}
+
+macro_rules! float {
+    ($t:ty, $name:literal) => {
+        impl Element for $t {
+            type Param = $t;
+            type Compute = $t;
+            const NAME: &'static str = $name;
+
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+
+            #[inline(always)]
+            fn to_compute(self) -> Self {
+                self
+            }
+
+            #[inline(always)]
+            fn from_compute(v: Self) -> Self {
+                v
+            }
+        }
+
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+        }
+    };
+}
+
+float!(f32, "f32");
+float!(f64, "f64");
+
+macro_rules! half_float {
+    ($t:ty, $name:literal, $widen:path, $narrow:path) => {
+        impl Element for $t {
+            type Param = f32;
+            type Compute = f64;
+            const NAME: &'static str = $name;
+
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                f64::from($widen(self.to_bits()))
+            }
+
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                <$t>::from_bits($narrow(rounding::f64_to_f32_odd(v)))
+            }
+
+            // (`bf16` and `f16` have inherent `to_f64` and `from_f64`, which would take
+            // precedence over these; the latter rounds values near a midpoint wrongly.)
+            #[inline(always)]
+            fn to_compute(self) -> f64 {
+                <Self as Element>::to_f64(self)
+            }
+
+            #[inline(always)]
+            fn from_compute(v: f64) -> Self {
+                <Self as Element>::from_f64(v)
+            }
+        }
+    };
+}
+
+half_float!(bf16, "bf16", rounding::bf16_to_f32, rounding::f32_to_bf16);
+half_float!(f16, "f16", rounding::f16_to_f32, rounding::f32_to_f16);

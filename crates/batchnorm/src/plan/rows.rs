@@ -1,0 +1,298 @@
+//! Channels-last rows, widened: per-channel values repeated over a row of at least
+//! [`MIN_ROW_WIDTH`](crate::tuning::MIN_ROW_WIDTH) positions, the coefficient layouts the
+//! element-wise passes cycle through, and the strip walks of the reductions.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use super::row_width;
+use crate::simd::{prefetch_past, Cyclic, Inputs, MAP_CHUNK};
+use crate::tuning::{COLUMN_STRIP, PREFETCH_BYTES};
+
+/// `pattern[i] = per_channel[i % C]` over one widened row.
+pub(crate) fn widen<V: Copy>(per_channel: &[V], pattern: &mut Vec<V>) {
+    widen_iter(per_channel.len(), per_channel.iter().copied(), pattern);
+}
+
+/// [`widen`] for the `channels` values an iterator yields: one row of them, then copies of it.
+pub(crate) fn widen_iter<V: Copy>(
+    channels: usize,
+    per_channel: impl Iterator<Item = V>,
+    pattern: &mut Vec<V>,
+) {
+    let width = row_width(channels);
+    pattern.clear();
+    pattern.reserve(width);
+    pattern.extend(per_channel.take(channels));
+    assert_eq!(pattern.len(), channels, "one value per channel");
+    while pattern.len() < width {
+        // Doubling copies; `width` is a multiple of `channels`, so the pattern stays whole.
+        let copy = pattern.len().min(width - pattern.len());
+        pattern.extend_from_within(..copy);
+    }
+}
+
+/// `K` coefficients per channel repeated over one widened row and wrapped: array `a` holds
+/// coefficient `a` of channel `i % C` at every position `i` of the row, then its first
+/// [`MAP_CHUNK`] values again, so that a step of [`crate::simd::map_cyclic`] starting anywhere
+/// in the row reads each coefficient contiguously ([`Wrapped::chunks`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Wrapped<V, const K: usize> {
+    width: usize,
+    /// Each `width + MAP_CHUNK` long: [`Wrapped::chunks`] relies on it.
+    arrays: [Vec<V>; K],
+}
+
+impl<V, const K: usize> Default for Wrapped<V, K> {
+    fn default() -> Self {
+        Self {
+            width: 0,
+            arrays: std::array::from_fn(|_| Vec::new()),
+        }
+    }
+}
+
+impl<V: Copy, const K: usize> Wrapped<V, K> {
+    /// Lays out the coefficients `field(map)` of each channel's map.
+    pub fn set<M>(&mut self, maps: &[M], field: impl Fn(&M) -> [V; K]) {
+        for (a, out) in self.arrays.iter_mut().enumerate() {
+            widen_iter(maps.len(), maps.iter().map(|m| field(m)[a]), out);
+            out.extend_from_within(..MAP_CHUNK);
+        }
+        self.width = row_width(maps.len());
+    }
+
+    /// Positions of one widened row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The [`MAP_CHUNK`] values of each coefficient from position `j` on.
+    ///
+    /// # Safety
+    /// `j < self.width()`.
+    #[inline(always)]
+    pub unsafe fn chunks(&self, j: usize) -> [&[V; MAP_CHUNK]; K] {
+        debug_assert!(j < self.width);
+        std::array::from_fn(|a| {
+            // SAFETY: `set` made every array `width + MAP_CHUNK` long (the fields are private
+            // and nothing else changes them), and `j < width` (the caller's contract): the
+            // `MAP_CHUNK` values from `j` are in bounds.
+            unsafe { &*self.arrays[a].as_ptr().add(j).cast::<[V; MAP_CHUNK]>() }
+        })
+    }
+
+    /// The coefficients at position `j` of the row.
+    #[inline(always)]
+    pub fn at(&self, j: usize) -> [V; K] {
+        std::array::from_fn(|a| self.arrays[a][j])
+    }
+}
+
+/// A per-channel map of four coefficients of type `V`, which the channels-last passes lay out
+/// over a widened row ([`WideMaps`]).
+pub(crate) trait FourCoefficients<V>: Copy {
+    /// The coefficients, in a fixed order.
+    fn coefficients(&self) -> [V; 4];
+    /// The map with these coefficients.
+    fn from_coefficients(c: [V; 4]) -> Self;
+}
+
+/// A per-channel map applied to one value of its inputs `I` (x, or x and dy side by side).
+pub(crate) trait Apply<I: Inputs, U> {
+    fn apply(self, v: I::Value) -> U;
+}
+
+/// Per-channel maps `M` of coefficients `V` repeated over one widened row and wrapped, one
+/// array per coefficient: the coefficients of a channels-last pass (see
+/// [`crate::simd::map_cyclic`]).
+#[derive(Debug, Clone)]
+pub(crate) struct WideMaps<V, M>(Wrapped<V, 4>, PhantomData<M>);
+
+impl<V, M> Default for WideMaps<V, M> {
+    fn default() -> Self {
+        Self(Wrapped::default(), PhantomData)
+    }
+}
+
+impl<V: Copy, M: FourCoefficients<V>> WideMaps<V, M> {
+    /// Lays out every channel's map.
+    pub fn set(&mut self, maps: &[M]) {
+        self.0.set(maps, M::coefficients);
+    }
+}
+
+impl<I: Inputs, U, V: Copy, M: FourCoefficients<V> + Apply<I, U>> Cyclic<I, U> for WideMaps<V, M> {
+    fn width(&self) -> usize {
+        self.0.width()
+    }
+
+    #[inline(always)]
+    unsafe fn step(&self, xs: I::Step, j: usize) -> [U; MAP_CHUNK] {
+        // SAFETY: `j < width`, this function's own contract.
+        let coefs = unsafe { self.0.chunks(j) };
+        std::array::from_fn(|l| M::from_coefficients(coefs.map(|c| c[l])).apply(I::lane(xs, l)))
+    }
+
+    #[inline(always)]
+    fn one(&self, x: I::Value, j: usize) -> U {
+        M::from_coefficients(self.0.at(j)).apply(x)
+    }
+}
+
+/// The column strips of a widened row of `w` positions: the channels-last reductions walk a
+/// block of rows one strip at a time, so that their per-position accumulators stay in L1 even
+/// for thousands of channels.
+pub(crate) fn column_strips(w: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..w)
+        .step_by(COLUMN_STRIP)
+        .map(move |s| s..(s + COLUMN_STRIP).min(w))
+}
+
+/// Positions `cols` of widened rows `first..first + R` (rows `w` long) of `t`: one step of a
+/// strip walk.
+#[inline(always)]
+pub(crate) fn strips<'a, T, const R: usize>(
+    t: &'a [T],
+    w: usize,
+    cols: &Range<usize>,
+    first: usize,
+) -> [&'a [T]; R] {
+    std::array::from_fn(|i| &t[(first + i) * w..][cols.clone()])
+}
+
+/// Positions per column chunk of a strip walk: one cache line of `f32`, two of `f64`. The
+/// channels-last reductions take a step's columns a chunk at a time, four row strips side by
+/// side ([`strip_step`]): a fixed length, which the compiler unrolls into whole vectors, and
+/// four streams, whose pointers stay in registers next to the accumulators' (with eight, four
+/// rows of both x and dy, they were spilled to the stack and reloaded for every vector). Before
+/// each chunk they prefetch the same chunk of the rows a few steps on ([`StripPrefetch`]), addressed from
+/// the current rows (one more register), so the prefetches go out spread over the step, not as
+/// a burst of the whole strip before it (a burst of the 32 lines of a 2 KiB strip row stalled
+/// the loads behind it: C = 256 to 2048 ran 10-20% slower). Against the walk over a line-long
+/// range of run-time length with the far rows' own pointers, the statistics pass of
+/// 64x64x56x56 channels-last took 1.17-1.25 ms instead of 1.54-1.65, and the gradient sums
+/// 1.06-1.09 times a plain `f64` loop over x and dy instead of 1.18-1.22.
+pub(crate) const STRIP_CHUNK: usize = 16;
+
+/// One step of a strip walk over four row strips side by side: `add(a[k], b[k], c[k], v)` at
+/// every position `k` of the strip, `v` the four rows' values there, a chunk of
+/// [`STRIP_CHUNK`] positions at a time, each chunk first prefetching the same chunk of the
+/// rows `far` bytes on ([`StripPrefetch::far`]).
+#[inline(always)]
+pub(crate) fn strip_step<T: Copy>(
+    rows: [&[T]; 4],
+    a: &mut [f64],
+    b: &mut [f64],
+    c: &[f64],
+    far: usize,
+    add: impl Fn(&mut f64, &mut f64, f64, [T; 4]),
+) {
+    let split = rows.map(<[T]>::as_chunks::<STRIP_CHUNK>);
+    let (rc, rt) = (split.map(|(c, _)| c), split.map(|(_, t)| t));
+    let (ac, at) = a.as_chunks_mut::<STRIP_CHUNK>();
+    let (bc, bt) = b.as_chunks_mut::<STRIP_CHUNK>();
+    let (cc, ct) = c.as_chunks::<STRIP_CHUNK>();
+    let acc = ac.iter_mut().zip(bc.iter_mut()).zip(cc);
+    for (((a, b), c), rs) in acc.zip(side_by_side(rc)) {
+        rs.iter().for_each(|r| prefetch_past(*r, far));
+        for l in 0..STRIP_CHUNK {
+            add(&mut a[l], &mut b[l], c[l], rs.map(|r| r[l]));
+        }
+    }
+    rt.iter().for_each(|t| prefetch_past(t, far));
+    for (k, ((a, b), &c)) in at.iter_mut().zip(bt.iter_mut()).zip(ct).enumerate() {
+        add(a, b, c, rt.map(|r| r[k]));
+    }
+}
+
+/// The chunks of four row strips side by side (see [`STRIP_CHUNK`]).
+#[inline(always)]
+fn side_by_side<T>(rows: [&[[T; STRIP_CHUNK]]; 4]) -> impl Iterator<Item = [&[T; STRIP_CHUNK]; 4]> {
+    let [a, b, c, d] = rows;
+    a.iter()
+        .zip(b)
+        .zip(c)
+        .zip(d)
+        .map(|(((a, b), c), d)| [a, b, c, d])
+}
+
+/// The sum of the terms of one position over a strip walk's step of `R` rows: one term as it
+/// is, two as `a + b`, four as `(a + b) + (c + d)`.
+#[inline(always)]
+pub(crate) fn step_sum<const R: usize>(t: [f64; R]) -> f64 {
+    match t.as_slice() {
+        [a] => *a,
+        [a, b] => a + b,
+        [a, b, c, d] => (a + b) + (c + d),
+        _ => t.iter().sum(),
+    }
+}
+
+/// Where a strip walk's steps prefetch: about [`PREFETCH_BYTES`] of each input ahead, in whole
+/// steps (at least one), and the last steps their own rows again.
+pub(crate) struct StripPrefetch {
+    steps: usize,
+    ahead: usize,
+    stride: usize,
+}
+
+impl StripPrefetch {
+    /// For a walk of `steps` steps, each reading `read` bytes of each input, `stride` bytes
+    /// apart in memory.
+    pub fn new(steps: usize, read: usize, stride: usize) -> Self {
+        let ahead = PREFETCH_BYTES.div_ceil(read.max(1));
+        Self {
+            steps,
+            ahead,
+            stride,
+        }
+    }
+
+    /// How far past step `i`'s rows to prefetch, in bytes.
+    #[inline(always)]
+    pub fn far(&self, i: usize) -> usize {
+        if i + self.ahead < self.steps {
+            self.ahead * self.stride
+        } else {
+            0
+        }
+    }
+}
+
+/// Folds a widened accumulator back to one value per channel, in a fixed order, into its own
+/// first `channels` entries.
+pub(crate) fn fold_widened_in_place(wide: &mut [f64], channels: usize) {
+    let (head, rest) = wide.split_at_mut(channels);
+    for row in rest.chunks_exact(channels) {
+        for (o, &v) in head.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_steps_read_the_channels_of_their_positions() {
+        // Widths that are and are not multiples of a step: C = 3 (66 positions), 64, 100.
+        for c in [3usize, 64, 100] {
+            let maps: Vec<usize> = (0..c).collect();
+            let mut wrapped = Wrapped::<f64, 2>::default();
+            wrapped.set(&maps, |&ch| [ch as f64, -(ch as f64)]);
+            let w = wrapped.width();
+            assert_eq!(w, row_width(c));
+            for j in 0..w {
+                // SAFETY: j < width.
+                let [a, b] = unsafe { wrapped.chunks(j) };
+                for k in 0..MAP_CHUNK {
+                    let ch = ((j + k) % w % c) as f64;
+                    assert_eq!((a[k], b[k]), (ch, -ch), "C = {c}, position {j} + {k}");
+                }
+                assert_eq!(wrapped.at(j), [(j % c) as f64, -((j % c) as f64)]);
+            }
+        }
+    }
+}

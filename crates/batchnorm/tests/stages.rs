@@ -1,0 +1,362 @@
+//! The public stages (`batchnorm::stages`): composed, they give `BatchNorm::forward` and
+//! `backward` bit for bit; the moments of any split of a batch, merged in any grouping, are the
+//! whole batch's; a batch split over "ranks" (statistics merged, gradient sums added, the
+//! global count) has the gradient of the whole batch, checked by finite differences.
+
+mod common;
+
+use batchnorm::stages::{
+    update_factor, update_running_stats, GradSums, InputGrad, Kernels, Normalization,
+};
+use batchnorm::{
+    bf16, f16, BatchNorm, BatchNormConfig, BatchNormError, Element, Isa, Layout, Mode, Moments,
+    Par, Shape,
+};
+use common::{narrow, Rng};
+
+/// y, running mean and variance, dx, dweight, dbias.
+type Outputs<T> = (
+    Vec<T>,
+    Vec<<T as Element>::Param>,
+    Vec<<T as Element>::Param>,
+    Vec<T>,
+    Vec<<T as Element>::Param>,
+    Vec<<T as Element>::Param>,
+);
+
+struct Case<T: Element> {
+    shape: Shape,
+    x: Vec<T>,
+    dy: Vec<T>,
+    weight: Vec<T::Param>,
+    bias: Vec<T::Param>,
+    running_mean: Vec<T::Param>,
+    running_var: Vec<T::Param>,
+}
+
+impl<T: Element> Case<T> {
+    fn new(dims: &[usize], layout: Layout, rng: &mut Rng) -> Self {
+        let shape = Shape::new(dims, layout).unwrap();
+        let (n, c) = (shape.len(), shape.channels());
+        let param = |v: Vec<f64>| v.iter().map(|&x| T::Param::from_f64(x)).collect::<Vec<_>>();
+        Self {
+            x: narrow(&rng.normals(n, 3.0, 2.0)),
+            dy: narrow(&rng.normals(n, 0.0, 1.0)),
+            weight: param(rng.normals(c, 1.0, 0.3)),
+            bias: param(rng.normals(c, 0.0, 0.3)),
+            running_mean: param(rng.normals(c, 3.0, 0.3)),
+            running_var: param((0..c).map(|_| 1.0 + rng.uniform()).collect()),
+            shape,
+        }
+    }
+
+    fn module(&self, kernels: Kernels) -> BatchNorm<T> {
+        let mut bn =
+            BatchNorm::<T>::new(self.shape.channels(), BatchNormConfig::default()).unwrap();
+        bn.set_par(kernels.par());
+        bn.set_isa(kernels.isa()).unwrap();
+        bn.weight.clone_from(&self.weight);
+        bn.bias.clone_from(&self.bias);
+        bn.running_mean.clone_from(&self.running_mean);
+        bn.running_var.clone_from(&self.running_var);
+        bn
+    }
+
+    /// One step through the module.
+    fn module_step(&self, kernels: Kernels, mode: Mode) -> Outputs<T> {
+        let mut bn = self.module(kernels);
+        let n = self.shape.len();
+        let (mut y, mut dx) = (vec![T::default(); n], vec![T::default(); n]);
+        let saved = bn.forward(&self.x, &self.shape, mode, &mut y).unwrap();
+        let grads = bn
+            .backward(&self.x, &self.dy, &self.shape, &saved, &mut dx)
+            .unwrap();
+        (
+            y,
+            bn.running_mean,
+            bn.running_var,
+            dx,
+            grads.weight,
+            grads.bias,
+        )
+    }
+
+    /// The same step, stage by stage.
+    fn stage_step(&self, k: Kernels, mode: Mode) -> Outputs<T> {
+        let (shape, c, n) = (&self.shape, self.shape.channels(), self.shape.len());
+        let eps = BatchNormConfig::default().eps;
+        let (w, b) = (
+            |ch: usize| self.weight[ch].to_f64(),
+            |ch: usize| self.bias[ch].to_f64(),
+        );
+        let (mut rm, mut rv) = (self.running_mean.clone(), self.running_var.clone());
+        let mut moments = vec![Moments::EMPTY; c];
+        let norms: Vec<Normalization> = if mode == Mode::Train {
+            k.moments(&self.x, shape, &mut moments).unwrap();
+            update_running_stats(&mut rm, &mut rv, &moments, update_factor(Some(0.1), 1)).unwrap();
+            (0..c)
+                .map(|ch| Normalization::from_moments(&moments[ch], eps, w(ch), b(ch)))
+                .collect()
+        } else {
+            let (m, v) = (&self.running_mean, &self.running_var);
+            (0..c)
+                .map(|ch| {
+                    Normalization::from_mean_var(m[ch].to_f64(), v[ch].to_f64(), eps, w(ch), b(ch))
+                })
+                .collect()
+        };
+        let mut y = vec![T::default(); n];
+        k.normalize(&self.x, shape, &norms, &mut y).unwrap();
+        let mean: Vec<f64> = norms.iter().map(|g| g.mean).collect();
+        let mut sums = vec![GradSums::default(); c];
+        k.grad_sums(&self.x, &self.dy, shape, &mean, &mut sums)
+            .unwrap();
+        let grads: Vec<InputGrad> = (0..c)
+            .map(|ch| match mode {
+                Mode::Train => InputGrad::batch(&norms[ch], sums[ch], shape.per_channel() as u64),
+                Mode::Eval => InputGrad::frozen(&norms[ch]),
+            })
+            .collect();
+        let mut dx = vec![T::default(); n];
+        k.input_grad(&self.x, &self.dy, shape, &grads, &mut dx)
+            .unwrap();
+        let dw = (0..c).map(|ch| T::Param::from_f64(sums[ch].weight_grad(norms[ch].invstd)));
+        let db = sums.iter().map(|s| T::Param::from_f64(s.bias_grad()));
+        (y, rm, rv, dx, dw.collect(), db.collect())
+    }
+}
+
+fn stages_are_the_module<T: Element>() {
+    let mut rng = Rng::new(7);
+    let shapes: [(&[usize], Layout); 5] = [
+        (&[2, 3], Layout::ChannelsFirst),
+        (&[16, 5, 9, 7], Layout::ChannelsFirst),
+        (&[4, 3, 64, 70], Layout::ChannelsFirst),
+        (&[6, 9, 5, 5], Layout::ChannelsLast),
+        (&[32, 130, 4, 4], Layout::ChannelsLast),
+    ];
+    for (dims, layout) in shapes {
+        let case = Case::<T>::new(dims, layout, &mut rng);
+        for isa in Isa::available() {
+            for par in [Par::Seq, Par::Rayon] {
+                let k = Kernels::new(par).with_isa(isa).unwrap();
+                for mode in [Mode::Train, Mode::Eval] {
+                    let what = format!("{} {dims:?} {layout:?} {isa:?} {par:?} {mode:?}", T::NAME);
+                    assert!(
+                        case.stage_step(k, mode) == case.module_step(k, mode),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn composed_stages_give_the_bits_of_the_module() {
+    stages_are_the_module::<f32>();
+    stages_are_the_module::<f64>();
+    stages_are_the_module::<bf16>();
+    stages_are_the_module::<f16>();
+}
+
+/// The moments of `x` (channels-first, `dims`) split along the batch after the samples in
+/// `cuts`: one [`Moments`] per piece and channel.
+fn pieces(x: &[f64], dims: &[usize], cuts: &[usize]) -> Vec<Vec<Moments>> {
+    let per_sample: usize = dims[1..].iter().product();
+    let bounds: Vec<usize> = [0].iter().chain(cuts).chain([&dims[0]]).copied().collect();
+    let k = Kernels::default();
+    bounds
+        .windows(2)
+        .map(|w| {
+            let mut d = dims.to_vec();
+            d[0] = w[1] - w[0];
+            let shape = Shape::new(&d, Layout::ChannelsFirst).unwrap();
+            let mut m = vec![Moments::EMPTY; dims[1]];
+            k.moments(&x[w[0] * per_sample..w[1] * per_sample], &shape, &mut m)
+                .unwrap();
+            m
+        })
+        .collect()
+}
+
+fn merge_all(parts: &[Vec<Moments>]) -> Vec<Moments> {
+    let c = parts[0].len();
+    (0..c)
+        .map(|ch| parts.iter().fold(Moments::EMPTY, |acc, p| acc.merge(p[ch])))
+        .collect()
+}
+
+#[test]
+fn moments_of_any_split_merge_to_the_whole_batch() {
+    let mut rng = Rng::new(11);
+    let dims = [37, 3, 5, 6];
+    // A large offset: the merge must not lose the spread to it.
+    let x = rng.normals(dims.iter().product(), 1e4, 1.0);
+    let whole = &pieces(&x, &dims, &[])[0];
+    for _ in 0..50 {
+        let ranks = 2 + (rng.next_u64() % 6) as usize;
+        let mut cuts: Vec<usize> = (1..ranks)
+            .map(|_| 1 + (rng.next_u64() % 36) as usize)
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let parts = pieces(&x, &dims, &cuts);
+        // In rank order, and as a tree of pairs (another grouping of the same pieces).
+        let in_order = merge_all(&parts);
+        let tree = parts.chunks(2).map(merge_all).collect::<Vec<_>>();
+        let tree = merge_all(&tree);
+        for merged in [&in_order, &tree] {
+            for (m, w) in merged.iter().zip(whole) {
+                assert_eq!(m.count, w.count);
+                // The mean to a few f64 roundings of 1e4. M2 to the bound of the shifted
+                // sums (`stats.rs`: about n roundings, relative), which also covers the merge:
+                // each piece's mean is off by a rounding of 1e4, and Chan's update multiplies
+                // the difference of two means by delta * n_a n_b / n.
+                let m2_tol = w.count as f64 * f64::EPSILON * w.m2;
+                assert!(
+                    (m.mean - w.mean).abs() <= 8.0 * f64::EPSILON * w.mean.abs(),
+                    "{cuts:?}"
+                );
+                assert!(
+                    (m.m2 - w.m2).abs() <= m2_tol,
+                    "{cuts:?}: {} vs {}",
+                    m.m2,
+                    w.m2
+                );
+            }
+        }
+        // The same pieces merged in the same order: the same bits.
+        assert_eq!(merge_all(&parts), in_order);
+    }
+}
+
+/// A training step of a batch split over ranks, as SyncBatchNorm runs it: per-rank moments,
+/// merged in rank order; per-rank gradient sums, added; the global count. Returns the loss
+/// `sum(y * probe)` and dx of the whole batch (ranks' pieces concatenated).
+fn split_step(x: &[f64], dims: &[usize], cuts: &[usize], probe: &[f64]) -> (f64, Vec<f64>) {
+    let (c, per_sample) = (dims[1], dims[1..].iter().product::<usize>());
+    let weight: Vec<f64> = (0..c).map(|ch| 0.5 + ch as f64).collect();
+    let bias: Vec<f64> = (0..c).map(|ch| 0.25 * ch as f64).collect();
+    let bounds: Vec<usize> = [0].iter().chain(cuts).chain([&dims[0]]).copied().collect();
+    let ranks: Vec<(std::ops::Range<usize>, Shape)> = bounds
+        .windows(2)
+        .map(|w| {
+            let mut d = dims.to_vec();
+            d[0] = w[1] - w[0];
+            let range = w[0] * per_sample..w[1] * per_sample;
+            (range, Shape::new(&d, Layout::ChannelsFirst).unwrap())
+        })
+        .collect();
+    let k = Kernels::default();
+    let moments = merge_all(&pieces(x, dims, cuts));
+    let norms: Vec<Normalization> = (0..c)
+        .map(|ch| Normalization::from_moments(&moments[ch], 1e-5, weight[ch], bias[ch]))
+        .collect();
+    let mean: Vec<f64> = norms.iter().map(|n| n.mean).collect();
+    let mut y = vec![0.0; x.len()];
+    let mut sums = vec![GradSums::default(); c];
+    for (range, shape) in &ranks {
+        k.normalize(&x[range.clone()], shape, &norms, &mut y[range.clone()])
+            .unwrap();
+        let mut rank_sums = vec![GradSums::default(); c];
+        k.grad_sums(
+            &x[range.clone()],
+            &probe[range.clone()],
+            shape,
+            &mean,
+            &mut rank_sums,
+        )
+        .unwrap();
+        for (s, r) in sums.iter_mut().zip(&rank_sums) {
+            *s += *r;
+        }
+    }
+    let count = moments[0].count;
+    let grads: Vec<InputGrad> = (0..c)
+        .map(|ch| InputGrad::batch(&norms[ch], sums[ch], count))
+        .collect();
+    let mut dx = vec![0.0; x.len()];
+    for (range, shape) in &ranks {
+        let r = range.clone();
+        k.input_grad(&x[r.clone()], &probe[r.clone()], shape, &grads, &mut dx[r])
+            .unwrap();
+    }
+    let loss = y.iter().zip(probe).map(|(a, b)| a * b).sum();
+    (loss, dx)
+}
+
+#[test]
+fn a_batch_split_over_ranks_has_the_whole_batch_gradient() {
+    let mut rng = Rng::new(13);
+    let dims = [7, 2, 3, 2];
+    let n: usize = dims.iter().product();
+    let x = rng.normals(n, 1.0, 2.0);
+    let probe = rng.normals(n, 0.0, 1.0);
+    let (_, whole) = split_step(&x, &dims, &[], &probe);
+    for cuts in [&[3][..], &[1, 2, 6], &[6]] {
+        let (_, dx) = split_step(&x, &dims, cuts, &probe);
+        for (a, b) in dx.iter().zip(&whole) {
+            // Sums in other orders: a few f64 roundings of terms of order 1.
+            assert!((a - b).abs() <= 1e-13, "{cuts:?}: {a} vs {b}");
+        }
+        // Central differences of the loss, h = 1e-5: truncation error h^2 * f''' (order 1e-10
+        // here), rounding 1e-16 / h.
+        let h = 1e-5;
+        for i in 0..n {
+            let (mut up, mut down) = (x.clone(), x.clone());
+            up[i] += h;
+            down[i] -= h;
+            let numeric = (split_step(&up, &dims, cuts, &probe).0
+                - split_step(&down, &dims, cuts, &probe).0)
+                / (2.0 * h);
+            assert!(
+                (numeric - dx[i]).abs() <= 1e-7 * (1.0 + numeric.abs()),
+                "{cuts:?} [{i}]: {numeric} vs {}",
+                dx[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn stages_reject_bad_lengths_and_tiny_counts() {
+    let k = Kernels::default();
+    let shape = Shape::new(&[4, 2], Layout::ChannelsFirst).unwrap();
+    let x = [0.0f32; 8];
+    let err = k.moments(&x, &shape, &mut [Moments::EMPTY; 3]).unwrap_err();
+    assert_eq!(
+        err,
+        BatchNormError::LengthMismatch {
+            buffer: "moments",
+            expected: 2,
+            got: 3
+        }
+    );
+    let err = k
+        .normalize(&x[..7], &shape, &[], &mut [0.0; 8])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BatchNormError::LengthMismatch {
+            buffer: "x",
+            expected: 8,
+            got: 7
+        }
+    );
+    let one = Moments {
+        count: 1,
+        mean: 0.0,
+        m2: 0.0,
+    };
+    let (mut rm, mut rv) = ([0.0f32; 2], [1.0f32; 2]);
+    let err = update_running_stats(&mut rm, &mut rv, &[Moments { count: 4, ..one }, one], 0.1);
+    assert_eq!(
+        err.unwrap_err(),
+        BatchNormError::TooFewMoments {
+            channel: 1,
+            count: 1
+        }
+    );
+    assert_eq!((rm, rv), ([0.0; 2], [1.0; 2]), "nothing modified on error");
+}
