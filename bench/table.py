@@ -9,8 +9,8 @@ Ratios are each kernel's median time over its yardstick's median time (copy of x
 forward passes, c = a + b for backward), both measured in the same process; the two-pass floor
 is (time to read the inputs once + time of the yardstick's pass with streamed stores) /
 yardstick, two plain loops: about the least an operation that must read its inputs twice from
-where they lie can reach (1.00 for evaluation, which reads them once). Rows measured before
-session 5 have no "streamed_ms": their floor was (read + yardstick) / yardstick.
+where they lie can reach (1.00 for evaluation, which reads them once), bnlab's "floor"; rows
+without one (JSON from older bnlab versions) show "-".
 """
 import json
 import sys

@@ -31,7 +31,7 @@
 //! ```
 
 use crate::error::NnError;
-use crate::layers::{BatchNorm, Conv2d, Flatten, Layer, Linear, MaxPool2d, Relu, Sigmoid};
+use crate::layers::{BatchNorm, Conv2d, Layer, Linear};
 use crate::model::Sequential;
 use crate::scalar::Scalar;
 
@@ -40,7 +40,7 @@ use crate::scalar::Scalar;
 #[non_exhaustive]
 pub enum FoldError {
     /// The batch normalization is the first layer, or follows a layer that is not an affine map
-    /// with per-output-channel rows (Linear or Conv2d).
+    /// with per-output-channel rows (one whose [`Layer::fold_batch_norm`] gives `None`).
     #[error(
         "layer {index} (batch_norm) follows {previous}; only a linear or conv2d layer can absorb it"
     )]
@@ -86,8 +86,8 @@ pub enum FoldError {
         /// What went wrong there.
         source: Box<FoldError>,
     },
-    /// A layer of a type this module does not know how to copy into the folded model.
-    #[error("layer {index} ({name}) is of a type fold_batch_norm cannot copy")]
+    /// A layer that cannot be copied into the folded model ([`Layer::boxed_clone`] gives `None`).
+    #[error("layer {index} ({name}) cannot be copied (Layer::boxed_clone)")]
     UnsupportedLayer {
         /// Its index.
         index: usize,
@@ -200,24 +200,9 @@ pub fn fold_into_conv2d<T: Scalar>(
     Ok(folded)
 }
 
-/// A copy of `layer` if it is of a type this module knows.
-fn copy_layer<T: Scalar>(layer: &dyn Layer<T>) -> Option<Box<dyn Layer<T>>> {
-    fn copy<T: Scalar, L: Layer<T> + Clone>(layer: &dyn Layer<T>) -> Option<Box<dyn Layer<T>>> {
-        layer
-            .downcast_ref::<L>()
-            .map(|l| Box::new(l.clone()) as Box<dyn Layer<T>>)
-    }
-    copy::<T, Linear<T>>(layer)
-        .or_else(|| copy::<T, Conv2d<T>>(layer))
-        .or_else(|| copy::<T, BatchNorm<T>>(layer))
-        .or_else(|| copy::<T, Relu>(layer))
-        .or_else(|| copy::<T, Sigmoid>(layer))
-        .or_else(|| copy::<T, MaxPool2d>(layer))
-        .or_else(|| copy::<T, Flatten>(layer))
-}
-
 /// A copy of `model` (same capacity) with every batch normalization folded into the Linear or
-/// Conv2d layer before it; the other layers are copied unchanged. The folded model's output in
+/// Conv2d layer before it (any layer whose [`Layer::fold_batch_norm`] folds one); the other
+/// layers are copied unchanged ([`Layer::boxed_clone`]). The folded model's output in
 /// any mode equals `model`'s in [`Mode::Eval`](crate::layers::Mode::Eval), up to rounding.
 ///
 /// # Errors
@@ -230,30 +215,26 @@ pub fn fold_batch_norm<T: Scalar>(model: &Sequential<T>) -> Result<Sequential<T>
     let mut out: Vec<Box<dyn Layer<T>>> = Vec::with_capacity(layers.len());
     for (index, layer) in layers.iter().enumerate() {
         let layer = layer.as_ref();
-        let Some(bn) = layer.downcast_ref::<BatchNorm<T>>() else {
-            out.push(copy_layer(layer).ok_or(FoldError::UnsupportedLayer {
+        let Some(bn) = layer.as_batch_norm() else {
+            out.push(layer.boxed_clone().ok_or(FoldError::UnsupportedLayer {
                 index,
                 name: layer.name(),
             })?);
             continue;
         };
-        let at = |source| FoldError::AtLayer {
-            index,
-            source: Box::new(source),
-        };
         let prev = index.checked_sub(1).map(|i| layers[i].as_ref());
-        let folded: Box<dyn Layer<T>> =
-            if let Some(l) = prev.and_then(|p| p.downcast_ref::<Linear<T>>()) {
-                Box::new(fold_into_linear(l, bn).map_err(at)?)
-            } else if let Some(c) = prev.and_then(|p| p.downcast_ref::<Conv2d<T>>()) {
-                Box::new(fold_into_conv2d(c, bn).map_err(at)?)
-            } else {
-                return Err(FoldError::NotAfterAffine {
-                    index,
-                    previous: prev.map_or("input", |p| p.name()),
-                });
-            };
-        // The previous layer was a Linear or Conv2d, copied by the iteration before.
+        let not_after_affine = || FoldError::NotAfterAffine {
+            index,
+            previous: prev.map_or("input", |p| p.name()),
+        };
+        let folded = prev
+            .and_then(|p| p.fold_batch_norm(bn))
+            .ok_or_else(not_after_affine)?
+            .map_err(|source| FoldError::AtLayer {
+                index,
+                source: Box::new(source),
+            })?;
+        // The previous layer was copied by the iteration before; its folded form replaces it.
         out.pop();
         out.push(folded);
     }

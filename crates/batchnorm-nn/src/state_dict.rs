@@ -40,7 +40,7 @@ use std::path::Path;
 use batchnorm::Float;
 
 use crate::error::{NnError, Result};
-use crate::layers::{BatchNorm, Conv2d, Layer, Linear};
+use crate::layers::{Layer, StateEntry, StateValue};
 use crate::safetensors::{self, Dtype, SafetensorsError, Tensor};
 use crate::scalar::Scalar;
 use crate::Sequential;
@@ -52,26 +52,6 @@ pub struct StateDict {
     pub tensors: BTreeMap<String, Tensor>,
     /// Free-form metadata (the header's `__metadata__`).
     pub metadata: BTreeMap<String, String>,
-}
-
-/// What a state-dict entry of a layer holds.
-#[derive(Debug)]
-enum StateValue<'a, T> {
-    /// Floats: a parameter or a running statistic, row-major.
-    Float(&'a mut [T]),
-    /// A counter, stored as a 0-dim `I64` tensor (`num_batches_tracked`).
-    Count(&'a mut u64),
-}
-
-/// One tensor of a layer's state dict, as PyTorch names and shapes it.
-#[derive(Debug)]
-struct StateEntry<'a, T> {
-    /// The name within the layer (`"weight"`, `"running_mean"`, ...).
-    name: &'static str,
-    /// PyTorch's shape (`[]` for a counter); its product is the length of a `Float` value.
-    shape: Vec<usize>,
-    /// The values.
-    value: StateValue<'a, T>,
 }
 
 /// Keys that did not match, as PyTorch's `load_state_dict` returns them.
@@ -123,9 +103,9 @@ pub enum StateDictError {
         /// Keys the state dict has and the model does not.
         unexpected: Vec<String>,
     },
-    /// A layer of a type this module does not know has parameters: saving it would silently
-    /// drop them.
-    #[error("layer {index} ({name}) has parameter `{param}`, and state dicts of {name} layers are not supported")]
+    /// A layer has parameters but lists no state-dict entries ([`Layer::visit_state`]): saving
+    /// it would silently drop them.
+    #[error("layer {index} ({name}) has parameter `{param}` but no state-dict entries (Layer::visit_state)")]
     UnsupportedLayer {
         /// Index of the layer.
         index: usize,
@@ -158,7 +138,7 @@ fn join(prefix: &str, name: &str) -> String {
 /// `weight`, `bias` (when affine), `running_mean`, `running_var`, `num_batches_tracked` (when
 /// tracking). Shapes are `[C]` and `[]`; a public vector resized away from C values is reported
 /// by the length checks of saving and loading.
-fn visit_batch_norm_state<T: Float>(
+pub(crate) fn visit_batch_norm_state<T: Float>(
     bn: &mut batchnorm::BatchNorm<T>,
     f: &mut dyn FnMut(StateEntry<'_, T>),
 ) {
@@ -436,45 +416,19 @@ pub fn load_batch_norm<T: Float>(
     )
 }
 
-/// Calls `f` on a layer's state entries: those of the layers with state that this module knows
-/// ([`Linear`], [`BatchNorm`], [`Conv2d`]); none for any other layer, which must then have no
-/// parameters either.
+/// Calls `f` on a layer's state entries ([`Layer::visit_state`]); a layer with parameters but
+/// no state entries is refused, so that saving it never drops them.
 fn visit_layer_state<T: Scalar>(
     index: usize,
     layer: &mut dyn Layer<T>,
     f: &mut dyn FnMut(StateEntry<'_, T>),
 ) -> Result<()> {
-    if let Some(l) = layer.downcast_mut::<Linear<T>>() {
-        let (out, inp) = (l.out_len(), l.in_len());
-        f(StateEntry {
-            name: "weight",
-            shape: vec![out, inp],
-            value: StateValue::Float(&mut l.weight),
-        });
-        f(StateEntry {
-            name: "bias",
-            shape: vec![out],
-            value: StateValue::Float(&mut l.bias),
-        });
-    } else if let Some(bn) = layer.downcast_mut::<BatchNorm<T>>() {
-        visit_batch_norm_state(&mut bn.inner, f);
-    } else if let Some(c) = layer.downcast_mut::<Conv2d<T>>() {
-        let cfg = *c.config();
-        let [kh, kw] = cfg.kernel;
-        f(StateEntry {
-            name: "weight",
-            shape: vec![cfg.out_channels, cfg.in_channels, kh, kw],
-            value: StateValue::Float(&mut c.weight),
-        });
-        if cfg.bias {
-            f(StateEntry {
-                name: "bias",
-                shape: vec![cfg.out_channels],
-                value: StateValue::Float(&mut c.bias),
-            });
-        }
-    } else {
-        // A layer this module does not know: saving it as stateless must not drop parameters.
+    let mut entries = 0;
+    layer.visit_state(&mut |e| {
+        entries += 1;
+        f(e);
+    });
+    if entries == 0 {
         let mut param = None;
         layer.visit_params(&mut |p| {
             param = param.or(Some(p.name));

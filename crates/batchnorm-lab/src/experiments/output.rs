@@ -121,6 +121,7 @@ pub(crate) fn series(label: &str, points: Vec<(f64, f64)>, style: LineStyle) -> 
         label: label.to_owned(),
         points,
         style,
+        ..Default::default()
     }
 }
 

@@ -198,6 +198,32 @@ impl Axis {
         unreachable!("a step of 500 decades covers the whole f64 exponent range in two ticks")
     }
 
+    /// Base-10 logarithmic axis over the positive data range `min..=max`, ticked and labelled
+    /// at `at` (positive values, shown as they are: `0.01`, `0.5`, `128`), with 4 % of the span
+    /// of margin on each side so that markers at the ends stay inside.
+    pub(crate) fn log_at(at: &[f64], min: f64, max: f64) -> Axis {
+        let shown = at.iter().copied().filter(|v| *v > 0.0 && v.is_finite());
+        let (lo, hi) = shown
+            .clone()
+            .fold((min, max), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let (lo, hi) = (lo.log10(), hi.log10());
+        let pad = if hi > lo { (hi - lo) * 0.04 } else { 0.5 };
+        let (lo, hi) = (lo - pad, hi + pad);
+        let ticks = shown
+            .map(|v| Tick {
+                value: v,
+                fraction: (v.log10() - lo) / (hi - lo),
+                label: Some(format!("{v}")),
+            })
+            .collect();
+        Axis {
+            lo,
+            hi,
+            log: true,
+            ticks,
+        }
+    }
+
     /// Position of `value` along the axis, as a fraction from `lo` (0) to `hi` (1); values
     /// outside the range give fractions outside `0..=1`. On a log axis `value` must be positive.
     pub(crate) fn fraction(&self, value: f64) -> f64 {

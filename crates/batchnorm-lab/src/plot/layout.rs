@@ -10,7 +10,7 @@ use super::axis::{Axis, Ends};
 use super::font::font;
 use super::legend::Legend;
 use super::scene::{Anchor, Item, Rgb, Scene, PALETTE};
-use super::{Figure, LineStyle, Panel, PlotError};
+use super::{Figure, LineStyle, Marker, Panel, PlotError};
 
 /// Width of one panel's cell, in logical pixels (three columns make a 1200 px figure).
 pub(crate) const PANEL_WIDTH: f64 = 400.0;
@@ -54,6 +54,10 @@ const MAX_HEADROOM: f64 = 0.45;
 pub(super) const LINE_WIDTH: f64 = 1.75;
 const DASH: [f64; 2] = [6.0, 3.5];
 pub(super) const DOT_RADIUS: f64 = 2.4;
+/// Radius of a point marker.
+const MARKER_RADIUS: f64 = 3.0;
+/// Half the width of a cross marker.
+const CROSS_HALF: f64 = 4.5;
 pub(super) const FRAME_WIDTH: f64 = 1.0;
 /// Consecutive points within one column this wide (logical px) are thinned to the first, lowest,
 /// highest and last of them: the drawn envelope is unchanged and a 50 000-step curve stays small.
@@ -107,10 +111,12 @@ impl PanelData {
             .iter()
             .map(|series| {
                 let mut runs = vec![Vec::new()];
+                let x_log = !panel.x_log_ticks.is_empty();
                 for &(x, y) in &series.points {
                     let finite = x.is_finite() && y.is_finite();
-                    non_positive |= finite && panel.y_log && y <= 0.0;
-                    if finite && (!panel.y_log || y > 0.0) {
+                    let shown = (!panel.y_log || y > 0.0) && (!x_log || x > 0.0);
+                    non_positive |= finite && !shown;
+                    if finite && shown {
                         extent = Some(match extent {
                             None => (x, x, y, y),
                             Some((x0, x1, y0, y1)) => (x0.min(x), x1.max(x), y0.min(y), y1.max(y)),
@@ -237,6 +243,7 @@ pub(crate) fn lay_out(figure: &Figure, path: &Path) -> Result<Scene, PlotError> 
     let plot_width = plot_right - plot_left;
 
     let mut items = Vec::new();
+    let mut legend_hidden = Vec::new();
     if has_title {
         let baseline = (band + f.cap_height(FIGURE_TITLE_SIZE)) / 2.0 + 2.0;
         items.push(text(
@@ -265,7 +272,9 @@ pub(crate) fn lay_out(figure: &Figure, path: &Path) -> Result<Scene, PlotError> 
                 draw_ticks(&mut items, plot, &x_axis, &y_axis);
                 let traces = trace(plot, data, &x_axis, &y_axis);
                 draw_traces(&mut items, panel, &traces);
+                draw_markers(&mut items, panel, data, plot, &x_axis, &y_axis);
                 if let Some(legend) = legend {
+                    legend_hidden.push(legend.best_spot(plot, &traces).1);
                     legend.draw(&mut items, plot, panel, &traces);
                 }
             }
@@ -321,6 +330,7 @@ pub(crate) fn lay_out(figure: &Figure, path: &Path) -> Result<Scene, PlotError> 
         height,
         title: figure.title.clone(),
         items,
+        legend_hidden,
     })
 }
 
@@ -343,6 +353,12 @@ fn y_axis(
         return Ok(Axis::log(y0, y1, headroom, fits));
     }
     let target = (plot_height / PIXELS_PER_Y_TICK).floor().max(2.0) as usize;
+    if let Some((lo, hi)) = panel.y_range.filter(|(lo, hi)| lo < hi) {
+        // A fixed top (an accuracy's 1) cannot move: room for a legend is made at the bottom.
+        let lo = hi - (hi - lo) / (1.0 - headroom);
+        return Axis::linear(lo, hi, Ends::Snapped, 0.0, target, fits)
+            .ok_or_else(|| range_overflow(panel, path, "y", lo, hi));
+    }
     Axis::linear(y0, y1, Ends::Padded, headroom, target, fits)
         .ok_or_else(|| range_overflow(panel, path, "y", y0, y1))
 }
@@ -367,6 +383,9 @@ fn x_axis(
             .zip(widths.windows(2))
             .all(|(at, w)| (at[1] - at[0]) * plot_width >= (w[0] + w[1]) / 2.0 + X_LABEL_SPACING)
     };
+    if !panel.x_log_ticks.is_empty() {
+        return Ok(Axis::log_at(&panel.x_log_ticks, x0, x1));
+    }
     let target = (plot_width / PIXELS_PER_X_TICK).floor().max(2.0) as usize;
     Axis::linear(x0, x1, Ends::Snapped, 0.0, target, fits)
         .ok_or_else(|| range_overflow(panel, path, "x", x0, x1))
@@ -514,7 +533,14 @@ fn trace(plot: Rect, data: &PanelData, x_axis: &Axis, y_axis: &Axis) -> Vec<Trac
 fn draw_traces(items: &mut Vec<Item>, panel: &Panel, traces: &[Trace]) {
     for trace in traces {
         let color = PALETTE[trace.series % PALETTE.len()];
+        let series = &panel.series[trace.series];
+        if series.style == LineStyle::NoLine {
+            continue;
+        }
         if let [(x, y)] = trace.points[..] {
+            if series.marker != Marker::None {
+                continue; // drawn by its marker
+            }
             items.push(Item::Dot {
                 x,
                 y,
@@ -535,8 +561,53 @@ fn draw_traces(items: &mut Vec<Item>, panel: &Panel, traces: &[Trace]) {
 
 pub(super) fn dash(style: LineStyle) -> Option<[f64; 2]> {
     match style {
-        LineStyle::Solid => None,
+        LineStyle::Solid | LineStyle::NoLine => None,
         LineStyle::Dashed => Some(DASH),
+    }
+}
+
+/// Each series' markers at every drawable point (not thinned: series with markers are short).
+fn draw_markers(
+    items: &mut Vec<Item>,
+    panel: &Panel,
+    data: &PanelData,
+    plot: Rect,
+    x_axis: &Axis,
+    y_axis: &Axis,
+) {
+    for (index, (series, runs)) in panel.series.iter().zip(&data.runs).enumerate() {
+        let color = PALETTE[index % PALETTE.len()];
+        for &(x, y) in runs.iter().flatten() {
+            let at = (
+                plot.left + x_axis.fraction(x) * plot.width(),
+                plot.bottom - y_axis.fraction(y) * plot.height(),
+            );
+            marker(items, series.marker, at, color);
+        }
+    }
+}
+
+/// `kind` of marker centred at `at`.
+pub(super) fn marker(items: &mut Vec<Item>, kind: Marker, (x, y): (f64, f64), color: Rgb) {
+    match kind {
+        Marker::None => {}
+        Marker::Dot => items.push(Item::Dot {
+            x,
+            y,
+            radius: MARKER_RADIUS,
+            color,
+        }),
+        Marker::Cross => {
+            let r = CROSS_HALF;
+            for (dx, dy) in [(r, r), (r, -r)] {
+                items.push(Item::Line {
+                    points: vec![(x - dx, y - dy), (x + dx, y + dy)],
+                    color,
+                    width: LINE_WIDTH,
+                    dash: None,
+                });
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use super::layout::{
     dash, text, Rect, Trace, DOT_RADIUS, FRAME_WIDTH, INK, LEGEND_EDGE, LINE_WIDTH, WHITE,
 };
 use super::scene::{Anchor, Item, PALETTE};
-use super::Panel;
+use super::{LineStyle, Panel};
 
 const LEGEND_TEXT_SIZE: f64 = 11.0;
 /// Blank inside the legend box's edge.
@@ -149,12 +149,21 @@ impl Legend {
             let color = PALETTE[index % PALETTE.len()];
             let middle = y + PADDING + LEGEND_TEXT_SIZE / 2.0 + row as f64 * ROW;
             let sample_left = x + PADDING + column as f64 * (self.column_width + COLUMN_GAP);
-            items.push(Item::Line {
-                points: vec![(sample_left, middle), (sample_left + SAMPLE, middle)],
+            let series = &panel.series[*index];
+            if series.style != LineStyle::NoLine {
+                items.push(Item::Line {
+                    points: vec![(sample_left, middle), (sample_left + SAMPLE, middle)],
+                    color,
+                    width: LINE_WIDTH,
+                    dash: dash(series.style),
+                });
+            }
+            super::layout::marker(
+                items,
+                series.marker,
+                (sample_left + SAMPLE / 2.0, middle),
                 color,
-                width: LINE_WIDTH,
-                dash: dash(panel.series[*index].style),
-            });
+            );
             let text_x = sample_left + SAMPLE + SAMPLE_GAP;
             let baseline = middle + f.cap_height(LEGEND_TEXT_SIZE) / 2.0;
             items.push(text(

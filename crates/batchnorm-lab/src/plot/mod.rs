@@ -26,7 +26,9 @@
 //!             label: "with BN".into(),
 //!             points: steps.map(|s| (s, 1.0 - 0.2 * (-s / 5000.0).exp())).collect(),
 //!             style: LineStyle::Solid,
+//!             ..Series::default()
 //!         }],
+//!         ..Panel::default()
 //!     }],
 //! };
 //! let dir = std::env::temp_dir();
@@ -49,6 +51,15 @@ use std::path::Path;
 
 pub use error::PlotError;
 
+/// Per panel with a legend, the length of data lines (logical pixels) its legend covers: all 0
+/// when every legend found a free spot.
+///
+/// # Errors
+/// As [`Figure::save_svg`].
+pub fn legend_overlap(figure: &Figure) -> Result<Vec<f64>, PlotError> {
+    Ok(layout::lay_out(figure, Path::new("figure"))?.legend_hidden)
+}
+
 /// Device pixels per logical pixel in PNG output (a 3-column figure is 2400 px wide).
 pub const PNG_SCALE: f64 = 2.0;
 
@@ -66,6 +77,7 @@ pub const PNG_SCALE: f64 = 2.0;
 ///     y_label: "value".into(),
 ///     y_log: false,
 ///     series: vec![],
+///     ..Panel::default()
 /// };
 /// // Three panels side by side; with no series each says "no data".
 /// let figure = Figure { title: "Figure 1".into(), columns: 3, panels: vec![panel("a"), panel("b"), panel("c")] };
@@ -101,11 +113,13 @@ pub struct Figure {
 ///         label: "without BN".into(),
 ///         points: (0..12).map(|l| (f64::from(l), 10f64.powi(-l))).collect(),
 ///         style: LineStyle::Dashed,
+///         ..Series::default()
 ///     }],
+///     ..Panel::default()
 /// };
 /// assert!(panel.y_log);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Panel {
     /// Shown centred above the plot area; empty for none.
     pub title: String,
@@ -117,6 +131,15 @@ pub struct Panel {
     pub y_log: bool,
     /// Drawn in order, later ones on top; series `i` takes palette colour `i` (mod 7).
     pub series: Vec<Series>,
+    /// When not empty: a logarithmic x axis ticked and labelled at these values, as they are
+    /// (learning rates `0.01 … 5`, batch sizes `2, 4, … 128`); points with `x <= 0` leave gaps.
+    /// Empty (the default): a linear x axis.
+    pub x_log_ticks: Vec<f64>,
+    /// A fixed linear y range (`lo < hi`): panels meant to be compared share it, and an
+    /// accuracy axis stops at 1. The top stays; when the legend would hide data, the bottom
+    /// moves down to make room for it. `None` (the default): from the data. Ignored on a log
+    /// axis.
+    pub y_range: Option<(f64, f64)>,
 }
 
 /// One curve: points joined in the given order.
@@ -132,6 +155,7 @@ pub struct Panel {
 ///     label: "85th percentile".into(),
 ///     points: vec![(0.0, 1.0), (1.0, 2.0), (2.0, f64::NAN), (3.0, 1.0), (4.0, 0.0)],
 ///     style: LineStyle::Solid,
+///     marker: batchnorm_lab::plot::Marker::None,
 /// };
 /// assert_eq!(series.points.len(), 5);
 /// ```
@@ -143,6 +167,30 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// How the line is stroked.
     pub style: LineStyle,
+    /// What marks each point (besides the line).
+    pub marker: Marker,
+}
+
+impl Default for Series {
+    fn default() -> Self {
+        Series {
+            label: String::new(),
+            points: Vec::new(),
+            style: LineStyle::Solid,
+            marker: Marker::None,
+        }
+    }
+}
+
+/// What marks each point of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// Nothing: the line alone.
+    None,
+    /// A filled disc at every point.
+    Dot,
+    /// An × at every point (e.g. a run that diverged).
+    Cross,
 }
 
 /// How a series' line is stroked.
@@ -159,6 +207,8 @@ pub enum LineStyle {
     Solid,
     /// A dashed line (6 px dashes, 3.5 px gaps).
     Dashed,
+    /// No line: the markers alone.
+    NoLine,
 }
 
 impl Figure {
@@ -171,7 +221,7 @@ impl Figure {
     /// ```rust
     /// # use batchnorm_lab::plot::{Figure, Panel};
     /// # let figure = Figure { title: "t".into(), columns: 1, panels: vec![Panel {
-    /// #     title: "p".into(), x_label: "x".into(), y_label: "y".into(), y_log: false, series: vec![] }] };
+    /// #     title: "p".into(), x_label: "x".into(), y_label: "y".into(), y_log: false, series: vec![], ..Panel::default() }] };
     /// figure.save_svg(&std::env::temp_dir().join("fig.svg"))?;
     /// # Ok::<(), batchnorm_lab::plot::PlotError>(())
     /// ```
@@ -189,7 +239,7 @@ impl Figure {
     /// ```rust
     /// # use batchnorm_lab::plot::{Figure, Panel};
     /// # let figure = Figure { title: "t".into(), columns: 1, panels: vec![Panel {
-    /// #     title: "p".into(), x_label: "x".into(), y_label: "y".into(), y_log: false, series: vec![] }] };
+    /// #     title: "p".into(), x_label: "x".into(), y_label: "y".into(), y_log: false, series: vec![], ..Panel::default() }] };
     /// figure.save_png(&std::env::temp_dir().join("fig.png"))?;
     /// # Ok::<(), batchnorm_lab::plot::PlotError>(())
     /// ```

@@ -87,4 +87,6 @@ pub(crate) struct Scene {
     /// The figure title, for the SVG `<title>` element (may be empty).
     pub title: String,
     pub items: Vec<Item>,
+    /// Per panel with a legend, the length of data lines (logical px) its legend covers.
+    pub legend_hidden: Vec<f64>,
 }

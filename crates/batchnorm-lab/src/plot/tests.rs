@@ -9,7 +9,7 @@ use super::axis::{power_of_ten, Axis, Ends};
 use super::font::font;
 use super::layout::{lay_out, thin, PANEL_HEIGHT, PANEL_WIDTH};
 use super::scene::{Item, Scene, PALETTE};
-use super::{Figure, LineStyle, Panel, PlotError, Series, PNG_SCALE};
+use super::{Figure, LineStyle, Marker, Panel, PlotError, Series, PNG_SCALE};
 
 /// A fresh folder for one test's output files.
 fn out_dir(test: &str) -> PathBuf {
@@ -23,6 +23,7 @@ fn series(label: &str, points: Vec<(f64, f64)>, style: LineStyle) -> Series {
         label: label.into(),
         points,
         style,
+        ..Default::default()
     }
 }
 
@@ -33,6 +34,7 @@ fn panel(title: &str, y_log: bool, series: Vec<Series>) -> Panel {
         y_label: "value".into(),
         y_log,
         series,
+        ..Default::default()
     }
 }
 
@@ -756,4 +758,64 @@ fn example_figures() {
                 > 10_000
         );
     }
+}
+
+#[test]
+fn log_x_ticks_fixed_y_ranges_and_markers() {
+    let lrs = [0.01, 0.1, 0.5, 1.0, 2.0, 5.0];
+    let panel = Panel {
+        title: "lr".into(),
+        x_label: "learning rate".into(),
+        y_label: "accuracy".into(),
+        series: vec![
+            Series {
+                label: "with BN".into(),
+                points: lrs.iter().map(|&lr| (lr, 0.9)).collect(),
+                style: LineStyle::Solid,
+                marker: Marker::Dot,
+            },
+            Series {
+                label: "diverged".into(),
+                points: vec![(5.0, 0.0)],
+                style: LineStyle::NoLine,
+                marker: Marker::Cross,
+            },
+        ],
+        x_log_ticks: lrs.to_vec(),
+        y_range: Some((0.0, 1.0)),
+        ..Panel::default()
+    };
+    let figure = Figure {
+        title: String::new(),
+        columns: 1,
+        panels: vec![panel],
+    };
+    let scene = lay_out(&figure, Path::new("t.svg")).unwrap();
+    let labels = texts(&scene);
+    // The x axis reads the learning rates themselves, the y axis stops at 1.
+    for want in ["0.01", "0.1", "0.5", "1", "2", "5", "0.0", "1.0"] {
+        assert!(labels.contains(&want), "{want} missing from {labels:?}");
+    }
+    assert!(!labels.contains(&"1.2"), "{labels:?}");
+    // Six dots (plus one in the legend) and a cross of two strokes (plus one in the legend).
+    let dots = scene
+        .items
+        .iter()
+        .filter(|i| matches!(i, Item::Dot { .. }))
+        .count();
+    assert_eq!(dots, 6 + 1);
+    // 0.5 sits at log10 position between 0.1 and 1, not halfway along a linear axis.
+    let x_of = |label: &str| {
+        scene.items.iter().find_map(|i| match i {
+            Item::Text { text, x, .. } if text == label => Some(*x),
+            _ => None,
+        })
+    };
+    let (a, b, c) = (
+        x_of("0.1").unwrap(),
+        x_of("0.5").unwrap(),
+        x_of("1").unwrap(),
+    );
+    let at = (b - a) / (c - a);
+    assert!((at - (1.0 + 0.5f64.log10())).abs() < 0.02, "{at}");
 }

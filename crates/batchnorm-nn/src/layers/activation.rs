@@ -65,6 +65,14 @@ impl<T: Scalar> Layer<T> for Sigmoid {
         }
         Ok(())
     }
+
+    fn boxed_clone(&self) -> Option<Box<dyn Layer<T>>> {
+        Some(Box::new(self.clone()))
+    }
+
+    fn to_f64(&self) -> Option<Box<dyn Layer<f64>>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 /// The rectifier `y = max(x, 0)`, element-wise.
@@ -127,5 +135,13 @@ impl<T: Scalar> Layer<T> for Relu {
             }
         }
         Ok(())
+    }
+
+    fn boxed_clone(&self) -> Option<Box<dyn Layer<T>>> {
+        Some(Box::new(self.clone()))
+    }
+
+    fn to_f64(&self) -> Option<Box<dyn Layer<f64>>> {
+        Some(Box::new(self.clone()))
     }
 }

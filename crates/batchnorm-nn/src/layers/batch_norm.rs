@@ -2,7 +2,7 @@
 
 use batchnorm::{BatchNormConfig, Grads, Layout, Saved, Shape};
 
-use super::{check_batch, Layer, Mode, Param};
+use super::{check_batch, widen, Layer, Mode, Param, StateEntry};
 use crate::error::{NnError, Result};
 use crate::scalar::Scalar;
 
@@ -165,6 +165,29 @@ impl<T: Scalar> Layer<T> for BatchNorm<T> {
         self.weight_grad.copy_from_slice(&grads.weight);
         self.bias_grad.copy_from_slice(&grads.bias);
         Ok(())
+    }
+
+    fn visit_state(&mut self, f: &mut dyn FnMut(StateEntry<'_, T>)) {
+        crate::state_dict::visit_batch_norm_state(&mut self.inner, f);
+    }
+
+    fn boxed_clone(&self) -> Option<Box<dyn Layer<T>>> {
+        Some(Box::new(self.clone()))
+    }
+
+    fn to_f64(&self) -> Option<Box<dyn Layer<f64>>> {
+        let mut wide = BatchNorm::<f64>::new(&self.sample_dims, *self.inner.config()).ok()?;
+        let (from, to) = (&self.inner, &mut wide.inner);
+        to.weight = widen(&from.weight);
+        to.bias = widen(&from.bias);
+        to.running_mean = widen(&from.running_mean);
+        to.running_var = widen(&from.running_var);
+        to.num_batches_tracked = from.num_batches_tracked;
+        Some(Box::new(wide))
+    }
+
+    fn as_batch_norm(&self) -> Option<&BatchNorm<T>> {
+        Some(self)
     }
 
     fn visit_params(&mut self, f: &mut dyn FnMut(Param<'_, T>)) {

@@ -1,7 +1,8 @@
 //! Two-dimensional convolution (PyTorch's `Conv2d`: a cross-correlation) by im2col and GEMM.
 
-use super::{check_batch, Layer, Mode, Param};
+use super::{check_batch, widen, BatchNorm, Layer, Mode, Param, StateEntry, StateValue};
 use crate::error::{NnError, Result};
+use crate::fold::{fold_into_conv2d, FoldError};
 use crate::init;
 use crate::matmul::{gemm, MatRef};
 use crate::rng::Rng;
@@ -442,6 +443,48 @@ impl<T: Scalar> Layer<T> for Conv2d<T> {
             }
         }
         Ok(())
+    }
+
+    fn visit_state(&mut self, f: &mut dyn FnMut(StateEntry<'_, T>)) {
+        let cfg = self.cfg;
+        let [kh, kw] = cfg.kernel;
+        f(StateEntry {
+            name: "weight",
+            shape: vec![cfg.out_channels, cfg.in_channels, kh, kw],
+            value: StateValue::Float(&mut self.weight),
+        });
+        if cfg.bias {
+            f(StateEntry {
+                name: "bias",
+                shape: vec![cfg.out_channels],
+                value: StateValue::Float(&mut self.bias),
+            });
+        }
+    }
+
+    fn boxed_clone(&self) -> Option<Box<dyn Layer<T>>> {
+        Some(Box::new(self.clone()))
+    }
+
+    fn to_f64(&self) -> Option<Box<dyn Layer<f64>>> {
+        Some(Box::new(Conv2d {
+            weight: widen(&self.weight),
+            bias: widen(&self.bias),
+            weight_grad: widen(&self.weight_grad),
+            bias_grad: widen(&self.bias_grad),
+            cfg: self.cfg,
+            geom: self.geom,
+            in_len: self.in_len,
+            out_len: self.out_len,
+            col: widen(&self.col),
+        }))
+    }
+
+    fn fold_batch_norm(
+        &self,
+        bn: &BatchNorm<T>,
+    ) -> Option<std::result::Result<Box<dyn Layer<T>>, FoldError>> {
+        Some(fold_into_conv2d(self, bn).map(|c| Box::new(c) as Box<dyn Layer<T>>))
     }
 
     fn visit_params(&mut self, f: &mut dyn FnMut(Param<'_, T>)) {

@@ -65,4 +65,12 @@ impl<T: Scalar> Layer<T> for Flatten {
         }
         Ok(())
     }
+
+    fn boxed_clone(&self) -> Option<Box<dyn Layer<T>>> {
+        Some(Box::new(self.clone()))
+    }
+
+    fn to_f64(&self) -> Option<Box<dyn Layer<f64>>> {
+        Some(Box::new(self.clone()))
+    }
 }

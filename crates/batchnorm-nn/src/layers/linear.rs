@@ -1,7 +1,8 @@
 //! Fully connected layer.
 
-use super::{check_batch, Layer, Mode, Param};
+use super::{check_batch, widen, BatchNorm, Layer, Mode, Param, StateEntry, StateValue};
 use crate::error::{NnError, Result};
+use crate::fold::{fold_into_linear, FoldError};
 use crate::init;
 use crate::matmul::{gemm, MatRef};
 use crate::rng::Rng;
@@ -124,6 +125,42 @@ impl<T: Scalar> Layer<T> for Linear<T> {
             gemm(T::ONE, dyv, w, T::ZERO, dx)?;
         }
         Ok(())
+    }
+
+    fn visit_state(&mut self, f: &mut dyn FnMut(StateEntry<'_, T>)) {
+        let (out, inp) = (self.out_len, self.in_len);
+        f(StateEntry {
+            name: "weight",
+            shape: vec![out, inp],
+            value: StateValue::Float(&mut self.weight),
+        });
+        f(StateEntry {
+            name: "bias",
+            shape: vec![out],
+            value: StateValue::Float(&mut self.bias),
+        });
+    }
+
+    fn boxed_clone(&self) -> Option<Box<dyn Layer<T>>> {
+        Some(Box::new(self.clone()))
+    }
+
+    fn to_f64(&self) -> Option<Box<dyn Layer<f64>>> {
+        Some(Box::new(Linear {
+            weight: widen(&self.weight),
+            bias: widen(&self.bias),
+            weight_grad: widen(&self.weight_grad),
+            bias_grad: widen(&self.bias_grad),
+            in_len: self.in_len,
+            out_len: self.out_len,
+        }))
+    }
+
+    fn fold_batch_norm(
+        &self,
+        bn: &BatchNorm<T>,
+    ) -> Option<std::result::Result<Box<dyn Layer<T>>, FoldError>> {
+        Some(fold_into_linear(self, bn).map(|l| Box::new(l) as Box<dyn Layer<T>>))
     }
 
     fn visit_params(&mut self, f: &mut dyn FnMut(Param<'_, T>)) {

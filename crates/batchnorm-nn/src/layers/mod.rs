@@ -3,9 +3,13 @@
 //! Every layer maps a batch of `n` samples, each a flat run of [`Layer::in_len`] values in memory
 //! order (for images: C x H x W, channels first), to `n` samples of [`Layer::out_len`] values. The
 //! caller owns all activation buffers (see [`crate::Sequential`]), so a layer only keeps what its
-//! backward pass needs and its parameters; a new kind of layer is one new file here implementing
-//! [`Layer`] (as [`Conv2d`], [`MaxPool2d`] and [`Flatten`] are). Parameters are public, in
-//! PyTorch's memory order (linear weight `[out, in]`, conv weight `[out, in, kh, kw]`).
+//! backward pass needs and its parameters. A layer describes itself: its state-dict tensors
+//! ([`Layer::visit_state`]), how to copy it ([`Layer::boxed_clone`]) and widen it to `f64`
+//! ([`Layer::to_f64`]), and, for an affine layer, how a following batch normalization folds into
+//! it ([`Layer::fold_batch_norm`]); so a new kind of layer is one new file implementing
+//! [`Layer`], whether here or in another crate, and state dicts and folding take it as it is.
+//! Parameters are public, in PyTorch's memory order (linear weight `[out, in]`, conv weight
+//! `[out, in, kh, kw]`).
 
 mod activation;
 mod batch_norm;
@@ -22,6 +26,7 @@ pub use linear::Linear;
 pub use max_pool::{MaxPool2d, MaxPool2dConfig};
 
 use crate::error::{NnError, Result};
+use crate::fold::FoldError;
 use crate::scalar::Scalar;
 
 /// Checks that a buffer holds `n` samples of `len` values: `got == n * len`, where a product that
@@ -61,10 +66,36 @@ pub struct Param<'a, T> {
     pub grad: &'a mut [T],
 }
 
+/// The values of one tensor of a layer's state dict.
+#[derive(Debug)]
+pub enum StateValue<'a, T> {
+    /// Floats in the layer's element type (weights, biases, running statistics).
+    Float(&'a mut [T]),
+    /// A counter, saved as PyTorch's 0-dim int64 (`num_batches_tracked`).
+    Count(&'a mut u64),
+}
+
+/// One tensor of a layer's state dict: PyTorch's name within the layer, its shape, its values.
+#[derive(Debug)]
+pub struct StateEntry<'a, T> {
+    /// `weight`, `bias`, `running_mean`, ...
+    pub name: &'static str,
+    /// PyTorch's shape (`[out, in]` for a linear weight, `[]` for a counter).
+    pub shape: Vec<usize>,
+    /// The values, `shape.iter().product()` of them.
+    pub value: StateValue<'a, T>,
+}
+
+/// `v` widened to `f64`, exactly.
+pub(crate) fn widen<T: Scalar>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
 /// One differentiable stage of a network.
 ///
 /// Layers are `'static` ([`std::any::Any`]), so a `dyn Layer` can be inspected as its concrete
-/// type with [`downcast_ref`](trait.Layer.html#method.downcast_ref) (to fold or load weights).
+/// type with [`downcast_ref`](trait.Layer.html#method.downcast_ref) (to read a concrete layer's
+/// settings); state dicts and folding need no such inspection, only the methods below.
 pub trait Layer<T: Scalar>: std::fmt::Debug + Send + std::any::Any {
     /// Short name for messages (`"linear"`, `"batch_norm"`, `"sigmoid"`).
     fn name(&self) -> &'static str;
@@ -98,6 +129,39 @@ pub trait Layer<T: Scalar>: std::fmt::Debug + Send + std::any::Any {
 
     /// Calls `f` on each parameter with its gradient, always in the same order.
     fn visit_params(&mut self, _f: &mut dyn FnMut(Param<'_, T>)) {}
+
+    /// Calls `f` on each tensor of the layer's state dict, with PyTorch's names, shapes and
+    /// order (`weight`, `bias`, `running_mean`, ...). None for a layer without state (the
+    /// default); a layer with parameters must list them, or it cannot be saved
+    /// ([`crate::state_dict`] refuses it rather than drop them).
+    fn visit_state(&mut self, _f: &mut dyn FnMut(StateEntry<'_, T>)) {}
+
+    /// A copy of the layer, or `None` (the default) for one that cannot be copied, which
+    /// [`crate::fold::fold_batch_norm`] then refuses.
+    fn boxed_clone(&self) -> Option<Box<dyn Layer<T>>> {
+        None
+    }
+
+    /// The same layer in `f64`, its parameters and state widened exactly (an `f64` oracle of an
+    /// `f32` network); `None` (the default) for one that cannot be.
+    fn to_f64(&self) -> Option<Box<dyn Layer<f64>>> {
+        None
+    }
+
+    /// The layer as a batch normalization, if it is one: what folding folds away.
+    fn as_batch_norm(&self) -> Option<&BatchNorm<T>> {
+        None
+    }
+
+    /// This layer followed by the evaluation-mode batch normalization `bn`, as one layer, for a
+    /// layer that is an affine map with one row per output channel (Linear, Conv2d); `None`
+    /// (the default) for any other, which a batch normalization then cannot be folded into.
+    fn fold_batch_norm(
+        &self,
+        _bn: &BatchNorm<T>,
+    ) -> Option<std::result::Result<Box<dyn Layer<T>>, FoldError>> {
+        None
+    }
 }
 
 impl<T: Scalar> dyn Layer<T> {

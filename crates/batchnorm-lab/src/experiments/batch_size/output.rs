@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::Outcome;
 use crate::experiments::output::{finite, num, pct, series, time_finding, write_outputs, Outputs};
 use crate::experiments::LabError;
-use crate::plot::{Figure, LineStyle, Panel};
+use crate::plot::{Figure, LineStyle, Marker, Panel, Series};
 
 pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
     let outputs = Outputs {
@@ -90,10 +90,23 @@ pub(super) fn summary_json(o: &Outcome) -> Value {
 }
 
 fn figure(o: &Outcome) -> Figure {
-    let x = |b: usize| (b as f64).log2();
+    let x = |b: usize| b as f64;
+    // Accuracy stops at 1: the axis runs from a tenth below the lowest value to 1.
+    let lowest = o
+        .runs
+        .iter()
+        .flat_map(|r| {
+            [r.test_accuracy, r.test_accuracy_batch_stats]
+                .into_iter()
+                .chain(r.curve.iter().filter(|p| p.0 > 0).map(|p| p.1))
+        })
+        .filter(|a| a.is_finite())
+        .fold(1.0f64, f64::min);
+    let accuracy_range = Some((((lowest * 10.0).floor() / 10.0).min(0.9), 1.0));
+    let batch_ticks: Vec<f64> = o.runs.iter().map(|r| x(r.batch_size)).collect();
     let final_panel = Panel {
         title: "(a) Test accuracy after the run".into(),
-        x_label: "batch size (log2)".into(),
+        x_label: "batch size (log scale)".into(),
         y_label: "test accuracy".into(),
         y_log: false,
         series: vec![
@@ -113,7 +126,15 @@ fn figure(o: &Outcome) -> Figure {
                     .collect(),
                 LineStyle::Dashed,
             ),
-        ],
+        ]
+        .into_iter()
+        .map(|s| Series {
+            marker: Marker::Dot,
+            ..s
+        })
+        .collect(),
+        x_log_ticks: batch_ticks,
+        y_range: accuracy_range,
     };
     let curve_panel = Panel {
         title: "(b) Test accuracy during training (running statistics)".into(),
@@ -123,18 +144,28 @@ fn figure(o: &Outcome) -> Figure {
         series: o
             .runs
             .iter()
-            .map(|r| {
-                series(
+            .enumerate()
+            .map(|(i, r)| Series {
+                // Alternate solid and dashed, with a dot at each evaluation: curves that run
+                // together stay visible under each other.
+                marker: Marker::Dot,
+                ..series(
                     &format!("batch {}", r.batch_size),
                     r.curve
                         .iter()
                         .filter(|p| p.0 > 0)
                         .map(|&(e, a)| (e as f64, a))
                         .collect(),
-                    LineStyle::Solid,
+                    if i % 2 == 0 {
+                        LineStyle::Solid
+                    } else {
+                        LineStyle::Dashed
+                    },
                 )
             })
             .collect(),
+        y_range: accuracy_range,
+        ..Default::default()
     };
     Figure {
         title: format!(
@@ -224,4 +255,44 @@ fn report_md(o: &Outcome) -> String {
          figure: `batch_size.png`, `batch_size.svg`."
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Run};
+    use super::*;
+
+    #[test]
+    fn axes_show_batch_sizes_and_stop_at_one() {
+        let runs = [2, 4, 8, 128]
+            .into_iter()
+            .map(|b| Run {
+                batch_size: b,
+                lr: 1.0,
+                steps: 10,
+                test_accuracy: 0.9 + 0.01 * (b as f64).log2(),
+                test_accuracy_batch_stats: 0.55,
+                final_train_loss: 0.1,
+                curve: vec![(0, 0.1), (100, 0.97), (200, 0.99)],
+                train_seconds: 1.0,
+            })
+            .collect();
+        let o = Outcome {
+            config: Config::default(),
+            runs,
+            wall_seconds: 1.0,
+        };
+        let f = figure(&o);
+        assert_eq!(f.panels[0].x_log_ticks, [2.0, 4.0, 8.0, 128.0]);
+        assert_eq!(f.panels[0].series[0].points[3], (128.0, 0.97));
+        for p in &f.panels {
+            assert_eq!(p.y_range, Some((0.5, 1.0)), "{}", p.title);
+        }
+        let hidden = crate::plot::legend_overlap(&f).unwrap();
+        assert!(hidden.iter().all(|&h| h == 0.0), "{hidden:?}");
+        // Neighbouring curves differ in dash, so one running over another stays visible.
+        let styles: Vec<LineStyle> = f.panels[1].series.iter().map(|s| s.style).collect();
+        assert!(styles.windows(2).all(|w| w[0] != w[1]), "{styles:?}");
+        assert!(f.panels[1].series.iter().all(|s| s.marker == Marker::Dot));
+    }
 }

@@ -100,6 +100,7 @@ fn figure(o: &Outcome) -> Figure {
                         LineStyle::Dashed,
                     ),
                 ],
+                ..Default::default()
             },
             Panel {
                 title: "(b) Training loss (mean since the previous point)".into(),
@@ -114,6 +115,7 @@ fn figure(o: &Outcome) -> Figure {
                         LineStyle::Dashed,
                     ),
                 ],
+                ..Default::default()
             },
         ],
     }

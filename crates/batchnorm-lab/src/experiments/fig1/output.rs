@@ -92,7 +92,28 @@ pub(super) fn summary_json(o: &Outcome) -> Value {
     })
 }
 
-fn percentile_panel(title: &str, run: &NetRun) -> Panel {
+/// A percentile panel's title, naming the probed sigmoid (numbered from 0, as in the summary).
+fn probe_title(which: &str) -> String {
+    format!("{which}: sigmoid {PROBE_UNIT} of layer 3")
+}
+
+/// The range that holds every percentile of both networks, with margins: panels (b) and (c)
+/// share it, so the spreads compare at a glance.
+fn percentile_range(runs: [&NetRun; 2]) -> Option<(f64, f64)> {
+    let values = runs
+        .iter()
+        .flat_map(|r| r.evals.iter().flat_map(|e| e.percentiles))
+        .filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    // 5 % below, and 60 % of the span above: room for the three-row legend over the data in
+    // both panels, so that neither moves its range to make room (which would unshare them).
+    let span = (hi - lo).max(1e-3);
+    (lo <= hi).then_some((lo - 0.05 * span, hi + 0.6 * span))
+}
+
+fn percentile_panel(title: &str, run: &NetRun, y_range: Option<(f64, f64)>) -> Panel {
     let names = ["15th percentile", "50th percentile", "85th percentile"];
     Panel {
         title: title.to_owned(),
@@ -113,12 +134,15 @@ fn percentile_panel(title: &str, run: &NetRun) -> Panel {
                 )
             })
             .collect(),
+        y_range,
+        ..Default::default()
     }
 }
 
 /// Laid out like the paper's Figure 1: (a) test accuracy of both networks, (b) and (c) the
 /// percentiles of the probed sigmoid input without and with BN.
 fn figure(o: &Outcome) -> Figure {
+    let shared = percentile_range([&o.plain, &o.bn]);
     let acc = |run: &NetRun| {
         run.evals
             .iter()
@@ -138,9 +162,10 @@ fn figure(o: &Outcome) -> Figure {
                     series(Variant::BatchNorm.label(), acc(&o.bn), LineStyle::Solid),
                     series(Variant::Plain.label(), acc(&o.plain), LineStyle::Dashed),
                 ],
+                ..Default::default()
             },
-            percentile_panel("(b) Without BN: sigmoid input", &o.plain),
-            percentile_panel("(c) With BN: sigmoid input", &o.bn),
+            percentile_panel(&probe_title("(b) Without BN"), &o.plain, shared),
+            percentile_panel(&probe_title("(c) With BN"), &o.bn, shared),
         ],
     }
 }
@@ -334,4 +359,50 @@ fn report_md(o: &Outcome) -> String {
     );
     let _ = writeln!(s, "\nData per evaluation: `metrics.csv`; summary: `summary.json`; figure: `fig1.png`, `fig1.svg`.");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, EvalRecord, Variant};
+    use super::*;
+
+    fn run(variant: Variant, spread: f64) -> NetRun {
+        NetRun {
+            variant,
+            evals: (0..5)
+                .map(|i| EvalRecord {
+                    step: 100 * i,
+                    train_loss: 1.0,
+                    train_accuracy: 0.5,
+                    test_accuracy: 0.5,
+                    percentiles: [-spread * i as f64, 0.1, spread * i as f64],
+                })
+                .collect(),
+            train_seconds: 1.0,
+            eval_seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_percentile_panels_share_their_range_and_name_the_sigmoid() {
+        let o = Outcome {
+            config: Config::default(),
+            plain: run(Variant::Plain, 0.3),
+            bn: run(Variant::BatchNorm, 0.5),
+            wall_seconds: 1.0,
+            load_seconds: 0.1,
+        };
+        let f = figure(&o);
+        let (b, c) = (&f.panels[1], &f.panels[2]);
+        assert_eq!(b.y_range, c.y_range);
+        let (lo, hi) = b.y_range.unwrap();
+        assert!(
+            lo < -2.0 && hi > 2.0,
+            "{lo}..{hi} holds both networks' -2..2"
+        );
+        assert!(b.title.contains("sigmoid 0 of layer 3"), "{}", b.title);
+        assert!(c.title.starts_with("(c) With BN"), "{}", c.title);
+        let hidden = crate::plot::legend_overlap(&f).unwrap();
+        assert!(hidden.iter().all(|&h| h == 0.0), "{hidden:?}");
+    }
 }

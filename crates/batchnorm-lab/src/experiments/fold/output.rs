@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::{NetResult, Outcome};
 use crate::experiments::output::{pct, series, write_outputs, Outputs};
 use crate::experiments::LabError;
-use crate::plot::{Figure, LineStyle, Panel};
+use crate::plot::{Figure, LineStyle, Marker, Panel, Series};
 
 pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
     let outputs = Outputs {
@@ -96,7 +96,7 @@ fn figure(o: &Outcome) -> Figure {
                     .iter()
                     .map(|t| {
                         let ms = if folded { t.folded_ms } else { t.unfolded_ms };
-                        ((t.batch as f64).log10(), 1e3 * ms / images)
+                        (t.batch as f64, 1e3 * ms / images)
                     })
                     .collect()
             };
@@ -109,13 +109,21 @@ fn figure(o: &Outcome) -> Figure {
                         super::Net::Cnn => "Conv net, BN2d after Conv2d",
                     }
                 ),
-                x_label: "batch size (log10)".into(),
+                x_label: "batch size (log scale)".into(),
                 y_label: "µs per image (evaluation)".into(),
                 y_log: true,
                 series: vec![
                     series("with BN layers", pts(false), LineStyle::Dashed),
                     series("BN folded", pts(true), LineStyle::Solid),
-                ],
+                ]
+                .into_iter()
+                .map(|s| Series {
+                    marker: Marker::Dot,
+                    ..s
+                })
+                .collect(),
+                x_log_ticks: r.timings.iter().map(|t| t.batch as f64).collect(),
+                ..Default::default()
             }
         })
         .collect();

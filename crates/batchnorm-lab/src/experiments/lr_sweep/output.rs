@@ -9,7 +9,7 @@ use super::{Outcome, Run, DIVERGENCE_FACTOR};
 use crate::experiments::mlp::Activation;
 use crate::experiments::output::{finite, num, pct, series, time_finding, write_outputs, Outputs};
 use crate::experiments::LabError;
-use crate::plot::{Figure, LineStyle, Panel};
+use crate::plot::{Figure, LineStyle, Marker, Panel, Series};
 
 pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
     let outputs = Outputs {
@@ -139,43 +139,76 @@ fn style(bn: bool) -> LineStyle {
 }
 
 fn figure(o: &Outcome) -> Figure {
-    let acc_panel = |activation: Activation, title: &str| Panel {
-        title: title.into(),
-        x_label: "learning rate (log10)".into(),
-        y_label: "test accuracy".into(),
-        y_log: false,
-        series: [true, false]
+    let lrs = o.config.lrs.clone();
+    // A diverged run has no accuracy or final loss: no point, a cross at the bottom instead.
+    let point = |r: &Run, y: f64| (r.lr, if r.diverged() { f64::NAN } else { y });
+    let diverged = |runs: &[&Run], y: f64, label: &str| Series {
+        label: label.into(),
+        points: runs
+            .iter()
+            .filter(|r| r.diverged())
+            .map(|r| (r.lr, y))
+            .collect(),
+        style: LineStyle::NoLine,
+        marker: Marker::Cross,
+    };
+    let acc_panel = |activation: Activation, title: &str| {
+        let mut series_list: Vec<Series> = [true, false]
             .into_iter()
-            .map(|bn| {
-                series(
+            .map(|bn| Series {
+                marker: Marker::Dot,
+                ..series(
                     if bn { "with BN" } else { "without BN" },
                     o.series(activation, bn)
                         .iter()
-                        .map(|r| (r.lr.log10(), r.test_accuracy))
+                        .map(|r| point(r, r.test_accuracy))
                         .collect(),
                     style(bn),
                 )
             })
-            .collect(),
+            .collect();
+        for bn in [true, false] {
+            let runs = o.series(activation, bn);
+            if runs.iter().any(|r| r.diverged()) {
+                let label = if bn {
+                    "diverged, with BN"
+                } else {
+                    "diverged, without BN"
+                };
+                series_list.push(diverged(&runs, 0.0, label));
+            }
+        }
+        Panel {
+            title: title.into(),
+            x_label: "learning rate (log scale)".into(),
+            y_label: "test accuracy".into(),
+            series: series_list,
+            x_log_ticks: lrs.clone(),
+            y_range: Some((0.0, 1.0)),
+            ..Default::default()
+        }
     };
     let loss_panel = Panel {
-        title: "(c) Final training loss (NaN: not drawn)".into(),
-        x_label: "learning rate (log10)".into(),
+        title: "(c) Final training loss (diverged: no point)".into(),
+        x_label: "learning rate (log scale)".into(),
         y_label: "mean batch loss, last window".into(),
         y_log: true,
         series: COMBOS
             .iter()
-            .map(|&(a, bn)| {
-                series(
+            .map(|&(a, bn)| Series {
+                marker: Marker::Dot,
+                ..series(
                     &label(a, bn),
                     o.series(a, bn)
                         .iter()
-                        .map(|r| (r.lr.log10(), r.final_loss))
+                        .map(|r| point(r, r.final_loss))
                         .collect(),
                     style(bn),
                 )
             })
             .collect(),
+        x_log_ticks: lrs.clone(),
+        ..Default::default()
     };
     Figure {
         title: format!(
@@ -343,7 +376,7 @@ mod tests {
     use super::super::Config;
     use super::*;
 
-    fn run(activation: Activation, batch_norm: bool, lr: f64, acc: f64) -> Run {
+    pub(super) fn run(activation: Activation, batch_norm: bool, lr: f64, acc: f64) -> Run {
         Run {
             activation,
             batch_norm,
@@ -399,5 +432,57 @@ mod tests {
             md.contains("ReLU, without BN: best 90.00% at lr 0.1, worst 90.00% at lr 0.1; diverged at lr 5."),
             "{md}"
         );
+    }
+}
+
+#[cfg(test)]
+mod figure_tests {
+    use super::super::Config;
+    use super::*;
+
+    #[test]
+    fn learning_rates_on_a_log_axis_and_diverged_runs_crossed() {
+        let mut runs = Vec::new();
+        for &(a, bn) in &COMBOS {
+            for lr in [0.01, 0.5, 5.0] {
+                let mut r = super::tests::run(a, bn, lr, 0.9);
+                if !bn && lr == 5.0 {
+                    r.diverged_at = Some(12);
+                    r.non_finite = true;
+                }
+                runs.push(r);
+            }
+        }
+        let o = Outcome {
+            config: Config {
+                lrs: vec![0.01, 0.5, 5.0],
+                ..Config::default()
+            },
+            runs,
+            wall_seconds: 1.0,
+        };
+        let f = figure(&o);
+        for p in &f.panels {
+            assert_eq!(p.x_log_ticks, [0.01, 0.5, 5.0], "{}", p.title);
+        }
+        let relu = &f.panels[1];
+        let without = &relu.series[1];
+        assert_eq!(without.marker, Marker::Dot);
+        assert_eq!(
+            without.points[1],
+            (0.5, 0.9),
+            "real learning rates, not log10"
+        );
+        assert!(
+            without.points[2].1.is_nan(),
+            "no accuracy for a diverged run"
+        );
+        let crossed = relu.series.last().unwrap();
+        assert_eq!(
+            (crossed.marker, crossed.style),
+            (Marker::Cross, LineStyle::NoLine)
+        );
+        assert_eq!(crossed.points, [(5.0, 0.0)]);
+        assert_eq!(relu.y_range, Some((0.0, 1.0)));
     }
 }
