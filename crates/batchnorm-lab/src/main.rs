@@ -124,7 +124,23 @@ struct Fig1Args {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, or no subcommand at all: the full text.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            // A malformed command line: clap's first line says what and where; its usage
+            // block and tips would make a one-line mistake a screenful.
+            eprintln!("{}", first_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, causes joined, no backtrace (even with RUST_BACKTRACE=1): these are the
@@ -133,6 +149,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The first non-empty line of `text`, with a pointer to `--help`.
+fn first_line(text: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("error");
+    format!("{} (see --help)", line.trim_end())
 }
 
 /// `e` and its causes joined by `": "`, leaving out a cause whose text its parent already
@@ -290,5 +315,20 @@ mod tests {
         );
         let e = anyhow::anyhow!("inner").context("outer");
         assert_eq!(one_line(&e), "outer: inner");
+    }
+
+    #[test]
+    fn parse_errors_are_one_line() {
+        let e = Cli::try_parse_from(["bnlab", "fig1", "--steps", "abc"]).unwrap_err();
+        let line = first_line(&e.render().to_string());
+        assert!(
+            line.starts_with("error: invalid value 'abc' for '--steps"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+        assert_eq!(
+            first_line("\n\nerror: x\n\nUsage: y\n"),
+            "error: x (see --help)"
+        );
     }
 }

@@ -131,9 +131,8 @@ fn bad_options_are_errors_not_panics() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
         assert!(!err.is_empty());
-        if args[1] != "--steps" {
-            // Our own errors (not clap's parse errors): one line.
-            assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        }
+        // Parse errors and our own: one line each.
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
     }
 }

@@ -532,8 +532,8 @@ fn trace(plot: Rect, data: &PanelData, x_axis: &Axis, y_axis: &Axis) -> Vec<Trac
 /// The traces as lines (lone points as dots) in their series' palette colour and style.
 fn draw_traces(items: &mut Vec<Item>, panel: &Panel, traces: &[Trace]) {
     for trace in traces {
-        let color = PALETTE[trace.series % PALETTE.len()];
         let series = &panel.series[trace.series];
+        let color = PALETTE[series.palette_index(trace.series) % PALETTE.len()];
         if series.style == LineStyle::NoLine {
             continue;
         }
@@ -576,7 +576,7 @@ fn draw_markers(
     y_axis: &Axis,
 ) {
     for (index, (series, runs)) in panel.series.iter().zip(&data.runs).enumerate() {
-        let color = PALETTE[index % PALETTE.len()];
+        let color = PALETTE[series.palette_index(index) % PALETTE.len()];
         for &(x, y) in runs.iter().flatten() {
             let at = (
                 plot.left + x_axis.fraction(x) * plot.width(),

@@ -146,7 +146,7 @@ impl Legend {
         });
         for (n, (index, label)) in self.entries.iter().enumerate() {
             let (column, row) = (n / self.rows, n % self.rows);
-            let color = PALETTE[index % PALETTE.len()];
+            let color = PALETTE[panel.series[*index].palette_index(*index) % PALETTE.len()];
             let middle = y + PADDING + LEGEND_TEXT_SIZE / 2.0 + row as f64 * ROW;
             let sample_left = x + PADDING + column as f64 * (self.column_width + COLUMN_GAP);
             let series = &panel.series[*index];

@@ -156,6 +156,7 @@ pub struct Panel {
 ///     points: vec![(0.0, 1.0), (1.0, 2.0), (2.0, f64::NAN), (3.0, 1.0), (4.0, 0.0)],
 ///     style: LineStyle::Solid,
 ///     marker: batchnorm_lab::plot::Marker::None,
+///     color_of: None,
 /// };
 /// assert_eq!(series.points.len(), 5);
 /// ```
@@ -169,6 +170,16 @@ pub struct Series {
     pub style: LineStyle,
     /// What marks each point (besides the line).
     pub marker: Marker,
+    /// The palette colour to take instead of the series' own index (a marker series that
+    /// belongs with another series takes its colour).
+    pub color_of: Option<usize>,
+}
+
+impl Series {
+    /// The palette index this series is drawn in: `color_of`, or its own index in the panel.
+    pub(crate) fn palette_index(&self, index: usize) -> usize {
+        self.color_of.unwrap_or(index)
+    }
 }
 
 impl Default for Series {
@@ -178,6 +189,7 @@ impl Default for Series {
             points: Vec::new(),
             style: LineStyle::Solid,
             marker: Marker::None,
+            color_of: None,
         }
     }
 }

@@ -142,7 +142,8 @@ fn figure(o: &Outcome) -> Figure {
     let lrs = o.config.lrs.clone();
     // A diverged run has no accuracy or final loss: no point, a cross at the bottom instead.
     let point = |r: &Run, y: f64| (r.lr, if r.diverged() { f64::NAN } else { y });
-    let diverged = |runs: &[&Run], y: f64, label: &str| Series {
+    // In the colour of its network's series (0: with BN, 1: without).
+    let diverged = |runs: &[&Run], y: f64, label: &str, color_of: usize| Series {
         label: label.into(),
         points: runs
             .iter()
@@ -151,6 +152,7 @@ fn figure(o: &Outcome) -> Figure {
             .collect(),
         style: LineStyle::NoLine,
         marker: Marker::Cross,
+        color_of: Some(color_of),
     };
     let acc_panel = |activation: Activation, title: &str| {
         let mut series_list: Vec<Series> = [true, false]
@@ -175,7 +177,7 @@ fn figure(o: &Outcome) -> Figure {
                 } else {
                     "diverged, without BN"
                 };
-                series_list.push(diverged(&runs, 0.0, label));
+                series_list.push(diverged(&runs, 0.0, label, usize::from(!bn)));
             }
         }
         Panel {
@@ -483,6 +485,7 @@ mod figure_tests {
             (Marker::Cross, LineStyle::NoLine)
         );
         assert_eq!(crossed.points, [(5.0, 0.0)]);
+        assert_eq!(crossed.color_of, Some(1), "the colour of \"without BN\"");
         assert_eq!(relu.y_range, Some((0.0, 1.0)));
     }
 }
