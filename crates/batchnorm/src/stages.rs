@@ -184,8 +184,7 @@ impl Kernels {
     /// # Errors
     /// [`BatchNormError::LengthMismatch`] for `x` or `out`.
     pub fn moments<T: Element>(&self, x: &[T], shape: &Shape, out: &mut [Moments]) -> Result<()> {
-        check_len("x", x.len(), shape.len())?;
-        check_len("moments", out.len(), shape.channels())?;
+        check_lens(shape, &[("x", x.len())], &[("moments", out.len())])?;
         let geo = shape.geometry();
         let mut parts = vec![Moments::EMPTY; parts_len(geo, geo.channels)];
         channel_moments(
@@ -211,9 +210,8 @@ impl Kernels {
         coefficients: &[Normalization],
         y: &mut [T],
     ) -> Result<()> {
-        check_len("x", x.len(), shape.len())?;
-        check_len("y", y.len(), shape.len())?;
-        check_len("coefficients", coefficients.len(), shape.channels())?;
+        let tensors = [("x", x.len()), ("y", y.len())];
+        check_lens(shape, &tensors, &[("coefficients", coefficients.len())])?;
         let maps: Vec<NormMap<T>> = coefficients.iter().map(Normalization::map::<T>).collect();
         let geo = shape.geometry();
         let exec = self.exec::<T>(shape);
@@ -242,10 +240,8 @@ impl Kernels {
         mean: &[f64],
         out: &mut [GradSums],
     ) -> Result<()> {
-        check_len("x", x.len(), shape.len())?;
-        check_len("dy", dy.len(), shape.len())?;
-        check_len("mean", mean.len(), shape.channels())?;
-        check_len("sums", out.len(), shape.channels())?;
+        let per_channel = [("mean", mean.len()), ("sums", out.len())];
+        check_lens(shape, &[("x", x.len()), ("dy", dy.len())], &per_channel)?;
         let geo = shape.geometry();
         let c = geo.channels;
         let mut parts = vec![GradSums::default(); parts_len(geo, c)];
@@ -267,10 +263,8 @@ impl Kernels {
         coefficients: &[InputGrad],
         dx: &mut [T],
     ) -> Result<()> {
-        check_len("x", x.len(), shape.len())?;
-        check_len("dy", dy.len(), shape.len())?;
-        check_len("dx", dx.len(), shape.len())?;
-        check_len("coefficients", coefficients.len(), shape.channels())?;
+        let tensors = [("x", x.len()), ("dy", dy.len()), ("dx", dx.len())];
+        check_lens(shape, &tensors, &[("coefficients", coefficients.len())])?;
         let maps: Vec<GradMap> = coefficients.iter().map(|g| g.0).collect();
         let geo = shape.geometry();
         let exec = self.exec::<T>(shape);
@@ -286,6 +280,22 @@ impl Kernels {
         );
         Ok(())
     }
+}
+
+/// Checks that each named buffer of `tensors` holds the tensor of `shape`, and each of
+/// `per_channel` one value per channel.
+fn check_lens(
+    shape: &Shape,
+    tensors: &[(&'static str, usize)],
+    per_channel: &[(&'static str, usize)],
+) -> Result<()> {
+    for &(buffer, got) in tensors {
+        check_len(buffer, got, shape.len())?;
+    }
+    for &(buffer, got) in per_channel {
+        check_len(buffer, got, shape.channels())?;
+    }
+    Ok(())
 }
 
 pub(crate) fn check_len(buffer: &'static str, got: usize, expected: usize) -> Result<()> {
