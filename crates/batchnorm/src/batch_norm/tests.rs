@@ -15,15 +15,17 @@ type Outputs<T> = (
     Vec<<T as Element>::Param>,
 );
 
+/// The test data of `n` values: x spread over [-100, 275) with a large offset, and dy.
+fn inputs<T: Element>(n: usize) -> (Vec<T>, Vec<T>) {
+    let x = (0..n).map(|i| T::from_f64(((i * 7919) % 1013) as f64 * 0.37 - 100.0));
+    let dy = (0..n).map(|i| T::from_f64(((i * 31) % 97) as f64 * 0.01 - 0.5));
+    (x.collect(), dy.collect())
+}
+
 fn train_step<T: Element>(dims: &[usize], par: Par, isa: Isa, l2: usize) -> Outputs<T> {
     let shape = Shape::new(dims, Layout::ChannelsFirst).unwrap();
     let n = shape.len();
-    let x: Vec<T> = (0..n)
-        .map(|i| T::from_f64(((i * 7919) % 1013) as f64 * 0.37 - 100.0))
-        .collect();
-    let dy: Vec<T> = (0..n)
-        .map(|i| T::from_f64(((i * 31) % 97) as f64 * 0.01 - 0.5))
-        .collect();
+    let (x, dy) = inputs::<T>(n);
     let mut bn = BatchNorm::<T>::new(shape.channels(), BatchNormConfig::default()).unwrap();
     bn.weight = (0..shape.channels())
         .map(|c| T::Param::from_f64(0.5 + c as f64))
@@ -43,12 +45,7 @@ fn stage_step<T: Element>(dims: &[usize]) -> Outputs<T> {
     use crate::stages::{update_factor, update_running_stats};
     let shape = Shape::new(dims, Layout::ChannelsFirst).unwrap();
     let (n, c) = (shape.len(), shape.channels());
-    let x: Vec<T> = (0..n)
-        .map(|i| T::from_f64(((i * 7919) % 1013) as f64 * 0.37 - 100.0))
-        .collect();
-    let dy: Vec<T> = (0..n)
-        .map(|i| T::from_f64(((i * 31) % 97) as f64 * 0.01 - 0.5))
-        .collect();
+    let (x, dy) = inputs::<T>(n);
     let k = Kernels::new(Par::Seq).with_isa(Isa::Baseline).unwrap();
     let mut moments = vec![Moments::EMPTY; c];
     k.moments(&x, &shape, &mut moments).unwrap();
@@ -246,9 +243,7 @@ fn non_finite_as_pytorch<T: Element>(
     let shape = Shape::new(dims, layout).unwrap();
     let n = shape.len();
     let c = shape.channels();
-    let x: Vec<T> = (0..n)
-        .map(|i| T::from_f64(((i * 7919) % 1013) as f64 * 0.37 - 100.0))
-        .collect();
+    let (x, _) = inputs::<T>(n);
     let positions = |ch: usize| -> Vec<usize> {
         let mine: Vec<usize> = (0..n).filter(|&i| channel_at(&shape, i) == ch).collect();
         let mut at = vec![mine[0], mine[mine.len() / 2], mine[mine.len() - 1]];
