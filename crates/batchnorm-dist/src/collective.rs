@@ -8,7 +8,7 @@
 /// length, before any returns. Results are identical on every rank. Implemented by
 /// [`LocalComm`](crate::LocalComm) (threads of one process) and, with the `mpi` feature,
 /// `MpiComm` (processes under `mpirun`).
-pub trait Collective: Send + Sync {
+pub trait Collective: Send + Sync + std::fmt::Debug {
     /// This rank, `0..size`.
     fn rank(&self) -> usize;
 
@@ -107,5 +107,47 @@ pub(crate) fn check_len(
             expected,
             got,
         })
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// An element type the collectives carry (`f32`, `f64`): picks the [`Collective`] method of
+/// its type, for code generic over it (a network's gradients, say).
+pub trait Word: sealed::Sealed + Copy + Send + Sync + 'static {
+    /// [`Collective::all_reduce_sum_f64`] or [`Collective::all_reduce_sum_f32`].
+    ///
+    /// # Errors
+    /// As the method.
+    fn all_reduce_sum<C: Collective + ?Sized>(comm: &C, buf: &mut [Self]) -> Result<(), CommError>;
+
+    /// [`Collective::broadcast_f64`] or [`Collective::broadcast_f32`].
+    ///
+    /// # Errors
+    /// As the method.
+    fn broadcast<C: Collective + ?Sized>(comm: &C, buf: &mut [Self]) -> Result<(), CommError>;
+}
+
+impl Word for f32 {
+    fn all_reduce_sum<C: Collective + ?Sized>(comm: &C, buf: &mut [f32]) -> Result<(), CommError> {
+        comm.all_reduce_sum_f32(buf)
+    }
+
+    fn broadcast<C: Collective + ?Sized>(comm: &C, buf: &mut [f32]) -> Result<(), CommError> {
+        comm.broadcast_f32(buf)
+    }
+}
+
+impl Word for f64 {
+    fn all_reduce_sum<C: Collective + ?Sized>(comm: &C, buf: &mut [f64]) -> Result<(), CommError> {
+        comm.all_reduce_sum_f64(buf)
+    }
+
+    fn broadcast<C: Collective + ?Sized>(comm: &C, buf: &mut [f64]) -> Result<(), CommError> {
+        comm.broadcast_f64(buf)
     }
 }

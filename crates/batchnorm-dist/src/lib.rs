@@ -15,7 +15,7 @@ mod local;
 mod mpi_comm;
 mod sync_batch_norm;
 
-pub use collective::{Collective, CommError};
+pub use collective::{Collective, CommError, Word};
 pub use error::{DistError, Result};
 pub use local::{local_group, LocalComm};
 #[cfg(feature = "mpi")]
