@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use batchnorm_lab::bench;
-use batchnorm_lab::experiments::{all, batch_size, cli, cnn, depth, fig1, fold, lr_sweep};
+use batchnorm_lab::experiments::{all, batch_size, cli, cnn, depth, fig1, fold, lr_sweep, sync_bn};
 use clap::{Args, Parser, Subcommand};
 
 /// Reproduces the Batch Normalization paper's experiments on MNIST.
@@ -41,6 +41,10 @@ enum Command {
     /// Folding eval-mode BN into the preceding Linear/Conv2d: folded vs unfolded outputs
     /// (against an f64 oracle) and the inference speed-up, measured in the same run.
     Fold(cli::FoldArgs),
+    /// SyncBatchNorm: fig1's BN network data-parallel on P ranks (MPI processes under
+    /// `mpirun -np P`, else --ranks threads) with synchronised BN, per-rank BN, and one
+    /// process on the global batch; same weights, same batches.
+    SyncBn(cli::SyncBnArgs),
     /// Every experiment at its defaults (fig1, depth, lr-sweep, batch-size, cnn, fold) into
     /// `<out>/<name>/`, then one combined `<out>/report.md` and `<out>/index.html`.
     All(cli::AllArgs),
@@ -209,6 +213,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             lr_sweep::print_summary(&lr_sweep::run(&a.config())?);
         }
         Command::BatchSize(a) => batch_size::print_summary(&batch_size::run(&a.config())?),
+        Command::SyncBn(a) => {
+            // Under mpirun only rank 0 has an outcome to print.
+            if let Some(outcome) = sync_bn::run(&a.config())? {
+                sync_bn::print_summary(&outcome);
+            }
+        }
     }
     Ok(())
 }

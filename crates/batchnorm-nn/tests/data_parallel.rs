@@ -25,7 +25,7 @@ fn data_parallel(p: usize, global: usize, steps: usize, sync: bool) -> Vec<Vec<f
 fn synchronised_data_parallel_training_is_single_process_training() {
     let steps = 8;
     // Even shards, uneven shards, and one sample per rank.
-    for (p, global) in [(2, 8), (3, 7), (3, 3)] {
+    for (p, global) in [(2, 8), (3, 7), (2, 4), (3, 3), (2, 2)] {
         let expected = single(global, steps);
         let ranks = data_parallel(p, global, steps, true);
         for (rank, got) in ranks.iter().enumerate() {

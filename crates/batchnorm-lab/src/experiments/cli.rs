@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{all, batch_size, cnn, depth, fold, lr_sweep};
+use super::{all, batch_size, cnn, depth, fold, lr_sweep, sync_bn};
 
 /// Options every experiment shares.
 #[derive(Debug, Clone, Args)]
@@ -278,6 +278,57 @@ impl AllArgs {
             seed: self.common.seed,
             threads: self.common.threads,
             data: self.common.data.clone(),
+        }
+    }
+}
+
+/// `bnlab sync-bn`.
+#[derive(Debug, Clone, Args)]
+pub struct SyncBnArgs {
+    /// Ranks as threads of this process; under `mpirun -np P` the job's P ranks are used
+    /// instead (bnlab built with `--features mpi`).
+    #[arg(long, default_value_t = 4)]
+    pub ranks: usize,
+    /// Training images per rank per step (the global batch is ranks x this).
+    #[arg(long, default_value_t = 2)]
+    pub per_rank_batch: usize,
+    /// SGD steps of each of the three runs.
+    #[arg(long, default_value_t = 16_000)]
+    pub steps: usize,
+    /// Learning rate of plain SGD.
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// Standard deviation of the Gaussian initial weights (fig1's); biases 0.
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    pub init_std: f64,
+    /// Evaluate test accuracy every this many steps (and at step 0 and the end).
+    #[arg(long, default_value_t = 500)]
+    pub eval_every: usize,
+    /// Seed of the initial weights and the batch order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output folder for metrics.csv, summary.json, sync_bn.png/.svg and report.md.
+    #[arg(long, default_value = "out/sync-bn")]
+    pub out: PathBuf,
+    /// Folder with the MNIST IDX files; a relative path is also looked up under the source
+    /// checkout.
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+}
+
+impl SyncBnArgs {
+    /// The experiment's settings.
+    pub fn config(&self) -> sync_bn::Config {
+        sync_bn::Config {
+            ranks: self.ranks,
+            per_rank_batch: self.per_rank_batch,
+            steps: self.steps,
+            lr: self.lr,
+            init_std: self.init_std,
+            eval_every: self.eval_every,
+            seed: self.seed,
+            out: self.out.clone(),
+            data: self.data.clone(),
         }
     }
 }

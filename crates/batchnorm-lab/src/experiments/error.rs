@@ -56,6 +56,9 @@ pub enum LabError {
     /// A checkpoint could not be saved or resumed (boxed: it is the largest error).
     #[error(transparent)]
     Checkpoint(Box<super::fig1::checkpoint::CheckpointError>),
+    /// `bnlab` runs under `mpirun` but was built without MPI.
+    #[error("bnlab runs under mpirun but was built without MPI: build it with `cargo build --release -p batchnorm-lab --features mpi` (Open MPI and libclang needed)")]
+    NoMpi,
     /// A training thread panicked.
     #[error("the training thread of the {0} network panicked")]
     Panicked(String),

@@ -18,6 +18,7 @@ mod mlp;
 mod output;
 mod parallel;
 mod sampler;
+pub mod sync_bn;
 mod trainer;
 
 pub use error::LabError;
