@@ -45,7 +45,8 @@ enum Command {
     /// `mpirun -np P`, else --ranks threads) with synchronised BN, per-rank BN, and one
     /// process on the global batch; same weights, same batches.
     SyncBn(cli::SyncBnArgs),
-    /// Every experiment at its defaults (fig1, depth, lr-sweep, batch-size, cnn, fold) into
+    /// Every experiment at its defaults (fig1, depth, lr-sweep, batch-size, cnn, fold, sync-bn
+    /// on threads) into
     /// `<out>/<name>/`, then one combined `<out>/report.md` and `<out>/index.html`.
     All(cli::AllArgs),
 }

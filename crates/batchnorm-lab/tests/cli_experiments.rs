@@ -320,10 +320,88 @@ fn fold_agrees_with_the_unfolded_networks_and_times_both() {
 }
 
 #[test]
+fn sync_bn_equals_one_process_and_per_rank_bn_does_not() {
+    let out = temp_dir("sync-bn");
+    let args = [
+        "sync-bn",
+        "--ranks",
+        "3",
+        "--steps",
+        "150",
+        "--eval-every",
+        "50",
+    ];
+    run_ok(&args, &out);
+    let s = json(&out.join("summary.json"));
+    assert_eq!(s["backend"], "threads");
+    assert_eq!(
+        (s["ranks"].as_u64(), s["per_rank_batch"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(s["steps"].as_u64(), Some(150));
+    for v in ["sync", "local", "single"] {
+        for key in [
+            "final_test_accuracy",
+            "best_test_accuracy",
+            "steps_to_90",
+            "steps_per_second",
+        ] {
+            assert!(s[v].get(key).is_some(), "{v}.{key}");
+        }
+    }
+    // One step agrees to f32 rounding; 100 steps on a global batch of 6 amplify it to about
+    // 1e-4 (a 1e-7 change of the learning rate moves one process as far).
+    let d = f(&s["max_rel_param_diff_at_100"]);
+    assert!(d <= 1e-3, "{d}");
+    assert!(f(&s["local"]["final_test_accuracy"]) < f(&s["single"]["final_test_accuracy"]));
+    // Bytes: 3 BN layers of 100 channels, gathered (8 (2C + 1) x 3 ranks) and reduced
+    // (8 (2C + 1)), plus the f32 gradients of every parameter (the local run's whole exchange).
+    let params = 784 * 100 + 100 + 2 * (100 * 100 + 100) + 100 * 10 + 10 + 3 * 200;
+    assert_eq!(f(&s["local"]["bytes_per_step"]), (4 * params) as f64);
+    let bn = 3 * 8 * 201 * (3 + 1);
+    assert_eq!(f(&s["bytes_per_step"]), (4 * params + bn) as f64);
+    let rows = csv_rows(
+        &out.join("metrics.csv"),
+        "variant,step,test_accuracy,train_loss",
+    );
+    assert_eq!(rows.len(), 3 * 4);
+    assert_figure(&out, "sync_bn");
+    assert!(report(&out).contains("| final test accuracy |"));
+
+    // One image per rank: per-rank BN cannot run, synchronised BN can.
+    run_ok(
+        &[
+            "sync-bn",
+            "--ranks",
+            "3",
+            "--per-rank-batch",
+            "1",
+            "--steps",
+            "20",
+            "--eval-every",
+            "10",
+        ],
+        &out,
+    );
+    let s = json(&out.join("summary.json"));
+    assert!(s["local"]["skipped"].is_string());
+    assert!(f(&s["sync"]["final_test_accuracy"]) > 0.0);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn all_quick_runs_every_experiment_and_combines_the_reports() {
     let out = temp_dir("all");
     run_ok(&["all", "--quick"], &out);
-    let sections = ["fig1", "depth", "lr-sweep", "batch-size", "cnn", "fold"];
+    let sections = [
+        "fig1",
+        "depth",
+        "lr-sweep",
+        "batch-size",
+        "cnn",
+        "fold",
+        "sync-bn",
+    ];
     for (name, stem) in [
         ("fig1", "fig1"),
         ("depth", "depth"),
@@ -331,6 +409,7 @@ fn all_quick_runs_every_experiment_and_combines_the_reports() {
         ("batch-size", "batch_size"),
         ("cnn", "cnn"),
         ("fold", "fold"),
+        ("sync-bn", "sync_bn"),
     ] {
         let dir = out.join(name);
         assert!(dir.join("summary.json").is_file(), "{name}/summary.json");
@@ -505,6 +584,7 @@ fn an_unwritable_out_fails_before_training_in_every_experiment() {
         "batch-size",
         "cnn",
         "fold",
+        "sync-bn",
         "all",
     ] {
         let t = std::time::Instant::now();

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::output::write;
-use super::{batch_size, cnn, depth, fig1, fold, lr_sweep, LabError};
+use super::{batch_size, cnn, depth, fig1, fold, lr_sweep, sync_bn, LabError};
 
 /// Settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +164,20 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     }
     timed("fold", &mut || {
         fold::run(&c).map(|o| fold::print_summary(&o))
+    })?;
+
+    // Ranks as threads, whatever launched bnlab.
+    let mut c = sync_bn::Config {
+        seed,
+        data: data.clone(),
+        out: dir("sync-bn"),
+        ..sync_bn::Config::default()
+    };
+    if cfg.quick {
+        (c.steps, c.eval_every) = (120, 60);
+    }
+    timed("sync-bn", &mut || {
+        sync_bn::run_threads(&c).map(|o| sync_bn::print_summary(&o))
     })?;
 
     let outcome = Outcome {

@@ -245,6 +245,15 @@ pub fn run(cfg: &Config) -> Result<Option<Outcome>, LabError> {
     if launched_by_mpirun() {
         return run_mpi(cfg);
     }
+    run_threads(cfg).map(Some)
+}
+
+/// Runs the experiment on `cfg.ranks` threads of this process and writes its outputs.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_threads(cfg: &Config) -> Result<Outcome, LabError> {
+    cfg.validate()?;
     cfg.check_global(cfg.ranks)?;
     super::output::prepare_out(&cfg.out)?;
     let start = Instant::now();
@@ -281,7 +290,10 @@ pub fn run(cfg: &Config) -> Result<Option<Outcome>, LabError> {
     };
     match errors.iter().position(|e| !consequence(e)) {
         Some(i) => Err(errors.swap_remove(i)),
-        None => errors.into_iter().next().map_or(Ok(rank0), Err),
+        None => match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => rank0.ok_or(LabError::Setup("rank 0 returned no outcome")),
+        },
     }
 }
 
