@@ -6,7 +6,8 @@
 //! The same step with a one-pass op in place of the batch norm (`x.affine(1, 0)`) shows what
 //! candle's graph costs around any op: the loss's own backward (the product's gradient for both
 //! factors), a zeroed buffer and an addition per gradient, fresh output buffers (page faults).
-//! What a batch norm adds to a step is its time above that floor.
+//! What a batch norm adds to a step is its time above that floor. The last column is the
+//! kernels alone (`batchnorm::BatchNorm` on preallocated buffers, no candle).
 //!
 //! ```text
 //! cargo run --release -p batchnorm-candle --example bench [-- --reps 7]
@@ -35,9 +36,9 @@ fn main() -> Result<()> {
     println!();
     println!(
         "| shape | layout | pass | candle_nn (ms) | batchnorm-candle (ms) | speed-up \
-         | one-pass op (ms) | speed-up above it | c = a + b (ms) |"
+         | one-pass op (ms) | speed-up above it | c = a + b (ms) | kernels alone (ms) |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, dims) in SHAPES {
         let reps = if dims.len() == 2 { reps * 10 } else { reps };
         let layouts: &[bool] = if dims.len() > 2 {
@@ -50,15 +51,28 @@ fn main() -> Result<()> {
             let ours = measure(dims, channels_last, reps, Impl::Ours)?;
             let floor = measure(dims, channels_last, reps, Impl::OnePass)?;
             let add = yardstick(dims, reps)?;
+            let alone = kernels_alone(dims, channels_last, reps)?;
             let layout = if channels_last {
                 "NHWC view"
             } else {
                 "contiguous"
             };
-            for (pass, a, b, f) in [
-                ("forward", theirs.forward, ours.forward, floor.forward),
-                ("backward", theirs.backward, ours.backward, floor.backward),
-                ("step", theirs.step, ours.step, floor.step),
+            for (pass, a, b, f, k) in [
+                (
+                    "forward",
+                    theirs.forward,
+                    ours.forward,
+                    floor.forward,
+                    alone.forward,
+                ),
+                (
+                    "backward",
+                    theirs.backward,
+                    ours.backward,
+                    floor.backward,
+                    alone.backward,
+                ),
+                ("step", theirs.step, ours.step, floor.step, alone.step),
             ] {
                 let above = match (a.checked_sub(f), b.checked_sub(f)) {
                     (Some(a), Some(b)) if !b.is_zero() => {
@@ -67,12 +81,13 @@ fn main() -> Result<()> {
                     _ => "-".to_string(),
                 };
                 println!(
-                    "| {name} | {layout} | {pass} | {:.2} | {:.2} | {:.1}x | {:.2} | {above} | {:.2} |",
+                    "| {name} | {layout} | {pass} | {:.2} | {:.2} | {:.1}x | {:.2} | {above} | {:.2} | {:.2} |",
                     ms(a),
                     ms(b),
                     a.as_secs_f64() / b.as_secs_f64(),
                     ms(f),
-                    ms(add)
+                    ms(add),
+                    ms(k)
                 );
             }
         }
@@ -155,6 +170,45 @@ fn measure(dims: &[usize], channels_last: bool, reps: usize, which: Impl) -> Res
         if grads.get(leaf.as_tensor()).is_none() {
             candle_core::bail!("no gradient for x");
         }
+        if rep > 0 {
+            fwd.push(t1 - t0);
+            bwd.push(t2 - t1);
+            step.push(t2 - t0);
+        }
+    }
+    Ok(Times {
+        forward: median(fwd),
+        backward: median(bwd),
+        step: median(step),
+    })
+}
+
+/// The kernels' training forward and backward on preallocated buffers, on rayon's pool.
+fn kernels_alone(dims: &[usize], channels_last: bool, reps: usize) -> Result<Times> {
+    use batchnorm::{BatchNorm, Grads, Layout, Mode, Saved, Shape};
+    let kernel = |e: batchnorm::BatchNormError| candle_core::Error::wrap(e);
+    let layout = if channels_last {
+        Layout::ChannelsLast
+    } else {
+        Layout::ChannelsFirst
+    };
+    let shape = Shape::new(dims, layout).map_err(kernel)?;
+    let flat = |t: Tensor| t.flatten_all()?.to_vec1::<f32>();
+    let x = flat(Tensor::randn(0f32, 1.0, dims, &Device::Cpu)?)?;
+    let dy = flat(Tensor::randn(0f32, 1.0, dims, &Device::Cpu)?)?;
+    let (mut y, mut dx) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+    let mut bn = BatchNorm::<f32>::new(dims[1], BatchNormConfig::default()).map_err(kernel)?;
+    bn.set_par(batchnorm::Par::Rayon);
+    let (mut saved, mut grads) = (Saved::default(), Grads::default());
+    let (mut fwd, mut bwd, mut step) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..=reps {
+        let t0 = Instant::now();
+        bn.forward_into(&x, &shape, Mode::Train, &mut y, &mut saved)
+            .map_err(kernel)?;
+        let t1 = Instant::now();
+        bn.backward_into(&x, &dy, &shape, &saved, &mut dx, &mut grads)
+            .map_err(kernel)?;
+        let t2 = Instant::now();
         if rep > 0 {
             fwd.push(t1 - t0);
             bwd.push(t2 - t1);

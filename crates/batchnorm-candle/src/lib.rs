@@ -35,6 +35,10 @@
 //! - Errors are [`candle_core::Error`]s carrying an [`Error`]'s message: one value per channel in
 //!   training, a wrong channel count, a tensor on another device, ...
 
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod error;
 mod layout;
 mod module;
