@@ -233,12 +233,12 @@ fn main() -> Result<()> {
     let init = VarMap::new();
     let vb = VarBuilder::from_varmap(&init, DType::F32, &Device::Cpu);
     Net::new(Norm::Ours, run.par, vb)?;
-    println!();
-    println!("| batch norm | epoch | mean training loss | test accuracy | epoch time (s) |");
-    println!("|---|---:|---:|---:|---:|");
     println!(
         "{} epoch(s) of {} training images, batches of {BATCH}, kernels {:?}",
         run.epochs, run.images, run.par
     );
+    println!();
+    println!("| batch norm | epoch | mean training loss | test accuracy | epoch time (s) |");
+    println!("|---|---:|---:|---:|---:|");
     train(&init, &data, &run)
 }
