@@ -126,6 +126,10 @@ pub enum NnError {
     /// The core batch-normalization kernels rejected a call.
     #[error(transparent)]
     BatchNorm(#[from] batchnorm::BatchNormError),
+    /// A synchronised batch normalization or a data-parallel exchange failed (on this rank or
+    /// another).
+    #[error(transparent)]
+    Dist(#[from] batchnorm_dist::DistError),
     /// An IDX file is malformed.
     #[error("{path}: {source}")]
     Idx {
@@ -161,6 +165,12 @@ pub enum NnError {
         /// The operating-system error.
         source: std::io::Error,
     },
+}
+
+impl From<batchnorm_dist::CommError> for NnError {
+    fn from(e: batchnorm_dist::CommError) -> Self {
+        NnError::Dist(e.into())
+    }
 }
 
 /// Shorthand for results of this crate.

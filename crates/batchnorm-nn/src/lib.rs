@@ -27,6 +27,7 @@
 //! ```
 
 pub mod data;
+mod data_parallel;
 mod error;
 pub mod fold;
 mod init;
@@ -40,6 +41,7 @@ pub mod safetensors;
 mod scalar;
 pub mod state_dict;
 
+pub use data_parallel::{convert_sync_batch_norm, DataParallel};
 pub use error::{NnError, Result};
 pub use init::gaussian;
 pub use loss::{count_correct, LossStats, SoftmaxCrossEntropy};

@@ -14,7 +14,13 @@ mod sealed {
 /// Extends the core crate's [`batchnorm::Float`] with the few functions the layers need and
 /// with the matching GEMM kernel of `matrixmultiply`.
 pub trait Scalar:
-    sealed::Sealed + batchnorm::Float + Div<Output = Self> + Neg<Output = Self> + AddAssign + Debug
+    sealed::Sealed
+    + batchnorm::Float
+    + batchnorm_dist::Word
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + Debug
 {
     /// `e^self`.
     fn exp(self) -> Self;

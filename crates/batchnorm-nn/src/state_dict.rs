@@ -142,17 +142,45 @@ pub(crate) fn visit_batch_norm_state<T: Float>(
     bn: &mut batchnorm::BatchNorm<T>,
     f: &mut dyn FnMut(StateEntry<'_, T>),
 ) {
-    let c = bn.channels();
-    let cfg = *bn.config();
+    let (c, cfg) = (bn.channels(), *bn.config());
+    let vectors = [
+        &mut bn.weight,
+        &mut bn.bias,
+        &mut bn.running_mean,
+        &mut bn.running_var,
+    ];
+    visit_norm_state(c, cfg, vectors, &mut bn.num_batches_tracked, f);
+}
+
+/// [`visit_batch_norm_state`] for a synchronised batch normalization: the same entries.
+pub(crate) fn visit_sync_batch_norm_state<T: Float>(
+    bn: &mut batchnorm_dist::SyncBatchNorm<T>,
+    f: &mut dyn FnMut(StateEntry<'_, T>),
+) {
+    let (c, cfg) = (bn.channels(), *bn.config());
+    let vectors = [
+        &mut bn.weight,
+        &mut bn.bias,
+        &mut bn.running_mean,
+        &mut bn.running_var,
+    ];
+    visit_norm_state(c, cfg, vectors, &mut bn.num_batches_tracked, f);
+}
+
+/// The state entries of a batch normalization of `c` channels configured by `cfg`, from its
+/// `[weight, bias, running_mean, running_var]` and counter.
+fn visit_norm_state<T: Float>(
+    c: usize,
+    cfg: batchnorm::BatchNormConfig,
+    [weight, bias, running_mean, running_var]: [&mut Vec<T>; 4],
+    num_batches_tracked: &mut u64,
+    f: &mut dyn FnMut(StateEntry<'_, T>),
+) {
     let vectors: [(&'static str, bool, &mut Vec<T>); 4] = [
-        ("weight", cfg.affine, &mut bn.weight),
-        ("bias", cfg.affine, &mut bn.bias),
-        (
-            "running_mean",
-            cfg.track_running_stats,
-            &mut bn.running_mean,
-        ),
-        ("running_var", cfg.track_running_stats, &mut bn.running_var),
+        ("weight", cfg.affine, weight),
+        ("bias", cfg.affine, bias),
+        ("running_mean", cfg.track_running_stats, running_mean),
+        ("running_var", cfg.track_running_stats, running_var),
     ];
     for (name, present, v) in vectors {
         if present {
@@ -167,7 +195,7 @@ pub(crate) fn visit_batch_norm_state<T: Float>(
         f(StateEntry {
             name: "num_batches_tracked",
             shape: Vec::new(),
-            value: StateValue::Count(&mut bn.num_batches_tracked),
+            value: StateValue::Count(num_batches_tracked),
         });
     }
 }

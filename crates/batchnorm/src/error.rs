@@ -18,10 +18,10 @@ pub enum BatchNormError {
     /// C = 0, in a shape or in a module.
     #[error("the number of channels must be positive, got 0")]
     ZeroChannels,
-    /// N = 0 or a spatial dimension of size 0.
-    #[error("dimension {axis} of {dims:?} is 0: batch normalization needs a non-empty batch")]
+    /// A spatial dimension of size 0 (N = 0, an empty batch, is valid).
+    #[error("spatial dimension {axis} of {dims:?} is 0")]
     ZeroDim {
-        /// The axis (0 = N, 2.. = spatial) that is empty.
+        /// The axis (2.. = spatial) that is empty.
         axis: usize,
         /// The dimensions given.
         dims: Vec<usize>,

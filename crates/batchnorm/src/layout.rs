@@ -39,8 +39,13 @@ impl Shape {
     ///
     /// # Errors
     /// [`BatchNormError::Rank`] unless 2 <= rank <= 5, [`BatchNormError::ZeroChannels`] for C = 0,
-    /// [`BatchNormError::ZeroDim`] for any other dimension of size 0, [`BatchNormError::TooLarge`]
+    /// [`BatchNormError::ZeroDim`] for a spatial dimension of size 0, [`BatchNormError::TooLarge`]
     /// if the element count overflows `usize`.
+    ///
+    /// N = 0 is valid: an empty slice of a batch split over processes (a rank of SyncBatchNorm
+    /// may hold no sample). Its statistics are empty [`Moments`](crate::Moments); training on it
+    /// alone is refused by [`BatchNorm`](crate::BatchNorm) (fewer than 2 values per channel),
+    /// evaluation writes nothing.
     pub fn new(dims: &[usize], layout: Layout) -> Result<Self> {
         if !(2..=MAX_RANK).contains(&dims.len()) {
             return Err(BatchNormError::Rank {
@@ -51,7 +56,8 @@ impl Shape {
         if dims[1] == 0 {
             return Err(BatchNormError::ZeroChannels);
         }
-        if let Some(axis) = dims.iter().position(|&d| d == 0) {
+        if let Some(axis) = dims.iter().skip(2).position(|&d| d == 0) {
+            let axis = axis + 2;
             return Err(BatchNormError::ZeroDim {
                 axis,
                 dims: dims.to_vec(),
@@ -101,9 +107,9 @@ impl Shape {
         self.batch() * self.channels() * self.spatial()
     }
 
-    /// Always false: a valid shape has no zero dimension.
+    /// Whether the batch is empty (N = 0): the only dimension that may be 0.
     pub fn is_empty(&self) -> bool {
-        false
+        self.batch() == 0
     }
 
     /// m = N * prod(spatial): the number of values each channel's statistics run over.
@@ -149,7 +155,7 @@ impl Geometry {
         self.outer * self.channels * self.inner
     }
 
-    /// Always false for a geometry made from a valid [`Shape`].
+    /// Whether there is no value (the geometry of an empty batch).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -21,10 +21,8 @@ fn shapes() {
         Shape::new(&[4, 0, 3], cf),
         Err(BatchNormError::ZeroChannels)
     );
-    assert!(matches!(
-        Shape::new(&[0, 3], cf),
-        Err(BatchNormError::ZeroDim { axis: 0, .. })
-    ));
+    let empty = Shape::new(&[0, 3, 2], cf).unwrap();
+    assert!(empty.is_empty() && empty.per_channel() == 0);
     assert!(matches!(
         Shape::new(&[2, 3, 0], cf),
         Err(BatchNormError::ZeroDim { axis: 2, .. })
@@ -137,6 +135,27 @@ fn forward_arguments() {
             value: -1.0
         })
     );
+}
+
+/// An empty batch (N = 0) is a valid shape: training on it alone is refused, evaluation and
+/// its backward write nothing, every layout, every cut of the kernels.
+#[test]
+fn empty_batch() {
+    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+        for dims in [&[0, 3][..], &[0, 3, 4, 5]] {
+            let shape = Shape::new(dims, layout).unwrap();
+            let mut m = bn(3);
+            let before = m.clone();
+            let err = m.forward(&[], &shape, Mode::Train, &mut []).unwrap_err();
+            assert!(matches!(err, BatchNormError::TooFewValues { .. }), "{err}");
+            assert_eq!(m, before);
+            let saved = m.forward(&[], &shape, Mode::Eval, &mut []).unwrap();
+            assert_eq!(saved.mean, [0.0; 3]);
+            let grads = m.backward(&[], &[], &shape, &saved, &mut []).unwrap();
+            assert_eq!((grads.weight, grads.bias), (vec![0.0; 3], vec![0.0; 3]));
+            assert_eq!(m, before);
+        }
+    }
 }
 
 #[test]

@@ -196,11 +196,9 @@ fn moments_of_any_split_merge_to_the_whole_batch() {
     let whole = &pieces(&x, &dims, &[])[0];
     for _ in 0..50 {
         let ranks = 2 + (rng.next_u64() % 6) as usize;
-        let mut cuts: Vec<usize> = (1..ranks)
-            .map(|_| 1 + (rng.next_u64() % 36) as usize)
-            .collect();
+        // Cuts may repeat or sit at either end: empty pieces (ranks without a sample) too.
+        let mut cuts: Vec<usize> = (1..ranks).map(|_| (rng.next_u64() % 38) as usize).collect();
         cuts.sort_unstable();
-        cuts.dedup();
         let parts = pieces(&x, &dims, &cuts);
         // In rank order, and as a tree of pairs (another grouping of the same pieces).
         let in_order = merge_all(&parts);
@@ -294,7 +292,8 @@ fn a_batch_split_over_ranks_has_the_whole_batch_gradient() {
     let x = rng.normals(n, 1.0, 2.0);
     let probe = rng.normals(n, 0.0, 1.0);
     let (_, whole) = split_step(&x, &dims, &[], &probe);
-    for cuts in [&[3][..], &[1, 2, 6], &[6]] {
+    // Even, single-sample and empty ranks.
+    for cuts in [&[3][..], &[1, 2, 6], &[6], &[0, 3, 3, 7]] {
         let (_, dx) = split_step(&x, &dims, cuts, &probe);
         for (a, b) in dx.iter().zip(&whole) {
             // Sums in other orders: a few f64 roundings of terms of order 1.

@@ -86,16 +86,27 @@ impl<T: Scalar> BatchNorm<T> {
         })
     }
 
+    /// The per-sample dims `[C, spatial...]`.
+    pub fn sample_dims(&self) -> &[usize] {
+        &self.sample_dims
+    }
+
     /// The logical shape `(n, C, spatial...)` of a batch of `n`.
     fn shape(&self, n: usize) -> Result<Shape> {
-        let mut dims = [0usize; 5];
-        dims[0] = n;
-        dims[1..=self.sample_dims.len()].copy_from_slice(&self.sample_dims);
-        Ok(Shape::new(
-            &dims[..=self.sample_dims.len()],
-            Layout::ChannelsFirst,
-        )?)
+        batch_shape(&self.sample_dims, n)
     }
+}
+
+/// The logical shape `(n, C, spatial...)` of a batch of `n` samples of `sample_dims`, channels
+/// first.
+pub(super) fn batch_shape(sample_dims: &[usize], n: usize) -> Result<Shape> {
+    let mut dims = [0usize; 5];
+    dims[0] = n;
+    dims[1..=sample_dims.len()].copy_from_slice(sample_dims);
+    Ok(Shape::new(
+        &dims[..=sample_dims.len()],
+        Layout::ChannelsFirst,
+    )?)
 }
 
 impl<T: Scalar> Layer<T> for BatchNorm<T> {

@@ -17,6 +17,7 @@ mod conv2d;
 mod flatten;
 mod linear;
 mod max_pool;
+mod sync_batch_norm;
 
 pub use activation::{Relu, Sigmoid};
 pub use batch_norm::BatchNorm;
@@ -24,6 +25,7 @@ pub use conv2d::{Conv2d, Conv2dConfig};
 pub use flatten::Flatten;
 pub use linear::Linear;
 pub use max_pool::{MaxPool2d, MaxPool2dConfig};
+pub use sync_batch_norm::SyncBatchNorm;
 
 use crate::error::{NnError, Result};
 use crate::fold::FoldError;

@@ -29,6 +29,10 @@ pub(crate) fn reduce_per_channel<P: Copy + Default + Send + Sync>(
     merge: impl Fn(P, P) -> P + Sync,
 ) {
     let (c, g) = (geo.channels, range.len());
+    if geo.is_empty() {
+        out[..g].fill(P::default());
+        return;
+    }
     let parts = &mut parts[..parts_len(geo, g)];
     let pieces = if geo.is_rows() {
         let rows = rows_per_block(geo);
@@ -80,6 +84,9 @@ pub(crate) fn map_per_channel<T: Element>(
     kernel: impl Fn(Span, &mut [T], &Writer) + Sync + Send,
 ) {
     let c = geo.channels;
+    if geo.is_empty() {
+        return;
+    }
     let task =
         |span: Span, out: &mut [T]| streaming(exec.isa, exec.stream, |w| kernel(span, out, w));
     if geo.is_rows() {
@@ -214,6 +221,14 @@ pub(crate) fn two_passes<T: Element, P: Copy + Default + Send + Sync, M: Send>(
     write_channels: impl Fn(&Disjoint<'_, T>, Range<usize>, Range<usize>, &[M]) + Sync,
     mut write: impl FnMut(&mut [T], Range<usize>, &[M]),
 ) {
+    if geo.is_empty() {
+        // An empty batch: empty statistics, maps from them, nothing to write.
+        for (ch, (m, map)) in merged.iter_mut().zip(maps.iter_mut()).enumerate() {
+            *m = P::default();
+            *map = to_map(ch, *m);
+        }
+        return;
+    }
     let elem = std::mem::size_of::<T>();
     match channel_cut(geo, elem, streams, exec) {
         Cut::Channels(g) => {

@@ -89,7 +89,7 @@ pub(crate) fn channels_per_item(inner: usize) -> usize {
 /// are gathered up to [`PIECE_ELEMS`] values per channel, so that their reduction costs one merge
 /// per piece, not one per run.
 pub(crate) fn runs_per_piece(geo: Geometry) -> usize {
-    (PIECE_ELEMS / geo.inner).clamp(1, geo.outer)
+    (PIECE_ELEMS / geo.inner).clamp(1, geo.outer.max(1))
 }
 
 /// The channel groups processed one after the other, for a pass that keeps `streams` tensors of
