@@ -93,11 +93,13 @@ impl Op {
     }
 }
 
-/// The result of `op` over every rank's buffer, in rank order.
-fn combine(op: Op, slots: &[Option<(Op, Vec<f64>)>]) -> Result<Vec<f64>, CommError> {
-    let bufs: Vec<&Vec<f64>> = slots.iter().flatten().map(|(_, b)| b).collect();
-    let (op0, len0) = (op, bufs[0].len());
-    for (rank, (op, buf)) in slots.iter().flatten().enumerate() {
+/// The result of every rank's operation over its buffer, in rank order; an error unless every
+/// rank called rank 0's operation with rank 0's length.
+fn combine(slots: &[Option<(Op, Vec<f64>)>]) -> Result<Vec<f64>, CommError> {
+    let calls: Vec<&(Op, Vec<f64>)> = slots.iter().flatten().collect();
+    let bufs: Vec<&Vec<f64>> = calls.iter().map(|(_, b)| b).collect();
+    let (op0, len0) = (calls[0].0, bufs[0].len());
+    for (rank, (op, buf)) in calls.iter().enumerate() {
         if *op != op0 || buf.len() != len0 {
             return Err(CommError::Mismatch {
                 rank,
@@ -108,7 +110,7 @@ fn combine(op: Op, slots: &[Option<(Op, Vec<f64>)>]) -> Result<Vec<f64>, CommErr
             });
         }
     }
-    Ok(match op {
+    Ok(match op0 {
         Op::Gather { .. } => bufs.iter().flat_map(|b| b.iter().copied()).collect(),
         Op::Broadcast { .. } => bufs[0].clone(),
         Op::Sum { f32 } => {
@@ -160,7 +162,7 @@ impl LocalComm {
         round.slots[self.rank] = Some((op, data));
         round.arrived += 1;
         if round.arrived == size {
-            let result = combine(op, &round.slots).map(Arc::new);
+            let result = combine(&round.slots).map(Arc::new);
             round.slots.iter_mut().for_each(|s| *s = None);
             round.arrived = 0;
             round.result = Some(result);

@@ -189,9 +189,19 @@ fn collectives_combine_in_rank_order() {
 
 #[test]
 fn mismatched_calls_are_errors() {
+    // Whichever rank arrives last, the error compares with rank 0's call.
+    for rank0_late in [false, true] {
+        mismatches(rank0_late);
+    }
+}
+
+fn mismatches(rank0_late: bool) {
     let results = on_ranks(2, |comm| {
         let mut buf = vec![1.0; 2 + comm.rank()];
         let lengths = comm.all_reduce_sum_f64(&mut buf);
+        if rank0_late && comm.rank() == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let ops = if comm.rank() == 0 {
             comm.broadcast_f64(&mut [0.0])
         } else {
@@ -212,7 +222,16 @@ fn mismatched_calls_are_errors() {
                 len0: 2
             })
         );
-        assert!(matches!(ops, Err(CommError::Mismatch { rank: 1, .. })));
+        assert_eq!(
+            ops,
+            Err(CommError::Mismatch {
+                rank: 1,
+                op: "all_reduce_sum_f64",
+                len: 1,
+                op0: "broadcast_f64",
+                len0: 1
+            })
+        );
         assert_eq!(
             recv,
             Err(CommError::LengthMismatch {
