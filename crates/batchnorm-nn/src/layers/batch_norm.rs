@@ -97,6 +97,27 @@ impl<T: Scalar> BatchNorm<T> {
     }
 }
 
+/// Calls `f` on gamma (`weight`) and beta (`bias`) with their gradients, when the batch
+/// normalization is affine (its vectors are not empty).
+pub(super) fn visit_gamma_beta<T: Scalar>(
+    (weight, weight_grad): (&mut [T], &mut [T]),
+    (bias, bias_grad): (&mut [T], &mut [T]),
+    f: &mut dyn FnMut(Param<'_, T>),
+) {
+    if !weight.is_empty() {
+        f(Param {
+            name: "weight",
+            value: weight,
+            grad: weight_grad,
+        });
+        f(Param {
+            name: "bias",
+            value: bias,
+            grad: bias_grad,
+        });
+    }
+}
+
 /// The logical shape `(n, C, spatial...)` of a batch of `n` samples of `sample_dims`, channels
 /// first.
 pub(super) fn batch_shape(sample_dims: &[usize], n: usize) -> Result<Shape> {
@@ -202,17 +223,8 @@ impl<T: Scalar> Layer<T> for BatchNorm<T> {
     }
 
     fn visit_params(&mut self, f: &mut dyn FnMut(Param<'_, T>)) {
-        if !self.inner.weight.is_empty() {
-            f(Param {
-                name: "weight",
-                value: &mut self.inner.weight,
-                grad: &mut self.weight_grad,
-            });
-            f(Param {
-                name: "bias",
-                value: &mut self.inner.bias,
-                grad: &mut self.bias_grad,
-            });
-        }
+        let inner = &mut self.inner;
+        let weight = (&mut inner.weight[..], &mut self.weight_grad[..]);
+        visit_gamma_beta(weight, (&mut inner.bias[..], &mut self.bias_grad[..]), f);
     }
 }

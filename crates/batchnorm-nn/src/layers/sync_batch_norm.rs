@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use batchnorm_dist::{Collective, SyncSaved};
 
-use super::batch_norm::batch_shape;
+use super::batch_norm::{batch_shape, visit_gamma_beta};
 use super::{check_batch, BatchNorm, Layer, Mode, Param, StateEntry};
 use crate::error::{NnError, Result};
 use crate::scalar::Scalar;
@@ -121,18 +121,9 @@ impl<T: Scalar> Layer<T> for SyncBatchNorm<T> {
     }
 
     fn visit_params(&mut self, f: &mut dyn FnMut(Param<'_, T>)) {
-        if !self.inner.weight.is_empty() {
-            f(Param {
-                name: "weight",
-                value: &mut self.inner.weight,
-                grad: &mut self.weight_grad,
-            });
-            f(Param {
-                name: "bias",
-                value: &mut self.inner.bias,
-                grad: &mut self.bias_grad,
-            });
-        }
+        let inner = &mut self.inner;
+        let weight = (&mut inner.weight[..], &mut self.weight_grad[..]);
+        visit_gamma_beta(weight, (&mut inner.bias[..], &mut self.bias_grad[..]), f);
     }
 
     fn visit_state(&mut self, f: &mut dyn FnMut(StateEntry<'_, T>)) {
