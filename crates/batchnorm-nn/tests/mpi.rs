@@ -16,7 +16,7 @@ fn main() {
     for global in [2 * p, 2 * p + 1, p.max(2)] {
         let expected = single(global, steps);
         let got = run_rank(Arc::clone(&comm), global, steps, true);
-        // As tests/data_parallel.rs.
+        // As tests/nn/data_parallel.rs.
         let d = max_rel_diff(&got, &expected);
         assert!(d <= 1e-12, "rank {rank} of {p}, global batch {global}: {d}");
         let mut all = vec![0.0; got.len() * p];

@@ -1,6 +1,6 @@
 //! Data-parallel training on in-process ranks equals one process on the global batch.
 
-mod dp_common;
+use crate::dp_common;
 
 use std::sync::Arc;
 

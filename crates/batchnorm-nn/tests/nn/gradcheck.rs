@@ -9,7 +9,7 @@
 // Index loops read best here: `i` addresses the same element in the value and gradient tensors.
 #![allow(clippy::needless_range_loop)]
 
-mod common;
+use crate::common;
 
 use batchnorm_nn::layers::{Layer, Linear, Mode, Relu, Sigmoid};
 use batchnorm_nn::{Rng, Sequential, SoftmaxCrossEntropy};

@@ -1,4 +1,4 @@
-//! The finite-difference harness shared by the gradient-check test binaries.
+//! The finite-difference harness shared by the gradient-check tests.
 //!
 //! Tolerance: with `h = 1e-5`, the central difference has truncation error `h^2 f''' / 6`
 //! (about 1e-10 for these O(1) functions, exactly 0 for piecewise-linear layers away from their

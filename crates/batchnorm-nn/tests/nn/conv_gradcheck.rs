@@ -11,7 +11,7 @@
 // Index loops read best here: `i` addresses the same element in the value and gradient tensors.
 #![allow(clippy::needless_range_loop)]
 
-mod common;
+use crate::common;
 
 use batchnorm_nn::layers::{
     Conv2d, Conv2dConfig, Flatten, Layer, Linear, MaxPool2d, MaxPool2dConfig, Mode, Relu,
