@@ -4,6 +4,7 @@ use std::ops::Range;
 
 use crate::element::{to_f64_pair, Element};
 use crate::layout::Geometry;
+use crate::par::for_each_chunk;
 use crate::plan::{
     column_strips, fold_widened_in_place, map_channels, map_per_channel, reduce_per_channel,
     step_sum, strip_step, strips, widen, Apply, Disjoint, Exec, FourCoefficients, Span,
@@ -11,7 +12,7 @@ use crate::plan::{
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead, MAP_CHUNK};
-use crate::tuning::LANES;
+use crate::tuning::{LANES, MAP_TASK_ELEMS};
 
 /// The gradient sums of one channel (or of a piece of it), in `f64`: what the backward pass
 /// needs of the whole batch. Sums of pieces add up (`+`) to the sums of the whole.
@@ -356,5 +357,33 @@ pub(crate) fn input_grad_channels<T: Element>(
     map_channels(geo, range, blocks, exec, dx, |run, gs, w| {
         let (xs, ds) = (&x[run.clone()], &dy[run]);
         runs_input_grad(exec.isa, xs, ds, gs, geo.inner, maps, w.streams())
+    });
+}
+
+multiversion! {
+    /// `out = dy` where `y > 0`, 0 elsewhere (also where `y` is 0 exactly); where `y` is NaN,
+    /// `dy` passes (PyTorch's `threshold_backward`).
+    fn relu_mask<T>(y: &[T], dy: &[T], out: &mut [T]) {
+        let (yc, yt) = y.as_chunks::<MAP_CHUNK>();
+        let (dc, dt) = dy.as_chunks::<MAP_CHUNK>();
+        let (oc, ot) = out.as_chunks_mut::<MAP_CHUNK>();
+        for ((o, ys), ds) in oc.iter_mut().zip(yc).zip(dc) {
+            prefetch_ahead(ys);
+            prefetch_ahead(ds);
+            let yv = T::to_f64_step(*ys);
+            *o = std::array::from_fn(|l| if yv[l] <= 0.0 { T::default() } else { ds[l] });
+        }
+        for ((o, &yv), &dv) in ot.iter_mut().zip(yt).zip(dt) {
+            *o = if yv.to_f64() <= 0.0 { T::default() } else { dv };
+        }
+    }
+}
+
+/// The gradient through a ReLU whose output is `y`: `out = dy` where `y > 0`, else 0, in
+/// parallel when `exec.par` (element-wise, so the same bits on every cut).
+pub(crate) fn relu_grad<T: Element>(y: &[T], dy: &[T], out: &mut [T], exec: Exec) {
+    for_each_chunk(exec.par, out, MAP_TASK_ELEMS, |k, o| {
+        let r = k * MAP_TASK_ELEMS..k * MAP_TASK_ELEMS + o.len();
+        relu_mask(exec.isa, &y[r.clone()], &dy[r], o);
     });
 }

@@ -1,4 +1,6 @@
-//! The normalising pass: one affine map per channel, applied to every element.
+//! The normalising pass: one affine map per channel, applied to every element, optionally
+//! followed in the same pass by a ReLU, or by the addition of a residual tensor and a ReLU
+//! ([`Epilogue`]).
 
 use std::ops::Range;
 
@@ -7,7 +9,7 @@ use crate::layout::Geometry;
 use crate::plan::{
     map_channels, map_per_channel, Apply, Disjoint, Exec, FourCoefficients, Span, WideMaps,
 };
-use crate::simd::{map_cyclic, map_runs, multiversion, MAP_CHUNK};
+use crate::simd::{map_cyclic, map_runs, multiversion, Isa, MAP_CHUNK};
 
 /// The coefficients of one channel's `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated
 /// in the compute type `C` of the storage type ([`Element::Compute`]: `f32` for `f32` tensors,
@@ -46,6 +48,89 @@ impl<C: Float> ChannelMap<C> {
     }
 }
 
+impl<C: Float> ChannelMap<C> {
+    /// The map of one value, in the compute type, before rounding.
+    #[inline(always)]
+    fn pre(self, x: C) -> C {
+        ((x - self.mean_hi) - self.mean_lo) * self.scale + self.shift
+    }
+}
+
+/// The map of a step, lane `l` with the coefficients `c[k][l]`, before rounding: the same
+/// arithmetic as [`ChannelMap::pre`], so the same bits.
+#[inline(always)]
+fn pre_lanes<C: Float>(
+    [hi, lo, scale, shift]: [[C; MAP_CHUNK]; 4],
+    x: [C; MAP_CHUNK],
+) -> [C; MAP_CHUNK] {
+    std::array::from_fn(|l| ((x[l] - hi[l]) - lo[l]) * scale[l] + shift[l])
+}
+
+/// `max(v, 0)`, with NaN kept (as `torch.relu`); negative values and -0 give +0.
+#[inline(always)]
+fn relu<C: Float>(v: C) -> C {
+    if v <= C::ZERO {
+        C::ZERO
+    } else {
+        v
+    }
+}
+
+/// What a normalising pass applies after the map, in the compute type, before the one rounding
+/// to the storage type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Epilogue<'a, T> {
+    /// Nothing: `y = bn(x)`.
+    None,
+    /// `y = relu(bn(x))`.
+    Relu,
+    /// `y = relu(bn(x) + residual)`, the residual in the memory order of `x`.
+    AddRelu(&'a [T]),
+}
+
+/// A map followed by a ReLU. `#[repr(transparent)]`: a slice of maps is read as a slice of
+/// these ([`relu_maps`]).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(transparent)]
+pub(crate) struct Relu<M>(M);
+
+/// A map followed by the addition of a residual value and a ReLU; `#[repr(transparent)]` as
+/// [`Relu`].
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(transparent)]
+pub(crate) struct AddRelu<M>(M);
+
+/// `maps` read as maps followed by a ReLU.
+fn relu_maps<M>(maps: &[M]) -> &[Relu<M>] {
+    // SAFETY: `Relu<M>` is `#[repr(transparent)]` over `M`: the same size, alignment and
+    // layout, so a slice of `M` is a valid slice of `Relu<M>` of the same length and lifetime.
+    unsafe { &*(std::ptr::from_ref(maps) as *const [Relu<M>]) }
+}
+
+/// `maps` read as maps followed by a residual addition and a ReLU.
+fn add_relu_maps<M>(maps: &[M]) -> &[AddRelu<M>] {
+    // SAFETY: as in `relu_maps`, `AddRelu<M>` being `#[repr(transparent)]` over `M`.
+    unsafe { &*(std::ptr::from_ref(maps) as *const [AddRelu<M>]) }
+}
+
+macro_rules! forward_coefficients {
+    ($wrapper:ident) => {
+        impl<C: Copy, M: FourCoefficients<C>> FourCoefficients<C> for $wrapper<M> {
+            #[inline(always)]
+            fn coefficients(&self) -> [C; 4] {
+                self.0.coefficients()
+            }
+
+            #[inline(always)]
+            fn from_coefficients(c: [C; 4]) -> Self {
+                Self(M::from_coefficients(c))
+            }
+        }
+    };
+}
+forward_coefficients!(Relu);
+forward_coefficients!(AddRelu);
+
 impl<C: Copy> FourCoefficients<C> for ChannelMap<C> {
     #[inline(always)]
     fn coefficients(&self) -> [C; 4] {
@@ -66,18 +151,44 @@ impl<C: Copy> FourCoefficients<C> for ChannelMap<C> {
 impl<T: Element> Apply<&[T], T, T::Compute> for NormMap<T> {
     #[inline(always)]
     fn apply(self, x: T) -> T {
-        let x = x.to_compute();
-        T::from_compute(((x - self.mean_hi) - self.mean_lo) * self.scale + self.shift)
+        T::from_compute(self.pre(x.to_compute()))
+    }
+
+    #[inline(always)]
+    fn apply_lanes(c: [[T::Compute; MAP_CHUNK]; 4], xs: &[T; MAP_CHUNK]) -> [T; MAP_CHUNK] {
+        T::from_compute_step(pre_lanes(c, T::to_compute_step(*xs)))
+    }
+}
+
+impl<T: Element> Apply<&[T], T, T::Compute> for Relu<NormMap<T>> {
+    #[inline(always)]
+    fn apply(self, x: T) -> T {
+        T::from_compute(relu(self.0.pre(x.to_compute())))
+    }
+
+    #[inline(always)]
+    fn apply_lanes(c: [[T::Compute; MAP_CHUNK]; 4], xs: &[T; MAP_CHUNK]) -> [T; MAP_CHUNK] {
+        T::from_compute_step(pre_lanes(c, T::to_compute_step(*xs)).map(relu))
+    }
+}
+
+/// The residual is added in the compute type: for `f32` tensors `bn(x)` is rounded to `f32`
+/// before the addition rounds again (as PyTorch's separate ops do), for the others the sum is
+/// exact up to `f64` roundings and rounded once to the storage type.
+impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, T::Compute> for AddRelu<NormMap<T>> {
+    #[inline(always)]
+    fn apply(self, (x, r): (T, T)) -> T {
+        T::from_compute(relu(self.0.pre(x.to_compute()) + r.to_compute()))
     }
 
     #[inline(always)]
     fn apply_lanes(
-        [hi, lo, scale, shift]: [[T::Compute; MAP_CHUNK]; 4],
-        xs: &[T; MAP_CHUNK],
+        c: [[T::Compute; MAP_CHUNK]; 4],
+        (xs, rs): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
     ) -> [T; MAP_CHUNK] {
-        let x = T::to_compute_step(*xs);
-        let y = std::array::from_fn(|l| ((x[l] - hi[l]) - lo[l]) * scale[l] + shift[l]);
-        T::from_compute_step(y)
+        let pre = pre_lanes(c, T::to_compute_step(*xs));
+        let r = T::to_compute_step(*rs);
+        T::from_compute_step(std::array::from_fn(|l| relu(pre[l] + r[l])))
     }
 }
 
@@ -96,10 +207,97 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// [`normalize_runs`] followed by a ReLU.
+    fn relu_runs<T>(x: &[T], y: &mut [T], inner: usize, maps: &[Relu<NormMap<T>>], stream: bool) {
+        map_runs(x, y, inner, maps, stream);
+    }
+}
+
+multiversion! {
+    /// [`normalize_rows`] followed by a ReLU.
+    fn relu_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T::Compute, Relu<NormMap<T>>>, stream: bool) {
+        map_cyclic(x, y, stream, wide);
+    }
+}
+
+multiversion! {
+    /// [`normalize_runs`] plus the residual `r`, followed by a ReLU.
+    fn add_relu_runs<T>(
+        x: &[T],
+        r: &[T],
+        y: &mut [T],
+        inner: usize,
+        maps: &[AddRelu<NormMap<T>>],
+        stream: bool,
+    ) {
+        map_runs((x, r), y, inner, maps, stream);
+    }
+}
+
+multiversion! {
+    /// [`normalize_rows`] plus the residual `r`, followed by a ReLU.
+    fn add_relu_rows<T>(
+        x: &[T],
+        r: &[T],
+        y: &mut [T],
+        wide: &WideMaps<T::Compute, AddRelu<NormMap<T>>>,
+        stream: bool,
+    ) {
+        map_cyclic((x, r), y, stream, wide);
+    }
+}
+
+/// Runs of `inner` values at `elems` of the inputs (channels-first), run `j` mapped by
+/// `maps[j]` and then by `epi`, written to `y`.
+#[allow(clippy::too_many_arguments)]
+fn runs_with<T: Element>(
+    isa: Isa,
+    x: &[T],
+    epi: Epilogue<'_, T>,
+    elems: Range<usize>,
+    y: &mut [T],
+    inner: usize,
+    maps: &[NormMap<T>],
+    stream: bool,
+) {
+    match epi {
+        Epilogue::None => normalize_runs(isa, &x[elems], y, inner, maps, stream),
+        Epilogue::Relu => relu_runs(isa, &x[elems], y, inner, relu_maps(maps), stream),
+        Epilogue::AddRelu(r) => {
+            let (xs, rs) = (&x[elems.clone()], &r[elems]);
+            add_relu_runs(isa, xs, rs, y, inner, add_relu_maps(maps), stream)
+        }
+    }
+}
+
+/// Rows at `elems` of the inputs (channels-last) with the widened maps `wide` and then `epi`,
+/// written to `y`.
+fn rows_with<T: Element>(
+    isa: Isa,
+    x: &[T],
+    epi: Epilogue<'_, T>,
+    elems: Range<usize>,
+    y: &mut [T],
+    wide: &WideMaps<T::Compute, NormMap<T>>,
+    stream: bool,
+) {
+    match epi {
+        Epilogue::None => normalize_rows(isa, &x[elems], y, wide, stream),
+        Epilogue::Relu => relu_rows(isa, &x[elems], y, wide.reinterpret(), stream),
+        Epilogue::AddRelu(r) => {
+            let (xs, rs) = (&x[elems.clone()], &r[elems]);
+            add_relu_rows(isa, xs, rs, y, wide.reinterpret(), stream)
+        }
+    }
+}
+
 /// Applies the maps of the channels in `range` (all channels for channels-last input) to `x`,
-/// writing those channels of `y`. `maps` holds every channel's map.
+/// then `epi`, writing those channels of `y`. `maps` holds every channel's map.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn normalize<T: Element>(
     x: &[T],
+    epi: Epilogue<'_, T>,
     y: &mut [T],
     geo: Geometry,
     range: Range<usize>,
@@ -112,18 +310,20 @@ pub(crate) fn normalize<T: Element>(
     }
     let (wide, inner) = (&*wide, geo.inner);
     map_per_channel(geo, range, exec, y, |span, ys, w| match span {
-        Span::Rows(r) => normalize_rows(exec.isa, &x[r], ys, wide, w.streams()),
+        Span::Rows(r) => rows_with(exec.isa, x, epi, r, ys, wide, w.streams()),
         Span::Runs { elems, first, .. } => {
             let maps = &maps[first..];
-            normalize_runs(exec.isa, &x[elems], ys, inner, maps, w.streams())
+            runs_with(exec.isa, x, epi, elems, ys, inner, maps, w.streams())
         }
     });
 }
 
-/// Applies `maps` (one per channel of `range`) to the channels in `range` of channels-first
-/// `x` in outer blocks `blocks`, writing them to `y`, on this thread.
+/// Applies `maps` (one per channel of `range`), then `epi`, to the channels in `range` of
+/// channels-first `x` in outer blocks `blocks`, writing them to `y`, on this thread.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn normalize_channels<T: Element>(
     x: &[T],
+    epi: Epilogue<'_, T>,
     y: &Disjoint<'_, T>,
     geo: Geometry,
     range: Range<usize>,
@@ -132,6 +332,6 @@ pub(crate) fn normalize_channels<T: Element>(
     maps: &[NormMap<T>],
 ) {
     map_channels(geo, range, blocks, exec, y, |run, ys, w| {
-        normalize_runs(exec.isa, &x[run], ys, geo.inner, maps, w.streams())
+        runs_with(exec.isa, x, epi, run, ys, geo.inner, maps, w.streams())
     });
 }

@@ -53,10 +53,10 @@
 //! # Ok::<(), batchnorm::BatchNormError>(())
 //! ```
 
-use crate::backward::{grad_sums, input_grad, GradMap};
+use crate::backward::{grad_sums, input_grad, relu_grad, GradMap};
 use crate::element::Element;
 use crate::error::{BatchNormError, Result};
-use crate::forward::{normalize, NormMap};
+use crate::forward::{normalize, Epilogue, NormMap};
 use crate::layout::Shape;
 use crate::par::Par;
 use crate::plan::{parts_len, Exec, WideMaps};
@@ -210,6 +210,52 @@ impl Kernels {
         coefficients: &[Normalization],
         y: &mut [T],
     ) -> Result<()> {
+        self.normalize_with(x, Epilogue::None, shape, coefficients, y)
+    }
+
+    /// `y = relu(bn(x))`: [`normalize`](Self::normalize) followed by a ReLU in the same pass
+    /// (`max(v, 0)` before the one rounding to `T`; NaN stays NaN). Equal, bit for bit, to a
+    /// ReLU applied to `normalize`'s output.
+    ///
+    /// # Errors
+    /// [`BatchNormError::LengthMismatch`] for `x`, `y` or `coefficients`.
+    pub fn normalize_relu<T: Element>(
+        &self,
+        x: &[T],
+        shape: &Shape,
+        coefficients: &[Normalization],
+        y: &mut [T],
+    ) -> Result<()> {
+        self.normalize_with(x, Epilogue::Relu, shape, coefficients, y)
+    }
+
+    /// `y = relu(bn(x) + residual)` (the tail of a residual block) in one pass, `residual` in
+    /// the memory order of `x`. For `f32` tensors `bn(x)` is rounded to `f32` before the
+    /// addition (as separate operations would); for the other types the sum is formed in `f64`
+    /// and rounded once, so 16-bit outputs are correctly rounded.
+    ///
+    /// # Errors
+    /// [`BatchNormError::LengthMismatch`] for `x`, `residual`, `y` or `coefficients`.
+    pub fn normalize_add_relu<T: Element>(
+        &self,
+        x: &[T],
+        residual: &[T],
+        shape: &Shape,
+        coefficients: &[Normalization],
+        y: &mut [T],
+    ) -> Result<()> {
+        check_len("residual", residual.len(), shape.len())?;
+        self.normalize_with(x, Epilogue::AddRelu(residual), shape, coefficients, y)
+    }
+
+    fn normalize_with<T: Element>(
+        &self,
+        x: &[T],
+        epi: Epilogue<'_, T>,
+        shape: &Shape,
+        coefficients: &[Normalization],
+        y: &mut [T],
+    ) -> Result<()> {
         let tensors = [("x", x.len()), ("y", y.len())];
         check_lens(shape, &tensors, &[("coefficients", coefficients.len())])?;
         let maps: Vec<NormMap<T>> = coefficients.iter().map(Normalization::map::<T>).collect();
@@ -217,6 +263,7 @@ impl Kernels {
         let exec = self.exec::<T>(shape);
         normalize(
             x,
+            epi,
             y,
             geo,
             0..geo.channels,
@@ -224,6 +271,27 @@ impl Kernels {
             &maps,
             &mut WideMaps::default(),
         );
+        Ok(())
+    }
+
+    /// The gradient through a ReLU whose output was `y`: `out = dy` where `y > 0`, and 0 where
+    /// `y <= 0` (at a pre-activation of exactly 0 too, PyTorch's convention); NaN `y` passes
+    /// `dy`. After [`normalize_relu`](Self::normalize_relu) the backward of the normalisation
+    /// takes `out` as its `dy`; after [`normalize_add_relu`](Self::normalize_add_relu) `out` is
+    /// also the gradient of the residual.
+    ///
+    /// # Errors
+    /// [`BatchNormError::LengthMismatch`] for `y`, `dy` or `out`.
+    pub fn relu_grad<T: Element>(
+        &self,
+        y: &[T],
+        dy: &[T],
+        shape: &Shape,
+        out: &mut [T],
+    ) -> Result<()> {
+        let tensors = [("y", y.len()), ("dy", dy.len()), ("out", out.len())];
+        check_lens(shape, &tensors, &[])?;
+        relu_grad(y, dy, out, self.exec::<T>(shape));
         Ok(())
     }
 

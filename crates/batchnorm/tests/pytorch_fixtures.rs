@@ -240,3 +240,192 @@ cases!(
     ncl_train,
     nhwc_train,
 );
+
+/// The fused cases in `tests/fixtures/fused/` (made by `fused/make_fused_fixtures.py`):
+/// `y = relu(bn(x))` and `y = relu(bn(x) + residual)` in f32, forward and backward, against
+/// the float64 truths PyTorch computed from the same f32 inputs, and against the f64 reference
+/// with the ReLU applied (which proves the reference is PyTorch's semantics, the convention at
+/// exactly 0 included).
+mod fused {
+    use super::*;
+    use batchnorm::Par;
+
+    /// y relative to `1 + |y|`, gradients relative to their largest element: the exactness
+    /// target. Ours is about one f32 rounding of the terms (bn(x) rounded, then the residual
+    /// added and rounded again: two roundings of values of order 1, 1.2e-7).
+    const TOL: f64 = 1e-5;
+
+    fn relu(v: f64) -> f64 {
+        if v <= 0.0 {
+            0.0
+        } else {
+            v
+        }
+    }
+
+    fn run(name: &str) {
+        let fx = Fixture::load(&format!("fused/{name}"));
+        assert_eq!(fx.meta("dtype"), "f32");
+        let add = match fx.meta("fusion") {
+            "relu" => false,
+            "add_relu" => true,
+            other => panic!("{name}: unknown fusion {other}"),
+        };
+        let (dims, layout) = (fx.dims(), fx.layout());
+        let c = dims[1];
+        let mode = if fx.meta("mode") == "train" {
+            Mode::Train
+        } else {
+            Mode::Eval
+        };
+        let shape = Shape::new(&dims, layout).unwrap();
+        let (x64, dy64) = (fx.get("x0"), fx.get("dy"));
+        let r64 = if add {
+            fx.get("residual")
+        } else {
+            vec![0.0; x64.len()]
+        };
+        let (x, dy, r): (Vec<f32>, Vec<f32>, Vec<f32>) =
+            (narrow(&x64), narrow(&dy64), narrow(&r64));
+
+        // The f64 reference, with the ReLU and its gradient (0 where the pre-activation is
+        // <= 0) around it.
+        let mut reference = RefBn::new(c, 1e-5, Some(0.1), true);
+        reference.weight = fx.get("weight");
+        reference.bias = fx.get("bias");
+        reference.running_mean = fx.get("running_mean_in");
+        reference.running_var = fx.get("running_var_in");
+        let out = reference.forward(&x64, &dims, layout, mode == Mode::Train);
+        let pre: Vec<f64> = out.y.iter().zip(&r64).map(|(a, b)| a + b).collect();
+        let y_ref: Vec<f64> = pre.iter().map(|&v| relu(v)).collect();
+        let masked: Vec<f64> = pre
+            .iter()
+            .zip(&dy64)
+            .map(|(&p, &d)| if p > 0.0 { d } else { 0.0 })
+            .collect();
+        let (dx_ref, dw_ref, db_ref) = reference.backward(&x64, &masked, &dims, layout, &out);
+        assert!(
+            max_rel_err(&y_ref, &fx.get("y_f64")) <= 1e-12,
+            "{name}: reference y"
+        );
+        assert!(
+            max_err_vs_largest(&dx_ref, &fx.get("dx_f64")) <= 1e-12,
+            "{name}: reference dx"
+        );
+        if add {
+            assert_eq!(
+                masked,
+                fx.get("dresidual_f64"),
+                "{name}: reference dresidual"
+            );
+        }
+        // PyTorch's own f32 results agree with the truths to its f32 accuracy.
+        assert!(
+            max_rel_err(&fx.get("y"), &y_ref) <= PYTORCH_F32_TOL,
+            "{name}: PyTorch y"
+        );
+        assert!(
+            max_err_vs_largest(&fx.get("dx"), &dx_ref) <= PYTORCH_F32_TOL,
+            "{name}: PyTorch dx"
+        );
+
+        for isa in Isa::available() {
+            for par in [Par::Seq, Par::Rayon] {
+                let what = format!("{name} {isa:?} {par:?}");
+                let mut bn = BatchNorm::<f32>::new(c, BatchNormConfig::default()).unwrap();
+                bn.set_isa(isa).unwrap();
+                bn.set_par(par);
+                bn.weight = narrow(&fx.get("weight"));
+                bn.bias = narrow(&fx.get("bias"));
+                bn.running_mean = narrow(&fx.get("running_mean_in"));
+                bn.running_var = narrow(&fx.get("running_var_in"));
+                let (mut y, mut dx, mut dr) = (
+                    vec![0.0f32; x.len()],
+                    vec![0.0; x.len()],
+                    vec![0.0; x.len()],
+                );
+                let (saved, grads) = if add {
+                    let saved = bn.forward_add_relu(&x, &r, &shape, mode, &mut y).unwrap();
+                    let grads = bn
+                        .backward_add_relu(&x, &y, &dy, &shape, &saved, &mut dx, &mut dr)
+                        .unwrap();
+                    (saved, grads)
+                } else {
+                    let saved = bn.forward_relu(&x, &shape, mode, &mut y).unwrap();
+                    let grads = bn
+                        .backward_relu(&x, &y, &dy, &shape, &saved, &mut dx)
+                        .unwrap();
+                    (saved, grads)
+                };
+                let err = max_rel_err(&widen(&y), &fx.get("y_f64"));
+                assert!(err <= TOL, "{what}: y {err:e}");
+                let err = max_err_vs_largest(&widen(&dx), &fx.get("dx_f64"));
+                assert!(err <= TOL, "{what}: dx {err:e}");
+                if add {
+                    // dy itself where the pre-activation is positive: no rounding at all.
+                    assert_eq!(widen(&dr), fx.get("dresidual_f64"), "{what}: dresidual");
+                }
+                for (ours, key, truth) in [
+                    (&grads.weight, "dweight_f64", &dw_ref),
+                    (&grads.bias, "dbias_f64", &db_ref),
+                ] {
+                    let err = max_rel_err(&widen(ours), &fx.get(key));
+                    assert!(err <= TOL, "{what}: {key} {err:e}");
+                    assert!(
+                        max_rel_err(truth, &fx.get(key)) <= 1e-12,
+                        "{what}: reference {key}"
+                    );
+                }
+                let running = [
+                    (
+                        &bn.running_mean,
+                        "running_mean_out",
+                        &reference.running_mean,
+                    ),
+                    (&bn.running_var, "running_var_out", &reference.running_var),
+                ];
+                for (ours, key, truth) in running {
+                    // Statistics: one f32 rounding of values of order 1 (see `F32_TOL`).
+                    let err = max_rel_err(&widen(ours), truth);
+                    assert!(err <= F32_TOL.stats, "{what}: {key} {err:e}");
+                    let err = max_rel_err(&fx.get(key), truth);
+                    assert!(err <= PYTORCH_F32_TOL, "{what}: PyTorch {key} {err:e}");
+                }
+                // The statistics the forward used (the batch's, or the running ones in eval).
+                let err = max_rel_err(&widen(&saved.mean), &out.mean);
+                assert!(err <= F32_TOL.stats, "{what}: saved mean {err:e}");
+            }
+        }
+    }
+
+    macro_rules! fused_cases {
+        ($($name:ident),* $(,)?) => {
+            $(#[test] fn $name() { run(stringify!($name)); })*
+
+            /// Every fused fixture has a test above.
+            #[test]
+            fn every_fused_fixture_has_a_test() {
+                let tested = [$(stringify!($name)),*];
+                let dir = common::fixture::dir().join("fused");
+                let mut count = 0;
+                for e in std::fs::read_dir(dir).unwrap() {
+                    let name = e.unwrap().file_name().into_string().unwrap();
+                    if let Some(name) = name.strip_suffix(".safetensors") {
+                        assert!(tested.contains(&name), "fused fixture {name} has no test");
+                        count += 1;
+                    }
+                }
+                assert_eq!(count, tested.len());
+            }
+        };
+    }
+
+    fused_cases!(
+        relu_nchw_train,
+        relu_nhwc_train,
+        relu_nc_eval,
+        add_relu_nchw_train,
+        add_relu_nhwc_train,
+        add_relu_nchw_eval,
+    );
+}

@@ -359,3 +359,290 @@ fn stages_reject_bad_lengths_and_tiny_counts() {
     );
     assert_eq!((rm, rv), ([0.0; 2], [1.0; 2]), "nothing modified on error");
 }
+
+/// The fused forms, `relu(bn(x))` and `relu(bn(x) + r)`: the module's fused calls give the bits
+/// of the stages composed (`normalize_relu`, `normalize_add_relu`, `relu_grad`, then the plain
+/// backward stages), the ReLU form the bits of a ReLU applied to the plain output, and
+/// `relu(bn(x) + r)` is within the exactness target of the f64 reference, for every storage
+/// type, layout, path and threading.
+mod fused {
+    use super::*;
+    use common::reference::RefBn;
+    use common::{max_err_vs_largest, max_rel_err, max_ulp_err, widen};
+
+    /// y, dx, dresidual, dweight, dbias.
+    type FusedOutputs<T> = (
+        Vec<T>,
+        Vec<T>,
+        Vec<T>,
+        Vec<<T as Element>::Param>,
+        Vec<<T as Element>::Param>,
+    );
+
+    fn module_fused<T: Element>(
+        case: &Case<T>,
+        r: Option<&[T]>,
+        k: Kernels,
+        mode: Mode,
+    ) -> FusedOutputs<T> {
+        let mut bn = case.module(k);
+        let (shape, n) = (&case.shape, case.shape.len());
+        let (mut y, mut dx, mut dr) = (
+            vec![T::default(); n],
+            vec![T::default(); n],
+            vec![T::default(); n],
+        );
+        let grads = match r {
+            Some(r) => {
+                let saved = bn
+                    .forward_add_relu(&case.x, r, shape, mode, &mut y)
+                    .unwrap();
+                bn.backward_add_relu(&case.x, &y, &case.dy, shape, &saved, &mut dx, &mut dr)
+                    .unwrap()
+            }
+            None => {
+                let saved = bn.forward_relu(&case.x, shape, mode, &mut y).unwrap();
+                let mut grads = Default::default();
+                // The reusing form, twice: warm scratch gives the same bits.
+                for _ in 0..2 {
+                    bn.backward_relu_into(
+                        &case.x, &y, &case.dy, shape, &saved, &mut dx, &mut grads,
+                    )
+                    .unwrap();
+                }
+                grads
+            }
+        };
+        (y, dx, dr, grads.weight, grads.bias)
+    }
+
+    fn stage_fused<T: Element>(
+        case: &Case<T>,
+        r: Option<&[T]>,
+        k: Kernels,
+        mode: Mode,
+    ) -> FusedOutputs<T> {
+        let (shape, c, n) = (&case.shape, case.shape.channels(), case.shape.len());
+        let eps = BatchNormConfig::default().eps;
+        let (w, b) = (
+            |ch: usize| case.weight[ch].to_f64(),
+            |ch: usize| case.bias[ch].to_f64(),
+        );
+        let norms: Vec<Normalization> = (0..c)
+            .map(|ch| {
+                if mode == Mode::Train {
+                    let mut m = vec![Moments::EMPTY; c];
+                    k.moments(&case.x, shape, &mut m).unwrap();
+                    Normalization::from_moments(&m[ch], eps, w(ch), b(ch))
+                } else {
+                    let (m, v) = (
+                        case.running_mean[ch].to_f64(),
+                        case.running_var[ch].to_f64(),
+                    );
+                    Normalization::from_mean_var(m, v, eps, w(ch), b(ch))
+                }
+            })
+            .collect();
+        let mut y = vec![T::default(); n];
+        match r {
+            Some(r) => k
+                .normalize_add_relu(&case.x, r, shape, &norms, &mut y)
+                .unwrap(),
+            None => k.normalize_relu(&case.x, shape, &norms, &mut y).unwrap(),
+        }
+        let mut masked = vec![T::default(); n];
+        k.relu_grad(&y, &case.dy, shape, &mut masked).unwrap();
+        let mean: Vec<f64> = norms.iter().map(|g| g.mean).collect();
+        let mut sums = vec![GradSums::default(); c];
+        k.grad_sums(&case.x, &masked, shape, &mean, &mut sums)
+            .unwrap();
+        let grads: Vec<InputGrad> = (0..c)
+            .map(|ch| match mode {
+                Mode::Train => InputGrad::batch(&norms[ch], sums[ch], shape.per_channel() as u64),
+                Mode::Eval => InputGrad::frozen(&norms[ch]),
+            })
+            .collect();
+        let mut dx = vec![T::default(); n];
+        k.input_grad(&case.x, &masked, shape, &grads, &mut dx)
+            .unwrap();
+        let dw = (0..c).map(|ch| T::Param::from_f64(sums[ch].weight_grad(norms[ch].invstd)));
+        let db = sums.iter().map(|s| T::Param::from_f64(s.bias_grad()));
+        let dr = if r.is_some() {
+            masked
+        } else {
+            vec![T::default(); n]
+        };
+        (y, dx, dr, dw.collect(), db.collect())
+    }
+
+    /// Exactness targets against the f64 reference: f32 within 1e-5 of `1 + |y|` (about two
+    /// f32 roundings of order-1 terms happen: bn(x), then the residual's addition), gradients
+    /// within 1e-5 of the largest element; 16-bit y and dx correctly rounded (the sum is formed
+    /// in f64 and rounded once, see `mixed_precision.rs` for the 0.5 ulp bound); f64 within
+    /// 1e-12 (a few f64 roundings of order-1 terms).
+    fn check_against_reference<T: Element>(
+        case: &Case<T>,
+        r: &[T],
+        out: &FusedOutputs<T>,
+        mode: Mode,
+        what: &str,
+    ) {
+        let (dims, layout) = (case.shape.dims(), case.shape.layout());
+        let c = dims[1];
+        let mut reference = RefBn::new(c, 1e-5, Some(0.1), true);
+        reference.weight = widen(&case.weight);
+        reference.bias = widen(&case.bias);
+        reference.running_mean = widen(&case.running_mean);
+        reference.running_var = widen(&case.running_var);
+        let (x64, r64) = (widen(&case.x), widen(r));
+        let bn = reference.forward(&x64, dims, layout, mode == Mode::Train);
+        let y_ref: Vec<f64> =
+            bn.y.iter()
+                .zip(&r64)
+                .map(|(a, b)| (a + b).max(0.0))
+                .collect();
+        // The mask of the stored y (y > 0): where rounding takes a tiny positive value to 0
+        // the gradient stops too, as it does in PyTorch, whose ReLU backward reads its output.
+        let dr: Vec<f64> = widen(&out.0)
+            .iter()
+            .zip(widen(&case.dy))
+            .map(|(&y, d)| if y > 0.0 { d } else { 0.0 })
+            .collect();
+        if r.iter().any(|v| v.to_f64() != 0.0) {
+            assert_eq!(widen(&out.2), dr, "{what}: dresidual");
+        }
+        let (dx_ref, dw_ref, db_ref) = reference.backward(&x64, &dr, dims, layout, &bn);
+        let (y, dx) = (&out.0, &out.1);
+        match T::NAME {
+            "bf16" | "f16" => {
+                let err = max_ulp_err(y, &y_ref);
+                assert!(err <= 0.5, "{what}: y {err} ulp");
+                let err = max_ulp_err(dx, &dx_ref);
+                assert!(err <= 0.5, "{what}: dx {err} ulp");
+            }
+            name => {
+                let tol = if name == "f32" { 1e-5 } else { 1e-12 };
+                let err = max_rel_err(&widen(y), &y_ref);
+                assert!(err <= tol, "{what}: y {err:e}");
+                let err = max_err_vs_largest(&widen(dx), &dx_ref);
+                assert!(err <= tol, "{what}: dx {err:e}");
+            }
+        }
+        // Parameter gradients: sums in f64, rounded once to f32 (or f64).
+        let tol = if T::NAME == "f64" { 1e-12 } else { 1e-6 };
+        let err = max_rel_err(&widen(&out.3), &dw_ref).max(max_rel_err(&widen(&out.4), &db_ref));
+        assert!(err <= tol, "{what}: dweight, dbias {err:e}");
+    }
+
+    fn fused_forms<T: Element>() {
+        let mut rng = Rng::new(21);
+        let shapes: [(&[usize], Layout); 4] = [
+            (&[5, 3], Layout::ChannelsFirst),
+            (&[16, 5, 9, 7], Layout::ChannelsFirst),
+            (&[6, 9, 5, 5], Layout::ChannelsLast),
+            (&[32, 130, 4, 4], Layout::ChannelsLast),
+        ];
+        for (dims, layout) in shapes {
+            let case = Case::<T>::new(dims, layout, &mut rng);
+            // x has mean 3 and spread 2 around running means near 3: about half the
+            // pre-activations are negative.
+            let r: Vec<T> = narrow(&rng.normals(case.shape.len(), 0.0, 1.0));
+            for isa in Isa::available() {
+                for par in [Par::Seq, Par::Rayon] {
+                    let k = Kernels::new(par).with_isa(isa).unwrap();
+                    for mode in [Mode::Train, Mode::Eval] {
+                        let what =
+                            format!("{} {dims:?} {layout:?} {isa:?} {par:?} {mode:?}", T::NAME);
+                        let relu = module_fused(&case, None, k, mode);
+                        assert!(
+                            relu == stage_fused(&case, None, k, mode),
+                            "{what}: relu stages"
+                        );
+                        let (plain, ..) = case.module_step(k, mode);
+                        let relu_of_plain: Vec<T> = plain
+                            .iter()
+                            .map(|v| if v.to_f64() <= 0.0 { T::default() } else { *v })
+                            .collect();
+                        assert!(relu.0 == relu_of_plain, "{what}: relu of the plain output");
+                        let zeros = vec![T::default(); case.shape.len()];
+                        check_against_reference(&case, &zeros, &relu, mode, &what);
+
+                        let add = module_fused(&case, Some(&r), k, mode);
+                        assert!(
+                            add == stage_fused(&case, Some(&r), k, mode),
+                            "{what}: add stages"
+                        );
+                        check_against_reference(&case, &r, &add, mode, &what);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_forms_are_the_stages_and_exact() {
+        fused_forms::<f32>();
+        fused_forms::<f64>();
+        fused_forms::<bf16>();
+        fused_forms::<f16>();
+    }
+
+    #[test]
+    fn fused_calls_report_bad_lengths_and_write_nothing() {
+        let shape = Shape::new(&[4, 2], Layout::ChannelsFirst).unwrap();
+        let mut bn = BatchNorm::<f32>::new(2, BatchNormConfig::default()).unwrap();
+        let x = [1.0f32, 2.0, 3.0, 5.0, 2.0, 1.0, 0.0, 4.0];
+        let (mut y, mut dx, mut dr) = ([0.0f32; 8], [7.0f32; 8], [7.0f32; 8]);
+        let short = BatchNormError::LengthMismatch {
+            buffer: "residual",
+            expected: 8,
+            got: 7,
+        };
+        let before = bn.clone();
+        assert_eq!(
+            bn.forward_add_relu(&x, &x[..7], &shape, Mode::Train, &mut y),
+            Err(short.clone())
+        );
+        assert!(
+            bn == before && y == [0.0; 8],
+            "a failed call modifies nothing"
+        );
+        let k = Kernels::default();
+        let norms = [Normalization::from_mean_var(0.0, 1.0, 1e-5, 1.0, 0.0); 2];
+        assert_eq!(
+            k.normalize_add_relu(&x, &x[..7], &shape, &norms, &mut y),
+            Err(short)
+        );
+        let saved = bn
+            .forward_add_relu(&x, &x, &shape, Mode::Train, &mut y)
+            .unwrap();
+        let mismatch = |buffer, got| BatchNormError::LengthMismatch {
+            buffer,
+            expected: 8,
+            got,
+        };
+        assert_eq!(
+            bn.backward_add_relu(&x, &y, &x, &shape, &saved, &mut dx, &mut dr[..3]),
+            Err(mismatch("dresidual", 3))
+        );
+        assert_eq!(
+            bn.backward_add_relu(&x, &y[..5], &x, &shape, &saved, &mut dx, &mut dr),
+            Err(mismatch("y", 5))
+        );
+        assert_eq!(
+            bn.backward_relu(&x, &y, &x[..6], &shape, &saved, &mut dx),
+            Err(mismatch("dy", 6))
+        );
+        assert!(
+            dx == [7.0; 8] && dr == [7.0; 8],
+            "a failed call writes nothing"
+        );
+        assert_eq!(
+            k.relu_grad(&y, &x, &shape, &mut dr[..2]),
+            Err(mismatch("out", 2))
+        );
+        assert!(bn
+            .backward_add_relu(&x, &y, &x, &shape, &saved, &mut dx, &mut dr)
+            .is_ok());
+    }
+}

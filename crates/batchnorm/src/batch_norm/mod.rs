@@ -1,10 +1,12 @@
 //! The BatchNorm module: parameters, running statistics, forward and backward.
 
-use crate::backward::{grad_sums_kernel, input_grad, input_grad_channels, GradMap, GradSums};
+use crate::backward::{
+    grad_sums_kernel, input_grad, input_grad_channels, relu_grad, GradMap, GradSums,
+};
 use crate::config::{BatchNormConfig, Mode, Statistics};
 use crate::element::{Element, Float};
 use crate::error::{BatchNormError, Result};
-use crate::forward::{normalize, normalize_channels, NormMap};
+use crate::forward::{normalize, normalize_channels, Epilogue, NormMap};
 use crate::layout::Shape;
 use crate::par::Par;
 use crate::plan::{two_passes, widen, Exec, WideMaps};
@@ -110,6 +112,8 @@ struct Workspace<T: Element> {
     wide_grad_maps: WideMaps<f64, GradMap>,
     /// Where the threads of a team sharing each channel meet.
     board: Board,
+    /// The upstream gradient masked by a ReLU's output (`backward_relu`).
+    masked: Vec<T>,
 }
 
 impl<T: Element> Default for Workspace<T> {
@@ -125,6 +129,7 @@ impl<T: Element> Default for Workspace<T> {
             wide_mean: Vec::new(),
             wide_grad_maps: WideMaps::default(),
             board: Board::default(),
+            masked: Vec::new(),
         }
     }
 }
@@ -289,8 +294,129 @@ impl<T: Element> BatchNorm<T> {
         y: &mut [T],
         saved: &mut Saved<T>,
     ) -> Result<()> {
+        self.forward_with(x, Epilogue::None, shape, mode, y, saved)
+    }
+
+    /// `y = relu(bn(x))` in one pass: [`forward`](Self::forward) with a ReLU applied before
+    /// the output is rounded to `T` (`max(v, 0)`, NaN kept). The output is bit for bit a ReLU
+    /// of `forward`'s; statistics, running statistics and the returned [`Saved`] are the same.
+    /// Its gradient is [`backward_relu`](Self::backward_relu).
+    ///
+    /// ```
+    /// use batchnorm::{BatchNorm, BatchNormConfig, Layout, Mode, Shape};
+    /// let mut bn: BatchNorm<f32> = BatchNorm::new(1, BatchNormConfig::default())?;
+    /// let shape = Shape::new(&[4, 1], Layout::ChannelsFirst)?;
+    /// let x = [1.0, 2.0, 3.0, 4.0];
+    /// let mut y = [0.0; 4];
+    /// let saved = bn.forward_relu(&x, &shape, Mode::Train, &mut y)?;
+    /// assert_eq!(&y[..2], &[0.0, 0.0]); // below the mean
+    /// assert!((y[3] - 1.3416).abs() < 1e-4); // (4 - 2.5) / sqrt(1.25 + 1e-5)
+    ///
+    /// // Backward: dy passes where y > 0, then through BN.
+    /// let (dy, mut dx) = ([1.0; 4], [0.0; 4]);
+    /// let grads = bn.backward_relu(&x, &y, &dy, &shape, &saved, &mut dx)?;
+    /// assert_eq!(grads.bias, [2.0]); // sum of dy where y > 0
+    /// # Ok::<(), batchnorm::BatchNormError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_relu(
+        &mut self,
+        x: &[T],
+        shape: &Shape,
+        mode: Mode,
+        y: &mut [T],
+    ) -> Result<Saved<T>> {
+        let mut saved = Saved::default();
+        self.forward_with(x, Epilogue::Relu, shape, mode, y, &mut saved)?;
+        Ok(saved)
+    }
+
+    /// As [`forward_relu`](Self::forward_relu), reusing `saved` as
+    /// [`forward_into`](Self::forward_into) does.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_relu_into(
+        &mut self,
+        x: &[T],
+        shape: &Shape,
+        mode: Mode,
+        y: &mut [T],
+        saved: &mut Saved<T>,
+    ) -> Result<()> {
+        self.forward_with(x, Epilogue::Relu, shape, mode, y, saved)
+    }
+
+    /// `y = relu(bn(x) + residual)` in one pass (the tail of a residual block), `residual` in
+    /// the memory order of `x`. For `f32` tensors `bn(x)` is rounded to `f32` before the
+    /// addition, as separate operations would; for the others the sum is formed in `f64` and
+    /// rounded once (16-bit outputs are correctly rounded). Statistics, running statistics
+    /// and [`Saved`] are those of [`forward`](Self::forward). Its gradient is
+    /// [`backward_add_relu`](Self::backward_add_relu).
+    ///
+    /// ```
+    /// use batchnorm::{BatchNorm, BatchNormConfig, Layout, Mode, Shape};
+    /// let mut bn: BatchNorm<f32> = BatchNorm::new(1, BatchNormConfig::default())?;
+    /// let shape = Shape::new(&[4, 1], Layout::ChannelsFirst)?;
+    /// let (x, residual) = ([1.0, 2.0, 3.0, 4.0], [2.0, 0.0, 0.0, -2.0]);
+    /// let mut y = [0.0; 4];
+    /// let saved = bn.forward_add_relu(&x, &residual, &shape, Mode::Train, &mut y)?;
+    /// assert!(y[0] > 0.0 && y[1] == 0.0 && y[3] == 0.0);
+    ///
+    /// let (dy, mut dx, mut dresidual) = ([1.0; 4], [0.0; 4], [0.0; 4]);
+    /// bn.backward_add_relu(&x, &y, &dy, &shape, &saved, &mut dx, &mut dresidual)?;
+    /// assert_eq!(dresidual, [1.0, 0.0, 1.0, 0.0]); // dy where y > 0
+    /// # Ok::<(), batchnorm::BatchNormError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward), and [`BatchNormError::LengthMismatch`] for `residual`.
+    pub fn forward_add_relu(
+        &mut self,
+        x: &[T],
+        residual: &[T],
+        shape: &Shape,
+        mode: Mode,
+        y: &mut [T],
+    ) -> Result<Saved<T>> {
+        let mut saved = Saved::default();
+        let epi = Epilogue::AddRelu(residual);
+        self.forward_with(x, epi, shape, mode, y, &mut saved)?;
+        Ok(saved)
+    }
+
+    /// As [`forward_add_relu`](Self::forward_add_relu), reusing `saved` as
+    /// [`forward_into`](Self::forward_into) does.
+    ///
+    /// # Errors
+    /// As [`forward_add_relu`](Self::forward_add_relu).
+    pub fn forward_add_relu_into(
+        &mut self,
+        x: &[T],
+        residual: &[T],
+        shape: &Shape,
+        mode: Mode,
+        y: &mut [T],
+        saved: &mut Saved<T>,
+    ) -> Result<()> {
+        self.forward_with(x, Epilogue::AddRelu(residual), shape, mode, y, saved)
+    }
+
+    /// The forward passes with `epi` after the map; updates the running statistics in
+    /// training.
+    fn forward_with(
+        &mut self,
+        x: &[T],
+        epi: Epilogue<'_, T>,
+        shape: &Shape,
+        mode: Mode,
+        y: &mut [T],
+        saved: &mut Saved<T>,
+    ) -> Result<()> {
         let mut ws = std::mem::take(&mut self.workspace);
-        let result = self.forward_impl(x, shape, mode, y, saved, &mut ws);
+        let result = self.forward_impl(x, epi, shape, mode, y, saved, &mut ws);
         if result.is_ok() && mode == Mode::Train && self.config.track_running_stats {
             self.num_batches_tracked += 1;
             let factor = stages::update_factor(self.config.momentum, self.num_batches_tracked);
@@ -318,7 +444,8 @@ impl<T: Element> BatchNorm<T> {
         y: &mut [T],
     ) -> Result<Saved<T>> {
         let mut saved = Saved::default();
-        self.forward_impl(x, shape, mode, y, &mut saved, &mut Workspace::default())?;
+        let mut ws = Workspace::default();
+        self.forward_impl(x, Epilogue::None, shape, mode, y, &mut saved, &mut ws)?;
         Ok(saved)
     }
 
@@ -372,6 +499,138 @@ impl<T: Element> BatchNorm<T> {
         let result = self.backward_impl(x, dy, shape, saved, dx, grads, &mut ws);
         self.workspace = ws;
         result
+    }
+
+    /// The gradients of [`forward_relu`](Self::forward_relu), given its output `y` and the
+    /// upstream gradient `dy`: [`backward`](Self::backward) of `dy` where `y > 0`, 0 where
+    /// `y <= 0` (PyTorch's convention at exactly 0), bit for bit. See `docs/design.md` ("Fused
+    /// ReLU") for why the ReLU's gradient is read from `y`. Example at
+    /// [`forward_relu`](Self::forward_relu).
+    ///
+    /// # Errors
+    /// As [`backward`](Self::backward), and [`BatchNormError::LengthMismatch`] for `y`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_relu(
+        &self,
+        x: &[T],
+        y: &[T],
+        dy: &[T],
+        shape: &Shape,
+        saved: &Saved<T>,
+        dx: &mut [T],
+    ) -> Result<Grads<T>> {
+        let mut grads = Grads::default();
+        let mut ws = Workspace::default();
+        self.backward_relu_impl(x, y, dy, shape, saved, dx, None, &mut grads, &mut ws)?;
+        Ok(grads)
+    }
+
+    /// As [`backward_relu`](Self::backward_relu), reusing `grads` and the module's scratch
+    /// (the masked gradient's buffer among it): no allocation once warm.
+    ///
+    /// # Errors
+    /// As [`backward_relu`](Self::backward_relu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_relu_into(
+        &mut self,
+        x: &[T],
+        y: &[T],
+        dy: &[T],
+        shape: &Shape,
+        saved: &Saved<T>,
+        dx: &mut [T],
+        grads: &mut Grads<T>,
+    ) -> Result<()> {
+        let mut ws = std::mem::take(&mut self.workspace);
+        let result = self.backward_relu_impl(x, y, dy, shape, saved, dx, None, grads, &mut ws);
+        self.workspace = ws;
+        result
+    }
+
+    /// The gradients of [`forward_add_relu`](Self::forward_add_relu), given its output `y` and
+    /// the upstream gradient `dy`: the residual's gradient `dresidual = dy` where `y > 0`, 0
+    /// where `y <= 0` (PyTorch's convention at exactly 0), and [`backward`](Self::backward) of
+    /// `dresidual` into `dx` and the parameter gradients, bit for bit. Example at
+    /// [`forward_add_relu`](Self::forward_add_relu).
+    ///
+    /// # Errors
+    /// As [`backward`](Self::backward), and [`BatchNormError::LengthMismatch`] for `y` and
+    /// `dresidual`. On error nothing is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_add_relu(
+        &self,
+        x: &[T],
+        y: &[T],
+        dy: &[T],
+        shape: &Shape,
+        saved: &Saved<T>,
+        dx: &mut [T],
+        dresidual: &mut [T],
+    ) -> Result<Grads<T>> {
+        let mut grads = Grads::default();
+        let mut ws = Workspace::default();
+        let dr = Some(dresidual);
+        self.backward_relu_impl(x, y, dy, shape, saved, dx, dr, &mut grads, &mut ws)?;
+        Ok(grads)
+    }
+
+    /// As [`backward_add_relu`](Self::backward_add_relu), reusing `grads` and the module's
+    /// scratch: no allocation once warm.
+    ///
+    /// # Errors
+    /// As [`backward_add_relu`](Self::backward_add_relu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_add_relu_into(
+        &mut self,
+        x: &[T],
+        y: &[T],
+        dy: &[T],
+        shape: &Shape,
+        saved: &Saved<T>,
+        dx: &mut [T],
+        dresidual: &mut [T],
+        grads: &mut Grads<T>,
+    ) -> Result<()> {
+        let mut ws = std::mem::take(&mut self.workspace);
+        let dr = Some(dresidual);
+        let result = self.backward_relu_impl(x, y, dy, shape, saved, dx, dr, grads, &mut ws);
+        self.workspace = ws;
+        result
+    }
+
+    /// Validates, masks `dy` by `y > 0` into `dresidual` (or the workspace's buffer), then runs
+    /// the backward of the normalisation on it.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_relu_impl(
+        &self,
+        x: &[T],
+        y: &[T],
+        dy: &[T],
+        shape: &Shape,
+        saved: &Saved<T>,
+        dx: &mut [T],
+        dresidual: Option<&mut [T]>,
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+    ) -> Result<()> {
+        self.check_backward(x, dy, shape, saved, dx)?;
+        check_len("y", y.len(), shape.len())?;
+        let exec = self.exec(shape);
+        match dresidual {
+            Some(dr) => {
+                check_len("dresidual", dr.len(), shape.len())?;
+                relu_grad(y, dy, dr, exec);
+                self.backward_impl(x, dr, shape, saved, dx, grads, ws)
+            }
+            None => {
+                let mut masked = std::mem::take(&mut ws.masked);
+                masked.resize(shape.len(), T::default());
+                relu_grad(y, dy, &mut masked, exec);
+                let result = self.backward_impl(x, &masked, shape, saved, dx, grads, ws);
+                ws.masked = masked;
+                result
+            }
+        }
     }
 
     /// The execution choices for a call over `shape`.
@@ -450,9 +709,11 @@ impl<T: Element> BatchNorm<T> {
     /// Validates, then normalises. With batch statistics the channels go group by group: a
     /// group's statistics pass leaves its data in cache for its normalising pass. Leaves the
     /// batch moments in `ws.moments`.
+    #[allow(clippy::too_many_arguments)]
     fn forward_impl(
         &self,
         x: &[T],
+        epi: Epilogue<'_, T>,
         shape: &Shape,
         mode: Mode,
         y: &mut [T],
@@ -461,6 +722,9 @@ impl<T: Element> BatchNorm<T> {
     ) -> Result<()> {
         saved.clear();
         self.check_input(x, shape)?;
+        if let Epilogue::AddRelu(residual) = epi {
+            check_len("residual", residual.len(), shape.len())?;
+        }
         check_len("y", y.len(), shape.len())?;
         let statistics = self.statistics_for(mode);
         if statistics == Statistics::Batch && shape.per_channel() < 2 {
@@ -498,9 +762,11 @@ impl<T: Element> BatchNorm<T> {
                     Moments::merge,
                     |ch, m| self.channel_map(ch, m.mean, m.variance()),
                     |y, range, blocks, maps| {
-                        normalize_channels(x, y, geo, range, blocks, seq, maps)
+                        normalize_channels(x, epi, y, geo, range, blocks, seq, maps)
                     },
-                    |y, range, maps| normalize(x, y, geo, range, exec, maps, &mut ws.wide_maps),
+                    |y, range, maps| {
+                        normalize(x, epi, y, geo, range, exec, maps, &mut ws.wide_maps)
+                    },
                 );
             }
             Statistics::Running => {
@@ -508,7 +774,7 @@ impl<T: Element> BatchNorm<T> {
                     let (mean, var) = self.running(ch);
                     ws.maps[ch] = self.channel_map(ch, mean, var);
                 }
-                normalize(x, y, geo, 0..c, exec, &ws.maps, &mut ws.wide_maps);
+                normalize(x, epi, y, geo, 0..c, exec, &ws.maps, &mut ws.wide_maps);
             }
         }
         for ch in 0..c {
@@ -530,17 +796,16 @@ impl<T: Element> BatchNorm<T> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn backward_impl(
+    /// Checks a backward call's shape and buffers against the module and `saved`; returns the
+    /// statistics the forward used.
+    fn check_backward(
         &self,
         x: &[T],
         dy: &[T],
         shape: &Shape,
         saved: &Saved<T>,
-        dx: &mut [T],
-        grads: &mut Grads<T>,
-        ws: &mut Workspace<T>,
-    ) -> Result<()> {
+        dx: &[T],
+    ) -> Result<Statistics> {
         self.check_input(x, shape)?;
         let (Some(saved_shape), Some(statistics)) = (saved.shape, saved.statistics) else {
             return Err(BatchNormError::SavedMismatch {
@@ -556,7 +821,21 @@ impl<T: Element> BatchNorm<T> {
         }
         check_len("dy", dy.len(), shape.len())?;
         check_len("dx", dx.len(), shape.len())?;
+        Ok(statistics)
+    }
 
+    #[allow(clippy::too_many_arguments)]
+    fn backward_impl(
+        &self,
+        x: &[T],
+        dy: &[T],
+        shape: &Shape,
+        saved: &Saved<T>,
+        dx: &mut [T],
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+    ) -> Result<()> {
+        let statistics = self.check_backward(x, dy, shape, saved, dx)?;
         let c = self.channels;
         let geo = shape.geometry();
         let exec = self.exec(shape);

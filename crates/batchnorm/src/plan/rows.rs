@@ -119,7 +119,10 @@ pub(crate) trait Apply<I: Inputs, U, V: Copy>: FourCoefficients<V> {
 /// Per-channel maps `M` of coefficients `V` repeated over one widened row and wrapped, one
 /// array per coefficient: the coefficients of a channels-last pass (see
 /// [`crate::simd::map_cyclic`]).
+/// `#[repr(transparent)]`: the maps type is only a marker, and
+/// [`reinterpret`](WideMaps::reinterpret) reads the same coefficients as other maps.
 #[derive(Debug, Clone)]
+#[repr(transparent)]
 pub(crate) struct WideMaps<V, M>(Wrapped<V, 4>, PhantomData<M>);
 
 impl<V, M> Default for WideMaps<V, M> {
@@ -132,6 +135,15 @@ impl<V: Copy, M: FourCoefficients<V>> WideMaps<V, M> {
     /// Lays out every channel's map.
     pub fn set(&mut self, maps: &[M]) {
         self.0.set(maps, M::coefficients);
+    }
+
+    /// The same coefficients, applied as maps `N` (which must read them in the order `M`
+    /// lays them out: a wrapper that applies more after `M`).
+    pub fn reinterpret<N: FourCoefficients<V>>(&self) -> &WideMaps<V, N> {
+        // SAFETY: `WideMaps` is `#[repr(transparent)]` over its `Wrapped`, the only field that
+        // is not zero-sized; the maps type only appears in `PhantomData`. Both types therefore
+        // have the layout of `Wrapped<V, 4>`, and the reference keeps its lifetime.
+        unsafe { &*std::ptr::from_ref(self).cast::<WideMaps<V, N>>() }
     }
 }
 
