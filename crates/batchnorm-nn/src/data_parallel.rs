@@ -8,7 +8,7 @@ use std::sync::Arc;
 use batchnorm_dist::Collective;
 
 use crate::error::{check_len, Result};
-use crate::layers::{BatchNorm, StateValue, SyncBatchNorm};
+use crate::layers::{BatchNorm, Param, StateValue, SyncBatchNorm};
 use crate::loss::{LossStats, SoftmaxCrossEntropy};
 use crate::model::Sequential;
 use crate::optim::Sgd;
@@ -101,14 +101,12 @@ impl<T: Scalar> DataParallel<T> {
         }
         // Parameters too, for a layer that lists them in no state dict.
         let mut flat = Vec::new();
-        model.visit_params(&mut |p| flat.extend_from_slice(p.value));
-        T::broadcast(&*comm, &mut flat)?;
-        let mut at = 0;
-        model.visit_params(&mut |p| {
-            let n = p.value.len();
-            p.value.copy_from_slice(&flat[at..at + n]);
-            at += n;
-        });
+        exchange_flat(
+            model,
+            &mut flat,
+            |p| p.value,
+            |buf| T::broadcast(&*comm, buf),
+        )?;
         Ok(Self { comm, flat })
     }
 
@@ -130,16 +128,13 @@ impl<T: Scalar> DataParallel<T> {
     /// # Errors
     /// [`crate::NnError::Dist`] when the exchange fails.
     pub fn all_reduce_grads(&mut self, model: &mut Sequential<T>) -> Result<()> {
-        self.flat.clear();
-        model.visit_params(&mut |p| self.flat.extend_from_slice(p.grad));
-        T::all_reduce_sum(&*self.comm, &mut self.flat)?;
-        let mut at = 0;
-        model.visit_params(&mut |p| {
-            let n = p.grad.len();
-            p.grad.copy_from_slice(&self.flat[at..at + n]);
-            at += n;
-        });
-        Ok(())
+        let comm = &*self.comm;
+        exchange_flat(
+            model,
+            &mut self.flat,
+            |p| p.grad,
+            |buf| T::all_reduce_sum(comm, buf),
+        )
     }
 
     /// Bytes each rank sends in [`all_reduce_grads`](Self::all_reduce_grads) (the flat
@@ -176,4 +171,24 @@ impl<T: Scalar> DataParallel<T> {
         sgd.step(model)?;
         Ok(stats)
     }
+}
+
+/// Copies one field of every parameter (`field`: the values or the gradients) into `flat`, in
+/// the model's order, runs `exchange` on it, and copies the result back.
+fn exchange_flat<T: Scalar>(
+    model: &mut Sequential<T>,
+    flat: &mut Vec<T>,
+    field: for<'a> fn(Param<'a, T>) -> &'a mut [T],
+    exchange: impl FnOnce(&mut [T]) -> std::result::Result<(), batchnorm_dist::CommError>,
+) -> Result<()> {
+    flat.clear();
+    model.visit_params(&mut |p| flat.extend_from_slice(field(p)));
+    exchange(flat)?;
+    let mut at = 0;
+    model.visit_params(&mut |p| {
+        let v = field(p);
+        v.copy_from_slice(&flat[at..at + v.len()]);
+        at += v.len();
+    });
+    Ok(())
 }
