@@ -1,7 +1,7 @@
 //! Batch normalization over a batch split across ranks.
 
 use batchnorm::stages::{
-    update_factor, update_running_stats, GradSums, InputGrad, Kernels, Normalization,
+    self, update_factor, update_running_stats, GradSums, InputGrad, Kernels, Normalization,
 };
 use batchnorm::{
     BatchNorm, BatchNormConfig, BatchNormError, Element, Grads, Isa, Mode, Moments, Par, Shape,
@@ -404,37 +404,25 @@ impl<T: Element> SyncBatchNorm<T> {
         self.bias.get(ch).map_or(0.0, |b| b.to_f64())
     }
 
-    /// Checks the shape against the module, `x` and the `tensors` against the shape, and the
-    /// public buffers' lengths.
+    /// The module's checks ([`stages::check_input`]), then `tensors` against `shape`.
     fn check(
         &self,
         x: &[T],
         shape: &Shape,
         tensors: &[(&'static str, usize)],
     ) -> std::result::Result<(), BatchNormError> {
-        let c = self.channels;
-        if shape.channels() != c {
-            return Err(BatchNormError::ChannelMismatch {
-                expected: c,
-                got: shape.channels(),
-            });
-        }
-        let (affine, track) = (self.config.affine, self.config.track_running_stats);
-        let per_channel = if affine { c } else { 0 };
-        let tracked = if track { c } else { 0 };
         let buffers = [
-            ("x", x.len(), shape.len()),
-            ("weight", self.weight.len(), per_channel),
-            ("bias", self.bias.len(), per_channel),
-            ("running_mean", self.running_mean.len(), tracked),
-            ("running_var", self.running_var.len(), tracked),
+            &self.weight[..],
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
         ];
-        let tensors = tensors.iter().map(|&(name, got)| (name, got, shape.len()));
-        for (buffer, got, expected) in buffers.into_iter().chain(tensors) {
-            if got != expected {
+        stages::check_input(self.channels, &self.config, buffers, x, shape)?;
+        for &(buffer, got) in tensors {
+            if got != shape.len() {
                 return Err(BatchNormError::LengthMismatch {
                     buffer,
-                    expected,
+                    expected: shape.len(),
                     got,
                 });
             }

@@ -54,6 +54,7 @@
 //! ```
 
 use crate::backward::{grad_sums, input_grad, relu_grad, GradMap};
+use crate::config::BatchNormConfig;
 use crate::element::Element;
 use crate::error::{BatchNormError, Result};
 use crate::forward::{normalize, Epilogue, NormMap};
@@ -348,6 +349,39 @@ impl Kernels {
         );
         Ok(())
     }
+}
+
+/// The checks every batch normalization module makes before a call: `shape` has the module's
+/// `channels`, `x` holds the tensor of `shape`, and the module's `[weight, bias, running_mean,
+/// running_var]` hold one value per channel when `config` has them (affine, tracking), none
+/// otherwise (their fields are public, so they may have been resized).
+///
+/// # Errors
+/// [`BatchNormError::ChannelMismatch`], [`BatchNormError::LengthMismatch`] naming the buffer.
+pub fn check_input<T, P>(
+    channels: usize,
+    config: &BatchNormConfig,
+    [weight, bias, running_mean, running_var]: [&[P]; 4],
+    x: &[T],
+    shape: &Shape,
+) -> Result<()> {
+    if shape.channels() != channels {
+        return Err(BatchNormError::ChannelMismatch {
+            expected: channels,
+            got: shape.channels(),
+        });
+    }
+    check_len("x", x.len(), shape.len())?;
+    let affine = if config.affine { channels } else { 0 };
+    let tracked = if config.track_running_stats {
+        channels
+    } else {
+        0
+    };
+    check_len("weight", weight.len(), affine)?;
+    check_len("bias", bias.len(), affine)?;
+    check_len("running_mean", running_mean.len(), tracked)?;
+    check_len("running_var", running_var.len(), tracked)
 }
 
 /// Checks that each named buffer of `tensors` holds the tensor of `shape`, and each of

@@ -680,30 +680,13 @@ impl<T: Element> BatchNorm<T> {
 
     /// Checks the shape against the module and `x`, and the public buffers' lengths.
     fn check_input(&self, x: &[T], shape: &Shape) -> Result<()> {
-        if shape.channels() != self.channels {
-            return Err(BatchNormError::ChannelMismatch {
-                expected: self.channels,
-                got: shape.channels(),
-            });
-        }
-        check_len("x", x.len(), shape.len())?;
-        let (c, affine, track) = (
-            self.channels,
-            self.config.affine,
-            self.config.track_running_stats,
-        );
-        check_len("weight", self.weight.len(), if affine { c } else { 0 })?;
-        check_len("bias", self.bias.len(), if affine { c } else { 0 })?;
-        check_len(
-            "running_mean",
-            self.running_mean.len(),
-            if track { c } else { 0 },
-        )?;
-        check_len(
-            "running_var",
-            self.running_var.len(),
-            if track { c } else { 0 },
-        )
+        let buffers = [
+            &self.weight[..],
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+        ];
+        stages::check_input(self.channels, &self.config, buffers, x, shape)
     }
 
     /// Validates, then normalises. With batch statistics the channels go group by group: a
