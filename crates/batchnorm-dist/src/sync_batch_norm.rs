@@ -1,5 +1,6 @@
 //! Batch normalization over a batch split across ranks.
 
+use batchnorm::renorm::RenormCorrection;
 use batchnorm::stages::{
     self, update_factor, update_running_stats, GradSums, InputGrad, Kernels, Normalization,
 };
@@ -77,6 +78,8 @@ pub struct SyncSaved<T: Element> {
     pub invstd: Vec<T::Param>,
     /// The maps as normalisation applied them, in `f64`.
     norms: Vec<Normalization>,
+    /// Batch Renormalization's corrections; empty without renormalisation.
+    renorm: Vec<RenormCorrection>,
     count: u64,
     shape: Shape,
     statistics: Statistics,
@@ -96,6 +99,12 @@ impl<T: Element> SyncSaved<T> {
     /// Values per channel over all ranks (with batch statistics; 0 with running ones).
     pub fn global_count(&self) -> u64 {
         self.count
+    }
+
+    /// Batch Renormalization's correction of each channel, the same on every rank (see
+    /// [`batchnorm::renorm`]); empty when the batch was not renormalised.
+    pub fn renorm(&self) -> &[RenormCorrection] {
+        &self.renorm
     }
 }
 
@@ -279,8 +288,14 @@ impl<T: Element> SyncBatchNorm<T> {
         };
         self.kernels.input_grad(x, dy, shape, &grads, dx)?;
         let (weight, bias) = if self.config.affine {
-            let weight = sums.iter().zip(&saved.norms);
-            let weight = weight.map(|(s, n)| T::Param::from_f64(s.weight_grad(n.invstd)));
+            let weight = sums
+                .iter()
+                .zip(&saved.norms)
+                .enumerate()
+                .map(|(ch, (s, n))| {
+                    let corr = saved.renorm.get(ch).unwrap_or(&RenormCorrection::NONE);
+                    T::Param::from_f64(corr.weight_grad(s.weight_grad(n.invstd), s.bias_grad()))
+                });
             let bias = sums.iter().map(|s| T::Param::from_f64(s.bias_grad()));
             (weight.collect(), bias.collect())
         } else {
@@ -302,10 +317,10 @@ impl<T: Element> SyncBatchNorm<T> {
         let c = self.channels;
         let statistics = self.statistics_for(mode);
         let local = self.check(x, shape, &[("y", y.len())]);
-        let (norms, merged, count) = match statistics {
+        let (norms, merged, count, renorm) = match statistics {
             Statistics::Running => {
                 local?;
-                (self.running_maps()?, Vec::new(), 0)
+                (self.running_maps()?, Vec::new(), 0, Vec::new())
             }
             Statistics::Batch => {
                 let mut moments = vec![Moments::EMPTY; c];
@@ -315,10 +330,29 @@ impl<T: Element> SyncBatchNorm<T> {
                 if count < 2 {
                     return Err(DistError::TooFewValues { count });
                 }
+                // Batch Renormalization: the running statistics it corrects towards are the
+                // same on every rank, so are the corrections.
+                let limits = self
+                    .config
+                    .renorm
+                    .map(|s| s.limits(self.num_batches_tracked));
+                let renorm: Vec<RenormCorrection> = match limits {
+                    Some(limits) => (0..c)
+                        .map(|ch| {
+                            let m = &merged[ch];
+                            let (rm, rv) = (self.running_mean[ch], self.running_var[ch]);
+                            let (rm, rv) = (rm.to_f64(), rv.to_f64());
+                            limits.correction(m.mean, m.variance(), rm, rv, self.config.eps)
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
                 let norms = merged.iter().enumerate().map(|(ch, m)| {
-                    Normalization::from_moments(m, self.config.eps, self.gamma(ch), self.beta(ch))
+                    let corr = renorm.get(ch).unwrap_or(&RenormCorrection::NONE);
+                    let (weight, bias) = corr.affine(self.gamma(ch), self.beta(ch));
+                    Normalization::from_moments(m, self.config.eps, weight, bias)
                 });
-                (norms.collect(), merged, count)
+                (norms.collect(), merged, count, renorm)
             }
         };
         self.kernels.normalize(x, shape, &norms, y)?;
@@ -326,6 +360,7 @@ impl<T: Element> SyncBatchNorm<T> {
             mean: norms.iter().map(|n| T::Param::from_f64(n.mean)).collect(),
             invstd: norms.iter().map(|n| T::Param::from_f64(n.invstd)).collect(),
             norms,
+            renorm,
             count,
             shape: *shape,
             statistics,

@@ -1,6 +1,7 @@
 //! Configuration and mode.
 
 use crate::error::{BatchNormError, Result};
+use crate::renorm::Renorm;
 
 /// How a [`BatchNorm`](crate::BatchNorm) is set up; the defaults are PyTorch's.
 ///
@@ -23,6 +24,10 @@ pub struct BatchNormConfig {
     /// Keep `running_mean` (init 0), `running_var` (init 1) and `num_batches_tracked`.
     /// Default `true`; when `false` evaluation also uses batch statistics.
     pub track_running_stats: bool,
+    /// Batch Renormalization in training ([`crate::renorm`]): the batch statistics corrected
+    /// towards the running ones, within limits that follow this schedule. Default `None`
+    /// (plain BN). Needs `track_running_stats`.
+    pub renorm: Option<Renorm>,
 }
 
 impl Default for BatchNormConfig {
@@ -32,15 +37,17 @@ impl Default for BatchNormConfig {
             momentum: Some(0.1),
             affine: true,
             track_running_stats: true,
+            renorm: None,
         }
     }
 }
 
 impl BatchNormConfig {
-    /// Checks `eps` and `momentum`.
+    /// Checks `eps`, `momentum` and `renorm`.
     ///
     /// # Errors
-    /// [`BatchNormError::InvalidEps`] or [`BatchNormError::InvalidMomentum`].
+    /// [`BatchNormError::InvalidEps`], [`BatchNormError::InvalidMomentum`],
+    /// [`BatchNormError::InvalidRenorm`], or [`BatchNormError::RenormWithoutRunningStats`].
     pub fn validate(&self) -> Result<()> {
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return Err(BatchNormError::InvalidEps { eps: self.eps });
@@ -48,6 +55,12 @@ impl BatchNormConfig {
         if let Some(m) = self.momentum {
             if !(0.0..=1.0).contains(&m) {
                 return Err(BatchNormError::InvalidMomentum { momentum: m });
+            }
+        }
+        if let Some(renorm) = &self.renorm {
+            renorm.validate()?;
+            if !self.track_running_stats {
+                return Err(BatchNormError::RenormWithoutRunningStats);
             }
         }
         Ok(())

@@ -72,6 +72,17 @@ pub enum BatchNormError {
         /// The value given.
         momentum: f64,
     },
+    /// A Batch Renormalization limit out of range.
+    #[error("renorm {limit} must be finite and at least {}, got {value}", if *limit == "rmax" { 1 } else { 0 })]
+    InvalidRenorm {
+        /// `rmax` or `dmax`.
+        limit: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// Batch Renormalization corrects towards the running statistics, so it needs them.
+    #[error("renorm needs track_running_stats")]
+    RenormWithoutRunningStats,
     /// A running variance below zero (set by hand) cannot be normalised by.
     #[error("running_var[{channel}] = {value} is negative")]
     NegativeRunningVar {

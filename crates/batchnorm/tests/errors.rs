@@ -69,6 +69,31 @@ fn config() {
         };
         assert!(BatchNorm::<f32>::new(3, cfg).is_ok());
     }
+    // Batch Renormalization: limits in range, and running statistics to correct towards.
+    let renorm = |rmax, dmax| BatchNormConfig {
+        renorm: Some(batchnorm::Renorm::fixed(rmax, dmax)),
+        ..BatchNormConfig::default()
+    };
+    for (rmax, dmax, limit) in [
+        (0.9, 1.0, "rmax"),
+        (f64::NAN, 1.0, "rmax"),
+        (3.0, -0.1, "dmax"),
+    ] {
+        let err = BatchNorm::<f32>::new(3, renorm(rmax, dmax)).unwrap_err();
+        assert!(
+            matches!(err, BatchNormError::InvalidRenorm { limit: l, .. } if l == limit),
+            "{rmax} {dmax}: {err}"
+        );
+    }
+    let untracked = BatchNormConfig {
+        track_running_stats: false,
+        ..renorm(3.0, 5.0)
+    };
+    assert_eq!(
+        BatchNorm::<f32>::new(3, untracked).unwrap_err(),
+        BatchNormError::RenormWithoutRunningStats
+    );
+    assert!(BatchNorm::<f32>::new(3, renorm(1.0, 0.0)).is_ok());
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! Every execution path gives bitwise the same results: each instruction set this CPU supports,
 //! sequential or on 1, 2 and 3 rayon threads, fresh or reused buffers. The work is cut the same
-//! way whatever the threads, and no path fuses or reorders floating-point operations.
+//! way whatever the threads, and no path fuses or reorders floating-point operations. Batch
+//! Renormalization goes through the same passes with corrected coefficients: checked the same way.
 
 mod common;
 
-use batchnorm::{BatchNorm, BatchNormConfig, Grads, Isa, Layout, Mode, Par, Saved, Shape};
+use batchnorm::{BatchNorm, BatchNormConfig, Grads, Isa, Layout, Mode, Par, Renorm, Saved, Shape};
 use common::{narrow, Rng};
 
 struct Outcome {
@@ -17,9 +18,9 @@ struct Outcome {
     dx_eval: Vec<f32>,
 }
 
-fn run(shape: &Shape, x: &[f32], dy: &[f32], isa: Isa, par: Par) -> Outcome {
+fn run(cfg: BatchNormConfig, shape: &Shape, x: &[f32], dy: &[f32], isa: Isa, par: Par) -> Outcome {
     let c = shape.channels();
-    let mut bn = BatchNorm::<f32>::new(c, BatchNormConfig::default()).unwrap();
+    let mut bn = BatchNorm::<f32>::new(c, cfg).unwrap();
     bn.set_isa(isa).unwrap();
     bn.set_par(par);
     bn.weight = (0..c).map(|i| 1.0 + i as f32 / 7.0).collect();
@@ -102,17 +103,26 @@ fn every_path_gives_the_same_bits() {
         let mut rng = Rng::new(s as u64);
         let x: Vec<f32> = narrow(&rng.normals(shape.len(), 100.0, 3.0));
         let dy: Vec<f32> = narrow(&rng.normals(shape.len(), 0.0, 1.0));
-        let reference = run(&shape, &x, &dy, Isa::Baseline, Par::Seq);
-        for isa in Isa::available() {
-            let label = format!("{dims:?} {layout:?} {isa:?}");
-            assert_same(&reference, &run(&shape, &x, &dy, isa, Par::Seq), &label);
-            for (t, pool) in pools.iter().enumerate() {
-                let out = pool.install(|| run(&shape, &x, &dy, isa, Par::Rayon));
+        // Renormalised with limits wide enough that r (about 3, then 2) and d (about 100, then
+        // 70) are not clipped: every channel's coefficients move.
+        let renorm = BatchNormConfig {
+            renorm: Some(Renorm::fixed(5.0, 150.0)),
+            ..BatchNormConfig::default()
+        };
+        for cfg in [BatchNormConfig::default(), renorm] {
+            let reference = run(cfg, &shape, &x, &dy, Isa::Baseline, Par::Seq);
+            for isa in Isa::available() {
+                let label = format!("{dims:?} {layout:?} {isa:?} {:?}", cfg.renorm);
                 assert_same(
                     &reference,
-                    &out,
-                    &format!("{label} rayon {} threads", t + 1),
+                    &run(cfg, &shape, &x, &dy, isa, Par::Seq),
+                    &label,
                 );
+                for (t, pool) in pools.iter().enumerate() {
+                    let out = pool.install(|| run(cfg, &shape, &x, &dy, isa, Par::Rayon));
+                    let label = format!("{label} rayon {} threads", t + 1);
+                    assert_same(&reference, &out, &label);
+                }
             }
         }
     }

@@ -150,3 +150,130 @@ proptest! {
         prop_assert!((merged.m2 - whole.m2).abs() <= 1e-12 * (1.0 + whole.m2));
     }
 }
+
+/// Batch Renormalization's forward against its definition.
+mod renorm {
+    use super::*;
+    use batchnorm::{Renorm, Saved};
+
+    fn config(renorm: Renorm) -> BatchNormConfig {
+        BatchNormConfig {
+            renorm: Some(renorm),
+            ..BatchNormConfig::default()
+        }
+    }
+
+    fn setup<T: batchnorm::Element<Param = f32>>(
+        cfg: BatchNormConfig,
+        rng: &mut Rng,
+    ) -> BatchNorm<T> {
+        let mut bn = BatchNorm::<T>::new(3, cfg).unwrap();
+        bn.weight = common::narrow(&rng.normals(3, 1.0, 0.5));
+        bn.bias = common::narrow(&rng.normals(3, 0.0, 0.5));
+        bn.running_mean = common::narrow(&rng.normals(3, 1e3, 1.0));
+        bn.running_var = vec![4.0, 9.0, 0.25];
+        bn
+    }
+
+    /// Unclipped, `(x - mean_B) / sigma_B * r + d` with `r = sigma_B / sigma` and
+    /// `d = (mean_B - mu) / sigma` is `(x - mu) / sigma`: the running statistics' normalisation.
+    /// f32 stays within the module's exactness target, `1e-5 * (1 + |y|)` of the f64 truth, on
+    /// data offset by 1e3 (where a naive f32 map would lose about 3 digits).
+    #[test]
+    fn unclipped_it_normalises_by_the_running_statistics() {
+        let mut rng = Rng::new(7);
+        let dims = [8, 3, 5];
+        let x32: Vec<f32> = common::narrow(&rng.normals(120, 1e3, 2.0));
+        let x32_wide = common::widen(&x32);
+        let bn = setup::<f32>(config(Renorm::fixed(1e3, 1e3)), &mut rng);
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let shape = Shape::new(&dims, layout).unwrap();
+            let mut y = vec![0.0f32; 120];
+            let saved = bn
+                .forward_without_update(&x32, &shape, Mode::Train, &mut y)
+                .unwrap();
+            assert_eq!(saved.renorm().len(), 3);
+            let truth: Vec<f64> = x32_wide
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let ch = common::reference::channel_of(&dims, layout, i);
+                    let (mu, var) = (
+                        f64::from(bn.running_mean[ch]),
+                        f64::from(bn.running_var[ch]),
+                    );
+                    let (w, b) = (f64::from(bn.weight[ch]), f64::from(bn.bias[ch]));
+                    (v - mu) / (var + 1e-5).sqrt() * w + b
+                })
+                .collect();
+            let err = max_rel_err(&common::widen(&y), &truth);
+            assert!(err <= 1e-5, "{layout:?}: error {err:e}");
+        }
+    }
+
+    /// During the warm-up (rmax 1, dmax 0) renormalisation is plain BN, bit for bit: output,
+    /// saved statistics, running statistics, gradients.
+    #[test]
+    fn warm_up_is_plain_bn_bit_for_bit() {
+        let mut rng = Rng::new(8);
+        let shape = Shape::new(&[6, 3, 4, 4], Layout::ChannelsLast).unwrap();
+        let x: Vec<f32> = common::narrow(&rng.normals(288, 5.0, 3.0));
+        let dy: Vec<f32> = common::narrow(&rng.normals(288, 0.0, 1.0));
+        let mut plain = setup::<f32>(BatchNormConfig::default(), &mut Rng::new(9));
+        let mut warm = setup::<f32>(config(Renorm::paper()), &mut Rng::new(9));
+        let run = |bn: &mut BatchNorm<f32>| {
+            let mut y = vec![0.0f32; 288];
+            let saved: Saved<f32> = bn.forward(&x, &shape, Mode::Train, &mut y).unwrap();
+            let mut dx = vec![0.0f32; 288];
+            let grads = bn.backward(&x, &dy, &shape, &saved, &mut dx).unwrap();
+            (y, saved, dx, grads)
+        };
+        let (y0, s0, dx0, g0) = run(&mut plain);
+        let (y1, s1, dx1, g1) = run(&mut warm);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y0), bits(&y1));
+        assert_eq!(bits(&dx0), bits(&dx1));
+        assert_eq!((s0.mean, s0.invstd), (s1.mean.clone(), s1.invstd.clone()));
+        assert_eq!(g0, g1);
+        assert_eq!(bits(&plain.running_mean), bits(&warm.running_mean));
+        assert_eq!(bits(&plain.running_var), bits(&warm.running_var));
+        assert!(s1.renorm().iter().all(|c| c.r == 1.0 && c.d == 0.0));
+    }
+
+    /// Clipped corrections: r and d on their bounds, and the output is plain BN's xhat
+    /// scaled by r and shifted by d (checked against the f64 formula); the running statistics
+    /// move exactly as plain BN's (renormalisation changes only the output).
+    #[test]
+    fn clipped_corrections_and_running_statistics() {
+        let mut rng = Rng::new(10);
+        let shape = Shape::new(&[10, 3], Layout::ChannelsFirst).unwrap();
+        let x: Vec<f64> = rng.normals(30, 0.0, 1.0);
+        let cfg = BatchNormConfig {
+            renorm: Some(Renorm::fixed(1.25, 0.5)),
+            ..BatchNormConfig::default()
+        };
+        let mut bn = BatchNorm::<f64>::new(3, cfg).unwrap();
+        // Running std 0.1 (r -> 1.25) and mean 5 (d -> -0.5) everywhere.
+        bn.running_mean = vec![5.0; 3];
+        bn.running_var = vec![0.01; 3];
+        let mut plain = BatchNorm::<f64>::new(3, BatchNormConfig::default()).unwrap();
+        plain.running_mean.clone_from(&bn.running_mean);
+        plain.running_var.clone_from(&bn.running_var);
+        let (mut y, mut y_plain) = (vec![0.0; 30], vec![0.0; 30]);
+        let saved = bn.forward(&x, &shape, Mode::Train, &mut y).unwrap();
+        plain
+            .forward(&x, &shape, Mode::Train, &mut y_plain)
+            .unwrap();
+        for c in saved.renorm() {
+            assert_eq!((c.r, c.d), (1.25, -0.5));
+        }
+        for (a, b) in y.iter().zip(&y_plain) {
+            assert!(
+                (a - (b * 1.25 - 0.5)).abs() <= 1e-14 * (1.0 + a.abs()),
+                "{a} vs {b}"
+            );
+        }
+        assert_eq!(bn.running_mean, plain.running_mean);
+        assert_eq!(bn.running_var, plain.running_var);
+    }
+}

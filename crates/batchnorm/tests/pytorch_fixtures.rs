@@ -66,6 +66,7 @@ fn run_typed<T: batchnorm::Float>(fx: &Fixture, isa: Isa, tol: Tol) {
         momentum,
         affine: fx.flag("affine"),
         track_running_stats: fx.flag("track_running_stats"),
+        ..BatchNormConfig::default()
     };
     let mode = if fx.meta("mode") == "train" {
         Mode::Train

@@ -173,6 +173,10 @@ pub fn sync_equals_single<T: Element, C: Collective>(comm: &C, case: &Case, tol:
             &params(&saved.invstd),
             tol,
         );
+        assert_eq!(ssaved.renorm().len(), saved.renorm().len());
+        for (a, b) in ssaved.renorm().iter().zip(saved.renorm()) {
+            assert_close(&what("renorm"), &[a.r, a.d], &[b.r, b.d], tol);
+        }
         let running = [params(&sync.running_mean), params(&sync.running_var)].concat();
         let expected = [params(&single.running_mean), params(&single.running_var)].concat();
         assert_close(&what("running stats"), &running, &expected, tol);
@@ -183,7 +187,8 @@ pub fn sync_equals_single<T: Element, C: Collective>(comm: &C, case: &Case, tol:
 }
 
 /// The cases every backend runs for `p` ranks: both layouts, 2-D and 4-D, the splits of
-/// [`splits`], momentum and cumulative averaging, with and without affine parameters.
+/// [`splits`], momentum and cumulative averaging, with and without affine parameters, with
+/// Batch Renormalization (r near 3 and d near 100 at the first step, then moving: unclipped).
 pub fn cases(p: usize) -> Vec<Case> {
     let mut out = Vec::new();
     let configs = [
@@ -191,6 +196,10 @@ pub fn cases(p: usize) -> Vec<Case> {
         BatchNormConfig {
             momentum: None,
             affine: false,
+            ..BatchNormConfig::default()
+        },
+        BatchNormConfig {
+            renorm: Some(batchnorm::Renorm::fixed(5.0, 150.0)),
             ..BatchNormConfig::default()
         },
     ];

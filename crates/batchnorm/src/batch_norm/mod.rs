@@ -10,6 +10,7 @@ use crate::forward::{normalize, normalize_channels, Epilogue, NormMap};
 use crate::layout::Shape;
 use crate::par::Par;
 use crate::plan::{two_passes, widen, Exec, WideMaps};
+use crate::renorm::{RenormCorrection, RenormLimits};
 use crate::running_stats;
 use crate::simd::Isa;
 use crate::stages::{self, check_len, InputGrad, Kernels, Normalization};
@@ -144,6 +145,8 @@ pub struct Saved<T: Element> {
     /// The same two in `f64`, as normalisation used them: backward needs their exact values.
     mean64: Vec<f64>,
     invstd64: Vec<f64>,
+    /// Batch Renormalization's per-channel corrections; empty without renormalisation.
+    renorm: Vec<RenormCorrection>,
     shape: Option<Shape>,
     statistics: Option<Statistics>,
 }
@@ -155,6 +158,7 @@ impl<T: Element> Default for Saved<T> {
             invstd: Vec::new(),
             mean64: Vec::new(),
             invstd64: Vec::new(),
+            renorm: Vec::new(),
             shape: None,
             statistics: None,
         }
@@ -170,6 +174,12 @@ impl<T: Element> Saved<T> {
     /// Whether the batch's own statistics or the running ones normalised it.
     pub fn statistics(&self) -> Option<Statistics> {
         self.statistics
+    }
+
+    /// Batch Renormalization's correction of each channel (see [`crate::renorm`]); empty when
+    /// the batch was not renormalised (plain BN, evaluation).
+    pub fn renorm(&self) -> &[RenormCorrection] {
+        &self.renorm
     }
 }
 
@@ -643,15 +653,46 @@ impl<T: Element> BatchNorm<T> {
     }
 
     /// The normalisation of channel `ch` by `mean` and biased variance `var`, with this
-    /// module's weight and bias.
-    fn normalization(&self, ch: usize, mean: f64, var: f64) -> Normalization {
-        let (eps, gamma, beta) = (self.config.eps, self.gamma(ch), self.beta(ch));
-        Normalization::from_mean_var(mean, var, eps, gamma, beta)
+    /// module's weight and bias, corrected by Batch Renormalization when `renorm` has limits.
+    fn normalization(
+        &self,
+        ch: usize,
+        mean: f64,
+        var: f64,
+        renorm: Option<RenormLimits>,
+    ) -> Normalization {
+        let corr = self.renorm_correction(ch, mean, var, renorm);
+        let (weight, bias) = corr.affine(self.gamma(ch), self.beta(ch));
+        Normalization::from_mean_var(mean, var, self.config.eps, weight, bias)
     }
 
     /// Its map for `T` tensors.
-    fn channel_map(&self, ch: usize, mean: f64, var: f64) -> NormMap<T> {
-        self.normalization(ch, mean, var).map::<T>()
+    fn channel_map(
+        &self,
+        ch: usize,
+        mean: f64,
+        var: f64,
+        renorm: Option<RenormLimits>,
+    ) -> NormMap<T> {
+        self.normalization(ch, mean, var, renorm).map::<T>()
+    }
+
+    /// Batch Renormalization's correction of channel `ch` with batch `mean` and `var`, from
+    /// the running statistics as they are (before this step's update); none without limits.
+    fn renorm_correction(
+        &self,
+        ch: usize,
+        mean: f64,
+        var: f64,
+        renorm: Option<RenormLimits>,
+    ) -> RenormCorrection {
+        match renorm {
+            Some(limits) => {
+                let (rm, rv) = self.running(ch);
+                limits.correction(mean, var, rm, rv, self.config.eps)
+            }
+            None => RenormCorrection::NONE,
+        }
     }
 
     /// The running mean and variance of channel `ch`, in `f64`.
@@ -722,6 +763,15 @@ impl<T: Element> BatchNorm<T> {
             }
         }
 
+        // Batch Renormalization corrects batch statistics in training (it needs the running
+        // statistics, so batch statistics mean training here).
+        let renorm = match statistics {
+            Statistics::Batch => self
+                .config
+                .renorm
+                .map(|s| s.limits(self.num_batches_tracked)),
+            Statistics::Running => None,
+        };
         let c = self.channels;
         let geo = shape.geometry();
         let exec = self.exec(shape);
@@ -743,7 +793,7 @@ impl<T: Element> BatchNorm<T> {
                     y,
                     moments_kernel(x, geo, exec.isa),
                     Moments::merge,
-                    |ch, m| self.channel_map(ch, m.mean, m.variance()),
+                    |ch, m| self.channel_map(ch, m.mean, m.variance(), renorm),
                     |y, range, blocks, maps| {
                         normalize_channels(x, epi, y, geo, range, blocks, seq, maps)
                     },
@@ -755,7 +805,7 @@ impl<T: Element> BatchNorm<T> {
             Statistics::Running => {
                 for ch in 0..c {
                     let (mean, var) = self.running(ch);
-                    ws.maps[ch] = self.channel_map(ch, mean, var);
+                    ws.maps[ch] = self.channel_map(ch, mean, var, None);
                 }
                 normalize(x, epi, y, geo, 0..c, exec, &ws.maps, &mut ws.wide_maps);
             }
@@ -766,7 +816,11 @@ impl<T: Element> BatchNorm<T> {
                 Statistics::Running => self.running(ch),
             };
             saved.mean64[ch] = mean;
-            saved.invstd64[ch] = self.normalization(ch, mean, var).invstd;
+            saved.invstd64[ch] = self.normalization(ch, mean, var, None).invstd;
+            if renorm.is_some() {
+                let corr = self.renorm_correction(ch, mean, var, renorm);
+                saved.renorm.push(corr);
+            }
         }
         saved
             .mean
@@ -823,12 +877,17 @@ impl<T: Element> BatchNorm<T> {
         let geo = shape.geometry();
         let exec = self.exec(shape);
         let count = shape.per_channel() as u64;
+        let correction = |ch: usize| {
+            let corr = saved.renorm.get(ch);
+            corr.copied().unwrap_or(RenormCorrection::NONE)
+        };
         let grad_map = |ch: usize, sums: GradSums| {
+            let (weight, bias) = correction(ch).affine(self.gamma(ch), self.beta(ch));
             let norm = Normalization {
                 mean: saved.mean64[ch],
                 invstd: saved.invstd64[ch],
-                weight: self.gamma(ch),
-                bias: self.beta(ch),
+                weight,
+                bias,
             };
             let grad = match statistics {
                 Statistics::Batch => InputGrad::batch(&norm, sums, count),
@@ -860,8 +919,11 @@ impl<T: Element> BatchNorm<T> {
         grads.weight.clear();
         grads.bias.clear();
         if self.config.affine {
-            let sums = ws.sums.iter().zip(&saved.invstd64);
-            let weight = sums.map(|(s, &invstd)| T::Param::from_f64(s.weight_grad(invstd)));
+            let sums = ws.sums.iter().zip(&saved.invstd64).enumerate();
+            let weight = sums.map(|(ch, (s, &invstd))| {
+                let grad = correction(ch).weight_grad(s.weight_grad(invstd), s.bias_grad());
+                T::Param::from_f64(grad)
+            });
             grads.weight.extend(weight);
             let bias = ws.sums.iter().map(|s| T::Param::from_f64(s.bias_grad()));
             grads.bias.extend(bias);
@@ -877,6 +939,7 @@ impl<T: Element> Saved<T> {
         self.invstd.clear();
         self.mean64.clear();
         self.invstd64.clear();
+        self.renorm.clear();
         self.shape = None;
         self.statistics = None;
     }
