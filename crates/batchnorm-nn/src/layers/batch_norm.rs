@@ -50,28 +50,8 @@ impl<T: Scalar> BatchNorm<T> {
     /// spatial dims, [`NnError::TooLarge`] when their product overflows, the core's errors for
     /// a bad `cfg`.
     pub fn new(sample_dims: &[usize], cfg: BatchNormConfig) -> Result<Self> {
-        let (&c, spatial) = sample_dims.split_first().ok_or(NnError::Empty {
-            what: "batch-norm sample shape",
-        })?;
-        if spatial.len() > 3 {
-            return Err(NnError::TooManyDims {
-                what: "batch-norm sample dims (C, then spatial)",
-                got: sample_dims.len(),
-                max: 4,
-            });
-        }
-        if sample_dims.contains(&0) {
-            return Err(NnError::Empty {
-                what: "batch-norm sample dim",
-            });
-        }
-        let sample_len = sample_dims
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| NnError::TooLarge {
-                what: "batch-norm sample",
-                sizes: sample_dims.to_vec(),
-            })?;
+        let sample_len = sample_len(sample_dims, "batch-norm sample")?;
+        let c = sample_dims[0];
         let inner = batchnorm::BatchNorm::new(c, cfg)?;
         Ok(BatchNorm {
             weight_grad: vec![T::ZERO; inner.weight.len()],
@@ -95,6 +75,31 @@ impl<T: Scalar> BatchNorm<T> {
     fn shape(&self, n: usize) -> Result<Shape> {
         batch_shape(&self.sample_dims, n)
     }
+}
+
+/// Checks the per-sample dims `[C, spatial...]` of a normalization layer (`what`): not empty,
+/// no zero, at most three spatial dims, a product that fits; returns that product.
+///
+/// # Errors
+/// [`NnError::Empty`], [`NnError::TooManyDims`], [`NnError::TooLarge`].
+pub(super) fn sample_len(sample_dims: &[usize], what: &'static str) -> Result<usize> {
+    if sample_dims.is_empty() || sample_dims.contains(&0) {
+        return Err(NnError::Empty { what });
+    }
+    if sample_dims.len() > 4 {
+        return Err(NnError::TooManyDims {
+            what,
+            got: sample_dims.len(),
+            max: 4,
+        });
+    }
+    sample_dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| NnError::TooLarge {
+            what,
+            sizes: sample_dims.to_vec(),
+        })
 }
 
 /// Calls `f` on gamma (`weight`) and beta (`bias`) with their gradients, when the batch
