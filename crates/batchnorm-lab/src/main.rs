@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use batchnorm_lab::bench;
-use batchnorm_lab::experiments::{all, batch_size, cli, cnn, depth, fig1, fold, lr_sweep, sync_bn};
+use batchnorm_lab::experiments::{
+    all, batch_size, cli, cnn, depth, fig1, fold, lr_sweep, small_batch, sync_bn,
+};
 use clap::{Args, Parser, Subcommand};
 
 /// Reproduces the Batch Normalization paper's experiments on MNIST.
@@ -45,8 +47,11 @@ enum Command {
     /// `mpirun -np P`, else --ranks threads) with synchronised BN, per-rank BN, and one
     /// process on the global batch; same weights, same batches.
     SyncBn(cli::SyncBnArgs),
+    /// Small batches: BN, Batch Renorm, GroupNorm and SyncBN (in-process ranks) at batch 2-32,
+    /// Ghost BN against BN at batch 256; test accuracy with the inference statistics.
+    SmallBatch(cli::SmallBatchArgs),
     /// Every experiment at its defaults (fig1, depth, lr-sweep, batch-size, cnn, fold, sync-bn
-    /// on threads) into
+    /// on threads, small-batch) into
     /// `<out>/<name>/`, then one combined `<out>/report.md` and `<out>/index.html`.
     All(cli::AllArgs),
 }
@@ -214,6 +219,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             lr_sweep::print_summary(&lr_sweep::run(&a.config())?);
         }
         Command::BatchSize(a) => batch_size::print_summary(&batch_size::run(&a.config())?),
+        Command::SmallBatch(a) => small_batch::print_summary(&small_batch::run(&a.config())?),
         Command::SyncBn(a) => {
             // Under mpirun only rank 0 has an outcome to print.
             if let Some(outcome) = sync_bn::run(&a.config())? {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{all, batch_size, cnn, depth, fold, lr_sweep, sync_bn};
+use super::{all, batch_size, cnn, depth, fold, lr_sweep, small_batch, sync_bn};
 
 /// Options every experiment shares.
 #[derive(Debug, Clone, Args)]
@@ -162,6 +162,81 @@ impl BatchSizeArgs {
             lr: self.lr,
             lr_batch: self.lr_batch,
             init_std: self.init_std,
+            evals: self.evals,
+            seed: self.common.seed,
+            threads: self.common.threads,
+            out: self.out.clone(),
+            data: self.common.data.clone(),
+        }
+    }
+}
+
+/// `bnlab small-batch`.
+#[derive(Debug, Clone, Args)]
+pub struct SmallBatchArgs {
+    /// Batch sizes of BN, Batch Renorm and GroupNorm (each 2 to 1000), e.g. `2,4` or `2 4`.
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [2, 4, 8, 16, 32])]
+    pub batch_sizes: Vec<usize>,
+    /// Training examples every run sees (steps = examples / global batch size).
+    #[arg(long, default_value_t = 240_000)]
+    pub examples: usize,
+    /// Learning rate at batch size --lr-batch; a (global) batch B uses lr * B / lr-batch.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// The batch size --lr refers to.
+    #[arg(long, default_value_t = 128)]
+    pub lr_batch: usize,
+    /// Standard deviation of the Gaussian initial weights (fig1's); biases 0.
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    pub init_std: f64,
+    /// GroupNorm's groups per 100-unit hidden layer (a divisor of 100).
+    #[arg(long, default_value_t = 10)]
+    pub groups: usize,
+    /// Batch Renormalization's final bound on r (reached at 40/160 of the run).
+    #[arg(long, default_value_t = 3.0, allow_negative_numbers = true)]
+    pub rmax: f64,
+    /// Batch Renormalization's final bound on |d| (reached at 25/160 of the run).
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true)]
+    pub dmax: f64,
+    /// SyncBN's ranks (threads of this process).
+    #[arg(long, default_value_t = 4)]
+    pub ranks: usize,
+    /// SyncBN's per-rank batch sizes, e.g. `2,4`.
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [2, 4])]
+    pub sync_batches: Vec<usize>,
+    /// The large batch Ghost BN and plain BN are compared at.
+    #[arg(long, default_value_t = 256)]
+    pub ghost_batch: usize,
+    /// Ghost BN's virtual batch size (divides --ghost-batch).
+    #[arg(long, default_value_t = 32)]
+    pub virtual_batch: usize,
+    /// Test-accuracy evaluations per run, evenly spaced.
+    #[arg(long, default_value_t = 8)]
+    pub evals: usize,
+    /// Output folder for results.csv, curves.csv, summary.json, small_batch.png/.svg and
+    /// report.md.
+    #[arg(long, default_value = "out/small-batch")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl SmallBatchArgs {
+    /// The experiment's settings.
+    pub fn config(&self) -> small_batch::Config {
+        small_batch::Config {
+            batch_sizes: self.batch_sizes.clone(),
+            examples: self.examples,
+            lr: self.lr,
+            lr_batch: self.lr_batch,
+            init_std: self.init_std,
+            groups: self.groups,
+            rmax: self.rmax,
+            dmax: self.dmax,
+            ranks: self.ranks,
+            sync_batches: self.sync_batches.clone(),
+            ghost_batch: self.ghost_batch,
+            virtual_batch: self.virtual_batch,
             evals: self.evals,
             seed: self.common.seed,
             threads: self.common.threads,

@@ -49,6 +49,9 @@ pub(crate) fn initial_linears(
         .collect()
 }
 
+/// Makes the normalization layer of a hidden layer of the given width.
+pub(crate) type NormLayer<'a> = &'a dyn Fn(usize) -> Result<Box<dyn Layer<f32>>, NnError>;
+
 /// The network: `Linear, [BatchNorm,] activation` for every linear layer but the last, then the
 /// last `Linear`, with workspaces for batches of up to `capacity`. Batch normalization uses
 /// PyTorch's defaults (eps 1e-5, momentum 0.1, learnable gamma and beta).
@@ -61,17 +64,34 @@ pub(crate) fn build(
     batch_norm: bool,
     capacity: usize,
 ) -> Result<Sequential<f32>, NnError> {
+    let bn = |width: usize| -> Result<Box<dyn Layer<f32>>, NnError> {
+        Ok(Box::new(BatchNorm::new(
+            &[width],
+            BatchNormConfig::default(),
+        )?))
+    };
+    build_with(linears, activation, batch_norm.then_some(&bn), capacity)
+}
+
+/// As [`build`], with the layer `norm` makes (if any) between each hidden linear layer and its
+/// activation.
+///
+/// # Errors
+/// Those of `norm`, or layers that do not fit together.
+pub(crate) fn build_with(
+    linears: &[Linear<f32>],
+    activation: Activation,
+    norm: Option<NormLayer<'_>>,
+    capacity: usize,
+) -> Result<Sequential<f32>, NnError> {
     let mut layers: Vec<Box<dyn Layer<f32>>> = Vec::new();
     let last = linears.len().saturating_sub(1);
     for (i, l) in linears.iter().enumerate() {
         let width = l.out_len();
         layers.push(Box::new(l.clone()));
         if i < last {
-            if batch_norm {
-                layers.push(Box::new(BatchNorm::new(
-                    &[width],
-                    BatchNormConfig::default(),
-                )?));
+            if let Some(norm) = norm {
+                layers.push(norm(width)?);
             }
             match activation {
                 Activation::Sigmoid => layers.push(Box::new(Sigmoid::new(width)?)),

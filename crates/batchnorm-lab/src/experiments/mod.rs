@@ -18,6 +18,7 @@ mod mlp;
 mod output;
 mod parallel;
 mod sampler;
+pub mod small_batch;
 pub mod sync_bn;
 mod trainer;
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::output::write;
-use super::{batch_size, cnn, depth, fig1, fold, lr_sweep, sync_bn, LabError};
+use super::{batch_size, cnn, depth, fig1, fold, lr_sweep, small_batch, sync_bn, LabError};
 
 /// Settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,6 +178,26 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     }
     timed("sync-bn", &mut || {
         sync_bn::run_threads(&c).map(|o| sync_bn::print_summary(&o))
+    })?;
+
+    let mut c = small_batch::Config {
+        seed,
+        threads,
+        data: data.clone(),
+        out: dir("small-batch"),
+        ..small_batch::Config::default()
+    };
+    if cfg.quick {
+        (
+            c.batch_sizes,
+            c.sync_batches,
+            c.ghost_batch,
+            c.virtual_batch,
+        ) = (vec![4], vec![2], 16, 8);
+        (c.examples, c.evals) = (320, 1);
+    }
+    timed("small-batch", &mut || {
+        small_batch::run(&c).map(|o| small_batch::print_summary(&o))
     })?;
 
     let outcome = Outcome {

@@ -258,27 +258,63 @@ pub fn run_threads(cfg: &Config) -> Result<Outcome, LabError> {
     super::output::prepare_out(&cfg.out)?;
     let start = Instant::now();
     let (data, _) = super::data::load_mnist(&cfg.data)?;
+    let outcomes = on_thread_ranks(cfg.ranks, |comm| {
+        rank_main(&comm, Backend::Threads, cfg, &data, start)
+    })?;
+    outcomes
+        .into_iter()
+        .flatten()
+        .next()
+        .ok_or(LabError::Setup("rank 0 returned no outcome"))
+}
+
+/// One data-parallel run with synchronised BN on `cfg.ranks` in-process ranks, from the
+/// linear layers `linears` (fig1's widths): rank 0's evaluations and timings. For experiments
+/// that compare SyncBN with other remedies (`bnlab small-batch`).
+///
+/// # Errors
+/// Any rank's error (its cause, see [`on_thread_ranks`]).
+pub(crate) fn sync_run_on_threads(
+    cfg: &Config,
+    data: &Mnist,
+    linears: &[batchnorm_nn::layers::Linear<f32>],
+    bar: Option<&crate::progress::NetProgress>,
+) -> Result<VariantRun, LabError> {
+    let runs = on_thread_ranks(cfg.ranks, |comm| {
+        let bar = if comm.rank() == 0 { bar } else { None };
+        train::distributed(&comm, cfg, data, linears, Variant::Sync, bar).map(|(run, _)| run)
+    })?;
+    runs.into_iter()
+        .next()
+        .ok_or(LabError::Setup("rank 0 returned no outcome"))
+}
+
+/// Runs `f` on `ranks` in-process ranks (one thread each, a [`local_group`]); returns every
+/// rank's result in rank order. A rank that fails leaves the group and the others fail with
+/// `PeerGone`: the error returned is the cause, the first in rank order that is not such a
+/// consequence.
+///
+/// # Errors
+/// That cause, or [`LabError::Panicked`] for a rank that panicked.
+pub(crate) fn on_thread_ranks<R: Send>(
+    ranks: usize,
+    f: impl Fn(Arc<dyn Collective>) -> Result<R, LabError> + Sync,
+) -> Result<Vec<R>, LabError> {
     let results = std::thread::scope(|s| {
-        let handles: Vec<_> = local_group(cfg.ranks)
+        let handles: Vec<_> = local_group(ranks)
             .into_iter()
             .map(|comm| {
-                let data = &data;
-                s.spawn(move || {
-                    let comm: Arc<dyn Collective> = Arc::new(comm);
-                    rank_main(&comm, Backend::Threads, cfg, data, start)
-                })
+                let f = &f;
+                s.spawn(move || f(Arc::new(comm)))
             })
             .collect();
         let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
         results
     });
-    // A rank that fails leaves the group and the others fail with `PeerGone`: report the
-    // cause, the first error in rank order that is not a consequence.
-    let mut errors = Vec::new();
-    let mut rank0 = None;
+    let (mut errors, mut oks) = (Vec::new(), Vec::new());
     for (rank, r) in results.into_iter().enumerate() {
         match r.map_err(|_| LabError::Panicked(format!("rank {rank}")))? {
-            Ok(outcome) => rank0 = rank0.or(outcome),
+            Ok(v) => oks.push(v),
             Err(e) => errors.push(e),
         }
     }
@@ -292,7 +328,7 @@ pub fn run_threads(cfg: &Config) -> Result<Outcome, LabError> {
         Some(i) => Err(errors.swap_remove(i)),
         None => match errors.into_iter().next() {
             Some(e) => Err(e),
-            None => rank0.ok_or(LabError::Setup("rank 0 returned no outcome")),
+            None => Ok(oks),
         },
     }
 }
