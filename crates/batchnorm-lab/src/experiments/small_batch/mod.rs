@@ -197,9 +197,12 @@ impl Config {
         positive("--lr", self.lr)?;
         at_least_one("--lr-batch", self.lr_batch)?;
         non_negative("--init-std", self.init_std)?;
-        Renorm::fixed(self.rmax, self.dmax)
-            .validate()
-            .map_err(|e| LabError::Nn(NnError::from(e)))?;
+        if !(self.rmax.is_finite() && self.rmax >= 1.0) {
+            return bad("--rmax", self.rmax, "must be finite and at least 1");
+        }
+        if !(self.dmax.is_finite() && self.dmax >= 0.0) {
+            return bad("--dmax", self.dmax, "must be finite and at least 0");
+        }
         at_least_one("--evals", self.evals)?;
         at_least_one("--threads", self.threads)
     }
