@@ -308,6 +308,16 @@ fn report_md(o: &Outcome) -> String {
         smallest * c.ranks,
         at(Method::SyncBn, smallest),
     );
+    if smallest == 2 {
+        let _ = writeln!(
+            s,
+            "- With two values per channel (batch 2, no spatial positions) BN's output is ±1 \
+             whatever the input, and its input gradient `k (dy - mean(dy) - xhat mean(dy xhat))` \
+             is zero up to eps / var: nothing below a BN layer learns. Batch Renorm's r and d \
+             are constants for backward, so its input gradient is the same zero scaled by r: it \
+             changes what the layers above see, not what the layers below learn."
+        );
+    }
     if let Some(&largest) = c.batch_sizes.iter().max() {
         let _ = writeln!(
             s,
