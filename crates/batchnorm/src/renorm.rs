@@ -73,7 +73,9 @@ impl Renorm {
         }
     }
 
-    /// The same limits at every step: set it before a call to give the limits per call.
+    /// The same limits at every step; set with
+    /// [`BatchNorm::set_renorm`](crate::BatchNorm::set_renorm) before a call, it gives the
+    /// limits per call.
     pub fn fixed(rmax: f64, dmax: f64) -> Self {
         Self {
             rmax,

@@ -276,4 +276,29 @@ mod renorm {
         assert_eq!(bn.running_mean, plain.running_mean);
         assert_eq!(bn.running_var, plain.running_var);
     }
+
+    /// Limits given per call: a fixed schedule set before each call, validated.
+    #[test]
+    fn limits_can_change_per_call() {
+        let shape = Shape::new(&[4, 1], Layout::ChannelsFirst).unwrap();
+        let x = [0.0, 1.0, 2.0, 3.0];
+        let mut bn = BatchNorm::<f64>::new(1, BatchNormConfig::default()).unwrap();
+        bn.running_mean = vec![10.0];
+        let mut y = [0.0; 4];
+        for (dmax, want) in [(0.5, -0.5), (2.0, -2.0)] {
+            bn.set_renorm(Some(Renorm::fixed(1.5, dmax))).unwrap();
+            let saved = bn
+                .forward_without_update(&x, &shape, Mode::Train, &mut y)
+                .unwrap();
+            assert_eq!(saved.renorm()[0].d, want);
+        }
+        let before = bn.config().renorm;
+        assert!(bn.set_renorm(Some(Renorm::fixed(0.5, 1.0))).is_err());
+        assert_eq!(bn.config().renorm, before);
+        bn.set_renorm(None).unwrap();
+        let saved = bn
+            .forward_without_update(&x, &shape, Mode::Train, &mut y)
+            .unwrap();
+        assert!(saved.renorm().is_empty());
+    }
 }

@@ -238,6 +238,22 @@ impl<T: Element> BatchNorm<T> {
         &self.config
     }
 
+    /// Sets (or, with `None`, removes) Batch Renormalization's schedule for the following
+    /// training calls: with [`Renorm::fixed`](crate::Renorm::fixed) before each call, the
+    /// limits are given per call.
+    ///
+    /// # Errors
+    /// As [`BatchNormConfig::validate`] for the new configuration; on error nothing changes.
+    pub fn set_renorm(&mut self, renorm: Option<crate::Renorm>) -> Result<()> {
+        let config = BatchNormConfig {
+            renorm,
+            ..self.config
+        };
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// Whether calls may use rayon's threads (results do not depend on it).
     pub fn set_par(&mut self, par: Par) {
         self.kernels = self.kernels.with_par(par);
