@@ -1,11 +1,15 @@
 //! One network's training state and its SGD step.
 
-use batchnorm_nn::data::Split;
+use std::time::Instant;
+
+use batchnorm_nn::data::{Mnist, Split};
 use batchnorm_nn::layers::Mode;
 use batchnorm_nn::{LossStats, Sequential, Sgd, SgdConfig, SoftmaxCrossEntropy};
 
+use super::evaluate::Accuracy;
 use super::sampler::{Sampler, SamplerState};
 use super::LabError;
+use crate::progress::NetProgress;
 
 /// A model, plain SGD (no momentum, no weight decay), softmax cross-entropy over 10 classes and
 /// a seeded batch order.
@@ -100,4 +104,40 @@ impl Trainer {
         self.sgd.step(&mut self.model)?;
         Ok(s)
     }
+}
+
+/// A run of `steps` SGD steps of `trainer` on batches of `batch`, evaluating test accuracy
+/// (running statistics) at step 0 and `evals` times evenly spaced; `on_loss(step, loss)` sees
+/// every step's training loss. Returns the (examples seen, test accuracy) curve and the seconds
+/// of training (evaluations excluded).
+///
+/// # Errors
+/// Any error of the training stack.
+pub(crate) fn train_evaluating(
+    trainer: &mut Trainer,
+    data: &Mnist,
+    steps: usize,
+    evals: usize,
+    bar: &NetProgress,
+    mut on_loss: impl FnMut(usize, f64),
+) -> Result<(Vec<(usize, f64)>, f64), LabError> {
+    let mut acc = Accuracy::new(&data.test);
+    let eval_at: Vec<usize> = (1..=evals).map(|k| (steps * k / evals).max(1)).collect();
+    let mut curve = vec![(0, acc.run(&mut trainer.model, &data.test, Mode::Eval)?)];
+    let mut train_seconds = 0.0;
+    let mut t = Instant::now();
+    for step in 1..=steps {
+        on_loss(step, trainer.step(&data.train)?.loss);
+        if step.is_multiple_of(1000) {
+            bar.set_step(step as u64);
+        }
+        if eval_at.contains(&step) {
+            train_seconds += t.elapsed().as_secs_f64();
+            let a = acc.run(&mut trainer.model, &data.test, Mode::Eval)?;
+            curve.push((step * trainer.batch, a));
+            t = Instant::now();
+        }
+    }
+    train_seconds += t.elapsed().as_secs_f64();
+    Ok((curve, train_seconds))
 }

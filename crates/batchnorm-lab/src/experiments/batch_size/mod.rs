@@ -22,7 +22,7 @@ use super::mlp::{self, Activation};
 use super::output::print_wall_time;
 use super::parallel::{finish_bar, log_run, run_jobs};
 use super::sampler::order_seed;
-use super::trainer::Trainer;
+use super::trainer::{train_evaluating, Trainer};
 use super::{LabError, EVAL_CHUNK};
 use crate::progress::Progress;
 
@@ -191,35 +191,22 @@ fn train_one(
     let steps = cfg.examples / b;
     let lr = cfg.lr_for(b);
     let mut trainer = Trainer::new(model, lr, b, order_seed(cfg.seed), data.train.len())?;
-    let mut acc = Accuracy::new(&data.test);
-    let eval_at: Vec<usize> = (1..=cfg.evals)
-        .map(|k| (steps * k / cfg.evals).max(1))
-        .collect();
     let tail_from = steps - steps / 10;
     let (mut tail_loss, mut tail_n) = (0.0, 0usize);
-    let mut curve = vec![(0, acc.run(&mut trainer.model, &data.test, Mode::Eval)?)];
-    let mut train_seconds = 0.0;
-    let mut t = Instant::now();
-    for step in 1..=steps {
-        let loss = trainer.step(&data.train)?.loss;
-        if step > tail_from {
-            tail_loss += loss;
-            tail_n += 1;
-        }
-        if step.is_multiple_of(1000) {
-            bar.set_step(step as u64);
-        }
-        if eval_at.contains(&step) {
-            train_seconds += t.elapsed().as_secs_f64();
-            let a = acc.run(&mut trainer.model, &data.test, Mode::Eval)?;
-            curve.push((step * b, a));
-            t = Instant::now();
-        }
-    }
-    train_seconds += t.elapsed().as_secs_f64();
+    let (curve, train_seconds) =
+        train_evaluating(&mut trainer, data, steps, cfg.evals, bar, |step, loss| {
+            if step > tail_from {
+                tail_loss += loss;
+                tail_n += 1;
+            }
+        })?;
     let test_accuracy = curve.last().map_or(f64::NAN, |c| c.1);
-    let test_accuracy_batch_stats =
-        acc.run_chunked(&mut trainer.model, &data.test, Mode::BatchStats, b)?;
+    let test_accuracy_batch_stats = Accuracy::new(&data.test).run_chunked(
+        &mut trainer.model,
+        &data.test,
+        Mode::BatchStats,
+        b,
+    )?;
     Ok(Run {
         batch_size: b,
         lr,

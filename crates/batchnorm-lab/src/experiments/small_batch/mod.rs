@@ -18,16 +18,15 @@ use std::time::Instant;
 
 use batchnorm::{BatchNormConfig, Renorm};
 use batchnorm_nn::data::Mnist;
-use batchnorm_nn::layers::{BatchNorm, GhostBatchNorm, GroupNorm, Layer, Linear, Mode};
+use batchnorm_nn::layers::{BatchNorm, GhostBatchNorm, GroupNorm, Layer, Linear};
 use batchnorm_nn::{NnError, Sequential};
 
 use super::error::{at_least_one, bad, each_in_range, in_range, non_negative, positive};
-use super::evaluate::Accuracy;
 use super::mlp::{self, Activation};
 use super::output::print_wall_time;
 use super::parallel::{finish_bar, log_run, run_jobs};
 use super::sampler::order_seed;
-use super::trainer::Trainer;
+use super::trainer::{train_evaluating, Trainer};
 use super::{sync_bn, LabError, EVAL_CHUNK};
 use crate::progress::{NetProgress, Progress};
 
@@ -391,13 +390,6 @@ pub fn renorm_schedule(cfg: &Config, steps: usize) -> Renorm {
     }
 }
 
-/// The steps at which a run of `steps` evaluates.
-fn eval_steps(cfg: &Config, steps: usize) -> Vec<usize> {
-    (1..=cfg.evals)
-        .map(|k| (steps * k / cfg.evals).max(1))
-        .collect()
-}
-
 fn train_single(
     cfg: &Config,
     job: Job,
@@ -410,24 +402,8 @@ fn train_single(
     let lr = cfg.lr_for(b);
     let model = network(cfg, job, linears, steps)?;
     let mut trainer = Trainer::new(model, lr, b, order_seed(cfg.seed), data.train.len())?;
-    let mut acc = Accuracy::new(&data.test);
-    let eval_at = eval_steps(cfg, steps);
-    let mut curve = vec![(0, acc.run(&mut trainer.model, &data.test, Mode::Eval)?)];
-    let mut train_seconds = 0.0;
-    let mut t = Instant::now();
-    for step in 1..=steps {
-        trainer.step(&data.train)?;
-        if step.is_multiple_of(1000) {
-            bar.set_step(step as u64);
-        }
-        if eval_at.contains(&step) {
-            train_seconds += t.elapsed().as_secs_f64();
-            let a = acc.run(&mut trainer.model, &data.test, Mode::Eval)?;
-            curve.push((step * b, a));
-            t = Instant::now();
-        }
-    }
-    train_seconds += t.elapsed().as_secs_f64();
+    let (curve, train_seconds) =
+        train_evaluating(&mut trainer, data, steps, cfg.evals, bar, |_, _| {})?;
     Ok(Run {
         job,
         lr,
