@@ -214,3 +214,58 @@ fn ghost_batch_norm_is_batch_norm_within_one_virtual_batch_and_in_evaluation() {
     assert!(matches!(err, NnError::InvalidConfig { .. }), "{err}");
     assert!(GhostBatchNorm::new(bn, 0).is_err());
 }
+
+/// Both layers save and load as PyTorch would name them (`nn.GroupNorm`: weight, bias; a ghost
+/// batch norm is a `BatchNorm1d`), and a loaded network computes what the saved one did.
+#[test]
+fn state_dicts_round_trip() {
+    use batchnorm_nn::layers::Linear;
+    use batchnorm_nn::Sequential;
+    let build = |rng: &mut Rng| {
+        let layers: Vec<Box<dyn Layer<f32>>> = vec![
+            Box::new(Linear::<f32>::gaussian(6, 4, 0.5, rng).unwrap()),
+            Box::new(GroupNorm::<f32>::new(&[4], 2, 1e-5).unwrap()),
+            Box::new(Linear::<f32>::gaussian(4, 4, 0.5, rng).unwrap()),
+            Box::new(
+                GhostBatchNorm::new(BatchNorm::new(&[4], BatchNormConfig::default()).unwrap(), 2)
+                    .unwrap(),
+            ),
+        ];
+        Sequential::new(layers, 8).unwrap()
+    };
+    let mut rng = Rng::new(31);
+    let mut a = build(&mut rng);
+    let x: Vec<f32> = randn(8 * 6, 1.0, &mut rng)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    a.forward_from(&x, 8, Mode::Train).unwrap();
+    a.visit_params(&mut |p| {
+        for v in p.value.iter_mut() {
+            *v += 0.25;
+        }
+    });
+    let sd = a.state_dict().unwrap();
+    let keys: Vec<&str> = sd.tensors.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "0.bias",
+            "0.weight",
+            "1.bias",
+            "1.weight",
+            "2.bias",
+            "2.weight",
+            "3.bias",
+            "3.num_batches_tracked",
+            "3.running_mean",
+            "3.running_var",
+            "3.weight"
+        ]
+    );
+    let mut b = build(&mut Rng::new(99));
+    b.load_state_dict(&sd, true).unwrap();
+    let ya = a.forward_from(&x, 8, Mode::Eval).unwrap().to_vec();
+    let yb = b.forward_from(&x, 8, Mode::Eval).unwrap().to_vec();
+    assert_eq!(ya, yb);
+}
