@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use batchnorm_lab::bench;
-use batchnorm_lab::experiments::{all, batch_size, cli, cnn, depth, fig1, fold, lr_sweep, sync_bn};
+use batchnorm_lab::experiments::{
+    all, batch_size, cli, cnn, depth, fig1, fold, lr_sweep, sync_bn, why,
+};
 use clap::{Args, Parser, Subcommand};
 
 /// Reproduces the Batch Normalization paper's experiments on MNIST.
@@ -45,8 +47,12 @@ enum Command {
     /// `mpirun -np P`, else --ranks threads) with synchronised BN, per-rank BN, and one
     /// process on the global batch; same weights, same batches.
     SyncBn(cli::SyncBnArgs),
+    /// Why BN works, put to the test (Santurkar et al. 2018): the ReLU MLP with BN, without
+    /// BN and with noisy BN; distribution drift, gradient-based internal covariate shift and
+    /// the loss landscape along the gradient.
+    Why(cli::WhyArgs),
     /// Every experiment at its defaults (fig1, depth, lr-sweep, batch-size, cnn, fold, sync-bn
-    /// on threads) into
+    /// on threads, why) into
     /// `<out>/<name>/`, then one combined `<out>/report.md` and `<out>/index.html`.
     All(cli::AllArgs),
 }
@@ -214,6 +220,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             lr_sweep::print_summary(&lr_sweep::run(&a.config())?);
         }
         Command::BatchSize(a) => batch_size::print_summary(&batch_size::run(&a.config())?),
+        Command::Why(a) => why::print_summary(&why::run(&a.config())?),
         Command::SyncBn(a) => {
             // Under mpirun only rank 0 has an outcome to print.
             if let Some(outcome) = sync_bn::run(&a.config())? {

@@ -20,6 +20,7 @@ mod parallel;
 mod sampler;
 pub mod sync_bn;
 mod trainer;
+pub mod why;
 
 pub use error::LabError;
 pub use evaluate::EVAL_CHUNK;

@@ -88,6 +88,29 @@ fn paint_item(pixmap: &mut Pixmap, base: Transform, item: &Item) {
             };
             pixmap.stroke_path(&path, &paint(*color, 1.0), &stroke, base, None);
         }
+        Item::Area {
+            points,
+            color,
+            opacity,
+        } => {
+            let mut builder = PathBuilder::new();
+            for (i, &(x, y)) in points.iter().enumerate() {
+                if i == 0 {
+                    builder.move_to(x as f32, y as f32);
+                } else {
+                    builder.line_to(x as f32, y as f32);
+                }
+            }
+            builder.close();
+            let Some(path) = builder.finish() else { return };
+            pixmap.fill_path(
+                &path,
+                &paint(*color, *opacity),
+                FillRule::Winding,
+                base,
+                None,
+            );
+        }
         Item::Dot {
             x,
             y,

@@ -57,6 +57,23 @@ fn write_item(out: &mut String, item: &Item) {
             }
             out.push_str("/>\n");
         }
+        Item::Area {
+            points,
+            color,
+            opacity,
+        } => {
+            let _ = write!(out, r#"<polygon points=""#);
+            for (i, &(x, y)) in points.iter().enumerate() {
+                let separator = if i == 0 { "" } else { " " };
+                let _ = write!(out, "{separator}{},{}", num(x), num(y));
+            }
+            let _ = writeln!(
+                out,
+                r#"" fill="{}" fill-opacity="{}" stroke="none"/>"#,
+                hex(*color),
+                num(*opacity)
+            );
+        }
         Item::Dot {
             x,
             y,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::output::write;
-use super::{batch_size, cnn, depth, fig1, fold, lr_sweep, sync_bn, LabError};
+use super::{batch_size, cnn, depth, fig1, fold, lr_sweep, sync_bn, why, LabError};
 
 /// Settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +179,18 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     timed("sync-bn", &mut || {
         sync_bn::run_threads(&c).map(|o| sync_bn::print_summary(&o))
     })?;
+
+    let mut c = why::Config {
+        seed,
+        threads,
+        data: data.clone(),
+        out: dir("why"),
+        ..why::Config::default()
+    };
+    if cfg.quick {
+        (c.steps, c.measure_every, c.etas, c.probe) = (40, 20, 3, 100);
+    }
+    timed("why", &mut || why::run(&c).map(|o| why::print_summary(&o)))?;
 
     let outcome = Outcome {
         config: cfg.clone(),
