@@ -390,6 +390,91 @@ fn sync_bn_equals_one_process_and_per_rank_bn_does_not() {
 }
 
 #[test]
+fn why_measures_drift_ics_and_the_landscape_for_the_three_networks() {
+    let out = temp_dir("why");
+    run_ok(
+        &[
+            "why",
+            "--steps",
+            "40",
+            "--measure-every",
+            "20",
+            "--etas",
+            "3",
+            "--probe",
+            "100",
+        ],
+        &out,
+    );
+    let nets = ["bn", "plain", "noisy_bn"];
+    // Evaluations at steps 0, 20, 40; measurements at 0 and 20 (before those steps' updates);
+    // three linear layers after the first; three step sizes.
+    let evals = csv_rows(
+        &out.join("evals.csv"),
+        "net,step,train_loss,test_accuracy,change,l1_p15,l1_p50,l1_p85,l2_p15,l2_p50,l2_p85,l3_p15,l3_p50,l3_p85",
+    );
+    assert_eq!(evals.len(), 9);
+    let ics = csv_rows(&out.join("ics.csv"), "net,step,layer,l2,cosine,grad_norm");
+    assert_eq!(ics.len(), 3 * 2 * 3);
+    let landscape = csv_rows(
+        &out.join("landscape.csv"),
+        "net,step,eta,loss_here,loss,grad_norm,grad_change",
+    );
+    assert_eq!(landscape.len(), 3 * 2 * 3);
+    let etas: Vec<f64> = landscape[..3].iter().map(|r| num(&r[2])).collect();
+    assert_eq!(etas[0], 0.01);
+    assert!((etas[1] - 0.1).abs() < 1e-12 && (etas[2] - 1.0).abs() < 1e-12);
+
+    let s = json(&out.join("summary.json"));
+    for net in nets {
+        let n = &s[net];
+        let acc = f(&n["final_test_accuracy"]);
+        assert!((0.0..=1.0).contains(&acc), "{net}: {acc}");
+        assert!(f(&n["drift"]) >= 0.0);
+        for (key, lo, hi) in [("ics_l2", 0.0, f64::INFINITY), ("ics_cosine", -1.0, 1.0)] {
+            let per_step = n[key].as_array().unwrap();
+            assert_eq!(per_step.len(), 2, "{net}.{key}");
+            for (m, step) in per_step.iter().zip([0, 20]) {
+                assert_eq!(m["step"], step);
+                let layers = m["per_layer"].as_array().unwrap();
+                assert_eq!(layers.len(), 3, "{net}.{key}");
+                for v in layers {
+                    let v = f(v);
+                    assert!(v.is_finite() && (lo..=hi).contains(&v), "{net}.{key}: {v}");
+                }
+            }
+        }
+        for key in ["loss_range", "grad_predictiveness_range"] {
+            let per_step = n[key].as_array().unwrap();
+            assert_eq!(per_step.len(), 2, "{net}.{key}");
+            for m in per_step {
+                let (lo, hi) = (f(&m["min"]), f(&m["max"]));
+                // A cross-entropy and a norm: both >= 0.
+                assert!(
+                    0.0 <= lo && lo <= hi && hi.is_finite(),
+                    "{net}.{key}: {lo} {hi}"
+                );
+            }
+        }
+        for m in n["beta_smoothness"].as_array().unwrap() {
+            let beta = f(&m["beta"]);
+            assert!(beta.is_finite() && beta >= 0.0, "{net}: beta {beta}");
+        }
+    }
+    // BN fixes each unit's batch mean and std to its beta and gamma, which 20 steps of SGD
+    // barely move; noisy BN redraws a shift from U(-1, 1) per unit every step (mean |change|
+    // 2/3) and a scale from U(1, 3): its drift is larger by far.
+    let (bn, noisy) = (f(&s["bn"]["drift"]), f(&s["noisy_bn"]["drift"]));
+    assert!(noisy > 0.3 && noisy > 10.0 * bn, "noisy {noisy} vs bn {bn}");
+    for stem in ["why_drift", "why_ics", "why_landscape"] {
+        assert_figure(&out, stem);
+    }
+    let r = report(&out);
+    assert!(r.contains("](why_landscape.png)") && r.contains("Claim 2"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn all_quick_runs_every_experiment_and_combines_the_reports() {
     let out = temp_dir("all");
     run_ok(&["all", "--quick"], &out);
@@ -401,6 +486,7 @@ fn all_quick_runs_every_experiment_and_combines_the_reports() {
         "cnn",
         "fold",
         "sync-bn",
+        "why",
     ];
     for (name, stem) in [
         ("fig1", "fig1"),
@@ -410,6 +496,7 @@ fn all_quick_runs_every_experiment_and_combines_the_reports() {
         ("cnn", "cnn"),
         ("fold", "fold"),
         ("sync-bn", "sync_bn"),
+        ("why", "why_landscape"),
     ] {
         let dir = out.join(name);
         assert!(dir.join("summary.json").is_file(), "{name}/summary.json");
@@ -430,7 +517,7 @@ fn all_quick_runs_every_experiment_and_combines_the_reports() {
         .map(|r| &r[..r.find(')').unwrap()])
         .filter(|l| l.ends_with(".png"))
         .collect();
-    assert!(links.len() >= 7, "{links:?}");
+    assert!(links.len() >= 10, "{links:?}");
     for l in &links {
         assert!(out.join(l).is_file(), "broken link {l}");
     }
@@ -585,6 +672,7 @@ fn an_unwritable_out_fails_before_training_in_every_experiment() {
         "cnn",
         "fold",
         "sync-bn",
+        "why",
         "all",
     ] {
         let t = std::time::Instant::now();

@@ -42,16 +42,35 @@ fn per_net_evals(o: &Outcome, value: impl Fn(&NetRun, usize, &Eval) -> f64) -> V
         .collect()
 }
 
-/// One line per network of `value` at each measured step.
+/// Measured points averaged over this many neighbours (centred) in the line figures: one
+/// batch of 60 makes each measurement noisy; the CSV files keep every raw value.
+const SMOOTHING: usize = 5;
+
+/// `points` with each y replaced by the mean of the (up to) `window` points centred on it; a
+/// non-finite value makes its neighbours' means non-finite (gaps, not hidden values).
+fn moving_mean(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
+    let half = window / 2;
+    (0..points.len())
+        .map(|i| {
+            let near = &points[i.saturating_sub(half)..(i + half + 1).min(points.len())];
+            let mean = near.iter().map(|p| p.1).sum::<f64>() / near.len() as f64;
+            (points[i].0, mean)
+        })
+        .collect()
+}
+
+/// One line per network of `value` at each measured step, as a [`moving_mean`] of
+/// [`SMOOTHING`] measurements.
 fn per_net_measured(o: &Outcome, value: impl Fn(&Measured) -> f64) -> Vec<Series> {
     o.runs
         .iter()
         .map(|r| {
-            let points = r
+            let points: Vec<(f64, f64)> = r
                 .measured
                 .iter()
                 .map(|m| (m.step as f64, value(m)))
                 .collect();
+            let points = moving_mean(&points, SMOOTHING);
             series(r.net.label(), points, style(r.net))
         })
         .collect()
@@ -177,12 +196,19 @@ pub(super) fn ics_figure(o: &Outcome) -> Figure {
                     .get(l)
                     .map_or(f64::NAN, |x| if log { x.l2 } else { x.cosine })
             });
-            panels.push(panel(&title, y_label, log, lines));
+            // Cosines on one fixed range: the layers compare at a glance.
+            let y_range = (!log).then_some((-1.0, 1.0));
+            panels.push(Panel {
+                y_range,
+                ..panel(&title, y_label, log, lines)
+            });
         }
     }
     Figure {
-        title: "Gradient-based internal covariate shift: G before, G' after the layers below step"
-            .into(),
+        title: format!(
+            "Gradient-based internal covariate shift: G before, G' after the layers below step \
+             (mean of {SMOOTHING} measurements)"
+        ),
         columns: 3,
         panels,
     }
@@ -212,11 +238,46 @@ pub(super) fn landscape_figure(o: &Outcome) -> Figure {
                 bands(o, |m| m.landscape.grad_change_range()),
             ),
             panel(
-                "(c) Effective β-smoothness",
+                &format!("(c) Effective β-smoothness (mean of {SMOOTHING})"),
                 "max ‖Δ∇L‖ / ‖ηg‖",
                 true,
                 per_net_measured(o, |m| m.landscape.beta()),
             ),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::moving_mean;
+
+    #[test]
+    fn the_moving_mean_is_centred_and_truncated_at_the_ends() {
+        let p: Vec<(f64, f64)> = [1.0, 2.0, 3.0, 4.0, 10.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| (i as f64, y))
+            .collect();
+        let m = moving_mean(&p, 3);
+        assert_eq!(
+            m,
+            [
+                (0.0, 1.5),
+                (1.0, 2.0),
+                (2.0, 3.0),
+                (3.0, 17.0 / 3.0),
+                (4.0, 7.0)
+            ]
+        );
+        let with_nan = [
+            (0.0, 1.0),
+            (1.0, f64::NAN),
+            (2.0, 1.0),
+            (3.0, 1.0),
+            (4.0, 1.0),
+        ];
+        let m = moving_mean(&with_nan, 3);
+        assert!(m[0].1.is_nan() && m[2].1.is_nan() && m[3].1 == 1.0);
+        assert_eq!(moving_mean(&p, 1), p);
     }
 }

@@ -110,7 +110,7 @@ pub(super) fn train(
     };
     let mut evals = vec![evaluate(&mut trainer.model, 0, f64::NAN)?];
     let mut measured = Vec::new();
-    let (mut loss_sum, mut since) = (0.0, 0usize);
+    let (mut loss_sum, mut correct, mut since) = (0.0, 0usize, 0usize);
     for step in 1..=cfg.steps {
         let s = trainer.forward_backward(inputs.train)?;
         let done = step - 1;
@@ -127,14 +127,22 @@ pub(super) fn train(
         }
         trainer.update()?;
         loss_sum += s.loss;
+        correct += s.correct;
         since += 1;
         if step.is_multiple_of(cfg.measure_every) || step == cfg.steps {
             let e = evaluate(&mut trainer.model, step, loss_sum / since as f64)?;
             let loud = (step / cfg.measure_every).is_multiple_of(10) || step == cfg.steps;
-            bar.report(step as u64, e.train_loss, f64::NAN, e.test_accuracy, loud);
+            let batch_accuracy = correct as f64 / (since * bs) as f64;
+            bar.report(
+                step as u64,
+                e.train_loss,
+                batch_accuracy,
+                e.test_accuracy,
+                loud,
+            );
             bar.set_step(step as u64);
             evals.push(e);
-            (loss_sum, since) = (0.0, 0);
+            (loss_sum, correct, since) = (0.0, 0, 0);
         }
     }
     Ok(NetRun {
