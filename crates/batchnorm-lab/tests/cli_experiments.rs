@@ -471,7 +471,30 @@ fn why_measures_drift_ics_and_the_landscape_for_the_three_networks() {
     }
     let r = report(&out);
     assert!(r.contains("](why_landscape.png)") && r.contains("Claim 2"));
+    // Deterministic for the seed: one thread gives the same files, byte for byte.
+    let again = temp_dir("why-1-thread");
+    run_ok(
+        &[
+            "why",
+            "--steps",
+            "40",
+            "--measure-every",
+            "20",
+            "--etas",
+            "3",
+            "--probe",
+            "100",
+            "--threads",
+            "1",
+        ],
+        &again,
+    );
+    for file in ["evals.csv", "ics.csv", "landscape.csv"] {
+        let read = |d: &Path| std::fs::read(d.join(file)).unwrap();
+        assert_eq!(read(&out), read(&again), "{file}");
+    }
     std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&again).unwrap();
 }
 
 #[test]

@@ -95,6 +95,11 @@ pub fn activation_layers(model: &Sequential<f32>) -> Vec<usize> {
     indices(model, ACTIVATION.key())
 }
 
+/// Indices of the batch normalizations (none in the plain network).
+pub fn batch_norm_layers(model: &Sequential<f32>) -> Vec<usize> {
+    indices(model, "batch_norm")
+}
+
 /// Indices of the linear layers after the first: those with layers below them to shift their
 /// input (the first layer's input, the images, never moves).
 pub fn shifted_linears(model: &Sequential<f32>) -> Vec<usize> {
@@ -128,6 +133,8 @@ mod tests {
             (n, activation_layers(&m), shifted_linears(&m))
         };
         let (bn, bn_acts, bn_lin) = names(Net::Bn);
+        let m = build(&linears, Net::NoisyBn, noise, 1, 8).unwrap();
+        assert_eq!(batch_norm_layers(&m), [1, 5, 9]);
         let (plain, plain_acts, _) = names(Net::Plain);
         let (noisy, noisy_acts, noisy_lin) = names(Net::NoisyBn);
         assert_eq!(plain.len(), 7);

@@ -200,6 +200,10 @@ fn net_json(r: &NetRun) -> Value {
             "beta_smoothness": finite(h.beta),
             "beta_smoothness_max": finite(h.beta_max),
         },
+        "bn_input_std": {
+            "first": r.evals.first().map(|e| &e.bn_input_std),
+            "last": r.evals.last().map(|e| &e.bn_input_std),
+        },
         "seconds": r.seconds,
     })
 }
@@ -311,6 +315,25 @@ fn report_md(o: &Outcome) -> String {
     });
     row(&mut s, "mean effective β", &|h, _| g4(h.beta));
     row(&mut s, "largest effective β", &|h, _| g4(h.beta_max));
+    row(
+        &mut s,
+        "mean std of the BN inputs, step 0 → end",
+        &|_, r| {
+            let std = |e: Option<&super::train::Eval>| {
+                e.map(|e| {
+                    e.bn_input_std
+                        .iter()
+                        .map(|v| format!("{v:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+            };
+            match (std(r.evals.first()), std(r.evals.last())) {
+                (Some(a), Some(b)) if !a.is_empty() => format!("{a} → {b}"),
+                _ => "no BN".into(),
+            }
+        },
+    );
     let _ = writeln!(s, "\n## Findings\n");
     let find = |net| heads.iter().find(|(n, _, _)| *n == net);
     if let (Some(bn), Some(plain), Some(noisy)) =

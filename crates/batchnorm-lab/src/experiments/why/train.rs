@@ -9,7 +9,7 @@ use batchnorm_nn::Sequential;
 use super::drift::{self, LayerStats};
 use super::ics::{self, LayerIcs};
 use super::landscape::{self, Landscape};
-use super::network::{activation_layers, shifted_linears, Net};
+use super::network::{activation_layers, batch_norm_layers, shifted_linears, Net};
 use super::Config;
 use crate::experiments::evaluate::Accuracy;
 use crate::experiments::sampler::order_seed;
@@ -28,6 +28,10 @@ pub struct Eval {
     pub test_accuracy: f64,
     /// Per hidden layer, its pre-activations over the probe batch.
     pub layers: Vec<LayerStats>,
+    /// Per batch normalization, the mean over units of the standard deviation of its input
+    /// over the probe batch (empty without BN): sigma in Santurkar et al.'s Theorem 4.1, where
+    /// BN scales the gradient by gamma / sigma.
+    pub bn_input_std: Vec<f64>,
 }
 
 /// The gradient measurements at one step, on that step's training batch before its update.
@@ -95,17 +99,29 @@ pub(super) fn train(
     let start = Instant::now();
     let bs = cfg.batch_size;
     let acts = activation_layers(&model);
+    // One probe pass measures the ReLU inputs and the BN inputs together.
+    let probed: Vec<usize> = acts
+        .iter()
+        .chain(&batch_norm_layers(&model))
+        .copied()
+        .collect();
     let linears = shifted_linears(&model);
     let mut trainer = Trainer::new(model, cfg.lr, bs, order_seed(cfg.seed), inputs.train.len())?;
     let mut accuracy = Accuracy::new(inputs.test);
     let mut evaluate = |model: &mut Sequential<f32>, step, train_loss| {
         let test_accuracy = accuracy.run(model, inputs.test, Mode::Eval)?;
-        let layers = drift::measure(model, inputs.probe, inputs.probe_size, &acts)?;
+        let mut layers = drift::measure(model, inputs.probe, inputs.probe_size, &probed)?;
+        let bn_input_std = layers
+            .split_off(acts.len())
+            .iter()
+            .map(|l| l.stds.iter().sum::<f64>() / l.stds.len() as f64)
+            .collect();
         Ok::<_, LabError>(Eval {
             step,
             train_loss,
             test_accuracy,
             layers,
+            bn_input_std,
         })
     };
     let mut evals = vec![evaluate(&mut trainer.model, 0, f64::NAN)?];
