@@ -389,23 +389,23 @@ fn sync_bn_equals_one_process_and_per_rank_bn_does_not() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// `bnlab why` at tiny settings: 40 steps, measured at 0 and 20, three step sizes.
+const WHY_TINY: [&str; 9] = [
+    "why",
+    "--steps",
+    "40",
+    "--measure-every",
+    "20",
+    "--etas",
+    "3",
+    "--probe",
+    "100",
+];
+
 #[test]
 fn why_measures_drift_ics_and_the_landscape_for_the_three_networks() {
     let out = temp_dir("why");
-    run_ok(
-        &[
-            "why",
-            "--steps",
-            "40",
-            "--measure-every",
-            "20",
-            "--etas",
-            "3",
-            "--probe",
-            "100",
-        ],
-        &out,
-    );
+    run_ok(&WHY_TINY, &out);
     let nets = ["bn", "plain", "noisy_bn"];
     // Evaluations at steps 0, 20, 40; measurements at 0 and 20 (before those steps' updates);
     // three linear layers after the first; three step sizes.
@@ -473,22 +473,7 @@ fn why_measures_drift_ics_and_the_landscape_for_the_three_networks() {
     assert!(r.contains("](why_landscape.png)") && r.contains("Claim 2"));
     // Deterministic for the seed: one thread gives the same files, byte for byte.
     let again = temp_dir("why-1-thread");
-    run_ok(
-        &[
-            "why",
-            "--steps",
-            "40",
-            "--measure-every",
-            "20",
-            "--etas",
-            "3",
-            "--probe",
-            "100",
-            "--threads",
-            "1",
-        ],
-        &again,
-    );
+    run_ok(&[&WHY_TINY[..], &["--threads", "1"]].concat(), &again);
     for file in ["evals.csv", "ics.csv", "landscape.csv"] {
         let read = |d: &Path| std::fs::read(d.join(file)).unwrap();
         assert_eq!(read(&out), read(&again), "{file}");

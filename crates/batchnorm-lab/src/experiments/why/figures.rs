@@ -126,11 +126,7 @@ pub(super) fn drift_figure(o: &Outcome) -> Figure {
             "(b) Change of unit means and stds",
             "mean |Δmean| + |Δstd|",
             true,
-            per_net_evals(o, |r, i, e| {
-                i.checked_sub(1).map_or(f64::NAN, |p| {
-                    super::drift::change(&r.evals[p].layers, &e.layers)
-                })
-            }),
+            per_net_evals(o, |r, i, _| r.change_at(i)),
         ),
         panel(
             "(c) Training loss",

@@ -93,9 +93,7 @@ fn evals_csv(o: &Outcome) -> String {
     s.push('\n');
     for r in &o.runs {
         for (i, e) in r.evals.iter().enumerate() {
-            let change = i.checked_sub(1).map_or(f64::NAN, |p| {
-                super::drift::change(&r.evals[p].layers, &e.layers)
-            });
+            let change = r.change_at(i);
             let _ = write!(
                 s,
                 "{},{},{},{},{}",

@@ -64,6 +64,17 @@ impl NetRun {
         self.evals.last().map_or(f64::NAN, |e| e.test_accuracy)
     }
 
+    /// The [`drift::change`] from evaluation `i - 1` to evaluation `i` (NaN for the first).
+    pub fn change_at(&self, i: usize) -> f64 {
+        match (
+            i.checked_sub(1).and_then(|p| self.evals.get(p)),
+            self.evals.get(i),
+        ) {
+            (Some(a), Some(b)) => drift::change(&a.layers, &b.layers),
+            _ => f64::NAN,
+        }
+    }
+
     /// The run's drift: the mean change of the hidden units' means and standard deviations
     /// between consecutive evaluations ([`drift::drift`]).
     pub fn drift(&self) -> f64 {
