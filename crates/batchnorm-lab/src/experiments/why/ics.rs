@@ -28,6 +28,27 @@ pub struct LayerIcs {
 /// Batch normalization uses batch statistics and its running statistics are untouched; on
 /// return the model's parameters and gradients are those at `theta` (as after one backward).
 ///
+/// ```
+/// use batchnorm_lab::experiments::why::ics;
+/// use batchnorm_nn::layers::{Layer, Linear, Relu};
+/// use batchnorm_nn::{Rng, Sequential};
+///
+/// let mut rng = Rng::new(1);
+/// let layers: Vec<Box<dyn Layer<f64>>> = vec![
+///     Box::new(Linear::gaussian(4, 8, 0.5, &mut rng)?),
+///     Box::new(Relu::new(8)?),
+///     Box::new(Linear::gaussian(8, 3, 0.5, &mut rng)?),
+/// ];
+/// let mut model = Sequential::new(layers, 5)?;
+/// for x in model.input_mut(5)? {
+///     *x = rng.normal();
+/// }
+/// // The last linear layer's gradient before and after the first one steps (lr 0.5).
+/// let shift = ics::measure(&mut model, 5, &[0, 1, 2, 0, 1], 0.5, &[2])?;
+/// assert!(shift[0].l2 > 0.0 && (-1.0..=1.0).contains(&shift[0].cosine));
+/// # Ok::<(), batchnorm_nn::NnError>(())
+/// ```
+///
 /// # Errors
 /// Any error of the training stack; [`NnError::IndexOutOfRange`] for a layer without weights.
 pub fn measure<T: Scalar>(

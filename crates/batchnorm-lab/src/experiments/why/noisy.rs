@@ -31,6 +31,24 @@ impl Noise {
 /// - [`Mode::Eval`] applies the expected map, `x * (1 + scale) / 2`.
 ///
 /// Backward: `dx = dy * s_c` with the map of the last forward. No parameters.
+///
+/// ```
+/// use batchnorm_lab::experiments::why::{Noise, NoisyAffine};
+/// use batchnorm_nn::layers::{Layer, Mode};
+///
+/// let noise = Noise { shift: 1.0, scale: 3.0 };
+/// let mut layer = NoisyAffine::new(2, noise, 7)?;
+/// let x = [1.0f32, 1.0, 1.0, 1.0]; // two samples of two channels
+/// let mut y = [0.0f32; 4];
+/// Layer::<f32>::forward(&mut layer, &x, 2, Mode::Train, &mut y)?; // a new draw
+/// for (c, (s, m)) in layer.draw().enumerate() {
+///     assert!((1.0..=3.0).contains(&s) && (-1.0..=1.0).contains(&m));
+///     assert_eq!(y[c], y[2 + c]); // one map per channel, every sample
+/// }
+/// Layer::<f32>::forward(&mut layer, &x, 2, Mode::Eval, &mut y)?; // the expected map: 2 x
+/// assert_eq!(y, [2.0; 4]);
+/// # Ok::<(), batchnorm_nn::NnError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct NoisyAffine {
     width: usize,
