@@ -461,6 +461,14 @@ fn why_measures_drift_ics_and_the_landscape_for_the_three_networks() {
             assert!(beta.is_finite() && beta >= 0.0, "{net}: beta {beta}");
         }
     }
+    // gamma / sigma per BN layer: three positive numbers with BN, none without.
+    for (net, layers) in [("bn", 3), ("noisy_bn", 3), ("plain", 0)] {
+        for at in ["first", "last"] {
+            let gains = s[net]["bn_gain"][at].as_array().unwrap();
+            assert_eq!(gains.len(), layers, "{net}.bn_gain.{at}");
+            assert!(gains.iter().all(|g| f(g) > 0.0 && f(g).is_finite()));
+        }
+    }
     // BN fixes each unit's batch mean and std to its beta and gamma, which 20 steps of SGD
     // barely move; noisy BN redraws a shift from U(-1, 1) per unit every step (mean |change|
     // 2/3) and a scale from U(1, 3): its drift is larger by far.

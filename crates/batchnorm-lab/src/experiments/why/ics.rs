@@ -10,7 +10,7 @@
 
 use batchnorm_nn::{NnError, Scalar, Sequential};
 
-use super::params::{loss_and_grad, weight_grad, Params};
+use super::params::{loss_and_grad, weight, Params};
 
 /// The measurement for one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -65,7 +65,7 @@ pub fn measure<T: Scalar>(
     let before: Vec<Vec<T>> = layers
         .iter()
         .map(|&i| {
-            weight_grad(model, i).ok_or(NnError::IndexOutOfRange {
+            weight(model, i, true).ok_or(NnError::IndexOutOfRange {
                 what: "layer with weights",
                 index: i,
                 len: count,
@@ -76,7 +76,7 @@ pub fn measure<T: Scalar>(
     for (&i, g) in layers.iter().zip(&before) {
         theta.set_moved(model, &grads, lr, i);
         loss_and_grad(model, n, labels)?;
-        let g2 = weight_grad(model, i).unwrap_or_default();
+        let g2 = weight(model, i, true).unwrap_or_default();
         out.push(compare(g, &g2));
     }
     theta.restore_values(model);

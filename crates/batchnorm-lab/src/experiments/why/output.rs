@@ -202,6 +202,10 @@ fn net_json(r: &NetRun) -> Value {
             "first": r.evals.first().map(|e| &e.bn_input_std),
             "last": r.evals.last().map(|e| &e.bn_input_std),
         },
+        "bn_gain": {
+            "first": r.evals.first().map(|e| &e.bn_gain),
+            "last": r.evals.last().map(|e| &e.bn_gain),
+        },
         "seconds": r.seconds,
     })
 }
@@ -241,6 +245,24 @@ fn g4(v: f64) -> String {
         format!("{v:.4}")
     } else {
         "n/a".into()
+    }
+}
+
+/// Per-layer values at the first and the last evaluation, `0.37, 0.29 → 0.86, 0.56`; `no BN`
+/// for none.
+fn first_to_last(r: &NetRun, values: fn(&super::train::Eval) -> &Vec<f64>) -> String {
+    let list = |e: Option<&super::train::Eval>| {
+        e.map(|e| {
+            values(e)
+                .iter()
+                .map(|v| format!("{v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    match (list(r.evals.first()), list(r.evals.last())) {
+        (Some(a), Some(b)) if !a.is_empty() => format!("{a} → {b}"),
+        _ => "no BN".into(),
     }
 }
 
@@ -315,23 +337,12 @@ fn report_md(o: &Outcome) -> String {
     row(&mut s, "largest effective β", &|h, _| g4(h.beta_max));
     row(
         &mut s,
-        "mean std of the BN inputs, step 0 → end",
-        &|_, r| {
-            let std = |e: Option<&super::train::Eval>| {
-                e.map(|e| {
-                    e.bn_input_std
-                        .iter()
-                        .map(|v| format!("{v:.2}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-            };
-            match (std(r.evals.first()), std(r.evals.last())) {
-                (Some(a), Some(b)) if !a.is_empty() => format!("{a} → {b}"),
-                _ => "no BN".into(),
-            }
-        },
+        "mean std σ of the BN inputs, step 0 → end",
+        &|_, r| first_to_last(r, |e| &e.bn_input_std),
     );
+    row(&mut s, "mean γ/σ of the BNs, step 0 → end", &|_, r| {
+        first_to_last(r, |e| &e.bn_gain)
+    });
     let _ = writeln!(s, "\n## Findings\n");
     let find = |net| heads.iter().find(|(n, _, _)| *n == net);
     if let (Some(bn), Some(plain), Some(noisy)) =

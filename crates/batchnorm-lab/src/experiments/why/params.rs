@@ -137,12 +137,21 @@ impl<T: Scalar> Params<T> {
     }
 }
 
-/// The weight (`"weight"` tensor) gradient of layer `index`, or `None` if it has none.
-pub(super) fn weight_grad<T: Scalar>(model: &mut Sequential<T>, index: usize) -> Option<Vec<T>> {
+/// The `weight` tensor of layer `index`: its gradient when `grad`, else its values; `None` if
+/// the layer has no such tensor.
+pub(super) fn weight<T: Scalar>(
+    model: &mut Sequential<T>,
+    index: usize,
+    grad: bool,
+) -> Option<Vec<T>> {
     let mut found = None;
     model.layers_mut().get_mut(index)?.visit_params(&mut |p| {
         if p.name == "weight" && found.is_none() {
-            found = Some(p.grad.to_vec());
+            found = Some(if grad {
+                p.grad.to_vec()
+            } else {
+                p.value.to_vec()
+            });
         }
     });
     found

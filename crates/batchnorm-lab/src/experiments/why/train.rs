@@ -10,6 +10,7 @@ use super::drift::{self, LayerStats};
 use super::ics::{self, LayerIcs};
 use super::landscape::{self, Landscape};
 use super::network::{activation_layers, batch_norm_layers, shifted_linears, Net};
+use super::params::weight;
 use super::Config;
 use crate::experiments::evaluate::Accuracy;
 use crate::experiments::sampler::order_seed;
@@ -32,6 +33,10 @@ pub struct Eval {
     /// over the probe batch (empty without BN): sigma in Santurkar et al.'s Theorem 4.1, where
     /// BN scales the gradient by gamma / sigma.
     pub bn_input_std: Vec<f64>,
+    /// Per batch normalization, the mean over units of `gamma / sigma` (gamma its weight, sigma
+    /// the std of its input over the probe batch): the factor by which BN scales the gradient
+    /// reaching its input (Theorem 4.1); above 1, BN amplifies the gradient.
+    pub bn_gain: Vec<f64>,
 }
 
 /// The gradient measurements at one step, on that step's training batch before its update.
@@ -111,21 +116,28 @@ pub(super) fn train(
     let bs = cfg.batch_size;
     let acts = activation_layers(&model);
     // One probe pass measures the ReLU inputs and the BN inputs together.
-    let probed: Vec<usize> = acts
-        .iter()
-        .chain(&batch_norm_layers(&model))
-        .copied()
-        .collect();
+    let bns = batch_norm_layers(&model);
+    let probed: Vec<usize> = acts.iter().chain(&bns).copied().collect();
     let linears = shifted_linears(&model);
     let mut trainer = Trainer::new(model, cfg.lr, bs, order_seed(cfg.seed), inputs.train.len())?;
     let mut accuracy = Accuracy::new(inputs.test);
     let mut evaluate = |model: &mut Sequential<f32>, step, train_loss| {
         let test_accuracy = accuracy.run(model, inputs.test, Mode::Eval)?;
         let mut layers = drift::measure(model, inputs.probe, inputs.probe_size, &probed)?;
-        let bn_input_std = layers
-            .split_off(acts.len())
+        let bn_inputs = layers.split_off(acts.len());
+        let bn_input_std = bn_inputs.iter().map(|l| mean(&l.stds)).collect();
+        let bn_gain = bn_inputs
             .iter()
-            .map(|l| l.stds.iter().sum::<f64>() / l.stds.len() as f64)
+            .zip(&bns)
+            .map(|(l, &i)| {
+                let gamma = weight(model, i, false).unwrap_or_default();
+                let gains: Vec<f64> = gamma
+                    .iter()
+                    .zip(&l.stds)
+                    .map(|(&g, &s)| f64::from(g) / s)
+                    .collect();
+                mean(&gains)
+            })
             .collect();
         Ok::<_, LabError>(Eval {
             step,
@@ -133,6 +145,7 @@ pub(super) fn train(
             test_accuracy,
             layers,
             bn_input_std,
+            bn_gain,
         })
     };
     let mut evals = vec![evaluate(&mut trainer.model, 0, f64::NAN)?];
@@ -178,4 +191,9 @@ pub(super) fn train(
         measured,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The mean of `values` (NaN for none).
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
 }
