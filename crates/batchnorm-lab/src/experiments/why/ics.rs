@@ -235,8 +235,11 @@ pub(super) mod tests {
         // The first layer has nothing below it: G' = G exactly.
         assert_eq!(ics[1].l2, 0.0);
         assert!((ics[1].cosine - 1.0).abs() < 1e-15, "{}", ics[1].cosine);
-        // The parameters are back at theta, bit for bit.
+        // The parameters are back at theta, bit for bit, and so are their gradients.
         assert_eq!(flat(&mut model), theta);
+        let after = Params::grads(&mut model);
+        loss_and_grad(&mut model, N, &labels).unwrap();
+        assert_eq!(after, Params::grads(&mut model));
         // A layer without weights is an error, not a silent zero.
         assert!(measure(&mut model, N, &labels, lr, &[2]).is_err());
     }
