@@ -520,6 +520,49 @@ fn why_measures_drift_ics_and_the_landscape_for_the_three_networks() {
 }
 
 #[test]
+fn why_on_the_conv_net_measures_its_two_hidden_layers() {
+    let out = temp_dir("why-cnn");
+    run_ok(
+        &[
+            "why",
+            "--arch",
+            "cnn",
+            "--steps",
+            "10",
+            "--measure-every",
+            "5",
+            "--etas",
+            "2",
+            "--probe",
+            "50",
+        ],
+        &out,
+    );
+    // Two ReLU layers (the conv blocks) and two shifted layers (conv 2, the linear layer).
+    let evals = csv_rows(
+        &out.join("evals.csv"),
+        "net,step,train_loss,test_accuracy,change,l1_p15,l1_p50,l1_p85,l2_p15,l2_p50,l2_p85",
+    );
+    assert_eq!(evals.len(), 3 * 3);
+    let s = json(&out.join("summary.json"));
+    assert_eq!(s["config"]["arch"], "cnn");
+    for net in ["bn", "plain", "noisy_bn"] {
+        assert_eq!(s[net]["ics_layers"], serde_json::json!([2, 3]), "{net}");
+        for m in s[net]["ics_cosine"].as_array().unwrap() {
+            for c in m["per_layer"].as_array().unwrap() {
+                assert!((-1.0..=1.0).contains(&f(c)), "{net}: {c}");
+            }
+        }
+    }
+    // BN2d's sigma is per channel (over samples and positions): finite and positive.
+    let gains = s["bn"]["bn_gain"]["first"].as_array().unwrap();
+    assert_eq!(gains.len(), 2);
+    assert!(gains.iter().all(|g| f(g).is_finite() && f(g) > 0.0));
+    assert_figure(&out, "why_drift");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn all_quick_runs_every_experiment_and_combines_the_reports() {
     let out = temp_dir("all");
     run_ok(&["all", "--quick"], &out);

@@ -336,6 +336,10 @@ impl SyncBnArgs {
 /// `bnlab why`.
 #[derive(Debug, Clone, Args)]
 pub struct WhyArgs {
+    /// The networks: `mlp` (fig1's 784-100-100-100-10 with ReLUs) or `cnn` (the conv net of
+    /// `bnlab cnn`, He-initialised; slower: shorten it with --steps).
+    #[arg(long, default_value = "mlp", value_parser = ["mlp", "cnn"])]
+    pub arch: String,
     /// SGD steps per network.
     #[arg(long, default_value_t = 6000)]
     pub steps: usize,
@@ -348,7 +352,7 @@ pub struct WhyArgs {
     /// Training images per mini-batch (at least 2).
     #[arg(long, default_value_t = 60)]
     pub batch_size: usize,
-    /// Standard deviation of the Gaussian initial weights (fig1's); biases 0.
+    /// Standard deviation of the MLP's Gaussian initial weights (fig1's); biases 0.
     #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub init_std: f64,
     /// Noisy BN's shift: m ~ U(-shift, shift) per unit, redrawn every step.
@@ -366,7 +370,8 @@ pub struct WhyArgs {
     /// Step sizes of the landscape probe, log-spaced from --eta-min to --eta-max.
     #[arg(long, default_value_t = 9)]
     pub etas: usize,
-    /// Training images in the fixed probe batch of the pre-activation percentiles.
+    /// Training images in the fixed probe batch of the pre-activation percentiles (at most
+    /// 250 for the conv net).
     #[arg(long, default_value_t = 1000)]
     pub probe: usize,
     /// Output folder for evals.csv, ics.csv, landscape.csv, summary.json, why_drift,
@@ -381,6 +386,11 @@ impl WhyArgs {
     /// The experiment's settings.
     pub fn config(&self) -> why::Config {
         why::Config {
+            arch: if self.arch == "cnn" {
+                why::Arch::Cnn
+            } else {
+                why::Arch::Mlp
+            },
             steps: self.steps,
             measure_every: self.measure_every,
             lr: self.lr,

@@ -7,13 +7,10 @@ use batchnorm_nn::{NnError, Sequential};
 use crate::experiments::fig1::QUANTILES;
 use crate::percentile::percentiles;
 
-/// Which unit of each hidden layer the percentile panels follow (fig1 follows one too).
-pub const PROBE_UNIT: usize = 0;
-
 /// One hidden layer's pre-activations over the probe batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerStats {
-    /// The 15th, 50th and 85th percentiles of unit [`PROBE_UNIT`].
+    /// The 15th, 50th and 85th percentiles of the unit chosen by [`measure`]'s `units`.
     pub percentiles: [f64; 3],
     /// Per unit, the mean over the probe batch.
     pub means: Vec<f64>,
@@ -22,8 +19,9 @@ pub struct LayerStats {
 }
 
 /// [`LayerStats`] of the inputs of `layers` (indices into `model.layers()`) over `probe`
-/// (`n` samples), batch normalization with the probe's own statistics and running statistics
-/// untouched; a noise layer applies its current draw.
+/// (`n` samples), with the percentiles of unit `units[k]` of layer `layers[k]` (unit 0 past the
+/// end of `units`); batch normalization with the probe's own statistics and running
+/// statistics untouched; a noise layer applies its current draw.
 ///
 /// # Errors
 /// Any error of the training stack.
@@ -32,11 +30,12 @@ pub fn measure(
     probe: &[f32],
     n: usize,
     layers: &[usize],
+    units: &[usize],
 ) -> Result<Vec<LayerStats>, NnError> {
     model.forward_from(probe, n, Mode::BatchStats)?;
     let mut out = Vec::with_capacity(layers.len());
     let mut column = Vec::with_capacity(n);
-    for &l in layers {
+    for (k, &l) in layers.iter().enumerate() {
         let act = model.activation(l, n)?;
         let width = act.len() / n;
         let (mut means, mut stds) = (Vec::with_capacity(width), Vec::with_capacity(width));
@@ -51,7 +50,7 @@ pub fn measure(
         column.clear();
         column.extend(
             act.iter()
-                .skip(PROBE_UNIT)
+                .skip(units.get(k).copied().unwrap_or(0))
                 .step_by(width)
                 .map(|&v| f64::from(v)),
         );
@@ -63,6 +62,32 @@ pub fn measure(
         });
     }
     Ok(out)
+}
+
+/// Per channel, the standard deviation (divisor: the count) of `act`, `n` samples of
+/// `channels` runs of equal length each (channels first): over the samples and the positions.
+pub fn channel_stds(act: &[f32], n: usize, channels: usize) -> Vec<f64> {
+    let inner = (act.len() / (n * channels).max(1)).max(1);
+    let count = (n * inner) as f64;
+    // Two passes (mean, then squared deviations): no cancellation when the mean is large.
+    let runs = || {
+        act.chunks_exact(inner)
+            .enumerate()
+            .map(|(k, r)| (k % channels, r))
+    };
+    let mut means = vec![0.0f64; channels];
+    for (c, run) in runs() {
+        means[c] += run.iter().map(|&v| f64::from(v)).sum::<f64>() / count;
+    }
+    let mut vars = vec![0.0f64; channels];
+    for (c, run) in runs() {
+        vars[c] += run
+            .iter()
+            .map(|&v| (f64::from(v) - means[c]).powi(2))
+            .sum::<f64>()
+            / count;
+    }
+    vars.into_iter().map(f64::sqrt).collect()
 }
 
 /// The change between two measurements of the same layers: the mean over layers and units of
@@ -112,18 +137,30 @@ mod tests {
     }
 
     #[test]
+    fn channel_stds_pool_the_samples_and_positions_of_each_channel() {
+        // 2 samples of 2 channels of 2 positions: channel 0 holds 1, 3, 5, 7; channel 1 all 4.
+        let act = [1.0, 3.0, 4.0, 4.0, 5.0, 7.0, 4.0, 4.0];
+        let s = channel_stds(&act, 2, 2);
+        assert!((s[0] - 5.0f64.sqrt()).abs() < 1e-12, "{}", s[0]);
+        assert_eq!(s[1], 0.0);
+    }
+
+    #[test]
     fn stats_are_those_of_the_probe_batch() {
         use batchnorm_nn::layers::{Layer, Relu};
         // A ReLU alone: its input is the probe itself.
         let layers: Vec<Box<dyn Layer<f32>>> = vec![Box::new(Relu::new(2).unwrap())];
         let mut model = Sequential::new(layers, 4).unwrap();
         let probe = [1.0, 10.0, 2.0, 10.0, 3.0, 10.0, 4.0, 10.0];
-        let s = measure(&mut model, &probe, 4, &[0]).unwrap();
+        let s = measure(&mut model, &probe, 4, &[0], &[]).unwrap();
         assert_eq!(s[0].means, [2.5, 10.0]);
         assert_eq!(s[0].stds, [1.25f64.sqrt(), 0.0]);
         // numpy.percentile([1, 2, 3, 4], [15, 50, 85]) = [1.45, 2.5, 3.55]
         for (g, w) in s[0].percentiles.iter().zip([1.45, 2.5, 3.55]) {
             assert!((g - w).abs() < 1e-12, "{g} vs {w}");
         }
+        // The percentiles of unit 1 instead: all 10.
+        let s = measure(&mut model, &probe, 4, &[0], &[1]).unwrap();
+        assert_eq!(s[0].percentiles, [10.0; 3]);
     }
 }

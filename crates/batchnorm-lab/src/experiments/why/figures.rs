@@ -1,7 +1,7 @@
 //! The experiment's three figures: drift (fig1-style percentile panels), gradient-based ICS, and
 //! the loss landscape (Santurkar et al.'s Figure 4: min-max bands over the step sizes).
 
-use super::network::{Net, WIDTHS};
+use super::network::Net;
 use super::train::{Eval, Measured, NetRun};
 use super::Outcome;
 use crate::experiments::output::series;
@@ -135,7 +135,7 @@ pub(super) fn drift_figure(o: &Outcome) -> Figure {
             per_net_evals(o, |_, _, e| e.train_loss),
         ),
     ];
-    let hidden = WIDTHS.len() - 2;
+    let hidden = o.hidden_layers();
     let ranges: Vec<_> = (0..hidden).map(|l| percentile_range(o, l)).collect();
     let names = ["15th percentile", "50th percentile", "85th percentile"];
     let mut letter = b'd';
@@ -154,11 +154,11 @@ pub(super) fn drift_figure(o: &Outcome) -> Figure {
                 })
                 .collect();
             let title = format!(
-                "({}) {}: layer {}, unit {}",
+                "({}) {}: layer {}, {}",
                 letter as char,
                 r.net.label(),
                 l + 1,
-                super::drift::PROBE_UNIT
+                o.config.arch.probe_label()
             );
             letter += 1;
             panels.push(Panel {
@@ -177,7 +177,7 @@ pub(super) fn drift_figure(o: &Outcome) -> Figure {
 
 /// Row 1: `||G - G'||` per layer; row 2: `cos(G, G')` per layer.
 pub(super) fn ics_figure(o: &Outcome) -> Figure {
-    let layers = WIDTHS.len() - 2;
+    let layers = o.shifted_layers();
     let mut panels = Vec::new();
     let mut letter = b'a';
     for (what, y_label, log) in [

@@ -1,6 +1,6 @@
 //! Why batch normalization works, put to the test (Santurkar, Tsipras, Ilyas & Madry, "How Does
-//! Batch Normalization Help Optimization?", NeurIPS 2018) on fig1's MLP with ReLUs, trained
-//! three ways from the same weights on the same batches: with BN, without BN, and with "noisy
+//! Batch Normalization Help Optimization?", NeurIPS 2018) on fig1's MLP with ReLUs (or the conv
+//! net of `bnlab cnn`), trained three ways from the same weights on the same batches: with BN, without BN, and with "noisy
 //! BN" (BN followed by a random per-channel affine map redrawn every step, [`NoisyAffine`]).
 //!
 //! Three measurements, each at step 0 and every `measure_every` steps:
@@ -28,19 +28,21 @@ mod train;
 use std::path::PathBuf;
 use std::time::Instant;
 
-pub use network::{Net, ACTIVATION, WIDTHS};
+pub use network::{Arch, Net, ACTIVATION, WIDTHS};
 pub use noisy::{Noise, NoisyAffine};
 pub use train::{Eval, Measured, NetRun};
 
 use super::data::{fixed_batch, load_mnist, probe_seed};
 use super::error::{at_least_one, bad, in_range, non_negative, positive, train_batch_size};
 use super::parallel::{finish_bar, log_run, run_jobs};
-use super::{mlp, LabError, EVAL_CHUNK};
+use super::LabError;
 use crate::progress::Progress;
 
 /// Settings of the experiment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The networks: fig1's MLP with ReLUs, or the conv net of `bnlab cnn`. Default the MLP.
+    pub arch: Arch,
     /// SGD steps per network. Default 6,000 (6 epochs of batch 60).
     pub steps: usize,
     /// Steps between measurements. Default 100.
@@ -49,7 +51,8 @@ pub struct Config {
     pub lr: f64,
     /// Images per batch (2 to 60,000). Default 60.
     pub batch_size: usize,
-    /// Standard deviation of the Gaussian initial weights. Default 0.05 (fig1's).
+    /// Standard deviation of the MLP's Gaussian initial weights. Default 0.05 (fig1's). The
+    /// conv net's are He-initialised, as in `bnlab cnn`.
     pub init_std: f64,
     /// The noise of the noisy-BN network. Default shift 1, scale 3.
     pub noise: Noise,
@@ -59,7 +62,8 @@ pub struct Config {
     pub eta_max: f64,
     /// Step sizes, log-spaced from `eta_min` to `eta_max` (2 to 100). Default 9.
     pub etas: usize,
-    /// Training images in the fixed probe batch (2 to 60,000). Default 1,000.
+    /// Training images in the fixed probe batch (2 to 60,000; the conv net takes at most
+    /// [`Arch::eval_batch`]). Default 1,000.
     pub probe: usize,
     /// Seed of the initial weights, the batch order, the probe batch and the noise. Default 1.
     pub seed: u64,
@@ -74,6 +78,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            arch: Arch::Mlp,
             steps: 6000,
             measure_every: 100,
             lr: 0.1,
@@ -152,6 +157,18 @@ impl Outcome {
     pub fn run_of(&self, net: Net) -> Option<&NetRun> {
         self.runs.iter().find(|r| r.net == net)
     }
+
+    /// Hidden layers whose pre-activations were probed (3 for the MLP, 2 for the conv net).
+    pub fn hidden_layers(&self) -> usize {
+        let first = self.runs.first().and_then(|r| r.evals.first());
+        first.map_or(0, |e| e.layers.len())
+    }
+
+    /// Layers whose gradient-based ICS was measured (3 for the MLP, 2 for the conv net).
+    pub fn shifted_layers(&self) -> usize {
+        let first = self.runs.first().and_then(|r| r.measured.first());
+        first.map_or(0, |m| m.ics.len())
+    }
 }
 
 /// Runs the experiment and writes its outputs into `cfg.out`.
@@ -163,26 +180,31 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     super::output::prepare_out(&cfg.out)?;
     let start = Instant::now();
     let (data, _) = load_mnist(&cfg.data)?;
-    let (probe, _) = fixed_batch(&data.train, probe_seed(cfg.seed), cfg.probe)?;
+    let eval_batch = cfg.arch.eval_batch();
+    let probe_len = cfg.probe.min(eval_batch);
+    let (probe, _) = fixed_batch(&data.train, probe_seed(cfg.seed), probe_len)?;
     let probe_size = probe.len() / data.train.pixels();
     let etas = cfg.step_sizes();
+    let probe_units = cfg.arch.probe_units();
     let inputs = train::Inputs {
         train: &data.train,
         test: &data.test,
         probe: &probe,
         probe_size,
         etas: &etas,
+        probe_units: &probe_units,
+        eval_batch,
     };
-    let linears = mlp::initial_linears(&WIDTHS, cfg.seed, |_| cfg.init_std)?;
+    let init = network::Init::new(cfg.arch, cfg.seed, cfg.init_std)?;
     let capacity = cfg
         .batch_size
-        .max(EVAL_CHUNK.min(data.test.len()))
+        .max(eval_batch.min(data.test.len()))
         .max(probe_size);
     let progress = Progress::new();
     let nets = Net::ALL;
     let runs = run_jobs(&nets, cfg.threads, |i, &net| {
         let bar = progress.add(net.key(), cfg.steps as u64);
-        let model = network::build(&linears, net, cfg.noise, cfg.seed, capacity)?;
+        let model = network::build(&init, net, cfg.noise, cfg.seed, capacity)?;
         let run = train::train(net, model, &inputs, cfg, &bar)?;
         let last_loss = run.evals.last().map_or(f64::NAN, |e| e.train_loss);
         finish_bar(&bar, cfg.steps, last_loss, run.final_test_accuracy());

@@ -22,7 +22,8 @@ impl Noise {
     }
 }
 
-/// `y = x * s_c + m_c` per channel (feature) of samples of `width` values.
+/// `y = x * s_c + m_c` per channel of samples of `channels x inner` values (channels first: a
+/// feature of an MLP is a channel with `inner = 1`, a conv net's channel has `inner = H x W`).
 ///
 /// - [`Mode::Train`] draws new `s` and `m` for every channel, then applies them: each training
 ///   step sees a new map.
@@ -37,7 +38,7 @@ impl Noise {
 /// use batchnorm_nn::layers::{Layer, Mode};
 ///
 /// let noise = Noise { shift: 1.0, scale: 3.0 };
-/// let mut layer = NoisyAffine::new(2, noise, 7)?;
+/// let mut layer = NoisyAffine::new(2, 1, noise, 7)?;
 /// let x = [1.0f32, 1.0, 1.0, 1.0]; // two samples of two channels
 /// let mut y = [0.0f32; 4];
 /// Layer::<f32>::forward(&mut layer, &x, 2, Mode::Train, &mut y)?; // a new draw
@@ -51,7 +52,9 @@ impl Noise {
 /// ```
 #[derive(Debug, Clone)]
 pub struct NoisyAffine {
-    width: usize,
+    channels: usize,
+    /// Values per channel and sample.
+    inner: usize,
     noise: Noise,
     rng: Rng,
     /// The current draw, one per channel.
@@ -62,13 +65,15 @@ pub struct NoisyAffine {
 }
 
 impl NoisyAffine {
-    /// A noise layer over samples of `width` values whose draws come from `Rng::new(seed)`; the
-    /// first draw is made here (so a measurement before any training step sees noise too).
+    /// A noise layer over samples of `channels x inner` values whose draws come from
+    /// `Rng::new(seed)`; the first draw is made here (so a measurement before any training step
+    /// sees noise too).
     ///
     /// # Errors
-    /// [`NnError::Empty`] for `width` 0; [`NnError::InvalidConfig`] for widths out of range.
-    pub fn new(width: usize, noise: Noise, seed: u64) -> Result<Self, NnError> {
-        if width == 0 {
+    /// [`NnError::Empty`] for `channels` or `inner` 0; [`NnError::InvalidConfig`] for noise
+    /// widths out of range.
+    pub fn new(channels: usize, inner: usize, noise: Noise, seed: u64) -> Result<Self, NnError> {
+        if channels == 0 || inner == 0 {
             return Err(NnError::Empty {
                 what: "noise layer width",
             });
@@ -88,12 +93,13 @@ impl NoisyAffine {
             });
         }
         let mut layer = NoisyAffine {
-            width,
+            channels,
+            inner,
             noise,
             rng: Rng::new(seed),
-            scale: vec![1.0; width],
-            shift: vec![0.0; width],
-            applied_scale: vec![1.0; width],
+            scale: vec![1.0; channels],
+            shift: vec![0.0; channels],
+            applied_scale: vec![1.0; channels],
         };
         layer.redraw();
         Ok(layer)
@@ -132,16 +138,17 @@ impl<T: Scalar> Layer<T> for NoisyAffine {
     }
 
     fn in_len(&self) -> usize {
-        self.width
+        self.channels * self.inner
     }
 
     fn out_len(&self) -> usize {
-        self.width
+        self.channels * self.inner
     }
 
     fn forward(&mut self, x: &[T], n: usize, mode: Mode, y: &mut [T]) -> Result<(), NnError> {
-        check("noisy_affine x", x.len(), n, self.width)?;
-        check("noisy_affine y", y.len(), n, self.width)?;
+        let width = self.channels * self.inner;
+        check("noisy_affine x", x.len(), n, width)?;
+        check("noisy_affine y", y.len(), n, width)?;
         match mode {
             Mode::Train => {
                 self.redraw();
@@ -151,13 +158,18 @@ impl<T: Scalar> Layer<T> for NoisyAffine {
             Mode::Eval => self.applied_scale.fill(self.noise.mean_scale()),
         }
         let eval = mode == Mode::Eval;
-        for (xr, yr) in x
-            .chunks_exact(self.width)
-            .zip(y.chunks_exact_mut(self.width))
-        {
-            for (c, (&xi, yi)) in xr.iter().zip(yr.iter_mut()).enumerate() {
-                let m = if eval { 0.0 } else { self.shift[c] };
-                *yi = T::from_f64(xi.to_f64() * self.applied_scale[c] + m);
+        // One run of `inner` values per channel and sample, channels in order.
+        let runs = x
+            .chunks_exact(self.inner)
+            .zip(y.chunks_exact_mut(self.inner));
+        for (k, (xr, yr)) in runs.enumerate() {
+            let c = k % self.channels;
+            let (s, m) = (
+                self.applied_scale[c],
+                if eval { 0.0 } else { self.shift[c] },
+            );
+            for (&xi, yi) in xr.iter().zip(yr.iter_mut()) {
+                *yi = T::from_f64(xi.to_f64() * s + m);
             }
         }
         Ok(())
@@ -171,14 +183,16 @@ impl<T: Scalar> Layer<T> for NoisyAffine {
         n: usize,
         dx: Option<&mut [T]>,
     ) -> Result<(), NnError> {
-        check("noisy_affine dy", dy.len(), n, self.width)?;
+        let width = self.channels * self.inner;
+        check("noisy_affine dy", dy.len(), n, width)?;
         if let Some(dx) = dx {
-            check("noisy_affine dx", dx.len(), n, self.width)?;
-            for (dyr, dxr) in dy
-                .chunks_exact(self.width)
-                .zip(dx.chunks_exact_mut(self.width))
-            {
-                for ((&d, g), &s) in dyr.iter().zip(dxr.iter_mut()).zip(&self.applied_scale) {
+            check("noisy_affine dx", dx.len(), n, width)?;
+            let runs = dy
+                .chunks_exact(self.inner)
+                .zip(dx.chunks_exact_mut(self.inner));
+            for (k, (dyr, dxr)) in runs.enumerate() {
+                let s = self.applied_scale[k % self.channels];
+                for (&d, g) in dyr.iter().zip(dxr.iter_mut()) {
                     *g = T::from_f64(d.to_f64() * s);
                 }
             }
@@ -209,13 +223,20 @@ mod tests {
 
     #[test]
     fn backward_matches_central_differences_of_the_current_draw() {
+        // 3 samples of 2 channels of 2 values (a conv net's layout, channels first).
         let (n, width) = (3, 4);
-        let mut layer = NoisyAffine::new(width, NOISE, 9).unwrap();
+        let mut layer = NoisyAffine::new(2, 2, NOISE, 9).unwrap();
         let mut rng = Rng::new(2);
         let x: Vec<f64> = (0..n * width).map(|_| rng.normal()).collect();
         let w: Vec<f64> = (0..n * width).map(|_| rng.normal()).collect();
         let mut y = vec![0.0; n * width];
         layer.forward(&x, n, Mode::Train, &mut y).unwrap();
+        // Channel 0 owns values 0 and 1 of each sample, channel 1 values 2 and 3.
+        let draw: Vec<(f64, f64)> = layer.draw().collect();
+        for (i, (&xi, &yi)) in x.iter().zip(&y).enumerate() {
+            let (s, m) = draw[(i % width) / 2];
+            assert_eq!(yi, xi * s + m, "{i}");
+        }
         let mut dx = vec![0.0; n * width];
         Layer::<f64>::backward(&mut layer, &x, &y, &w, n, Some(&mut dx)).unwrap();
         // The map is affine in x: a central difference is exact up to rounding of values of
@@ -233,7 +254,7 @@ mod tests {
     #[test]
     fn each_training_step_draws_a_new_map_within_the_widths() {
         let (n, width) = (2, 50);
-        let mut layer = NoisyAffine::new(width, NOISE, 1).unwrap();
+        let mut layer = NoisyAffine::new(width, 1, NOISE, 1).unwrap();
         let x = vec![1.0f64; n * width];
         let mut y = vec![0.0; n * width];
         let mut draws = Vec::new();
@@ -261,7 +282,7 @@ mod tests {
         layer.forward(&x, n, Mode::Eval, &mut y).unwrap();
         assert!(y.iter().all(|&v| v == 2.0));
         // The draws depend only on the seed.
-        let mut again = NoisyAffine::new(width, NOISE, 1).unwrap();
+        let mut again = NoisyAffine::new(width, 1, NOISE, 1).unwrap();
         again.forward(&x, n, Mode::Train, &mut y).unwrap();
         assert_eq!(again.draw().collect::<Vec<_>>(), draws[0]);
     }
@@ -282,8 +303,9 @@ mod tests {
                 scale: 2.0,
             },
         ] {
-            assert!(NoisyAffine::new(3, noise, 1).is_err(), "{noise:?}");
+            assert!(NoisyAffine::new(3, 1, noise, 1).is_err(), "{noise:?}");
         }
-        assert!(NoisyAffine::new(0, NOISE, 1).is_err());
+        assert!(NoisyAffine::new(0, 1, NOISE, 1).is_err());
+        assert!(NoisyAffine::new(3, 0, NOISE, 1).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::figures::{drift_figure, ics_figure, landscape_figure};
-use super::network::{Net, ACTIVATION, WIDTHS};
+use super::network::{Arch, Net};
 use super::train::{Measured, NetRun};
 use super::{LabError, Outcome};
 use crate::experiments::output::{finite, num, pct, time_finding, write_outputs, Outputs};
@@ -85,7 +85,7 @@ impl Headline {
 /// One row per network and evaluation: the loss, the accuracy, the change since the previous
 /// evaluation, and per hidden layer the percentiles of unit 0.
 fn evals_csv(o: &Outcome) -> String {
-    let hidden = WIDTHS.len() - 2;
+    let hidden = o.hidden_layers();
     let mut s = String::from("net,step,train_loss,test_accuracy,change");
     for l in 1..=hidden {
         let _ = write!(s, ",l{l}_p15,l{l}_p50,l{l}_p85");
@@ -183,7 +183,7 @@ fn net_json(r: &NetRun) -> Value {
     json!({
         "final_test_accuracy": finite(r.final_test_accuracy()),
         "drift": finite(r.drift()),
-        "ics_layers": (2..WIDTHS.len()).collect::<Vec<_>>(),
+        "ics_layers": (2..2 + r.measured.first().map_or(0, |m| m.ics.len())).collect::<Vec<_>>(),
         "ics_l2": per_layer(|x| x.l2),
         "ics_cosine": per_layer(|x| x.cosine),
         "loss_range": range(|m| m.landscape.loss_range()),
@@ -227,7 +227,8 @@ fn summary_json(o: &Outcome) -> Value {
             "probe": c.probe,
             "seed": c.seed,
             "threads": c.threads,
-            "architecture": format!("784-100-100-100-10, {} hidden units, softmax cross-entropy", ACTIVATION.label()),
+            "arch": c.arch.key(),
+            "architecture": format!("{}, softmax cross-entropy", c.arch.description()),
             "optimizer": "plain SGD (no momentum, no weight decay)",
             "drift": "mean over consecutive evaluations, hidden layers and units of |change of the unit's mean| + |change of its std| over the probe batch (ReLU inputs, batch statistics)",
             "ics": "per linear layer i >= 2: G = dL/dW_i, G' = dL/dW_i after the layers below i take their SGD step (lr) on the same batch",
@@ -272,13 +273,16 @@ fn report_md(o: &Outcome) -> String {
     let _ = writeln!(s, "# Why BN works, put to the test\n");
     let _ = writeln!(
         s,
-        "MNIST, 784-100-100-100-10 MLP with {} hidden units, weights N(0, {}^2), biases 0, {} steps of \
+        "MNIST, {}, {}, {} steps of \
          plain SGD (lr {}, batch {}), seed {}: with BN, without BN, and noisy BN (after each BN, per \
          unit, y * s + m with m ~ U(-{}, {}) and s ~ U(1, {}) drawn anew every step). Every {} steps: \
          test accuracy, the hidden pre-activations over {} fixed training images, gradient-based ICS \
          and the loss landscape along the gradient for {} step sizes from {} to {}.\n",
-        ACTIVATION.label(),
-        c.init_std,
+        c.arch.description(),
+        match c.arch {
+            Arch::Mlp => format!("weights N(0, {}^2), biases 0", c.init_std),
+            Arch::Cnn => "He-initialised convolutions".to_owned(),
+        },
         c.steps,
         c.lr,
         c.batch_size,
@@ -287,7 +291,7 @@ fn report_md(o: &Outcome) -> String {
         c.noise.shift,
         c.noise.scale,
         c.measure_every,
-        c.probe,
+        c.probe.min(c.arch.eval_batch()),
         c.etas,
         c.eta_min,
         c.eta_max

@@ -9,7 +9,7 @@ use batchnorm_nn::Sequential;
 use super::drift::{self, LayerStats};
 use super::ics::{self, LayerIcs};
 use super::landscape::{self, Landscape};
-use super::network::{activation_layers, batch_norm_layers, shifted_linears, Net};
+use super::network::{activation_layers, batch_norm_layers, shifted_layers, Net};
 use super::params::weight;
 use super::Config;
 use crate::experiments::evaluate::Accuracy;
@@ -29,11 +29,11 @@ pub struct Eval {
     pub test_accuracy: f64,
     /// Per hidden layer, its pre-activations over the probe batch.
     pub layers: Vec<LayerStats>,
-    /// Per batch normalization, the mean over units of the standard deviation of its input
-    /// over the probe batch (empty without BN): sigma in Santurkar et al.'s Theorem 4.1, where
+    /// Per batch normalization, the mean over channels of the standard deviation of its input
+    /// over the probe batch (and the positions of a conv net; empty without BN): sigma in Santurkar et al.'s Theorem 4.1, where
     /// BN scales the gradient by gamma / sigma.
     pub bn_input_std: Vec<f64>,
-    /// Per batch normalization, the mean over units of `gamma / sigma` (gamma its weight, sigma
+    /// Per batch normalization, the mean over channels of `gamma / sigma` (gamma its weight, sigma
     /// the std of its input over the probe batch): the factor by which BN scales the gradient
     /// reaching its input (Theorem 4.1); above 1, BN amplifies the gradient.
     pub bn_gain: Vec<f64>,
@@ -44,7 +44,8 @@ pub struct Eval {
 pub struct Measured {
     /// SGD steps done before the measurement.
     pub step: usize,
-    /// Per linear layer after the first (layers 2, 3, 4 of the MLP), gradient-based ICS.
+    /// Per layer with weights after the first (layers 2, 3, 4 of the MLP; the second
+    /// convolution and the linear layer of the conv net), gradient-based ICS.
     pub ics: Vec<LayerIcs>,
     /// The loss landscape along the gradient.
     pub landscape: Landscape,
@@ -98,6 +99,10 @@ pub(super) struct Inputs<'a> {
     pub probe_size: usize,
     /// The landscape's step sizes.
     pub etas: &'a [f64],
+    /// Per hidden layer, the unit whose percentiles are kept.
+    pub probe_units: &'a [usize],
+    /// Test images per evaluation forward pass.
+    pub eval_batch: usize,
 }
 
 /// Trains `model` (the network `net`) for `cfg.steps` SGD steps, measuring as documented on
@@ -115,30 +120,28 @@ pub(super) fn train(
     let start = Instant::now();
     let bs = cfg.batch_size;
     let acts = activation_layers(&model);
-    // One probe pass measures the ReLU inputs and the BN inputs together.
     let bns = batch_norm_layers(&model);
-    let probed: Vec<usize> = acts.iter().chain(&bns).copied().collect();
-    let linears = shifted_linears(&model);
+    let shifted = shifted_layers(&model);
     let mut trainer = Trainer::new(model, cfg.lr, bs, order_seed(cfg.seed), inputs.train.len())?;
     let mut accuracy = Accuracy::new(inputs.test);
     let mut evaluate = |model: &mut Sequential<f32>, step, train_loss| {
-        let test_accuracy = accuracy.run(model, inputs.test, Mode::Eval)?;
-        let mut layers = drift::measure(model, inputs.probe, inputs.probe_size, &probed)?;
-        let bn_inputs = layers.split_off(acts.len());
-        let bn_input_std = bn_inputs.iter().map(|l| mean(&l.stds)).collect();
-        let bn_gain = bn_inputs
-            .iter()
-            .zip(&bns)
-            .map(|(l, &i)| {
-                let gamma = weight(model, i, false).unwrap_or_default();
-                let gains: Vec<f64> = gamma
-                    .iter()
-                    .zip(&l.stds)
-                    .map(|(&g, &s)| f64::from(g) / s)
-                    .collect();
-                mean(&gains)
-            })
-            .collect();
+        let test_accuracy =
+            accuracy.run_chunked(model, inputs.test, Mode::Eval, inputs.eval_batch)?;
+        let n = inputs.probe_size;
+        let layers = drift::measure(model, inputs.probe, n, &acts, inputs.probe_units)?;
+        // The BN inputs of the same probe pass, per channel.
+        let (mut bn_input_std, mut bn_gain) = (Vec::new(), Vec::new());
+        for &i in &bns {
+            let gamma = weight(model, i, false).unwrap_or_default();
+            let sigma = drift::channel_stds(model.activation(i, n)?, n, gamma.len());
+            let gains: Vec<f64> = gamma
+                .iter()
+                .zip(&sigma)
+                .map(|(&g, &s)| f64::from(g) / s)
+                .collect();
+            bn_input_std.push(mean(&sigma));
+            bn_gain.push(mean(&gains));
+        }
         Ok::<_, LabError>(Eval {
             step,
             train_loss,
@@ -157,7 +160,7 @@ pub(super) fn train(
         if done.is_multiple_of(cfg.measure_every) {
             let lr = trainer.lr();
             let labels = trainer.labels().to_vec();
-            let ics = ics::measure(&mut trainer.model, bs, &labels, lr, &linears)?;
+            let ics = ics::measure(&mut trainer.model, bs, &labels, lr, &shifted)?;
             let landscape = landscape::measure(&mut trainer.model, bs, &labels, inputs.etas)?;
             measured.push(Measured {
                 step: done,
