@@ -47,9 +47,9 @@ enum Command {
     /// `mpirun -np P`, else --ranks threads) with synchronised BN, per-rank BN, and one
     /// process on the global batch; same weights, same batches.
     SyncBn(cli::SyncBnArgs),
-    /// Why BN works, put to the test (Santurkar et al. 2018): the ReLU MLP with BN, without
-    /// BN and with noisy BN; distribution drift, gradient-based internal covariate shift and
-    /// the loss landscape along the gradient.
+    /// Why BN works, put to the test (Santurkar et al. 2018): the ReLU MLP (or, with --arch
+    /// cnn, the conv net) with BN, without BN and with noisy BN; distribution drift,
+    /// gradient-based internal covariate shift and the loss landscape along the gradient.
     Why(cli::WhyArgs),
     /// Every experiment at its defaults (fig1, depth, lr-sweep, batch-size, cnn, fold, sync-bn
     /// on threads, why) into
