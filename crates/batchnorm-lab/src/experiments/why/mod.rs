@@ -1,7 +1,8 @@
 //! Why batch normalization works, put to the test (Santurkar, Tsipras, Ilyas & Madry, "How Does
 //! Batch Normalization Help Optimization?", NeurIPS 2018) on fig1's MLP with ReLUs (or the conv
-//! net of `bnlab cnn`), trained three ways from the same weights on the same batches: with BN, without BN, and with "noisy
-//! BN" (BN followed by a random per-channel affine map redrawn every step, [`NoisyAffine`]).
+//! net of `bnlab cnn`), trained three ways from the same weights on the same batches: with BN,
+//! without BN, and with "noisy BN" (BN followed by a random per-channel affine map redrawn
+//! every step, [`NoisyAffine`]).
 //!
 //! Three measurements, each at step 0 and every `measure_every` steps:
 //! - distribution drift: the 15th/50th/85th percentiles of one unit of each hidden layer's
@@ -153,11 +154,6 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The run of `net`.
-    pub fn run_of(&self, net: Net) -> Option<&NetRun> {
-        self.runs.iter().find(|r| r.net == net)
-    }
-
     /// Hidden layers whose pre-activations were probed (3 for the MLP, 2 for the conv net).
     pub fn hidden_layers(&self) -> usize {
         let first = self.runs.first().and_then(|r| r.evals.first());
