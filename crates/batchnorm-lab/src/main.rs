@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use batchnorm_lab::bench;
 use batchnorm_lab::experiments::{
-    all, batch_size, cli, cnn, depth, fig1, fold, lr_sweep, small_batch, sync_bn,
+    all, batch_size, cli, cnn, depth, fig1, fold, lr_sweep, small_batch, sync_bn, why,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -50,8 +50,12 @@ enum Command {
     /// Small batches: BN, Batch Renorm, GroupNorm and SyncBN (in-process ranks) at batch 2-32,
     /// Ghost BN against BN at batch 256; test accuracy with the inference statistics.
     SmallBatch(cli::SmallBatchArgs),
+    /// Why BN works, put to the test (Santurkar et al. 2018): the ReLU MLP (or, with --arch
+    /// cnn, the conv net) with BN, without BN and with noisy BN; distribution drift,
+    /// gradient-based internal covariate shift and the loss landscape along the gradient.
+    Why(cli::WhyArgs),
     /// Every experiment at its defaults (fig1, depth, lr-sweep, batch-size, cnn, fold, sync-bn
-    /// on threads, small-batch) into
+    /// on threads, small-batch, why) into
     /// `<out>/<name>/`, then one combined `<out>/report.md` and `<out>/index.html`.
     All(cli::AllArgs),
 }
@@ -220,6 +224,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::BatchSize(a) => batch_size::print_summary(&batch_size::run(&a.config())?),
         Command::SmallBatch(a) => small_batch::print_summary(&small_batch::run(&a.config())?),
+        Command::Why(a) => why::print_summary(&why::run(&a.config())?),
         Command::SyncBn(a) => {
             // Under mpirun only rank 0 has an outcome to print.
             if let Some(outcome) = sync_bn::run(&a.config())? {

@@ -452,6 +452,179 @@ fn sync_bn_equals_one_process_and_per_rank_bn_does_not() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// `bnlab why` at tiny settings: 40 steps, measured at 0 and 20, three step sizes.
+const WHY_TINY: [&str; 9] = [
+    "why",
+    "--steps",
+    "40",
+    "--measure-every",
+    "20",
+    "--etas",
+    "3",
+    "--probe",
+    "100",
+];
+
+#[test]
+fn why_measures_drift_ics_and_the_landscape_for_the_three_networks() {
+    let out = temp_dir("why");
+    run_ok(&WHY_TINY, &out);
+    let nets = ["bn", "plain", "noisy_bn"];
+    // Evaluations at steps 0, 20, 40; measurements at 0 and 20 (before those steps' updates);
+    // three linear layers after the first; three step sizes.
+    let evals = csv_rows(
+        &out.join("evals.csv"),
+        "net,step,train_loss,test_accuracy,change,l1_p15,l1_p50,l1_p85,l2_p15,l2_p50,l2_p85,l3_p15,l3_p50,l3_p85",
+    );
+    assert_eq!(evals.len(), 9);
+    let ics = csv_rows(&out.join("ics.csv"), "net,step,layer,l2,cosine,grad_norm");
+    assert_eq!(ics.len(), 3 * 2 * 3);
+    let landscape = csv_rows(
+        &out.join("landscape.csv"),
+        "net,step,eta,loss_here,loss,grad_norm,grad_change",
+    );
+    assert_eq!(landscape.len(), 3 * 2 * 3);
+    let etas: Vec<f64> = landscape[..3].iter().map(|r| num(&r[2])).collect();
+    assert_eq!(etas[0], 0.01);
+    assert!((etas[1] - 0.1).abs() < 1e-12 && (etas[2] - 1.0).abs() < 1e-12);
+
+    let s = json(&out.join("summary.json"));
+    for net in nets {
+        let n = &s[net];
+        let acc = f(&n["final_test_accuracy"]);
+        assert!((0.0..=1.0).contains(&acc), "{net}: {acc}");
+        assert!(f(&n["drift"]) >= 0.0);
+        for (key, lo, hi) in [("ics_l2", 0.0, f64::INFINITY), ("ics_cosine", -1.0, 1.0)] {
+            let per_step = n[key].as_array().unwrap();
+            assert_eq!(per_step.len(), 2, "{net}.{key}");
+            for (m, step) in per_step.iter().zip([0, 20]) {
+                assert_eq!(m["step"], step);
+                let layers = m["per_layer"].as_array().unwrap();
+                assert_eq!(layers.len(), 3, "{net}.{key}");
+                for v in layers {
+                    let v = f(v);
+                    assert!(v.is_finite() && (lo..=hi).contains(&v), "{net}.{key}: {v}");
+                }
+            }
+        }
+        for key in ["loss_range", "grad_predictiveness_range"] {
+            let per_step = n[key].as_array().unwrap();
+            assert_eq!(per_step.len(), 2, "{net}.{key}");
+            for m in per_step {
+                let (lo, hi) = (f(&m["min"]), f(&m["max"]));
+                // A cross-entropy and a norm: both >= 0.
+                assert!(
+                    0.0 <= lo && lo <= hi && hi.is_finite(),
+                    "{net}.{key}: {lo} {hi}"
+                );
+            }
+        }
+        for m in n["beta_smoothness"].as_array().unwrap() {
+            let beta = f(&m["beta"]);
+            assert!(beta.is_finite() && beta >= 0.0, "{net}: beta {beta}");
+        }
+    }
+    // gamma / sigma per BN layer: three positive numbers with BN, none without.
+    for (net, layers) in [("bn", 3), ("noisy_bn", 3), ("plain", 0)] {
+        for at in ["first", "last"] {
+            let gains = s[net]["bn_gain"][at].as_array().unwrap();
+            assert_eq!(gains.len(), layers, "{net}.bn_gain.{at}");
+            assert!(gains.iter().all(|g| f(g) > 0.0 && f(g).is_finite()));
+        }
+    }
+    // BN fixes each unit's batch mean and std to its beta and gamma, which 20 steps of SGD
+    // barely move; noisy BN redraws a shift from U(-1, 1) per unit every step (mean |change|
+    // 2/3) and a scale from U(1, 3): its drift is larger by far.
+    let (bn, noisy) = (f(&s["bn"]["drift"]), f(&s["noisy_bn"]["drift"]));
+    assert!(noisy > 0.3 && noisy > 10.0 * bn, "noisy {noisy} vs bn {bn}");
+    for stem in ["why_drift", "why_ics", "why_landscape"] {
+        assert_figure(&out, stem);
+    }
+    let r = report(&out);
+    assert!(r.contains("](why_landscape.png)") && r.contains("Claim 2"));
+    // Deterministic for the seed, whatever the threads; and the measurements leave training
+    // untouched (they restore every parameter and gradient and never update BN's running
+    // statistics): measuring twice as often, on one thread, gives the same rows at the steps
+    // both runs measure (0 and 20; evaluations at 0, 20, 40), bit for bit.
+    let again = temp_dir("why-1-thread");
+    let mut args = WHY_TINY.to_vec();
+    args[4] = "10"; // --measure-every
+    args.extend(["--threads", "1"]);
+    run_ok(&args, &again);
+    let rows = |dir: &Path, file: &str, keep: &dyn Fn(&[&str]) -> bool| -> Vec<String> {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap()
+            .lines()
+            .filter(|l| keep(&l.split(',').collect::<Vec<_>>()))
+            .map(str::to_owned)
+            .collect()
+    };
+    // evals.csv without train_loss and change (averages over the steps since the last
+    // evaluation, which differ with the spacing).
+    let evals = |dir: &Path| -> Vec<String> {
+        rows(dir, "evals.csv", &|r| ["0", "20", "40"].contains(&r[1]))
+            .iter()
+            .map(|l| {
+                let r: Vec<&str> = l.split(',').collect();
+                [&r[..2], &r[3..4], &r[5..]].concat().join(",")
+            })
+            .collect()
+    };
+    assert_eq!(evals(&out).len(), 9);
+    assert_eq!(evals(&out), evals(&again));
+    for file in ["ics.csv", "landscape.csv"] {
+        let keep = |r: &[&str]| ["0", "20"].contains(&r[1]);
+        let (a, b) = (rows(&out, file, &keep), rows(&again, file, &keep));
+        assert_eq!(a.len(), 18, "{file}");
+        assert_eq!(a, b, "{file}");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&again).unwrap();
+}
+
+#[test]
+fn why_on_the_conv_net_measures_its_two_hidden_layers() {
+    let out = temp_dir("why-cnn");
+    run_ok(
+        &[
+            "why",
+            "--arch",
+            "cnn",
+            "--steps",
+            "10",
+            "--measure-every",
+            "5",
+            "--etas",
+            "2",
+            "--probe",
+            "50",
+        ],
+        &out,
+    );
+    // Two ReLU layers (the conv blocks) and two shifted layers (conv 2, the linear layer).
+    let evals = csv_rows(
+        &out.join("evals.csv"),
+        "net,step,train_loss,test_accuracy,change,l1_p15,l1_p50,l1_p85,l2_p15,l2_p50,l2_p85",
+    );
+    assert_eq!(evals.len(), 3 * 3);
+    let s = json(&out.join("summary.json"));
+    assert_eq!(s["config"]["arch"], "cnn");
+    for net in ["bn", "plain", "noisy_bn"] {
+        assert_eq!(s[net]["ics_layers"], serde_json::json!([2, 3]), "{net}");
+        for m in s[net]["ics_cosine"].as_array().unwrap() {
+            for c in m["per_layer"].as_array().unwrap() {
+                assert!((-1.0..=1.0).contains(&f(c)), "{net}: {c}");
+            }
+        }
+    }
+    // BN2d's sigma is per channel (over samples and positions): finite and positive.
+    let gains = s["bn"]["bn_gain"]["first"].as_array().unwrap();
+    assert_eq!(gains.len(), 2);
+    assert!(gains.iter().all(|g| f(g).is_finite() && f(g) > 0.0));
+    assert_figure(&out, "why_drift");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn all_quick_runs_every_experiment_and_combines_the_reports() {
     let out = temp_dir("all");
@@ -465,6 +638,7 @@ fn all_quick_runs_every_experiment_and_combines_the_reports() {
         "fold",
         "sync-bn",
         "small-batch",
+        "why",
     ];
     for (name, stem) in [
         ("fig1", "fig1"),
@@ -475,6 +649,7 @@ fn all_quick_runs_every_experiment_and_combines_the_reports() {
         ("fold", "fold"),
         ("sync-bn", "sync_bn"),
         ("small-batch", "small_batch"),
+        ("why", "why_landscape"),
     ] {
         let dir = out.join(name);
         assert!(dir.join("summary.json").is_file(), "{name}/summary.json");
@@ -495,7 +670,7 @@ fn all_quick_runs_every_experiment_and_combines_the_reports() {
         .map(|r| &r[..r.find(')').unwrap()])
         .filter(|l| l.ends_with(".png"))
         .collect();
-    assert!(links.len() >= 8, "{links:?}");
+    assert!(links.len() >= 11, "{links:?}");
     for l in &links {
         assert!(out.join(l).is_file(), "broken link {l}");
     }
@@ -661,6 +836,7 @@ fn an_unwritable_out_fails_before_training_in_every_experiment() {
         "fold",
         "sync-bn",
         "small-batch",
+        "why",
         "all",
     ] {
         let err = user_error(&[exp, "--out", o, "--data", "/nonexistent/mnist"]);

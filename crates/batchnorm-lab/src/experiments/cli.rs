@@ -1,12 +1,12 @@
 //! Command-line options of the experiments added after fig1 (`depth`, `lr-sweep`,
-//! `batch-size`, `cnn`, `fold`, `all`), kept beside the experiments so that `main.rs` only
+//! `batch-size`, `cnn`, `fold`, `why`, `all`), kept beside the experiments so that `main.rs` only
 //! dispatches.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{all, batch_size, cnn, depth, fold, lr_sweep, small_batch, sync_bn};
+use super::{all, batch_size, cnn, depth, fold, lr_sweep, small_batch, sync_bn, why};
 
 /// Options every experiment shares.
 #[derive(Debug, Clone, Args)]
@@ -404,6 +404,85 @@ impl SyncBnArgs {
             seed: self.seed,
             out: self.out.clone(),
             data: self.data.clone(),
+        }
+    }
+}
+
+/// `bnlab why`.
+#[derive(Debug, Clone, Args)]
+pub struct WhyArgs {
+    /// The networks: `mlp` (fig1's 784-100-100-100-10 with ReLUs) or `cnn` (the conv net of
+    /// `bnlab cnn`, He-initialised; slower: shorten it with --steps).
+    #[arg(long, default_value = "mlp", value_parser = ["mlp", "cnn"])]
+    pub arch: String,
+    /// SGD steps per network.
+    #[arg(long, default_value_t = 6000)]
+    pub steps: usize,
+    /// Steps between measurements (test accuracy, pre-activations, ICS, landscape).
+    #[arg(long, default_value_t = 100)]
+    pub measure_every: usize,
+    /// Learning rate of plain SGD, the same for the three networks.
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// Training images per mini-batch (at least 2).
+    #[arg(long, default_value_t = 60)]
+    pub batch_size: usize,
+    /// Standard deviation of the MLP's Gaussian initial weights (fig1's); biases 0.
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    pub init_std: f64,
+    /// Noisy BN's shift: m ~ U(-shift, shift) per unit, redrawn every step.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub noise_shift: f64,
+    /// Noisy BN's scale: s ~ U(1, scale) per unit, redrawn every step.
+    #[arg(long, default_value_t = 3.0, allow_negative_numbers = true)]
+    pub noise_scale: f64,
+    /// Smallest step size of the landscape probe.
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    pub eta_min: f64,
+    /// Largest step size of the landscape probe.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub eta_max: f64,
+    /// Step sizes of the landscape probe, log-spaced from --eta-min to --eta-max.
+    #[arg(long, default_value_t = 9)]
+    pub etas: usize,
+    /// Training images in the fixed probe batch of the pre-activation percentiles (at most
+    /// 250 for the conv net).
+    #[arg(long, default_value_t = 1000)]
+    pub probe: usize,
+    /// Output folder for evals.csv, ics.csv, landscape.csv, summary.json, why_drift,
+    /// why_ics and why_landscape (.png/.svg) and report.md.
+    #[arg(long, default_value = "out/why")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl WhyArgs {
+    /// The experiment's settings.
+    pub fn config(&self) -> why::Config {
+        why::Config {
+            arch: if self.arch == "cnn" {
+                why::Arch::Cnn
+            } else {
+                why::Arch::Mlp
+            },
+            steps: self.steps,
+            measure_every: self.measure_every,
+            lr: self.lr,
+            batch_size: self.batch_size,
+            init_std: self.init_std,
+            noise: why::Noise {
+                shift: self.noise_shift,
+                scale: self.noise_scale,
+            },
+            eta_min: self.eta_min,
+            eta_max: self.eta_max,
+            etas: self.etas,
+            probe: self.probe,
+            seed: self.common.seed,
+            threads: self.common.threads,
+            out: self.out.clone(),
+            data: self.common.data.clone(),
         }
     }
 }

@@ -21,6 +21,7 @@ mod sampler;
 pub mod small_batch;
 pub mod sync_bn;
 mod trainer;
+pub mod why;
 
 pub use error::LabError;
 pub use evaluate::EVAL_CHUNK;

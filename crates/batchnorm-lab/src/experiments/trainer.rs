@@ -101,8 +101,29 @@ impl Trainer {
     /// Any error of the training stack.
     pub(crate) fn step(&mut self, train: &Split) -> Result<LossStats, LabError> {
         let s = self.forward_backward(train)?;
-        self.sgd.step(&mut self.model)?;
+        self.update()?;
         Ok(s)
+    }
+
+    /// The SGD update from the gradients left in the model's parameters (by
+    /// [`Trainer::forward_backward`]): `step` is `forward_backward` then `update`, with room
+    /// between the two to measure at the current weights.
+    ///
+    /// # Errors
+    /// Only if the model's parameters changed shape.
+    pub(crate) fn update(&mut self) -> Result<(), LabError> {
+        self.sgd.step(&mut self.model)?;
+        Ok(())
+    }
+
+    /// The labels of the current batch (its images are in the model's input buffer).
+    pub(crate) fn labels(&self) -> &[u8] {
+        &self.labels
+    }
+
+    /// The learning rate.
+    pub(crate) fn lr(&self) -> f64 {
+        self.sgd.config().lr
     }
 }
 

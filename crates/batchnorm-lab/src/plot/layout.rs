@@ -10,7 +10,7 @@ use super::axis::{Axis, Ends};
 use super::font::font;
 use super::legend::Legend;
 use super::scene::{Anchor, Item, Rgb, Scene, PALETTE};
-use super::{Figure, LineStyle, Marker, Panel, PlotError};
+use super::{Figure, LineStyle, Marker, Panel, PlotError, BAND_OPACITY};
 
 /// Width of one panel's cell, in logical pixels (three columns make a 1200 px figure).
 pub(crate) const PANEL_WIDTH: f64 = 400.0;
@@ -537,6 +537,16 @@ fn draw_traces(items: &mut Vec<Item>, panel: &Panel, traces: &[Trace]) {
         if series.style == LineStyle::NoLine {
             continue;
         }
+        if series.style == LineStyle::Band {
+            if trace.points.len() >= 3 {
+                items.push(Item::Area {
+                    points: trace.points.clone(),
+                    color,
+                    opacity: BAND_OPACITY,
+                });
+            }
+            continue;
+        }
         if let [(x, y)] = trace.points[..] {
             if series.marker != Marker::None {
                 continue; // drawn by its marker
@@ -561,7 +571,7 @@ fn draw_traces(items: &mut Vec<Item>, panel: &Panel, traces: &[Trace]) {
 
 pub(super) fn dash(style: LineStyle) -> Option<[f64; 2]> {
     match style {
-        LineStyle::Solid | LineStyle::NoLine => None,
+        LineStyle::Solid | LineStyle::NoLine | LineStyle::Band => None,
         LineStyle::Dashed => Some(DASH),
     }
 }

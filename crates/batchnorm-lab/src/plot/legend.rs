@@ -6,13 +6,15 @@ use super::layout::{
     dash, text, Rect, Trace, DOT_RADIUS, FRAME_WIDTH, INK, LEGEND_EDGE, LINE_WIDTH, WHITE,
 };
 use super::scene::{Anchor, Item, PALETTE};
-use super::{LineStyle, Panel};
+use super::{LineStyle, Panel, BAND_OPACITY};
 
 const LEGEND_TEXT_SIZE: f64 = 11.0;
 /// Blank inside the legend box's edge.
 const PADDING: f64 = 7.0;
 /// Length of the line sample before each label.
 const SAMPLE: f64 = 24.0;
+/// Half the height of a band's filled swatch.
+const SWATCH_HALF: f64 = 4.5;
 /// Blank between a sample and its label.
 const SAMPLE_GAP: f64 = 7.0;
 /// Blank between legend columns.
@@ -150,7 +152,18 @@ impl Legend {
             let middle = y + PADDING + LEGEND_TEXT_SIZE / 2.0 + row as f64 * ROW;
             let sample_left = x + PADDING + column as f64 * (self.column_width + COLUMN_GAP);
             let series = &panel.series[*index];
-            if series.style != LineStyle::NoLine {
+            if series.style == LineStyle::Band {
+                items.push(Item::Area {
+                    points: vec![
+                        (sample_left, middle - SWATCH_HALF),
+                        (sample_left + SAMPLE, middle - SWATCH_HALF),
+                        (sample_left + SAMPLE, middle + SWATCH_HALF),
+                        (sample_left, middle + SWATCH_HALF),
+                    ],
+                    color,
+                    opacity: BAND_OPACITY,
+                });
+            } else if series.style != LineStyle::NoLine {
                 items.push(Item::Line {
                     points: vec![(sample_left, middle), (sample_left + SAMPLE, middle)],
                     color,

@@ -221,7 +221,15 @@ pub enum LineStyle {
     Dashed,
     /// No line: the markers alone.
     NoLine,
+    /// No line: the points outline a region (one edge left to right, then the other edge back),
+    /// filled with the series' colour at [`BAND_OPACITY`]; a min-max band behind a curve. A
+    /// labelled band shows a filled swatch in the legend.
+    Band,
 }
+
+/// Fill opacity of a [`LineStyle::Band`]: light enough that overlapping bands and the curves
+/// over them stay readable.
+pub const BAND_OPACITY: f64 = 0.22;
 
 impl Figure {
     /// Writes the figure to `path` as an SVG document, creating the parent folder if needed.

@@ -69,16 +69,10 @@ fn paint_item(pixmap: &mut Pixmap, base: Transform, item: &Item) {
             width,
             dash,
         } => {
-            let mut builder = PathBuilder::new();
-            for (i, &(x, y)) in points.iter().enumerate() {
-                if i == 0 {
-                    builder.move_to(x as f32, y as f32);
-                } else {
-                    builder.line_to(x as f32, y as f32);
-                }
-            }
             // A path with fewer than two points (or non-finite ones) has nothing to draw.
-            let Some(path) = builder.finish() else { return };
+            let Some(path) = polyline(points, false) else {
+                return;
+            };
             let stroke = Stroke {
                 width: *width as f32,
                 line_cap: LineCap::Round,
@@ -87,6 +81,22 @@ fn paint_item(pixmap: &mut Pixmap, base: Transform, item: &Item) {
                 ..Stroke::default()
             };
             pixmap.stroke_path(&path, &paint(*color, 1.0), &stroke, base, None);
+        }
+        Item::Area {
+            points,
+            color,
+            opacity,
+        } => {
+            let Some(path) = polyline(points, true) else {
+                return;
+            };
+            pixmap.fill_path(
+                &path,
+                &paint(*color, *opacity),
+                FillRule::Winding,
+                base,
+                None,
+            );
         }
         Item::Dot {
             x,
@@ -161,6 +171,23 @@ fn paint_item(pixmap: &mut Pixmap, base: Transform, item: &Item) {
             );
         }
     }
+}
+
+/// The path through `points` in order, closed back to the first when `closed`; `None` when
+/// there is nothing to draw.
+fn polyline(points: &[(f64, f64)], closed: bool) -> Option<tiny_skia::Path> {
+    let mut builder = PathBuilder::new();
+    for (i, &(x, y)) in points.iter().enumerate() {
+        if i == 0 {
+            builder.move_to(x as f32, y as f32);
+        } else {
+            builder.line_to(x as f32, y as f32);
+        }
+    }
+    if closed {
+        builder.close();
+    }
+    builder.finish()
 }
 
 /// A rectangle path with circular-arc corners of radius `r` (cubic approximation).

@@ -46,6 +46,13 @@ pub(crate) enum Item {
         /// Dash and gap lengths, or `None` for a solid line.
         dash: Option<[f64; 2]>,
     },
+    /// A closed polygon of at least three points, filled (no outline).
+    Area {
+        points: Vec<(f64, f64)>,
+        color: Rgb,
+        /// Fill opacity in `0..=1`.
+        opacity: f64,
+    },
     /// A filled disc (an isolated data point, which a polyline cannot show).
     Dot {
         x: f64,

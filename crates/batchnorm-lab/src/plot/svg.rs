@@ -41,11 +41,7 @@ fn write_item(out: &mut String, item: &Item) {
             width,
             dash,
         } => {
-            let _ = write!(out, r#"<polyline points=""#);
-            for (i, &(x, y)) in points.iter().enumerate() {
-                let separator = if i == 0 { "" } else { " " };
-                let _ = write!(out, "{separator}{},{}", num(x), num(y));
-            }
+            let _ = write!(out, r#"<polyline points="{}"#, point_list(points));
             let _ = write!(
                 out,
                 r#"" fill="none" stroke="{}" stroke-width="{}" stroke-linecap="round" stroke-linejoin="round""#,
@@ -56,6 +52,19 @@ fn write_item(out: &mut String, item: &Item) {
                 let _ = write!(out, r#" stroke-dasharray="{} {}""#, num(*on), num(*off));
             }
             out.push_str("/>\n");
+        }
+        Item::Area {
+            points,
+            color,
+            opacity,
+        } => {
+            let _ = write!(out, r#"<polygon points="{}"#, point_list(points));
+            let _ = writeln!(
+                out,
+                r#"" fill="{}" fill-opacity="{}" stroke="none"/>"#,
+                hex(*color),
+                num(*opacity)
+            );
         }
         Item::Dot {
             x,
@@ -125,6 +134,15 @@ fn write_item(out: &mut String, item: &Item) {
             let _ = writeln!(out, ">{}</text>", escape(text));
         }
     }
+}
+
+/// `x,y x,y ...` for a `points` attribute.
+fn point_list(points: &[(f64, f64)]) -> String {
+    let pairs: Vec<String> = points
+        .iter()
+        .map(|&(x, y)| format!("{},{}", num(x), num(y)))
+        .collect();
+    pairs.join(" ")
 }
 
 /// `v` with at most two decimals and no trailing zeros (`12`, `12.5`, `-0.25`).

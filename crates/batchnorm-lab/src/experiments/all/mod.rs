@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::output::write;
-use super::{batch_size, cnn, depth, fig1, fold, lr_sweep, small_batch, sync_bn, LabError};
+use super::{batch_size, cnn, depth, fig1, fold, lr_sweep, small_batch, sync_bn, why, LabError};
 
 /// Settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,6 +199,18 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     timed("small-batch", &mut || {
         small_batch::run(&c).map(|o| small_batch::print_summary(&o))
     })?;
+
+    let mut c = why::Config {
+        seed,
+        threads,
+        data: data.clone(),
+        out: dir("why"),
+        ..why::Config::default()
+    };
+    if cfg.quick {
+        (c.steps, c.measure_every, c.etas, c.probe) = (40, 20, 3, 100);
+    }
+    timed("why", &mut || why::run(&c).map(|o| why::print_summary(&o)))?;
 
     let outcome = Outcome {
         config: cfg.clone(),

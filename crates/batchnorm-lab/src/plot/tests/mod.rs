@@ -635,3 +635,49 @@ fn example_figures() {
         );
     }
 }
+
+#[test]
+fn a_band_is_a_translucent_polygon_with_a_swatch_in_the_legend() {
+    // A min-max band over x = 0, 1, 2: the lower edge forward, the upper edge back.
+    let outline = vec![
+        (0.0, 1.0),
+        (1.0, 2.0),
+        (2.0, 1.5),
+        (2.0, 3.0),
+        (1.0, 4.0),
+        (0.0, 2.0),
+    ];
+    let figure = Figure {
+        title: String::new(),
+        columns: 1,
+        panels: vec![panel(
+            "band",
+            false,
+            vec![series("range", outline, LineStyle::Band)],
+        )],
+    };
+    let scene = lay_out(&figure, Path::new("band.svg")).unwrap();
+    let areas: Vec<(usize, f64)> = scene
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            Item::Area {
+                points,
+                color,
+                opacity,
+            } if *color == PALETTE[0] => Some((points.len(), *opacity)),
+            _ => None,
+        })
+        .collect();
+    // The band's six corners, then the legend's four-cornered swatch; no line of its colour.
+    assert_eq!(areas, [(6, super::BAND_OPACITY), (4, super::BAND_OPACITY)]);
+    assert!(!scene
+        .items
+        .iter()
+        .any(|item| matches!(item, Item::Line { color, .. } if *color == PALETTE[0])));
+    let dir = out_dir("band");
+    figure.save_svg(&dir.join("band.svg")).unwrap();
+    let svg = std::fs::read_to_string(dir.join("band.svg")).unwrap();
+    assert_eq!(svg.matches("<polygon").count(), 2);
+    figure.save_png(&dir.join("band.png")).unwrap();
+}
