@@ -638,9 +638,24 @@ fn bench_reports_every_op_against_its_yardstick_hot_and_cold() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
         let rows = rows.as_array().unwrap();
-        assert_eq!(rows.len(), 6, "3 ops x 2 layouts");
-        for r in rows {
-            let yard = if r["op"] == "backward" { "add" } else { "copy" };
+        let ops = [
+            "forward_train",
+            "forward_eval",
+            "backward",
+            "forward_train_relu",
+            "forward_eval_relu",
+            "backward_relu",
+            "forward_train_add_relu",
+            "backward_add_relu",
+        ];
+        assert_eq!(rows.len(), 16, "8 ops x 2 layouts");
+        for (r, op) in rows.iter().zip(ops.iter().chain(&ops)) {
+            assert_eq!(r["op"], *op);
+            let yard = if op.starts_with("backward") {
+                "add"
+            } else {
+                "copy"
+            };
             assert_eq!(r["yardstick"], yard);
             assert_eq!(r["cache"], cache);
             assert_eq!(r["pages"], "base");
@@ -654,7 +669,7 @@ fn bench_reports_every_op_against_its_yardstick_hot_and_cold() {
             let (read_ms, floor) = (r["read_ms"].as_f64().unwrap(), r["floor"].as_f64().unwrap());
             let streamed_ms = r["streamed_ms"].as_f64().unwrap();
             assert!(read_ms > 0.0 && streamed_ms > 0.0, "{r}");
-            let expected = if r["op"] == "forward_eval" {
+            let expected = if op.starts_with("forward_eval") {
                 1.0
             } else {
                 (read_ms + streamed_ms) / yard_ms
@@ -686,7 +701,7 @@ fn bench_on_huge_pages_reports_them_or_says_why_not() {
         if o.status.success() {
             let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
             let rows = rows.as_array().unwrap();
-            assert_eq!(rows.len(), 3, "3 ops");
+            assert_eq!(rows.len(), 8, "8 ops");
             assert!(rows.iter().all(|r| r["pages"] == "huge"), "{rows:?}");
         } else {
             // A machine without transparent huge pages: a clear error, nothing measured.
