@@ -12,7 +12,9 @@
 //! The fused forms (`forward_train_relu`, `forward_eval_relu`, `backward_relu`,
 //! `forward_train_add_relu`, `backward_add_relu`) are timed against the yardstick and floor of
 //! the plain operation they extend, in the same run, so that their ratio over the plain row is
-//! what the fusion costs. Each backward follows an untimed call of its own training forward.
+//! what the fusion costs; their samples also alternate with the plain operation's, whose median
+//! the row carries (`plain_ms`, `vs_plain` = fused / plain), so that this ratio sees the same
+//! machine noise. Each backward follows an untimed call of its own training forward.
 //!
 //! By default the buffers stay in cache between calls, as far as they fit ("hot"). With `cold`,
 //! every buffer is flushed from all cache levels before each timed call of the kernel and of the
@@ -221,6 +223,9 @@ pub struct Row {
     /// Median time of the yardstick's pass written with non-temporal stores (where the machine
     /// has them), as the kernels write large outputs.
     pub streamed_ms: f64,
+    /// For a fused operation, the median time of the plain one it extends, its samples
+    /// alternating with the fused one's.
+    pub plain_ms: Option<f64>,
     /// Whether the buffers were flushed from the caches before each call.
     pub cold: bool,
     /// Whether the buffers were on transparent huge pages.
@@ -236,6 +241,12 @@ impl Row {
     /// Kernel time over yardstick time: 1.0 is the speed of memory.
     pub fn ratio(&self) -> f64 {
         self.median_ms / self.yardstick_ms
+    }
+
+    /// A fused operation's time over its plain operation's, measured alternately (`None` for
+    /// the plain operations).
+    pub fn vs_plain(&self) -> Option<f64> {
+        self.plain_ms.map(|p| self.median_ms / p)
     }
 
     /// The least ratio an operation that reads its inputs twice from where they are can reach,
@@ -266,6 +277,8 @@ impl Row {
             "read_ms": self.read_ms,
             "streamed_ms": self.streamed_ms,
             "floor": self.floor(),
+            "plain_ms": self.plain_ms,
+            "vs_plain": self.vs_plain(),
             "cache": if self.cold { "cold" } else { "hot" },
             "pages": if self.huge_pages { "huge" } else { "base" },
         })
@@ -454,7 +467,7 @@ fn measure_shape<T: Element<Param = f32>>(
             run_op(&mut bn, warm, shape, &mut io, &mut saved, &mut grads)?;
         }
         let mut failure = None;
-        let [median_ms, yardstick_ms, read_ms, streamed_ms] = {
+        let [median_ms, yardstick_ms, read_ms, streamed_ms, plain_ms] = {
             let regions = b.regions();
             let evict = || {
                 if cfg.cold {
@@ -463,11 +476,19 @@ fn measure_shape<T: Element<Param = f32>>(
             };
             let (mut io, [x, dy], scratch) = b.split::<T>(n);
             let scratch = std::cell::RefCell::new(scratch);
-            let mut kernel = || {
+            // A fused operation alternates with its plain one too, so that their ratio sees
+            // the same machine noise (the plain backward reads the fused forward's statistics,
+            // the same as the plain forward's; the plain forward overwrites nothing a fused
+            // forward reads).
+            let fused = op.plain() != op;
+            let mut kernel = |op: Op| {
                 if let Err(e) = run_op(&mut bn, op, shape, &mut io, &mut saved, &mut grads) {
                     failure = Some(e);
                 }
             };
+            let kernel = std::cell::RefCell::new(&mut kernel);
+            let mut fused_kernel = || kernel.borrow_mut()(op);
+            let mut plain_kernel = || kernel.borrow_mut()(op.plain());
             let mut yardstick = || match op.plain() {
                 Op::Backward => add(x, dy, &mut scratch.borrow_mut(), threads),
                 _ => copy(x, &mut scratch.borrow_mut(), threads),
@@ -480,9 +501,13 @@ fn measure_shape<T: Element<Param = f32>>(
                 Op::Backward => streamed_sum([x, dy], &mut scratch.borrow_mut(), threads),
                 _ => streamed_sum([x], &mut scratch.borrow_mut(), threads),
             };
-            let fns: [&mut dyn FnMut(); 4] =
-                [&mut kernel, &mut yardstick, &mut read, &mut streamed];
-            time_alternating(cfg, &evict, fns)
+            let mut fns: Vec<&mut dyn FnMut()> =
+                vec![&mut fused_kernel, &mut yardstick, &mut read, &mut streamed];
+            if fused {
+                fns.push(&mut plain_kernel);
+            }
+            let t = time_alternating(cfg, &evict, &mut fns);
+            [t[0], t[1], t[2], t[3], t.get(4).copied().unwrap_or(0.0)]
         };
         if let Some(e) = failure {
             return Err(e.into());
@@ -497,6 +522,7 @@ fn measure_shape<T: Element<Param = f32>>(
             yardstick_ms,
             read_ms,
             streamed_ms,
+            plain_ms: (op.plain() != op).then_some(plain_ms),
             cold: cfg.cold,
             huge_pages: cfg.huge_pages,
         });
@@ -686,11 +712,7 @@ fn prefetch_ahead(chunk: &[f32]) {
 }
 
 /// Medians (ms per call) of each function, sampled in turn, each sample after `evict`.
-fn time_alternating<const N: usize>(
-    cfg: &Config,
-    evict: &dyn Fn(),
-    mut fns: [&mut dyn FnMut(); N],
-) -> [f64; N] {
+fn time_alternating(cfg: &Config, evict: &dyn Fn(), fns: &mut [&mut dyn FnMut()]) -> Vec<f64> {
     let reps = if cfg.cold {
         1
     } else {
@@ -699,14 +721,14 @@ fn time_alternating<const N: usize>(
             .max()
             .unwrap_or(1)
     };
-    let mut times = [(); N].map(|()| Vec::with_capacity(cfg.samples));
+    let mut times = vec![Vec::with_capacity(cfg.samples); fns.len()];
     for _ in 0..cfg.samples {
         for (f, t) in fns.iter_mut().zip(&mut times) {
             evict();
             t.push(sample(reps, *f));
         }
     }
-    times.map(|mut t| median(&mut t))
+    times.iter_mut().map(|t| median(t)).collect()
 }
 
 /// Evicts the cache lines of each `(address, bytes)` region from every cache level.
