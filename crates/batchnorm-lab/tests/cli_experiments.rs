@@ -221,6 +221,50 @@ fn batch_size_reports_both_kinds_of_statistics() {
 }
 
 #[test]
+fn cnn_resnet_fused_and_unfused_bn_train_to_the_same_bits() {
+    let out = temp_dir("cnn_resnet");
+    run_ok(
+        &[
+            "cnn",
+            "--arch",
+            "resnet",
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            "6",
+            "--eval-every",
+            "1000",
+        ],
+        &out,
+    );
+    let rows = csv_rows(
+        &out.join("metrics.csv"),
+        "net,step,train_loss,train_accuracy,test_accuracy",
+    );
+    let of = |net: &str| -> Vec<Vec<String>> {
+        rows.iter()
+            .filter(|r| r[0] == net)
+            .map(|r| r[1..].to_vec())
+            .collect()
+    };
+    // Steps 0 and 6 (the end) per network; the fused and the unfused BN runs print the same
+    // losses and accuracies (the CSV has every digit of the f64 values).
+    assert_eq!(of("bn").len(), 2);
+    assert_eq!(of("bn"), of("bn_unfused"));
+    assert_ne!(of("bn"), of("plain"));
+    assert_eq!(rows.len(), 6);
+    let s = json(&out.join("summary.json"));
+    assert_eq!(s["fused_matches_unfused"], true);
+    assert_eq!(s["config"]["arch"], "resnet");
+    for net in ["bn", "bn_unfused", "plain"] {
+        assert!(f(&s[net]["seconds_per_epoch"]) > 0.0, "{net}");
+    }
+    assert_figure(&out, "cnn");
+    assert!(report(&out).contains("with BN, unfused") && report(&out).contains("bit for bit"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn cnn_writes_fig1_style_outputs_and_epoch_times() {
     let out = temp_dir("cnn");
     run_ok(

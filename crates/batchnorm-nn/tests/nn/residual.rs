@@ -7,7 +7,8 @@ use crate::common;
 use batchnorm::BatchNormConfig;
 use batchnorm_nn::fold::fold_batch_norm;
 use batchnorm_nn::layers::{
-    BasicBlock, BasicBlockConfig, BatchNorm, BatchNormRelu, BlockNorm, Layer, Mode, Relu,
+    BasicBlock, BasicBlockConfig, BatchNorm, BatchNormRelu, BlockNorm, GlobalAvgPool, Layer, Mode,
+    Relu,
 };
 use batchnorm_nn::{Rng, Sequential};
 use common::{bn_with_params, check_layer, randn};
@@ -57,6 +58,14 @@ fn batch_norm_relu_gradients() {
     };
     let x = randn(3 * 60, 1.0, &mut rng);
     assert_eq!(check_layer(&mut layer, &x, 3, Mode::Train, 32), 2);
+}
+
+#[test]
+fn global_avg_pool_gradients() {
+    let mut rng = Rng::new(33);
+    let x = randn(2 * 3 * 20, 1.0, &mut rng);
+    let mut pool = GlobalAvgPool::new(3, 20).unwrap();
+    assert_eq!(check_layer(&mut pool, &x, 2, Mode::Train, 34), 0);
 }
 
 #[test]
