@@ -10,7 +10,7 @@ use crate::experiments::output::{
 };
 use crate::experiments::resnet;
 use crate::experiments::LabError;
-use crate::plot::{Figure, LineStyle, Panel};
+use crate::plot::{Figure, LineStyle, Marker, Panel, Series};
 
 pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
     let outputs = Outputs {
@@ -99,12 +99,16 @@ fn figure(o: &Outcome) -> Figure {
     let all = |f: fn(&super::EvalRecord) -> f64| {
         o.runs()
             .map(|r| {
-                let style = match (r.batch_norm, r.separate) {
-                    (true, false) => LineStyle::Solid,
-                    (true, true) => LineStyle::NoLine,
-                    (false, _) => LineStyle::Dashed,
+                // The unfused run's points (the fused run's, bit for bit) as crosses.
+                let (style, marker) = match (r.batch_norm, r.separate) {
+                    (true, false) => (LineStyle::Solid, Marker::None),
+                    (true, true) => (LineStyle::NoLine, Marker::Cross),
+                    (false, _) => (LineStyle::Dashed, Marker::None),
                 };
-                series(r.label(), pts(r, f), style)
+                Series {
+                    marker,
+                    ..series(r.label(), pts(r, f), style)
+                }
             })
             .collect()
     };
