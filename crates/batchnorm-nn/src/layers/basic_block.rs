@@ -276,6 +276,25 @@ impl<T: Scalar> BasicBlock<T> {
         })
     }
 
+    /// Calls `f` on each part that the block has, with its index in [`PARTS`]: conv1, bn1,
+    /// conv2, bn2, the projection's convolution and batch normalization.
+    fn for_each_part(&mut self, f: &mut dyn FnMut(usize, &mut dyn Layer<T>)) {
+        f(0, &mut self.conv1);
+        if let Some(bn) = &mut self.bn1 {
+            f(1, bn);
+        }
+        f(2, &mut self.conv2);
+        if let Some(bn) = &mut self.bn2 {
+            f(3, bn);
+        }
+        if let Some((conv, bn)) = &mut self.downsample {
+            f(4, conv);
+            if let Some(bn) = bn {
+                f(5, bn);
+            }
+        }
+    }
+
     /// Whether the batch normalizations run fused with their tails.
     fn fused(&self) -> bool {
         matches!(self.cfg.norm, BlockNorm::Fused(_))
@@ -438,53 +457,25 @@ impl<T: Scalar> Layer<T> for BasicBlock<T> {
     }
 
     fn visit_params(&mut self, f: &mut dyn FnMut(Param<'_, T>)) {
-        let mut part = |i: usize, layer: &mut dyn Layer<T>| {
+        self.for_each_part(&mut |i, layer| {
             layer.visit_params(&mut |p| {
                 f(Param {
                     name: part_name(i, p.name),
                     ..p
                 })
             })
-        };
-        part(0, &mut self.conv1);
-        if let Some(bn) = &mut self.bn1 {
-            part(1, bn);
-        }
-        part(2, &mut self.conv2);
-        if let Some(bn) = &mut self.bn2 {
-            part(3, bn);
-        }
-        if let Some((conv, bn)) = &mut self.downsample {
-            part(4, conv);
-            if let Some(bn) = bn {
-                part(5, bn);
-            }
-        }
+        });
     }
 
     fn visit_state(&mut self, f: &mut dyn FnMut(StateEntry<'_, T>)) {
-        let mut part = |i: usize, layer: &mut dyn Layer<T>| {
+        self.for_each_part(&mut |i, layer| {
             layer.visit_state(&mut |e| {
                 f(StateEntry {
                     name: part_name(i, e.name),
                     ..e
                 })
             })
-        };
-        part(0, &mut self.conv1);
-        if let Some(bn) = &mut self.bn1 {
-            part(1, bn);
-        }
-        part(2, &mut self.conv2);
-        if let Some(bn) = &mut self.bn2 {
-            part(3, bn);
-        }
-        if let Some((conv, bn)) = &mut self.downsample {
-            part(4, conv);
-            if let Some(bn) = bn {
-                part(5, bn);
-            }
-        }
+        });
     }
 
     fn boxed_clone(&self) -> Option<Box<dyn Layer<T>>> {
