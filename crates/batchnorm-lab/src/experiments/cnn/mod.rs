@@ -1,7 +1,7 @@
 //! A small conv net on MNIST with and without BatchNorm2d (per channel over N x H x W), from the
 //! same initial weights and the same batches; the outputs of fig1 (test accuracy along the run,
 //! summary, figure, report) plus the training time per epoch. With `--arch resnet`, a small
-//! residual net instead ([`resnet`](super::resnet)), trained three ways: BN fused with its ReLU
+//! residual net instead (`experiments/resnet.rs`), trained three ways: BN fused with its ReLU
 //! and residual addition, the same BN as separate passes (the same results, bit for bit), and
 //! no BN.
 //!
@@ -30,9 +30,9 @@ use crate::progress::{NetProgress, Progress};
 /// The network trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
-    /// The small conv net ([`convnet`](super::convnet)): two conv blocks with max pooling.
+    /// The small conv net (`experiments/convnet.rs`): two conv blocks with max pooling.
     Convnet,
-    /// The small residual net ([`resnet`](super::resnet)): a stem and three basic blocks.
+    /// The small residual net (`experiments/resnet.rs`): a stem and three basic blocks.
     Resnet,
 }
 
