@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """`bnlab cnn` on PyTorch CPU: the same net, initialisation and training, timing an epoch.
 
-Usage: python bench/peers/pytorch_cnn.py [--epochs 1] [--threads 1] [--lr 0.05] [--batch-size 60]
-                                         [--data data/mnist] [--json]
+Usage: python bench/peers/pytorch_cnn.py [--arch convnet|resnet] [--epochs 1] [--threads 1] [--lr 0.05]
+                                         [--batch-size 60] [--data data/mnist] [--json]
 Needs: pip install torch numpy   (not needed by the project's tests; not run in CI)
 
 Net: conv3x3(1->8, padding 1)-[BatchNorm2d]-ReLU-maxpool2, conv3x3(8->16, padding 1)-[BatchNorm2d]-
 ReLU-maxpool2, flatten, linear(784, 10); conv weights N(0, 2/fan_in), linear N(0, 1/784), biases 0
-(as bnlab; the random numbers differ, so accuracies agree only statistically). Plain SGD (no
+(as bnlab; the random numbers differ, so accuracies agree only statistically). With --arch resnet,
+`bnlab cnn --arch resnet`'s residual net: conv3x3(1->8)-[BN]-ReLU, three basic blocks
+(conv3x3-[BN]-ReLU-conv3x3-[BN]-add-ReLU, torchvision's BasicBlock) at 8, 16 and 32 channels, the
+last two with stride 2 and a conv1x1-[BN] projection, global average pool, linear(32, 10); conv
+weights N(0, 2/fan_out), linear N(0, 1/32), biases 0 (convolutions have biases only without BN). Plain SGD (no
 momentum, no weight decay), softmax cross-entropy, batches of 60 from a fresh permutation each
 epoch, pixels / 255. Each network trains alone, on --threads intra-op threads (bnlab trains the two
 networks at once, one thread each). Reported per network: seconds per epoch (training only:
@@ -59,8 +63,48 @@ def net(batch_norm):
     return nn.Sequential(*layers)
 
 
+def conv(c_in, c_out, k, stride, bias):
+    c = nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, bias=bias)
+    nn.init.normal_(c.weight, 0.0, (2.0 / (c_out * k * k)) ** 0.5)
+    if bias:
+        nn.init.zeros_(c.bias)
+    return c
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock, with or without BN."""
+
+    def __init__(self, c_in, c_out, stride, batch_norm):
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
+        self.conv1 = conv(c_in, c_out, 3, stride, not batch_norm)
+        self.bn1 = norm(c_out)
+        self.conv2 = conv(c_out, c_out, 3, 1, not batch_norm)
+        self.bn2 = norm(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(conv(c_in, c_out, 1, stride, not batch_norm), norm(c_out))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + shortcut)
+
+
+def resnet(batch_norm):
+    linear = nn.Linear(32, 10)
+    nn.init.normal_(linear.weight, 0.0, (1.0 / 32) ** 0.5)
+    nn.init.zeros_(linear.bias)
+    return nn.Sequential(
+        conv(1, 8, 3, 1, not batch_norm), nn.BatchNorm2d(8) if batch_norm else nn.Identity(), nn.ReLU(),
+        BasicBlock(8, 8, 1, batch_norm), BasicBlock(8, 16, 2, batch_norm), BasicBlock(16, 32, 2, batch_norm),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear)
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", choices=["convnet", "resnet"], default="convnet")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.05)
@@ -78,7 +122,7 @@ def main():
     n, bs = len(y_train), a.batch_size
     results = []
     for batch_norm in (True, False):
-        model = net(batch_norm)
+        model = net(batch_norm) if a.arch == "convnet" else resnet(batch_norm)
         opt = torch.optim.SGD(model.parameters(), lr=a.lr)
         loss_fn = nn.CrossEntropyLoss()
         epoch_seconds = []
@@ -106,6 +150,7 @@ def main():
             "epoch_seconds": epoch_seconds,
             "test_accuracy": correct / len(y_test),
             "threads": a.threads,
+            "arch": a.arch,
             "torch": torch.__version__,
         })
     if a.json:

@@ -9,6 +9,13 @@
 //! output): reading the inputs once (a sum), then the yardstick's own pass written as the
 //! kernels write large outputs, with non-temporal stores: `(read + streamed) / yardstick`.
 //!
+//! The fused forms (`forward_train_relu`, `forward_eval_relu`, `backward_relu`,
+//! `forward_train_add_relu`, `backward_add_relu`) are timed against the yardstick and floor of
+//! the plain operation they extend, in the same run, so that their ratio over the plain row is
+//! what the fusion costs; their samples also alternate with the plain operation's, whose median
+//! the row carries (`plain_ms`, `vs_plain` = fused / plain), so that this ratio sees the same
+//! machine noise. Each backward follows an untimed call of its own training forward.
+//!
 //! By default the buffers stay in cache between calls, as far as they fit ("hot"). With `cold`,
 //! every buffer is flushed from all cache levels before each timed call of the kernel and of the
 //! yardstick: the regime of a tensor larger than the last-level cache, whatever the machine.
@@ -19,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use batchnorm::{
-    bf16, f16, BatchNorm, BatchNormConfig, Element, Grads, Layout, Mode, Par, Saved, Shape,
+    bf16, f16, BatchNorm, BatchNormConfig, BatchNormError, Element, Grads, Layout, Mode, Par,
+    Saved, Shape,
 };
 use rayon::prelude::*;
 use serde_json::json;
@@ -113,7 +121,7 @@ impl Default for Config {
     }
 }
 
-/// The three operations.
+/// The operations: plain BatchNorm, and the fused ReLU and add+ReLU forms beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// Training forward: batch statistics, running-statistics update, normalise.
@@ -122,29 +130,73 @@ pub enum Op {
     ForwardEval,
     /// Backward after a training forward: dx, dweight, dbias.
     Backward,
+    /// Training forward with a fused ReLU, `y = relu(bn(x))`.
+    ForwardTrainRelu,
+    /// Evaluation forward with a fused ReLU.
+    ForwardEvalRelu,
+    /// Backward after a fused-ReLU training forward, given its output y.
+    BackwardRelu,
+    /// Training forward of a residual tail, `y = relu(bn(x) + r)`.
+    ForwardTrainAddRelu,
+    /// Backward after it, given y: dx, dr, dweight, dbias.
+    BackwardAddRelu,
 }
 
 impl Op {
+    /// Every operation, in the order measured (each fused form after the plain one it extends).
+    pub const ALL: [Op; 8] = [
+        Op::ForwardTrain,
+        Op::ForwardEval,
+        Op::Backward,
+        Op::ForwardTrainRelu,
+        Op::ForwardEvalRelu,
+        Op::BackwardRelu,
+        Op::ForwardTrainAddRelu,
+        Op::BackwardAddRelu,
+    ];
+
     /// The name used in the table and the JSON.
     pub fn name(self) -> &'static str {
         match self {
             Op::ForwardTrain => "forward_train",
             Op::ForwardEval => "forward_eval",
             Op::Backward => "backward",
+            Op::ForwardTrainRelu => "forward_train_relu",
+            Op::ForwardEvalRelu => "forward_eval_relu",
+            Op::BackwardRelu => "backward_relu",
+            Op::ForwardTrainAddRelu => "forward_train_add_relu",
+            Op::BackwardAddRelu => "backward_add_relu",
+        }
+    }
+
+    /// The plain BatchNorm operation a fused one extends (itself for the plain ones): the
+    /// fused forms are timed against the same yardstick and floor, so that their ratios
+    /// compare with the plain one's directly.
+    pub fn plain(self) -> Op {
+        match self {
+            Op::ForwardTrain | Op::ForwardTrainRelu | Op::ForwardTrainAddRelu => Op::ForwardTrain,
+            Op::ForwardEval | Op::ForwardEvalRelu => Op::ForwardEval,
+            Op::Backward | Op::BackwardRelu | Op::BackwardAddRelu => Op::Backward,
         }
     }
 
     /// The yardstick this operation is compared with.
     pub fn yardstick(self) -> &'static str {
-        match self {
-            Op::ForwardTrain | Op::ForwardEval => "copy",
+        match self.plain() {
             Op::Backward => "add",
+            _ => "copy",
         }
     }
 
-    /// Bytes the operation must move at least: every input read once, every output written once.
+    /// Bytes the operation must move at least: every input read once, every output written
+    /// once (the fused backward passes read y; the residual forms read r or write dr).
     fn bytes(self, elems: usize, dtype: Dtype) -> usize {
-        let streams = if self == Op::Backward { 3 } else { 2 };
+        let streams = match self {
+            Op::ForwardTrain | Op::ForwardEval | Op::ForwardTrainRelu | Op::ForwardEvalRelu => 2,
+            Op::Backward | Op::ForwardTrainAddRelu => 3,
+            Op::BackwardRelu => 4,
+            Op::BackwardAddRelu => 5,
+        };
         streams * elems * dtype.size()
     }
 }
@@ -171,6 +223,9 @@ pub struct Row {
     /// Median time of the yardstick's pass written with non-temporal stores (where the machine
     /// has them), as the kernels write large outputs.
     pub streamed_ms: f64,
+    /// For a fused operation, the median time of the plain one it extends, its samples
+    /// alternating with the fused one's.
+    pub plain_ms: Option<f64>,
     /// Whether the buffers were flushed from the caches before each call.
     pub cold: bool,
     /// Whether the buffers were on transparent huge pages.
@@ -188,16 +243,21 @@ impl Row {
         self.median_ms / self.yardstick_ms
     }
 
+    /// A fused operation's time over its plain operation's, measured alternately (`None` for
+    /// the plain operations).
+    pub fn vs_plain(&self) -> Option<f64> {
+        self.plain_ms.map(|p| self.median_ms / p)
+    }
+
     /// The least ratio an operation that reads its inputs twice from where they are can reach,
     /// estimated as two plain loops: one reading the inputs, one doing the yardstick's work with
     /// streamed stores, `(read + streamed) / yardstick`; 1.0 for evaluation, which reads them
     /// once. Channels-first kernels go below it by keeping a channel in L2 between their passes.
+    /// A fused operation has the floor of the plain one it extends.
     pub fn floor(&self) -> f64 {
-        match self.op {
+        match self.op.plain() {
             Op::ForwardEval => 1.0,
-            Op::ForwardTrain | Op::Backward => {
-                (self.read_ms + self.streamed_ms) / self.yardstick_ms
-            }
+            _ => (self.read_ms + self.streamed_ms) / self.yardstick_ms,
         }
     }
 
@@ -217,6 +277,8 @@ impl Row {
             "read_ms": self.read_ms,
             "streamed_ms": self.streamed_ms,
             "floor": self.floor(),
+            "plain_ms": self.plain_ms,
+            "vs_plain": self.vs_plain(),
             "cache": if self.cold { "cold" } else { "hot" },
             "pages": if self.huge_pages { "huge" } else { "base" },
         })
@@ -273,8 +335,9 @@ pub fn run(cfg: &Config, mut report: impl FnMut(&Row)) -> anyhow::Result<Vec<Row
     Ok(rows)
 }
 
-/// Buffers of one shape, touched once so that no timing pays for page faults; `scratch` is the
-/// yardsticks' output, so that the kernel's own inputs stay intact. They are `f32` words, which
+/// Buffers of one shape, touched once so that no timing pays for page faults: the kernels' x, y,
+/// dy, dx, the residual r and its gradient dr; `scratch` is the yardsticks' output, so that the
+/// kernel's own inputs stay intact. They are `f32` words, which
 /// the kernels see as elements of their storage type (two 16-bit values a word) and the
 /// yardsticks as `f32`: both move the same bytes.
 struct Buffers {
@@ -282,6 +345,8 @@ struct Buffers {
     y: Vec<f32>,
     dy: Vec<f32>,
     dx: Vec<f32>,
+    r: Vec<f32>,
+    dr: Vec<f32>,
     scratch: Vec<f32>,
 }
 
@@ -307,14 +372,51 @@ impl Buffers {
             y: buffer(|_| 1.0)?,
             dy: buffer(|i| ((i * 104_729) % 1000) as f64 * 0.002 - 0.999)?,
             dx: buffer(|_| 1.0)?,
+            // About as large as bn(x), so that relu(bn(x) + r) keeps about half the values.
+            r: buffer(|i| ((i * 6007) % 1000) as f64 * 0.003 - 1.4985)?,
+            dr: buffer(|_| 1.0)?,
             scratch: buffer(|_| 1.0)?,
         })
+    }
+
+    /// The kernel's tensors as `n` elements of `T`, and the yardsticks' buffers as words: x
+    /// and dy (their inputs), and their output.
+    fn split<T: Element>(&mut self, n: usize) -> (Io<'_, T>, [&[f32]; 2], &mut Vec<f32>) {
+        let io = Io {
+            x: as_elements(&self.x, n),
+            dy: as_elements(&self.dy, n),
+            r: as_elements(&self.r, n),
+            y: as_elements_mut(&mut self.y, n),
+            dx: as_elements_mut(&mut self.dx, n),
+            dr: as_elements_mut(&mut self.dr, n),
+        };
+        (io, [&self.x, &self.dy], &mut self.scratch)
+    }
+
+    /// Every buffer as `(address, bytes)`, for [`flush`].
+    fn regions(&self) -> Vec<(usize, usize)> {
+        self.all()
+            .iter()
+            .map(|b| (b.as_ptr() as usize, std::mem::size_of_val(&***b)))
+            .collect()
+    }
+
+    fn all(&self) -> [&Vec<f32>; 7] {
+        [
+            &self.x,
+            &self.y,
+            &self.dy,
+            &self.dx,
+            &self.r,
+            &self.dr,
+            &self.scratch,
+        ]
     }
 
     /// Warns (on stderr) when the kernel gave fewer huge pages than the buffers hold whole
     /// pages: it falls back to small pages silently when memory is fragmented.
     fn check_huge_pages(&self) {
-        let bufs = [&self.x, &self.y, &self.dy, &self.dx, &self.scratch];
+        let bufs = self.all();
         let inside = |b: &Vec<f32>| {
             crate::huge_pages::whole_pages_inside(b.as_ptr() as usize, std::mem::size_of_val(&**b))
         };
@@ -349,82 +451,63 @@ fn measure_shape<T: Element<Param = f32>>(
     bn.set_par(Par::Rayon);
     let mut saved = Saved::default();
     let mut grads = Grads::default();
-    // Warm up the module's buffers and the caches of the yardsticks.
-    {
-        let (x, dy) = (as_elements::<T>(&b.x, n), as_elements::<T>(&b.dy, n));
-        bn.forward_into(
-            x,
-            shape,
-            Mode::Train,
-            as_elements_mut(&mut b.y, n),
-            &mut saved,
-        )?;
-        bn.backward_into(
-            x,
-            dy,
-            shape,
-            &saved,
-            as_elements_mut(&mut b.dx, n),
-            &mut grads,
-        )?;
-    }
 
     let mut rows = Vec::new();
-    for op in [Op::ForwardTrain, Op::ForwardEval, Op::Backward] {
+    for op in Op::ALL {
+        // A backward needs the statistics and (fused forms) the output of its own training
+        // forward; this untimed call also warms the module's buffers and the caches.
+        let forward = match op {
+            Op::Backward => Some(Op::ForwardTrain),
+            Op::BackwardRelu => Some(Op::ForwardTrainRelu),
+            Op::BackwardAddRelu => Some(Op::ForwardTrainAddRelu),
+            _ => None,
+        };
+        for warm in forward.into_iter().chain([op]) {
+            let (mut io, ..) = b.split::<T>(n);
+            run_op(&mut bn, warm, shape, &mut io, &mut saved, &mut grads)?;
+        }
         let mut failure = None;
-        let [median_ms, yardstick_ms, read_ms, streamed_ms] = {
-            let Buffers {
-                x,
-                y,
-                dy,
-                dx,
-                scratch,
-            } = &mut b;
-            let scratch = std::cell::RefCell::new(scratch);
-            let regions: Vec<(usize, usize)> = [&**x, y, dy, dx, &scratch.borrow()]
-                .iter()
-                .map(|b| (b.as_ptr() as usize, std::mem::size_of_val(*b)))
-                .collect();
+        let [median_ms, yardstick_ms, read_ms, streamed_ms, plain_ms] = {
+            let regions = b.regions();
             let evict = || {
                 if cfg.cold {
                     flush(&regions);
                 }
             };
-            let (xs, dys) = (as_elements::<T>(x, n), as_elements::<T>(dy, n));
-            let mut kernel = || {
-                let result = match op {
-                    Op::ForwardTrain => {
-                        let y = as_elements_mut(y, n);
-                        bn.forward_into(xs, shape, Mode::Train, y, &mut saved)
-                    }
-                    Op::ForwardEval => {
-                        let y = as_elements_mut(y, n);
-                        bn.forward_into(xs, shape, Mode::Eval, y, &mut saved)
-                    }
-                    Op::Backward => {
-                        let dx = as_elements_mut(dx, n);
-                        bn.backward_into(xs, dys, shape, &saved, dx, &mut grads)
-                    }
-                };
-                if let Err(e) = result {
+            let (mut io, [x, dy], scratch) = b.split::<T>(n);
+            let scratch = std::cell::RefCell::new(scratch);
+            // A fused operation alternates with its plain one too, so that their ratio sees
+            // the same machine noise (the plain backward reads the fused forward's statistics,
+            // the same as the plain forward's; the plain forward overwrites nothing a fused
+            // forward reads).
+            let fused = op.plain() != op;
+            let mut kernel = |op: Op| {
+                if let Err(e) = run_op(&mut bn, op, shape, &mut io, &mut saved, &mut grads) {
                     failure = Some(e);
                 }
             };
-            let mut yardstick = || match op {
+            let kernel = std::cell::RefCell::new(&mut kernel);
+            let mut fused_kernel = || kernel.borrow_mut()(op);
+            let mut plain_kernel = || kernel.borrow_mut()(op.plain());
+            let mut yardstick = || match op.plain() {
                 Op::Backward => add(x, dy, &mut scratch.borrow_mut(), threads),
                 _ => copy(x, &mut scratch.borrow_mut(), threads),
             };
-            let mut read = || match op {
+            let mut read = || match op.plain() {
                 Op::Backward => read_all(&[x, dy], threads),
                 _ => read_all(&[x], threads),
             };
-            let mut streamed = || match op {
+            let mut streamed = || match op.plain() {
                 Op::Backward => streamed_sum([x, dy], &mut scratch.borrow_mut(), threads),
                 _ => streamed_sum([x], &mut scratch.borrow_mut(), threads),
             };
-            let fns: [&mut dyn FnMut(); 4] =
-                [&mut kernel, &mut yardstick, &mut read, &mut streamed];
-            time_alternating(cfg, &evict, fns)
+            let mut fns: Vec<&mut dyn FnMut()> =
+                vec![&mut fused_kernel, &mut yardstick, &mut read, &mut streamed];
+            if fused {
+                fns.push(&mut plain_kernel);
+            }
+            let t = time_alternating(cfg, &evict, &mut fns);
+            [t[0], t[1], t[2], t[3], t.get(4).copied().unwrap_or(0.0)]
         };
         if let Some(e) = failure {
             return Err(e.into());
@@ -439,11 +522,51 @@ fn measure_shape<T: Element<Param = f32>>(
             yardstick_ms,
             read_ms,
             streamed_ms,
+            plain_ms: (op.plain() != op).then_some(plain_ms),
             cold: cfg.cold,
             huge_pages: cfg.huge_pages,
         });
     }
     Ok(rows)
+}
+
+/// The kernel's tensors, as elements of its storage type.
+struct Io<'a, T> {
+    x: &'a [T],
+    dy: &'a [T],
+    r: &'a [T],
+    y: &'a mut [T],
+    dx: &'a mut [T],
+    dr: &'a mut [T],
+}
+
+/// One call of `op` on `io`: a forward writes y and `saved`, a backward reads them.
+fn run_op<T: Element>(
+    bn: &mut BatchNorm<T>,
+    op: Op,
+    shape: &Shape,
+    io: &mut Io<'_, T>,
+    saved: &mut Saved<T>,
+    grads: &mut Grads<T>,
+) -> Result<(), BatchNormError> {
+    let Io {
+        x,
+        dy,
+        r,
+        y,
+        dx,
+        dr,
+    } = io;
+    match op {
+        Op::ForwardTrain => bn.forward_into(x, shape, Mode::Train, y, saved),
+        Op::ForwardEval => bn.forward_into(x, shape, Mode::Eval, y, saved),
+        Op::Backward => bn.backward_into(x, dy, shape, saved, dx, grads),
+        Op::ForwardTrainRelu => bn.forward_relu_into(x, shape, Mode::Train, y, saved),
+        Op::ForwardEvalRelu => bn.forward_relu_into(x, shape, Mode::Eval, y, saved),
+        Op::BackwardRelu => bn.backward_relu_into(x, y, dy, shape, saved, dx, grads),
+        Op::ForwardTrainAddRelu => bn.forward_add_relu_into(x, r, shape, Mode::Train, y, saved),
+        Op::BackwardAddRelu => bn.backward_add_relu_into(x, y, dy, shape, saved, dx, dr, grads),
+    }
 }
 
 /// The first `n` elements of type `T` in the words `b`.
@@ -589,11 +712,7 @@ fn prefetch_ahead(chunk: &[f32]) {
 }
 
 /// Medians (ms per call) of each function, sampled in turn, each sample after `evict`.
-fn time_alternating<const N: usize>(
-    cfg: &Config,
-    evict: &dyn Fn(),
-    mut fns: [&mut dyn FnMut(); N],
-) -> [f64; N] {
+fn time_alternating(cfg: &Config, evict: &dyn Fn(), fns: &mut [&mut dyn FnMut()]) -> Vec<f64> {
     let reps = if cfg.cold {
         1
     } else {
@@ -602,14 +721,14 @@ fn time_alternating<const N: usize>(
             .max()
             .unwrap_or(1)
     };
-    let mut times = [(); N].map(|()| Vec::with_capacity(cfg.samples));
+    let mut times = vec![Vec::with_capacity(cfg.samples); fns.len()];
     for _ in 0..cfg.samples {
         for (f, t) in fns.iter_mut().zip(&mut times) {
             evict();
             t.push(sample(reps, *f));
         }
     }
-    times.map(|mut t| median(&mut t))
+    times.iter_mut().map(|t| median(t)).collect()
 }
 
 /// Evicts the cache lines of each `(address, bytes)` region from every cache level.

@@ -269,7 +269,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             println!("every buffer on transparent huge pages");
         }
         println!(
-            "{:<18} {:<14} {:<5} {:<13} {:>3} {:>10} {:>8} {:>6} {:>10} {:>6} {:>8} {:>8} {:>6}",
+            "{:<18} {:<14} {:<5} {:<22} {:>3} {:>10} {:>8} {:>6} {:>10} {:>6} {:>8} {:>8} {:>6} {:>8}",
             "shape",
             "layout",
             "dtype",
@@ -282,7 +282,8 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             "ratio",
             "read ms",
             "strm ms",
-            "floor"
+            "floor",
+            "vs plain"
         );
     }
     let rows = bench::run(&cfg, |r| {
@@ -294,7 +295,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(",");
             println!(
-                "{:<18} {:<14} {:<5} {:<13} {:>3} {:>10.3} {:>8.1} {:>6} {:>10.3} {:>6.2} {:>8.3} {:>8.3} {:>6.2}",
+                "{:<18} {:<14} {:<5} {:<22} {:>3} {:>10.3} {:>8.1} {:>6} {:>10.3} {:>6.2} {:>8.3} {:>8.3} {:>6.2} {:>8}",
                 dims,
                 bench::layout_name(r.layout),
                 r.dtype.name(),
@@ -307,7 +308,8 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
                 r.ratio(),
                 r.read_ms,
                 r.streamed_ms,
-                r.floor()
+                r.floor(),
+                r.vs_plain().map_or("-".to_string(), |v| format!("{v:.2}"))
             );
         }
     })?;

@@ -284,6 +284,50 @@ fn small_batch_runs_every_method_and_sync_bn_is_bn_of_the_global_batch() {
 }
 
 #[test]
+fn cnn_resnet_fused_and_unfused_bn_train_to_the_same_bits() {
+    let out = temp_dir("cnn_resnet");
+    run_ok(
+        &[
+            "cnn",
+            "--arch",
+            "resnet",
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            "6",
+            "--eval-every",
+            "1000",
+        ],
+        &out,
+    );
+    let rows = csv_rows(
+        &out.join("metrics.csv"),
+        "net,step,train_loss,train_accuracy,test_accuracy",
+    );
+    let of = |net: &str| -> Vec<Vec<String>> {
+        rows.iter()
+            .filter(|r| r[0] == net)
+            .map(|r| r[1..].to_vec())
+            .collect()
+    };
+    // Steps 0 and 6 (the end) per network; the fused and the unfused BN runs print the same
+    // losses and accuracies (the CSV has every digit of the f64 values).
+    assert_eq!(of("bn").len(), 2);
+    assert_eq!(of("bn"), of("bn_unfused"));
+    assert_ne!(of("bn"), of("plain"));
+    assert_eq!(rows.len(), 6);
+    let s = json(&out.join("summary.json"));
+    assert_eq!(s["fused_matches_unfused"], true);
+    assert_eq!(s["config"]["arch"], "resnet");
+    for net in ["bn", "bn_unfused", "plain"] {
+        assert!(f(&s[net]["seconds_per_epoch"]) > 0.0, "{net}");
+    }
+    assert_figure(&out, "cnn");
+    assert!(report(&out).contains("with BN, unfused") && report(&out).contains("bit for bit"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn cnn_writes_fig1_style_outputs_and_epoch_times() {
     let out = temp_dir("cnn");
     run_ok(
@@ -888,9 +932,24 @@ fn bench_reports_every_op_against_its_yardstick_hot_and_cold() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
         let rows = rows.as_array().unwrap();
-        assert_eq!(rows.len(), 6, "3 ops x 2 layouts");
-        for r in rows {
-            let yard = if r["op"] == "backward" { "add" } else { "copy" };
+        let ops = [
+            "forward_train",
+            "forward_eval",
+            "backward",
+            "forward_train_relu",
+            "forward_eval_relu",
+            "backward_relu",
+            "forward_train_add_relu",
+            "backward_add_relu",
+        ];
+        assert_eq!(rows.len(), 16, "8 ops x 2 layouts");
+        for (r, op) in rows.iter().zip(ops.iter().chain(&ops)) {
+            assert_eq!(r["op"], *op);
+            let yard = if op.starts_with("backward") {
+                "add"
+            } else {
+                "copy"
+            };
             assert_eq!(r["yardstick"], yard);
             assert_eq!(r["cache"], cache);
             assert_eq!(r["pages"], "base");
@@ -904,12 +963,21 @@ fn bench_reports_every_op_against_its_yardstick_hot_and_cold() {
             let (read_ms, floor) = (r["read_ms"].as_f64().unwrap(), r["floor"].as_f64().unwrap());
             let streamed_ms = r["streamed_ms"].as_f64().unwrap();
             assert!(read_ms > 0.0 && streamed_ms > 0.0, "{r}");
-            let expected = if r["op"] == "forward_eval" {
+            let expected = if op.starts_with("forward_eval") {
                 1.0
             } else {
                 (read_ms + streamed_ms) / yard_ms
             };
             assert!((floor - expected).abs() < 1e-9 * expected, "{r}");
+            // A fused op carries its plain op's median, measured alternately; a plain one not.
+            if ops[..3].contains(op) {
+                assert!(r["plain_ms"].is_null() && r["vs_plain"].is_null(), "{r}");
+            } else {
+                let plain_ms = r["plain_ms"].as_f64().unwrap();
+                assert!(plain_ms > 0.0, "{r}");
+                let vs_plain = r["vs_plain"].as_f64().unwrap();
+                assert!((vs_plain - ms / plain_ms).abs() < 1e-9 * vs_plain, "{r}");
+            }
         }
     }
 }
@@ -936,7 +1004,7 @@ fn bench_on_huge_pages_reports_them_or_says_why_not() {
         if o.status.success() {
             let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
             let rows = rows.as_array().unwrap();
-            assert_eq!(rows.len(), 3, "3 ops");
+            assert_eq!(rows.len(), 8, "8 ops");
             assert!(rows.iter().all(|r| r["pages"] == "huge"), "{rows:?}");
         } else {
             // A machine without transparent huge pages: a clear error, nothing measured.

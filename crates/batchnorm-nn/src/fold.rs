@@ -201,7 +201,8 @@ pub fn fold_into_conv2d<T: Scalar>(
 }
 
 /// A copy of `model` (same capacity) with every batch normalization folded into the Linear or
-/// Conv2d layer before it (any layer whose [`Layer::fold_batch_norm`] folds one); the other
+/// Conv2d layer before it (any layer whose [`Layer::fold_batch_norm`] folds one) and those
+/// inside residual blocks folded in place ([`Layer::fold_own_batch_norms`]); the other
 /// layers are copied unchanged ([`Layer::boxed_clone`]). The folded model's output in
 /// any mode equals `model`'s in [`Mode::Eval`](crate::layers::Mode::Eval), up to rounding.
 ///
@@ -216,10 +217,17 @@ pub fn fold_batch_norm<T: Scalar>(model: &Sequential<T>) -> Result<Sequential<T>
     for (index, layer) in layers.iter().enumerate() {
         let layer = layer.as_ref();
         let Some(bn) = layer.as_batch_norm() else {
-            out.push(layer.boxed_clone().ok_or(FoldError::UnsupportedLayer {
-                index,
-                name: layer.name(),
-            })?);
+            let copy = match layer.fold_own_batch_norms() {
+                Some(folded) => folded.map_err(|source| FoldError::AtLayer {
+                    index,
+                    source: Box::new(source),
+                })?,
+                None => layer.boxed_clone().ok_or(FoldError::UnsupportedLayer {
+                    index,
+                    name: layer.name(),
+                })?,
+            };
+            out.push(copy);
             continue;
         };
         let prev = index.checked_sub(1).map(|i| layers[i].as_ref());

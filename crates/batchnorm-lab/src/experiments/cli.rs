@@ -249,6 +249,10 @@ impl SmallBatchArgs {
 /// `bnlab cnn`.
 #[derive(Debug, Clone, Args)]
 pub struct CnnArgs {
+    /// The network: `convnet` (two conv blocks with max pooling, with and without BN) or
+    /// `resnet` (a stem and three residual basic blocks, with fused BN, unfused BN, and without).
+    #[arg(long, default_value = "convnet")]
+    pub arch: cnn::Arch,
     /// Passes over the 60,000 training images.
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
@@ -275,6 +279,7 @@ impl CnnArgs {
     /// The experiment's settings.
     pub fn config(&self) -> cnn::Config {
         cnn::Config {
+            arch: self.arch,
             epochs: self.epochs,
             lr: self.lr,
             batch_size: self.batch_size,

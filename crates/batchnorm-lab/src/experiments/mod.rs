@@ -17,6 +17,7 @@ pub mod lr_sweep;
 mod mlp;
 mod output;
 mod parallel;
+mod resnet;
 mod sampler;
 pub mod small_batch;
 pub mod sync_bn;

@@ -75,6 +75,135 @@ impl<T: Scalar> BatchNorm<T> {
     fn shape(&self, n: usize) -> Result<Shape> {
         batch_shape(&self.sample_dims, n)
     }
+
+    /// The same layer in `f64`, parameters and running statistics widened exactly.
+    pub(super) fn widened(&self) -> Option<BatchNorm<f64>> {
+        let mut wide = BatchNorm::<f64>::new(&self.sample_dims, *self.inner.config()).ok()?;
+        let (from, to) = (&self.inner, &mut wide.inner);
+        to.weight = widen(&from.weight);
+        to.bias = widen(&from.bias);
+        to.running_mean = widen(&from.running_mean);
+        to.running_var = widen(&from.running_var);
+        to.num_batches_tracked = from.num_batches_tracked;
+        Some(wide)
+    }
+
+    /// The forward pass followed by `tail`, fused into the normalising pass of the core
+    /// ([`batchnorm::BatchNorm::forward_relu_into`], `forward_add_relu_into`). In
+    /// [`Mode::BatchStats`] (no fused core call leaves the running statistics alone) the tail
+    /// is applied after the plain forward: the same bits, since the fused map rounds `bn(x)`
+    /// to `T` before adding for `f32` and computes in `f64` for `f64`.
+    pub(super) fn forward_with(
+        &mut self,
+        x: &[T],
+        tail: Tail<'_, T>,
+        n: usize,
+        mode: Mode,
+        y: &mut [T],
+    ) -> Result<()> {
+        check_batch("batch_norm x", x.len(), n, self.sample_len)?;
+        check_batch("batch_norm y", y.len(), n, self.sample_len)?;
+        if let Tail::AddRelu(r) = tail {
+            check_batch("batch_norm residual", r.len(), n, self.sample_len)?;
+        }
+        let shape = self.shape(n)?;
+        self.saved_n = None;
+        let (inner, saved) = (&mut self.inner, &mut self.saved);
+        let core_mode = match mode {
+            Mode::Train => batchnorm::Mode::Train,
+            Mode::Eval => batchnorm::Mode::Eval,
+            Mode::BatchStats => {
+                *saved = inner.forward_without_update(x, &shape, batchnorm::Mode::Train, y)?;
+                tail.apply(y);
+                self.saved_n = Some(n);
+                return Ok(());
+            }
+        };
+        match tail {
+            Tail::None => inner.forward_into(x, &shape, core_mode, y, saved)?,
+            Tail::Relu => inner.forward_relu_into(x, &shape, core_mode, y, saved)?,
+            Tail::AddRelu(r) => inner.forward_add_relu_into(x, r, &shape, core_mode, y, saved)?,
+        }
+        self.saved_n = Some(n);
+        Ok(())
+    }
+
+    /// The backward pass of [`forward_with`](Self::forward_with): plain when `y` is `None`,
+    /// through the ReLU (masked where `y <= 0`) when it is given, and for the residual form
+    /// writing the residual's gradient into `dresidual`. `dx` may be omitted (scratch).
+    pub(super) fn backward_with(
+        &mut self,
+        x: &[T],
+        y: Option<&[T]>,
+        dy: &[T],
+        n: usize,
+        dx: Option<&mut [T]>,
+        dresidual: Option<&mut [T]>,
+    ) -> Result<()> {
+        check_batch("batch_norm x", x.len(), n, self.sample_len)?;
+        check_batch("batch_norm dy", dy.len(), n, self.sample_len)?;
+        let shape = self.shape(n)?;
+        if self.saved_n != Some(n) {
+            return Err(NnError::BackwardBeforeForward {
+                layer: "batch_norm",
+            });
+        }
+        let dx = match dx {
+            Some(dx) => dx,
+            None => {
+                if self.scratch.len() < n * self.sample_len {
+                    self.scratch.resize(n * self.sample_len, T::ZERO);
+                }
+                &mut self.scratch[..n * self.sample_len]
+            }
+        };
+        let (inner, saved, grads) = (&mut self.inner, &self.saved, &mut self.grads);
+        match (y, dresidual) {
+            (None, _) => inner.backward_into(x, dy, &shape, saved, dx, grads)?,
+            (Some(y), None) => inner.backward_relu_into(x, y, dy, &shape, saved, dx, grads)?,
+            (Some(y), Some(dr)) => {
+                inner.backward_add_relu_into(x, y, dy, &shape, saved, dx, dr, grads)?
+            }
+        }
+        self.weight_grad.copy_from_slice(&grads.weight);
+        self.bias_grad.copy_from_slice(&grads.bias);
+        Ok(())
+    }
+}
+
+/// What a batch normalization's forward applies to its output before writing it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Tail<'a, T> {
+    /// Nothing: plain batch normalization.
+    None,
+    /// `relu(bn(x))`.
+    Relu,
+    /// `relu(bn(x) + r)`, the tail of a residual block.
+    AddRelu(&'a [T]),
+}
+
+impl<T: Scalar> Tail<'_, T> {
+    /// Applies the tail to `y = bn(x)` in place, element by element in `T`.
+    pub(super) fn apply(self, y: &mut [T]) {
+        match self {
+            Tail::None => {}
+            Tail::Relu => y.iter_mut().for_each(|v| *v = relu(*v)),
+            Tail::AddRelu(r) => {
+                for (v, &r) in y.iter_mut().zip(r) {
+                    *v = relu(*v + r);
+                }
+            }
+        }
+    }
+}
+
+/// `max(v, 0)` with NaN kept and -0 made +0, as the core's fused ReLU.
+pub(super) fn relu<T: Scalar>(v: T) -> T {
+    if v <= T::ZERO {
+        T::ZERO
+    } else {
+        v
+    }
 }
 
 /// Checks the per-sample dims `[C, spatial...]` of a normalization layer (`what`): not empty,
@@ -149,26 +278,7 @@ impl<T: Scalar> Layer<T> for BatchNorm<T> {
     }
 
     fn forward(&mut self, x: &[T], n: usize, mode: Mode, y: &mut [T]) -> Result<()> {
-        check_batch("batch_norm x", x.len(), n, self.sample_len)?;
-        check_batch("batch_norm y", y.len(), n, self.sample_len)?;
-        let shape = self.shape(n)?;
-        self.saved_n = None;
-        let saved = &mut self.saved;
-        match mode {
-            Mode::Train => self
-                .inner
-                .forward_into(x, &shape, batchnorm::Mode::Train, y, saved)?,
-            Mode::Eval => self
-                .inner
-                .forward_into(x, &shape, batchnorm::Mode::Eval, y, saved)?,
-            Mode::BatchStats => {
-                *saved = self
-                    .inner
-                    .forward_without_update(x, &shape, batchnorm::Mode::Train, y)?
-            }
-        };
-        self.saved_n = Some(n);
-        Ok(())
+        self.forward_with(x, Tail::None, n, mode, y)
     }
 
     fn backward(
@@ -179,29 +289,7 @@ impl<T: Scalar> Layer<T> for BatchNorm<T> {
         n: usize,
         dx: Option<&mut [T]>,
     ) -> Result<()> {
-        check_batch("batch_norm x", x.len(), n, self.sample_len)?;
-        check_batch("batch_norm dy", dy.len(), n, self.sample_len)?;
-        let shape = self.shape(n)?;
-        if self.saved_n != Some(n) {
-            return Err(NnError::BackwardBeforeForward {
-                layer: "batch_norm",
-            });
-        }
-        let dx = match dx {
-            Some(dx) => dx,
-            None => {
-                if self.scratch.len() < n * self.sample_len {
-                    self.scratch.resize(n * self.sample_len, T::ZERO);
-                }
-                &mut self.scratch[..n * self.sample_len]
-            }
-        };
-        let grads = &mut self.grads;
-        self.inner
-            .backward_into(x, dy, &shape, &self.saved, dx, grads)?;
-        self.weight_grad.copy_from_slice(&grads.weight);
-        self.bias_grad.copy_from_slice(&grads.bias);
-        Ok(())
+        self.backward_with(x, None, dy, n, dx, None)
     }
 
     fn visit_state(&mut self, f: &mut dyn FnMut(StateEntry<'_, T>)) {
@@ -213,14 +301,7 @@ impl<T: Scalar> Layer<T> for BatchNorm<T> {
     }
 
     fn to_f64(&self) -> Option<Box<dyn Layer<f64>>> {
-        let mut wide = BatchNorm::<f64>::new(&self.sample_dims, *self.inner.config()).ok()?;
-        let (from, to) = (&self.inner, &mut wide.inner);
-        to.weight = widen(&from.weight);
-        to.bias = widen(&from.bias);
-        to.running_mean = widen(&from.running_mean);
-        to.running_var = widen(&from.running_var);
-        to.num_batches_tracked = from.num_batches_tracked;
-        Some(Box::new(wide))
+        Some(Box::new(self.widened()?))
     }
 
     fn as_batch_norm(&self) -> Option<&BatchNorm<T>> {

@@ -12,20 +12,26 @@
 //! `[out, in, kh, kw]`).
 
 mod activation;
+mod basic_block;
 mod batch_norm;
+mod batch_norm_relu;
 mod conv2d;
 mod flatten;
 mod ghost_batch_norm;
+mod global_avg_pool;
 mod group_norm;
 mod linear;
 mod max_pool;
 mod sync_batch_norm;
 
 pub use activation::{Relu, Sigmoid};
+pub use basic_block::{BasicBlock, BasicBlockConfig, BlockNorm};
 pub use batch_norm::BatchNorm;
+pub use batch_norm_relu::BatchNormRelu;
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use flatten::Flatten;
 pub use ghost_batch_norm::GhostBatchNorm;
+pub use global_avg_pool::GlobalAvgPool;
 pub use group_norm::GroupNorm;
 pub use linear::Linear;
 pub use max_pool::{MaxPool2d, MaxPool2dConfig};
@@ -166,6 +172,13 @@ pub trait Layer<T: Scalar>: std::fmt::Debug + Send + std::any::Any {
         &self,
         _bn: &BatchNorm<T>,
     ) -> Option<std::result::Result<Box<dyn Layer<T>>, FoldError>> {
+        None
+    }
+
+    /// For a layer made of layers (a residual [`BasicBlock`]), the same layer with the batch
+    /// normalizations inside it folded for evaluation; `None` (the default) for any other,
+    /// which [`crate::fold::fold_batch_norm`] then copies as it is.
+    fn fold_own_batch_norms(&self) -> Option<std::result::Result<Box<dyn Layer<T>>, FoldError>> {
         None
     }
 }

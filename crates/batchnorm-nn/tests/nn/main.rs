@@ -13,6 +13,7 @@ mod fold;
 mod gradcheck;
 mod mnist_idx;
 mod new_layer;
+mod residual;
 mod small_batch_layers;
 mod state_dict;
 mod state_dict_pytorch;

@@ -1,6 +1,9 @@
 //! A small conv net on MNIST with and without BatchNorm2d (per channel over N x H x W), from the
 //! same initial weights and the same batches; the outputs of fig1 (test accuracy along the run,
-//! summary, figure, report) plus the training time per epoch.
+//! summary, figure, report) plus the training time per epoch. With `--arch resnet`, a small
+//! residual net instead (`experiments/resnet.rs`), trained three ways: BN fused with its ReLU
+//! and residual addition, the same BN as separate passes (the same results, bit for bit), and
+//! no BN.
 //!
 //! Outputs: `metrics.csv`, `summary.json`, `cnn.png`/`.svg`, `report.md`.
 
@@ -18,14 +21,55 @@ use super::error::{at_least_one, in_range, positive};
 use super::evaluate::{best_accuracy, first_step_reaching, Accuracy};
 use super::output::{net_key, print_wall_time};
 use super::parallel::run_jobs;
+use super::resnet::{self, Norm};
 use super::sampler::order_seed;
 use super::trainer::Trainer;
 use super::{LabError, EVAL_CHUNK};
 use crate::progress::{NetProgress, Progress};
 
+/// The network trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// The small conv net (`experiments/convnet.rs`): two conv blocks with max pooling.
+    Convnet,
+    /// The small residual net (`experiments/resnet.rs`): a stem and three basic blocks.
+    Resnet,
+}
+
+impl Arch {
+    /// The name on the command line and in `summary.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Convnet => "convnet",
+            Arch::Resnet => "resnet",
+        }
+    }
+
+    /// The layers, as in the reports.
+    pub fn description(self) -> &'static str {
+        match self {
+            Arch::Convnet => convnet::DESCRIPTION,
+            Arch::Resnet => resnet::DESCRIPTION,
+        }
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Arch::Convnet, Arch::Resnet]
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| format!("unknown architecture {s:?}: use convnet or resnet"))
+    }
+}
+
 /// Settings of the experiment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The network. Default [`Arch::Convnet`].
+    pub arch: Arch,
     /// Passes over the 60,000 training images. Default 2.
     pub epochs: usize,
     /// Learning rate of plain SGD. Default 0.05.
@@ -50,6 +94,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            arch: Arch::Convnet,
             epochs: 2,
             lr: 0.05,
             batch_size: 60,
@@ -109,11 +154,22 @@ pub struct EvalRecord {
     pub test_accuracy: f64,
 }
 
+/// The key of a run: `"bn"`, `"bn_unfused"` (BN as separate passes) or `"plain"`.
+fn run_key(batch_norm: bool, separate: bool) -> &'static str {
+    if separate {
+        "bn_unfused"
+    } else {
+        net_key(batch_norm)
+    }
+}
+
 /// One network's run.
 #[derive(Debug, Clone)]
 pub struct NetRun {
     /// With BatchNorm2d.
     pub batch_norm: bool,
+    /// BN, ReLU and residual addition as separate passes (the residual net's reference run).
+    pub separate: bool,
     /// Evaluations at step 0, every `eval_every` steps and at the end.
     pub evals: Vec<EvalRecord>,
     /// Training seconds of each epoch (evaluations excluded).
@@ -127,9 +183,18 @@ pub struct NetRun {
 }
 
 impl NetRun {
-    /// `"bn"` or `"plain"`.
+    /// `"bn"`, `"bn_unfused"` (BN as separate passes) or `"plain"`.
     pub fn key(&self) -> &'static str {
-        net_key(self.batch_norm)
+        run_key(self.batch_norm, self.separate)
+    }
+
+    /// The label in figures and tables.
+    pub fn label(&self) -> &'static str {
+        match (self.batch_norm, self.separate) {
+            (false, _) => "without BN",
+            (true, false) => "with BN",
+            (true, true) => "with BN, unfused",
+        }
     }
 
     /// Training seconds per full epoch: the median over epochs, scaled to a full epoch when
@@ -170,8 +235,32 @@ pub struct Outcome {
     pub bn: NetRun,
     /// The network without BN.
     pub plain: NetRun,
+    /// The residual net with BN as separate passes (`None` for the conv net).
+    pub unfused: Option<NetRun>,
     /// Wall-clock seconds (loading included, writing excluded).
     pub wall_seconds: f64,
+}
+
+impl Outcome {
+    /// The runs: with BN, with BN unfused (residual net), without BN.
+    pub fn runs(&self) -> impl Iterator<Item = &NetRun> {
+        [Some(&self.bn), self.unfused.as_ref(), Some(&self.plain)]
+            .into_iter()
+            .flatten()
+    }
+
+    /// Whether the fused and unfused BN runs gave the same losses and accuracies at every
+    /// evaluation (`None` without an unfused run).
+    pub fn fused_matches_unfused(&self) -> Option<bool> {
+        let u = self.unfused.as_ref()?;
+        let bits = |r: &NetRun| -> Vec<[u64; 3]> {
+            r.evals
+                .iter()
+                .map(|e| [e.train_loss, e.train_accuracy, e.test_accuracy].map(f64::to_bits))
+                .collect()
+        };
+        Some(bits(&self.bn) == bits(u))
+    }
 }
 
 /// Runs the experiment and writes its outputs into `cfg.out`.
@@ -183,23 +272,49 @@ pub fn run(cfg: &Config) -> Result<Outcome, LabError> {
     super::output::prepare_out(&cfg.out)?;
     let start = Instant::now();
     let (data, _) = super::data::load_mnist(&cfg.data)?;
-    let init = convnet::init(cfg.seed)?;
     let steps = cfg.epochs * cfg.steps_per_epoch(data.train.len());
+    let nets: &[(bool, bool)] = match cfg.arch {
+        Arch::Convnet => &[(true, false), (false, false)],
+        Arch::Resnet => &[(true, false), (true, true), (false, false)],
+    };
     let progress = Progress::new();
-    let bars = [
-        progress.add("bn", steps as u64),
-        progress.add("plain", steps as u64),
-    ];
-    let mut runs = run_jobs(&[true, false], cfg.threads, |i, &bn| {
-        let model = convnet::build(&init, bn, cfg.batch_size.max(convnet::EVAL_BATCH))?;
-        train(cfg, model, bn, &data.train, &data.test, &bars[i])
+    let bars: Vec<NetProgress> = nets
+        .iter()
+        .map(|&(bn, separate)| progress.add(run_key(bn, separate), steps as u64))
+        .collect();
+    let capacity = cfg.batch_size.max(convnet::EVAL_BATCH);
+    let init = match cfg.arch {
+        Arch::Convnet => Some(convnet::init(cfg.seed)?),
+        Arch::Resnet => None,
+    };
+    let mut runs = run_jobs(nets, cfg.threads, |i, &(bn, separate)| {
+        let model = match &init {
+            Some(init) => convnet::build(init, bn, capacity)?,
+            None => {
+                let norm = match (bn, separate) {
+                    (false, _) => Norm::None,
+                    (true, false) => Norm::Fused,
+                    (true, true) => Norm::Separate,
+                };
+                resnet::build(cfg.seed, norm, capacity)?
+            }
+        };
+        let mut run = train(cfg, model, bn, &data.train, &data.test, &bars[i])?;
+        run.separate = separate;
+        Ok(run)
     })?;
     let plain = runs.pop().ok_or(LabError::Setup("no plain run"))?;
+    let unfused = if cfg.arch == Arch::Resnet {
+        Some(runs.pop().ok_or(LabError::Setup("no unfused BN run"))?)
+    } else {
+        None
+    };
     let bn = runs.pop().ok_or(LabError::Setup("no BN run"))?;
     let outcome = Outcome {
         config: cfg.clone(),
         bn,
         plain,
+        unfused,
         wall_seconds: start.elapsed().as_secs_f64(),
     };
     output::write_all(&outcome)?;
@@ -273,6 +388,7 @@ fn train(
     progress.finish();
     Ok(NetRun {
         batch_norm,
+        separate: false,
         evals,
         epoch_seconds,
         steps_per_epoch: per_epoch,
@@ -283,7 +399,7 @@ fn train(
 
 /// Prints the headline numbers to stdout.
 pub fn print_summary(o: &Outcome) {
-    for r in [&o.bn, &o.plain] {
+    for r in o.runs() {
         println!(
             "{:>6}: final test accuracy {:.4}, best {:.4}, 98% at step {}, {:.2} s per epoch",
             r.key(),

@@ -4,13 +4,13 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::{NetRun, Outcome};
-use crate::experiments::convnet::DESCRIPTION;
+use super::{Arch, NetRun, Outcome};
 use crate::experiments::output::{
     best_cell, loss_cell, num, pct, series, step_or_never, write_outputs, Outputs,
 };
+use crate::experiments::resnet;
 use crate::experiments::LabError;
-use crate::plot::{Figure, LineStyle, Panel};
+use crate::plot::{Figure, LineStyle, Marker, Panel, Series};
 
 pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
     let outputs = Outputs {
@@ -24,7 +24,7 @@ pub(super) fn write_all(o: &Outcome) -> Result<(), LabError> {
 
 fn metrics_csv(o: &Outcome) -> String {
     let mut s = String::from("net,step,train_loss,train_accuracy,test_accuracy\n");
-    for r in [&o.bn, &o.plain] {
+    for r in o.runs() {
         for e in &r.evals {
             let _ = writeln!(
                 s,
@@ -58,6 +58,19 @@ fn net_json(r: &NetRun) -> Value {
 }
 
 pub(super) fn summary_json(o: &Outcome) -> Value {
+    let mut v = conv_net_summary_json(o);
+    if o.config.arch == Arch::Resnet {
+        v["bn_unfused"] = o.unfused.as_ref().map(net_json).into();
+        v["fused_matches_unfused"] = o.fused_matches_unfused().into();
+        v["config"]["arch"] = o.config.arch.name().into();
+        v["config"]["init"] = resnet::INIT.into();
+        v["config"]["batch_norm"] = "BatchNorm2d after each convolution (fused with the ReLU and the residual addition in `bn`, separate passes in `bn_unfused`), statistics per channel over N x H x W; eps 1e-5, momentum 0.1".into();
+    }
+    v
+}
+
+/// The summary as the conv net writes it.
+fn conv_net_summary_json(o: &Outcome) -> Value {
     let c = &o.config;
     json!({
         "bn": net_json(&o.bn),
@@ -71,7 +84,7 @@ pub(super) fn summary_json(o: &Outcome) -> Value {
             "max_steps_per_epoch": c.max_steps_per_epoch,
             "seed": c.seed,
             "threads": c.threads,
-            "architecture": DESCRIPTION,
+            "architecture": c.arch.description(),
             "init": "conv weights N(0, 2/fan_in), linear N(0, 1/784), biases 0; the same with and without BN",
             "optimizer": "plain SGD (no momentum, no weight decay)",
             "batch_norm": "BatchNorm2d after each convolution, statistics per channel over N x H x W; eps 1e-5, momentum 0.1",
@@ -83,8 +96,28 @@ fn figure(o: &Outcome) -> Figure {
     let pts = |r: &NetRun, f: fn(&super::EvalRecord) -> f64| -> Vec<(f64, f64)> {
         r.evals.iter().map(|e| (e.step as f64, f(e))).collect()
     };
+    let all = |f: fn(&super::EvalRecord) -> f64| {
+        o.runs()
+            .map(|r| {
+                // The unfused run's points (the fused run's, bit for bit) as crosses.
+                let (style, marker) = match (r.batch_norm, r.separate) {
+                    (true, false) => (LineStyle::Solid, Marker::None),
+                    (true, true) => (LineStyle::NoLine, Marker::Cross),
+                    (false, _) => (LineStyle::Dashed, Marker::None),
+                };
+                Series {
+                    marker,
+                    ..series(r.label(), pts(r, f), style)
+                }
+            })
+            .collect()
+    };
+    let net = match o.config.arch {
+        Arch::Convnet => "small conv net",
+        Arch::Resnet => "small residual net",
+    };
     Figure {
-        title: "MNIST, small conv net: with and without BatchNorm2d".into(),
+        title: format!("MNIST, {net}: with and without BatchNorm2d"),
         columns: 2,
         panels: vec![
             Panel {
@@ -92,14 +125,7 @@ fn figure(o: &Outcome) -> Figure {
                 x_label: "training steps".into(),
                 y_label: "test accuracy".into(),
                 y_log: false,
-                series: vec![
-                    series("with BN", pts(&o.bn, |e| e.test_accuracy), LineStyle::Solid),
-                    series(
-                        "without BN",
-                        pts(&o.plain, |e| e.test_accuracy),
-                        LineStyle::Dashed,
-                    ),
-                ],
+                series: all(|e| e.test_accuracy),
                 ..Default::default()
             },
             Panel {
@@ -107,14 +133,7 @@ fn figure(o: &Outcome) -> Figure {
                 x_label: "training steps".into(),
                 y_label: "cross-entropy".into(),
                 y_log: true,
-                series: vec![
-                    series("with BN", pts(&o.bn, |e| e.train_loss), LineStyle::Solid),
-                    series(
-                        "without BN",
-                        pts(&o.plain, |e| e.train_loss),
-                        LineStyle::Dashed,
-                    ),
-                ],
+                series: all(|e| e.train_loss),
                 ..Default::default()
             },
         ],
@@ -124,57 +143,58 @@ fn figure(o: &Outcome) -> Figure {
 fn report_md(o: &Outcome) -> String {
     let c = &o.config;
     let (bn, plain) = (&o.bn, &o.plain);
+    let runs: Vec<&NetRun> = o.runs().collect();
     let fin = |r: &NetRun| r.last().map(|e| e.test_accuracy);
+    // A table row: the label, then one cell per run.
+    let row = |label: &str, cell: &dyn Fn(&NetRun) -> String| {
+        let cells: Vec<String> = runs.iter().map(|r| cell(r)).collect();
+        format!("| {label} | {} |", cells.join(" | "))
+    };
     let mut s = String::new();
-    let _ = writeln!(s, "# A conv net with BatchNorm2d\n");
+    let (title, init, count) = match c.arch {
+        Arch::Convnet => (
+            "A conv net",
+            "Conv weights from N(0, 2/fan_in), linear from N(0, 1/784), biases 0, \
+             the same with and without BN",
+            "two",
+        ),
+        Arch::Resnet => (
+            "A residual net",
+            "Conv weights from N(0, 2/fan_out), linear from \
+             N(0, 1/32), biases 0, BN weights 1, the same with and without BN; `with BN` runs \
+             each BN fused with its ReLU (and residual addition), `with BN, unfused` the same BN \
+             followed by separate passes",
+            "three",
+        ),
+    };
+    let _ = writeln!(s, "# {title} with BatchNorm2d\n");
     let _ = writeln!(s, "![Test accuracy and training loss](cnn.png)\n");
     let shortened = c.max_steps_per_epoch.map_or(String::new(), |m| {
         format!(" (shortened to {m} steps per epoch)")
     });
     let _ = writeln!(
         s,
-        "MNIST, {DESCRIPTION}. Conv weights from N(0, 2/fan_in), linear from N(0, 1/784), biases 0, \
-         the same with and without BN. Plain SGD, learning rate {}, batches of {}, {} epoch(s){shortened}, \
+        "MNIST, {}. {init}. Plain SGD, learning rate {}, batches of {}, {} epoch(s){shortened}, \
          seed {}; test accuracy on the 10,000 test images every {} steps (BN with running statistics). \
-         The two networks train at once on {} thread(s); epoch times exclude evaluation.\n",
-        c.lr, c.batch_size, c.epochs, c.seed, c.eval_every, c.threads
+         The {count} networks train at once on {} thread(s); epoch times exclude evaluation.\n",
+        c.arch.description(), c.lr, c.batch_size, c.epochs, c.seed, c.eval_every, c.threads
     );
-    let _ = writeln!(s, "| | with BN | without BN |\n|---|---:|---:|");
-    let _ = writeln!(
-        s,
-        "| final test accuracy | {} | {} |",
-        pct(fin(bn)),
-        pct(fin(plain))
-    );
-    let _ = writeln!(
-        s,
-        "| best test accuracy | {} | {} |",
-        best_cell(bn.best()),
-        best_cell(plain.best())
-    );
-    let _ = writeln!(
-        s,
-        "| steps to 95% / 98% | {} / {} | {} / {} |",
-        step_or_never(bn.steps_to(0.95)),
-        step_or_never(bn.steps_to(0.98)),
-        step_or_never(plain.steps_to(0.95)),
-        step_or_never(plain.steps_to(0.98))
-    );
+    let labels: Vec<&str> = runs.iter().map(|r| r.label()).collect();
+    let _ = writeln!(s, "| | {} |", labels.join(" | "));
+    let _ = writeln!(s, "|---|{}", "---:|".repeat(runs.len()));
+    let _ = writeln!(s, "{}", row("final test accuracy", &|r| pct(fin(r))));
+    let _ = writeln!(s, "{}", row("best test accuracy", &|r| best_cell(r.best())));
+    let to = |r: &NetRun| {
+        let (a, b) = (r.steps_to(0.95), r.steps_to(0.98));
+        format!("{} / {}", step_or_never(a), step_or_never(b))
+    };
+    let _ = writeln!(s, "{}", row("steps to 95% / 98%", &to));
     let loss = |r: &NetRun| loss_cell(r.last().map(|e| e.train_loss));
-    let _ = writeln!(
-        s,
-        "| training loss, last {} steps | {} | {} |",
-        c.eval_every,
-        loss(bn),
-        loss(plain)
-    );
-    let _ = writeln!(
-        s,
-        "| training time per epoch ({} steps) | {:.2} s | {:.2} s |\n",
-        bn.full_epoch_steps,
-        bn.seconds_per_epoch(),
-        plain.seconds_per_epoch()
-    );
+    let label = format!("training loss, last {} steps", c.eval_every);
+    let _ = writeln!(s, "{}", row(&label, &loss));
+    let label = format!("training time per epoch ({} steps)", bn.full_epoch_steps);
+    let time = |r: &NetRun| format!("{:.2} s", r.seconds_per_epoch());
+    let _ = writeln!(s, "{}\n", row(&label, &time));
     let _ = writeln!(s, "## Findings\n");
     if let (Some(fb), Some(fp)) = (fin(bn), fin(plain)) {
         let _ = writeln!(
@@ -206,6 +226,21 @@ fn report_md(o: &Outcome) -> String {
         bn.eval_seconds,
         plain.eval_seconds
     );
+    if let (Some(u), Some(same)) = (&o.unfused, o.fused_matches_unfused()) {
+        let verdict = if same {
+            "the same losses and accuracies at every evaluation, bit for bit"
+        } else {
+            "different results (they should agree bit for bit: a defect)"
+        };
+        let _ = writeln!(
+            s,
+            "- Fused against unfused BN: {verdict}; {:.2} s per epoch fused, {:.2} s unfused \
+             ({:.2}x).",
+            bn.seconds_per_epoch(),
+            u.seconds_per_epoch(),
+            u.seconds_per_epoch() / bn.seconds_per_epoch()
+        );
+    }
     let _ = writeln!(
         s,
         "\nPer evaluation: `metrics.csv`; summary: `summary.json`; figure: `cnn.png`, `cnn.svg`."
