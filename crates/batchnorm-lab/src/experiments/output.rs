@@ -125,6 +125,21 @@ pub(crate) fn series(label: &str, points: Vec<(f64, f64)>, style: LineStyle) -> 
     }
 }
 
+/// Solid for even `i`, dashed for odd: neighbouring curves that run together stay visible
+/// under each other.
+pub(crate) fn alternating(i: usize) -> LineStyle {
+    if i.is_multiple_of(2) {
+        LineStyle::Solid
+    } else {
+        LineStyle::Dashed
+    }
+}
+
+/// An accuracy axis from a tenth below the `lowest` accuracy shown (at most 0.9) to 1.
+pub(crate) fn accuracy_axis(lowest: f64) -> Option<(f64, f64)> {
+    Some((((lowest * 10.0).floor() / 10.0).min(0.9), 1.0))
+}
+
 /// An accuracy in [0, 1] as a percentage with two decimals, `n/a` when absent or not finite.
 pub(crate) fn pct(v: Option<f64>) -> String {
     match v {

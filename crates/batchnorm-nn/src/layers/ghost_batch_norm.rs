@@ -259,8 +259,7 @@ impl<T: Scalar> Layer<T> for GhostBatchNorm<T> {
     }
 
     fn to_f64(&self) -> Option<Box<dyn Layer<f64>>> {
-        let bn = self.bn.to_f64()?;
-        let bn = bn.downcast_ref::<BatchNorm<f64>>()?.clone();
+        let bn = self.bn.widened()?;
         Some(Box::new(GhostBatchNorm::new(bn, self.virtual_batch).ok()?))
     }
 

@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::Outcome;
-use crate::experiments::output::{finite, num, pct, series, time_finding, write_outputs, Outputs};
+use crate::experiments::output::{
+    accuracy_axis, alternating, finite, num, pct, series, time_finding, write_outputs, Outputs,
+};
 use crate::experiments::LabError;
 use crate::plot::{Figure, LineStyle, Marker, Panel, Series};
 
@@ -102,7 +104,7 @@ fn figure(o: &Outcome) -> Figure {
         })
         .filter(|a| a.is_finite())
         .fold(1.0f64, f64::min);
-    let accuracy_range = Some((((lowest * 10.0).floor() / 10.0).min(0.9), 1.0));
+    let accuracy_range = accuracy_axis(lowest);
     let batch_ticks: Vec<f64> = o.runs.iter().map(|r| x(r.batch_size)).collect();
     let final_panel = Panel {
         title: "(a) Test accuracy after the run".into(),
@@ -156,11 +158,7 @@ fn figure(o: &Outcome) -> Figure {
                         .filter(|p| p.0 > 0)
                         .map(|&(e, a)| (e as f64, a))
                         .collect(),
-                    if i % 2 == 0 {
-                        LineStyle::Solid
-                    } else {
-                        LineStyle::Dashed
-                    },
+                    alternating(i),
                 )
             })
             .collect(),

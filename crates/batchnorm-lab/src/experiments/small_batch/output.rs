@@ -6,9 +6,11 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::{Method, Outcome, Run};
-use crate::experiments::output::{finite, num, pct, series, write_outputs, Outputs};
+use crate::experiments::output::{
+    accuracy_axis, alternating, finite, num, pct, series, write_outputs, Outputs,
+};
 use crate::experiments::LabError;
-use crate::plot::{Figure, LineStyle, Marker, Panel, Series};
+use crate::plot::{Figure, Marker, Panel, Series};
 
 /// The methods in the order of figures and tables.
 const METHODS: [Method; 5] = [
@@ -129,7 +131,7 @@ fn figure(o: &Outcome) -> Figure {
         .flat_map(|r| r.curve.iter().skip(1).map(|p| p.1))
         .filter(|a| a.is_finite())
         .fold(1.0f64, f64::min);
-    let accuracy_range = Some((((lowest * 10.0).floor() / 10.0).min(0.9), 1.0));
+    let accuracy_range = accuracy_axis(lowest);
     let mut ticks: Vec<f64> = o.runs.iter().map(|r| r.job.batch_size as f64).collect();
     ticks.sort_by(f64::total_cmp);
     ticks.dedup();
@@ -145,11 +147,7 @@ fn figure(o: &Outcome) -> Figure {
                     .iter()
                     .map(|r| (r.job.batch_size as f64, r.test_accuracy))
                     .collect();
-                let style = if i % 2 == 0 {
-                    LineStyle::Solid
-                } else {
-                    LineStyle::Dashed
-                };
+                let style = alternating(i);
                 Series {
                     marker: Marker::Dot,
                     ..series(&label(o, m), points, style)
@@ -181,11 +179,7 @@ fn figure(o: &Outcome) -> Figure {
                         .skip(1)
                         .map(|&(e, a)| (e as f64, a))
                         .collect(),
-                    if i % 2 == 0 {
-                        LineStyle::Solid
-                    } else {
-                        LineStyle::Dashed
-                    },
+                    alternating(i),
                 )
             })
             .collect(),
