@@ -33,9 +33,14 @@ pub struct GhostBatchNorm<T: Scalar> {
     kernels: Kernels,
     /// Per virtual batch and channel, the maps of the last ghost forward.
     norms: Vec<Normalization>,
+    /// Per virtual batch and channel, the moments of the last ghost forward.
     moments: Vec<Moments>,
+    /// A virtual batch's means, its gradient sums and dx coefficients (backward).
+    mean: Vec<f64>,
     sums: Vec<GradSums>,
     grads: Vec<InputGrad>,
+    /// Per channel, `(d weight, d bias)` summed over the virtual batches.
+    param_grads: Vec<(f64, f64)>,
     /// Batch size of the last forward, when it ran by virtual batches.
     ghost_n: Option<usize>,
     scratch: Vec<T>,
@@ -68,8 +73,10 @@ impl<T: Scalar> GhostBatchNorm<T> {
             kernels: Kernels::default(),
             norms: Vec::new(),
             moments: Vec::new(),
+            mean: Vec::new(),
             sums: Vec::new(),
             grads: Vec::new(),
+            param_grads: Vec::new(),
             ghost_n: None,
             scratch: Vec::new(),
         })
@@ -84,8 +91,9 @@ impl<T: Scalar> GhostBatchNorm<T> {
         self.bn.in_len()
     }
 
-    /// Normalises each virtual batch of `x` by its own statistics; returns their moments.
-    fn ghost_forward(&mut self, x: &[T], n: usize, y: &mut [T]) -> Result<Vec<Moments>> {
+    /// Normalises each virtual batch of `x` by its own statistics, leaving their moments in
+    /// `self.moments` (virtual batch major).
+    fn ghost_forward(&mut self, x: &[T], n: usize, y: &mut [T]) -> Result<()> {
         if !n.is_multiple_of(self.virtual_batch) {
             return Err(NnError::InvalidConfig {
                 what: "batch size",
@@ -108,50 +116,50 @@ impl<T: Scalar> GhostBatchNorm<T> {
             false => (1.0, 0.0),
         };
         self.norms.clear();
-        let mut all = Vec::with_capacity(n / self.virtual_batch * c);
-        self.moments.resize(c, Moments::EMPTY);
-        for (xs, ys) in x.chunks_exact(chunk).zip(y.chunks_exact_mut(chunk)) {
-            self.kernels.moments(xs, &shape, &mut self.moments)?;
+        self.moments.clear();
+        self.moments
+            .resize(n / self.virtual_batch * c, Moments::EMPTY);
+        let parts = x.chunks_exact(chunk).zip(y.chunks_exact_mut(chunk));
+        for ((xs, ys), moments) in parts.zip(self.moments.chunks_exact_mut(c)) {
+            self.kernels.moments(xs, &shape, moments)?;
             let start = self.norms.len();
-            self.norms
-                .extend(self.moments.iter().enumerate().map(|(ch, m)| {
-                    let (w, b) = gamma_beta(ch);
-                    Normalization::from_moments(m, eps, w, b)
-                }));
+            self.norms.extend(moments.iter().enumerate().map(|(ch, m)| {
+                let (w, b) = gamma_beta(ch);
+                Normalization::from_moments(m, eps, w, b)
+            }));
             self.kernels
                 .normalize(xs, &shape, &self.norms[start..], ys)?;
-            all.extend_from_slice(&self.moments);
         }
-        Ok(all)
+        Ok(())
     }
 
-    /// The running statistics' update from the virtual batches' `moments` (virtual batch
-    /// major): the means of their means and of their M2 (so of their unbiased variances, all
-    /// virtual batches having the same count).
-    fn update_running(&mut self, moments: &[Moments]) -> Result<()> {
+    /// The running statistics' update from the virtual batches' moments of the last forward:
+    /// the means of their means and of their M2 (so of their unbiased variances, all virtual
+    /// batches having the same count). The averages replace the first virtual batch's moments
+    /// (backward needs only the maps).
+    fn update_running(&mut self) -> Result<()> {
         let inner = &mut self.bn.inner;
         if !inner.config().track_running_stats {
             return Ok(());
         }
-        let c = inner.channels();
+        let (c, moments) = (inner.channels(), &mut self.moments);
         let k = (moments.len() / c) as f64;
-        let averaged: Vec<Moments> = (0..c)
-            .map(|ch| {
-                let per_ghost = moments.iter().skip(ch).step_by(c);
-                let (mean, m2) = per_ghost.fold((0.0, 0.0), |(a, b), m| (a + m.mean, b + m.m2));
-                Moments {
-                    count: moments[ch].count,
-                    mean: mean / k,
-                    m2: m2 / k,
-                }
-            })
-            .collect();
+        for ch in 0..c {
+            let per_ghost = moments.iter().skip(ch).step_by(c);
+            let (mean, m2) = per_ghost.fold((0.0, 0.0), |(a, b), m| (a + m.mean, b + m.m2));
+            moments[ch] = Moments {
+                count: moments[ch].count,
+                mean: mean / k,
+                m2: m2 / k,
+            };
+        }
+        let averaged = &moments[..c];
         let tracked = inner.num_batches_tracked + 1;
         let factor = update_factor(inner.config().momentum, tracked);
         update_running_stats(
             &mut inner.running_mean,
             &mut inner.running_var,
-            &averaged,
+            averaged,
             factor,
         )?;
         inner.num_batches_tracked = tracked;
@@ -179,9 +187,9 @@ impl<T: Scalar> Layer<T> for GhostBatchNorm<T> {
         }
         check_batch("ghost_batch_norm x", x.len(), n, self.len())?;
         check_batch("ghost_batch_norm y", y.len(), n, self.len())?;
-        let moments = self.ghost_forward(x, n, y)?;
+        self.ghost_forward(x, n, y)?;
         if mode == Mode::Train {
-            self.update_running(&moments)?;
+            self.update_running()?;
         }
         self.ghost_n = Some(n);
         Ok(())
@@ -214,34 +222,34 @@ impl<T: Scalar> Layer<T> for GhostBatchNorm<T> {
         let shape = batch_shape(self.bn.sample_dims(), self.virtual_batch)?;
         let (c, chunk) = (shape.channels(), self.virtual_batch * len);
         let count = shape.per_channel() as u64;
-        let (mut dw, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
-        let mut mean = vec![0.0f64; c];
+        self.param_grads.clear();
+        self.param_grads.resize(c, (0.0, 0.0));
+        self.mean.resize(c, 0.0);
         self.sums.resize(c, GradSums::default());
         let chunks = x.chunks_exact(chunk).zip(dy.chunks_exact(chunk));
         let outputs = dx.chunks_exact_mut(chunk).zip(self.norms.chunks_exact(c));
         for ((xs, dys), (dxs, norms)) in chunks.zip(outputs) {
-            for (m, norm) in mean.iter_mut().zip(norms) {
+            for (m, norm) in self.mean.iter_mut().zip(norms) {
                 *m = norm.mean;
             }
             self.kernels
-                .grad_sums(xs, dys, &shape, &mean, &mut self.sums)?;
+                .grad_sums(xs, dys, &shape, &self.mean, &mut self.sums)?;
             self.grads.clear();
             let grads = norms.iter().zip(&self.sums);
             self.grads
                 .extend(grads.map(|(norm, &s)| InputGrad::batch(norm, s, count)));
             self.kernels.input_grad(xs, dys, &shape, &self.grads, dxs)?;
-            for (ch, (s, norm)) in self.sums.iter().zip(norms).enumerate() {
-                dw[ch] += s.weight_grad(norm.invstd);
-                db[ch] += s.bias_grad();
+            for ((dw, db), (s, norm)) in
+                self.param_grads.iter_mut().zip(self.sums.iter().zip(norms))
+            {
+                *dw += s.weight_grad(norm.invstd);
+                *db += s.bias_grad();
             }
         }
-        if self.bn.inner.config().affine {
-            for (o, v) in self.bn.weight_grad.iter_mut().zip(dw) {
-                *o = T::from_f64(v);
-            }
-            for (o, v) in self.bn.bias_grad.iter_mut().zip(db) {
-                *o = T::from_f64(v);
-            }
+        // Empty when not affine: the zips write nothing.
+        let grads = self.bn.weight_grad.iter_mut().zip(&mut self.bn.bias_grad);
+        for ((gw, gb), &(dw, db)) in grads.zip(&self.param_grads) {
+            (*gw, *gb) = (T::from_f64(dw), T::from_f64(db));
         }
         Ok(())
     }

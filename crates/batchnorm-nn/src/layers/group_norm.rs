@@ -52,9 +52,10 @@ pub struct GroupNorm<T: Scalar> {
     eps: f64,
     /// Values per channel in a sample (prod(spatial)).
     spatial: usize,
-    /// Per (sample, group) of the last forward: mean and 1 / sqrt(var + eps).
-    stats: Vec<(f64, f64)>,
+    /// Per (sample, group) of the last forward: its moments.
     moments: Vec<Moments>,
+    /// Per channel, `(sum dy xhat, sum dy)` of a backward, reused between calls.
+    param_sums: Vec<(f64, f64)>,
     saved_n: Option<usize>,
 }
 
@@ -92,8 +93,8 @@ impl<T: Scalar> GroupNorm<T> {
             groups,
             eps,
             spatial: sample_len / c,
-            stats: Vec::new(),
             moments: Vec::new(),
+            param_sums: Vec::new(),
             saved_n: None,
         })
     }
@@ -108,9 +109,16 @@ impl<T: Scalar> GroupNorm<T> {
         self.weight.len() / self.groups * self.spatial
     }
 
-    /// Channel of the `i`-th value of a group's run, for the group starting at channel `c0`.
-    fn channel(&self, c0: usize, i: usize) -> usize {
-        c0 + i / self.spatial
+    /// The mean and `1 / sqrt(var + eps)` of (sample, group) `run` of the last forward.
+    fn stats(&self, run: usize) -> (f64, f64) {
+        let m = &self.moments[run];
+        (m.mean, 1.0 / (m.variance() + self.eps).sqrt())
+    }
+
+    /// The channels of (sample, group) `run`, each with its `spatial` positions of `v`.
+    fn channels_of<'a, V>(&self, run: usize, v: &'a [V]) -> impl Iterator<Item = (usize, &'a [V])> {
+        let c0 = run % self.groups * (self.weight.len() / self.groups);
+        (c0..).zip(v.chunks_exact(self.spatial))
     }
 }
 
@@ -139,25 +147,16 @@ impl<T: Scalar> Layer<T> for GroupNorm<T> {
         let shape = Shape::new(&[1, runs, len], Layout::ChannelsFirst)?;
         self.moments.resize(runs, Moments::EMPTY);
         Kernels::default().moments(x, &shape, &mut self.moments)?;
-        self.stats.clear();
-        let eps = self.eps;
-        let stats = self.moments.iter().map(|m| {
-            let invstd = 1.0 / (m.variance() + eps).sqrt();
-            (m.mean, invstd)
-        });
-        self.stats.extend(stats);
-        let per_group = self.weight.len() / self.groups;
-        for (run, ((xs, ys), &(mean, invstd))) in x
-            .chunks_exact(len)
-            .zip(y.chunks_exact_mut(len))
-            .zip(&self.stats)
-            .enumerate()
-        {
-            let c0 = run % self.groups * per_group;
-            for (i, (&xv, yv)) in xs.iter().zip(ys.iter_mut()).enumerate() {
-                let c = self.channel(c0, i);
+        for (run, (xs, ys)) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)).enumerate() {
+            let (mean, invstd) = self.stats(run);
+            for ((c, xc), yc) in self
+                .channels_of(run, xs)
+                .zip(ys.chunks_exact_mut(self.spatial))
+            {
                 let (w, b) = (self.weight[c].to_f64(), self.bias[c].to_f64());
-                *yv = T::from_f64((xv.to_f64() - mean) * invstd * w + b);
+                for (&xv, yv) in xc.iter().zip(yc) {
+                    *yv = T::from_f64((xv.to_f64() - mean) * invstd * w + b);
+                }
             }
         }
         self.saved_n = Some(n);
@@ -182,40 +181,49 @@ impl<T: Scalar> Layer<T> for GroupNorm<T> {
                 layer: "group_norm",
             });
         }
-        let c = self.weight.len();
-        let (len, per_group) = (self.group_len(), c / self.groups);
-        let (mut dw, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
-        let mut xhat = vec![0.0f64; len];
+        let len = self.group_len();
+        let m = len as f64;
+        let mut sums = std::mem::take(&mut self.param_sums);
+        sums.clear();
+        sums.resize(self.weight.len(), (0.0, 0.0));
         for (run, (xs, dys)) in x.chunks_exact(len).zip(dy.chunks_exact(len)).enumerate() {
-            let (mean, invstd) = self.stats[run];
-            let c0 = run % self.groups * per_group;
+            let (mean, invstd) = self.stats(run);
             // sum g and sum g xhat over the group, g = gamma * dy.
             let (mut sum_g, mut sum_gx) = (0.0, 0.0);
-            for (i, (&xv, &g)) in xs.iter().zip(dys).enumerate() {
-                let ch = self.channel(c0, i);
-                let (h, g) = ((xv.to_f64() - mean) * invstd, g.to_f64());
-                xhat[i] = h;
-                dw[ch] += g * h;
-                db[ch] += g;
-                let g = g * self.weight[ch].to_f64();
-                sum_g += g;
-                sum_gx += g * h;
+            let dys_by_channel = dys.chunks_exact(self.spatial);
+            for ((c, xc), dyc) in self.channels_of(run, xs).zip(dys_by_channel) {
+                let w = self.weight[c].to_f64();
+                for (&xv, &g) in xc.iter().zip(dyc) {
+                    let (h, g) = ((xv.to_f64() - mean) * invstd, g.to_f64());
+                    sums[c].0 += g * h;
+                    sums[c].1 += g;
+                    sum_g += g * w;
+                    sum_gx += g * w * h;
+                }
             }
             if let Some(dx) = dx.as_deref_mut() {
-                let m = len as f64;
                 let dxs = &mut dx[run * len..(run + 1) * len];
-                for (i, (o, &g)) in dxs.iter_mut().zip(dys).enumerate() {
-                    let g = g.to_f64() * self.weight[self.channel(c0, i)].to_f64();
-                    *o = T::from_f64(invstd / m * (m * g - sum_g - xhat[i] * sum_gx));
+                let dys_by_channel = dys.chunks_exact(self.spatial);
+                let outs = dxs.chunks_exact_mut(self.spatial);
+                for (((c, xc), dyc), oc) in self.channels_of(run, xs).zip(dys_by_channel).zip(outs)
+                {
+                    let w = self.weight[c].to_f64();
+                    for ((&xv, &g), o) in xc.iter().zip(dyc).zip(oc) {
+                        let (h, g) = ((xv.to_f64() - mean) * invstd, g.to_f64() * w);
+                        *o = T::from_f64(invstd / m * (m * g - sum_g - h * sum_gx));
+                    }
                 }
             }
         }
-        for (o, v) in self.weight_grad.iter_mut().zip(dw) {
-            *o = T::from_f64(v);
+        for ((gw, gb), &(dw, db)) in self
+            .weight_grad
+            .iter_mut()
+            .zip(&mut self.bias_grad)
+            .zip(&sums)
+        {
+            (*gw, *gb) = (T::from_f64(dw), T::from_f64(db));
         }
-        for (o, v) in self.bias_grad.iter_mut().zip(db) {
-            *o = T::from_f64(v);
-        }
+        self.param_sums = sums;
         Ok(())
     }
 
