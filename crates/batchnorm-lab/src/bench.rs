@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use batchnorm::{
-    bf16, f16, BatchNorm, BatchNormConfig, BatchNormError, Element, Grads, Layout, Mode, Par,
+    bf16, f16, BatchNorm, BatchNormConfig, BatchNormError, Element, Grads, Isa, Layout, Mode, Par,
     Saved, Shape,
 };
 use rayon::prelude::*;
@@ -104,6 +104,10 @@ pub struct Config {
     pub cold: bool,
     /// Put every buffer on transparent huge pages (Linux).
     pub huge_pages: bool,
+    /// The kernel path (default: the best this machine has).
+    pub isa: Isa,
+    /// The operations to measure (default: all of them, [`Op::ALL`]).
+    pub ops: Vec<Op>,
 }
 
 impl Default for Config {
@@ -117,6 +121,8 @@ impl Default for Config {
             min_sample: Duration::from_millis(2),
             cold: false,
             huge_pages: false,
+            isa: Isa::detect(),
+            ops: Op::ALL.to_vec(),
         }
     }
 }
@@ -169,6 +175,17 @@ impl Op {
         }
     }
 
+    /// The operation of a [`name`](Self::name).
+    pub fn from_name(s: &str) -> anyhow::Result<Op> {
+        Op::ALL
+            .into_iter()
+            .find(|op| op.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Op::ALL.iter().map(|op| op.name()).collect();
+                anyhow::anyhow!("unknown op {s:?}: use one of {}", names.join(", "))
+            })
+    }
+
     /// The plain BatchNorm operation a fused one extends (itself for the plain ones): the
     /// fused forms are timed against the same yardstick and floor, so that their ratios
     /// compare with the plain one's directly.
@@ -214,6 +231,8 @@ pub struct Row {
     pub op: Op,
     /// Threads in the pool.
     pub threads: usize,
+    /// The kernel path.
+    pub isa: Isa,
     /// Median time of one call, milliseconds.
     pub median_ms: f64,
     /// Median time of the yardstick on the same bytes, milliseconds.
@@ -269,6 +288,7 @@ impl Row {
             "dtype": self.dtype.name(),
             "op": self.op.name(),
             "threads": self.threads,
+            "isa": self.isa.name(),
             "median_ms": self.median_ms,
             "gb_per_s": self.gb_per_s(),
             "yardstick": self.op.yardstick(),
@@ -449,11 +469,12 @@ fn measure_shape<T: Element<Param = f32>>(
     }
     let mut bn = BatchNorm::<T>::new(shape.channels(), BatchNormConfig::default())?;
     bn.set_par(Par::Rayon);
+    bn.set_isa(cfg.isa)?;
     let mut saved = Saved::default();
     let mut grads = Grads::default();
 
     let mut rows = Vec::new();
-    for op in Op::ALL {
+    for &op in &cfg.ops {
         // A backward needs the statistics and (fused forms) the output of its own training
         // forward; this untimed call also warms the module's buffers and the caches.
         let forward = match op {
@@ -518,6 +539,7 @@ fn measure_shape<T: Element<Param = f32>>(
             dtype,
             op,
             threads,
+            isa: cfg.isa,
             median_ms,
             yardstick_ms,
             read_ms,

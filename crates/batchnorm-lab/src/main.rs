@@ -91,6 +91,14 @@ struct BenchArgs {
     /// copy does.
     #[arg(long)]
     huge_pages: bool,
+    /// The kernel path: `baseline`, `avx2` or `avx512` (default: the best this machine has;
+    /// JSON key `isa`).
+    #[arg(long)]
+    isa: Option<String>,
+    /// Only these operations, e.g. `forward_train,forward_eval,backward` (default: all, the
+    /// fused ones included).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    ops: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -249,6 +257,20 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         huge_pages: a.huge_pages,
         ..Default::default()
     };
+    if !a.ops.is_empty() {
+        cfg.ops = a
+            .ops
+            .iter()
+            .map(|o| bench::Op::from_name(o.trim()))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(isa) = &a.isa {
+        cfg.isa = isa.parse()?;
+        anyhow::ensure!(
+            cfg.isa.is_supported(),
+            batchnorm::BatchNormError::UnsupportedIsa { isa: cfg.isa }
+        );
+    }
     if !a.shapes.is_empty() {
         cfg.shapes = a
             .shapes
@@ -265,6 +287,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         }];
     }
     if !a.json {
+        println!("kernel path: {}", cfg.isa);
         if a.huge_pages {
             println!("every buffer on transparent huge pages");
         }

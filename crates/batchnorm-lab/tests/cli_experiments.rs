@@ -914,6 +914,53 @@ fn data_errors_name_the_missing_file() {
 }
 
 #[test]
+fn bench_measures_the_ops_and_kernel_path_asked_for() {
+    for isa in batchnorm::Isa::available() {
+        let o = bnlab()
+            .args([
+                "bench",
+                "--shapes",
+                "4,3,5",
+                "--threads",
+                "1",
+                "--samples",
+                "1",
+            ])
+            .args([
+                "--ops",
+                "backward,forward_eval",
+                "--isa",
+                isa.name(),
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let rows = rows.as_array().unwrap();
+        let ops: Vec<_> = rows.iter().map(|r| r["op"].as_str().unwrap()).collect();
+        assert_eq!(ops, ["backward", "forward_eval"].repeat(2), "2 layouts");
+        assert!(rows.iter().all(|r| r["isa"] == isa.name()), "{rows:?}");
+    }
+    for (args, says) in [
+        (
+            ["--ops", "forward"],
+            "unknown op \"forward\": use one of forward_train",
+        ),
+        (["--isa", "sse9"], "unknown kernel path \"sse9\""),
+    ] {
+        let o = bnlab()
+            .args(["bench", "--samples", "1"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn bench_reports_every_op_against_its_yardstick_hot_and_cold() {
     for (flag, cache) in [(None, "hot"), (Some("--cold"), "cold")] {
         let mut cmd = bnlab();

@@ -92,11 +92,14 @@ pub enum BatchNormError {
         value: f64,
     },
     /// The kernel path asked for cannot run on this CPU.
-    #[error("this CPU cannot run the {isa:?} kernels")]
+    #[error("this CPU cannot run the {isa} kernels")]
     UnsupportedIsa {
         /// The path asked for.
         isa: crate::Isa,
     },
+    /// A kernel path named by a string that names none.
+    #[error("unknown kernel path {0:?}: use baseline, avx2 or avx512")]
+    UnknownIsa(String),
     /// Moments given to update running statistics hold fewer than 2 values in a channel: the
     /// unbiased variance `M2 / (count - 1)` is undefined.
     #[error("channel {channel} has {count} values: updating running statistics needs at least 2")]

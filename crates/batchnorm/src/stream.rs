@@ -42,7 +42,7 @@ const MAX_THRESHOLD_BYTES: usize = 16 << 20;
 #[inline]
 pub(crate) fn streaming<R>(isa: Isa, stream: bool, task: impl FnOnce(&Writer) -> R) -> R {
     let writer = Writer {
-        streams: stream && isa == Isa::Avx2,
+        streams: stream && isa.streams(),
         _same_thread: PhantomData,
     };
     let result = task(&writer);
@@ -59,7 +59,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Whether the kernels use non-temporal stores (only ever on the AVX2 path).
+    /// Whether the kernels use non-temporal stores (never on the baseline path).
     pub fn streams(&self) -> bool {
         self.streams
     }

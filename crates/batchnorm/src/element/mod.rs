@@ -18,6 +18,8 @@ pub use half::{bf16, f16};
 
 pub(crate) mod rounding;
 
+use rounding::HalfFormat;
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
@@ -92,6 +94,14 @@ pub(crate) fn to_f64_pair<T: Element>(xs: &[T; 2 * STEP]) -> [f64; 2 * STEP] {
     std::array::from_fn(|l| if l < STEP { a[l] } else { b[l - STEP] })
 }
 
+/// [`Element::from_f64`] of a step, out of the way of the kernels' loops: the 16-bit types'
+/// step conversions fall back on it about once in 2^13 steps.
+#[cold]
+#[inline(never)]
+fn from_f64_rare<T: Element>(v: [f64; STEP]) -> [T; STEP] {
+    v.map(T::from_f64)
+}
+
 /// A storage type that is also an arithmetic type: `f32` and `f64`. Parameters, statistics
 /// and the normalising map are of this kind.
 pub trait Float:
@@ -146,7 +156,7 @@ float!(f32, "f32");
 float!(f64, "f64");
 
 macro_rules! half_float {
-    ($t:ty, $name:literal, $widen:path, $narrow:path, $format:expr) => {
+    ($t:ty, $name:literal) => {
         impl Element for $t {
             type Param = f32;
             type Compute = f64;
@@ -154,12 +164,12 @@ macro_rules! half_float {
 
             #[inline(always)]
             fn to_f64(self) -> f64 {
-                f64::from($widen(self.to_bits()))
+                f64::from(<$t as HalfFormat>::widen(self.to_bits()))
             }
 
             #[inline(always)]
             fn from_f64(v: f64) -> Self {
-                <$t>::from_bits($narrow(rounding::f64_to_f32_odd(v)))
+                <$t>::from_bits(<$t as HalfFormat>::narrow(rounding::f64_to_f32_odd(v)))
             }
 
             // (`bf16` and `f16` have inherent `to_f64` and `from_f64`, which would take
@@ -176,17 +186,14 @@ macro_rules! half_float {
 
             #[inline(always)]
             fn to_f64_step(xs: [Self; STEP]) -> [f64; STEP] {
-                let bits = xs.map(|x| x.to_bits());
-                $format
-                    .widen_step(bits)
-                    .unwrap_or_else(|| xs.map(<Self as Element>::to_f64))
+                <$t as HalfFormat>::widen_step(xs.map(|x| x.to_bits()))
             }
 
             #[inline(always)]
             fn from_f64_step(v: [f64; STEP]) -> [Self; STEP] {
-                match $format.narrow_step(v) {
+                match <$t as HalfFormat>::narrow_step(v) {
                     Some(bits) => bits.map(<$t>::from_bits),
-                    None => v.map(<Self as Element>::from_f64),
+                    None => from_f64_rare(v),
                 }
             }
 
@@ -203,17 +210,5 @@ macro_rules! half_float {
     };
 }
 
-half_float!(
-    bf16,
-    "bf16",
-    rounding::bf16_to_f32,
-    rounding::f32_to_bf16,
-    rounding::BF16
-);
-half_float!(
-    f16,
-    "f16",
-    rounding::f16_to_f32,
-    rounding::f32_to_f16,
-    rounding::F16
-);
+half_float!(bf16, "bf16");
+half_float!(f16, "f16");
