@@ -106,7 +106,7 @@ impl Normalization {
     pub fn from_mean_var(mean: f64, var: f64, eps: f64, weight: f64, bias: f64) -> Self {
         Self {
             mean,
-            invstd: 1.0 / (var + eps).sqrt(),
+            invstd: invstd(var, eps),
             weight,
             bias,
         }
@@ -116,6 +116,12 @@ impl Normalization {
     pub(crate) fn map<T: Element>(&self) -> NormMap<T> {
         NormMap::<T>::new(self.mean, self.invstd, self.weight, self.bias)
     }
+}
+
+/// `1 / sqrt(var + eps)`.
+#[inline]
+pub(crate) fn invstd(var: f64, eps: f64) -> f64 {
+    1.0 / (var + eps).sqrt()
 }
 
 /// The per-channel map of the input gradient, `dx = k * ((dy - a) - (x - mean) * b)`.

@@ -682,6 +682,18 @@ impl<T: Element> BatchNorm<T> {
         Normalization::from_mean_var(mean, var, self.config.eps, weight, bias)
     }
 
+    /// Fills `saved`'s `f64` means and invstds from each channel's mean and biased variance, in
+    /// one loop over the channels (no per-channel call: the square roots and divisions
+    /// vectorise). The same invstd as [`normalization`](Self::normalization)'s.
+    fn saved_statistics(&self, saved: &mut Saved<T>, stats: impl Iterator<Item = (f64, f64)>) {
+        let eps = self.config.eps;
+        let out = saved.mean64.iter_mut().zip(saved.invstd64.iter_mut());
+        for ((mean, invstd), (m, v)) in out.zip(stats) {
+            *mean = m;
+            *invstd = stages::invstd(v, eps);
+        }
+    }
+
     /// Its map for `T` tensors.
     fn channel_map(
         &self,
@@ -819,23 +831,31 @@ impl<T: Element> BatchNorm<T> {
                 );
             }
             Statistics::Running => {
-                for ch in 0..c {
-                    let (mean, var) = self.running(ch);
-                    ws.maps[ch] = self.channel_map(ch, mean, var, None);
+                let running = self.running_mean.iter().zip(&self.running_var);
+                let running = running.map(|(m, v)| (m.to_f64(), v.to_f64()));
+                self.saved_statistics(saved, running);
+                for (ch, map) in ws.maps.iter_mut().enumerate() {
+                    let (mean, invstd) = (saved.mean64[ch], saved.invstd64[ch]);
+                    let (weight, bias) = (self.gamma(ch), self.beta(ch));
+                    *map = Normalization {
+                        mean,
+                        invstd,
+                        weight,
+                        bias,
+                    }
+                    .map::<T>();
                 }
                 normalize(x, epi, y, geo, 0..c, exec, &ws.maps, &mut ws.wide_maps);
             }
         }
-        for ch in 0..c {
-            let (mean, var) = match statistics {
-                Statistics::Batch => (ws.moments[ch].mean, ws.moments[ch].variance()),
-                Statistics::Running => self.running(ch),
-            };
-            saved.mean64[ch] = mean;
-            saved.invstd64[ch] = self.normalization(ch, mean, var, None).invstd;
+        if statistics == Statistics::Batch {
+            let moments = ws.moments.iter().map(|m| (m.mean, m.variance()));
+            self.saved_statistics(saved, moments);
             if renorm.is_some() {
-                let corr = self.renorm_correction(ch, mean, var, renorm);
-                saved.renorm.push(corr);
+                let corrections = ws.moments.iter().enumerate();
+                let corrections = corrections
+                    .map(|(ch, m)| self.renorm_correction(ch, m.mean, m.variance(), renorm));
+                saved.renorm.extend(corrections);
             }
         }
         saved
