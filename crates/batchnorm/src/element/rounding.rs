@@ -79,25 +79,27 @@ pub(crate) fn f32_to_f16(f: f32) -> u16 {
     (magnitude | sign) as u16
 }
 
-/// 2^112 as an `f32`: the ratio of an f16's value to that of its exponent and mantissa bits
-/// moved into an `f32`'s places (exponent bias 127 against 15).
-const F32_F16_REBIAS: u32 = (127 + 112) << 23;
-
 /// The `f32` value of f16 bits: exact.
 #[inline(always)]
 pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let h = u32::from(h);
-    // Exponent and mantissa moved into an `f32`'s places, then scaled by 2^112: exact for
-    // normal values (a change of exponent) and for subnormals too (an `f32` subnormal times
-    // 2^112 is a normal `f32`). Infinity and NaN: all exponent bits, the mantissa kept.
-    let a = (h & 0x7fff) << 13;
-    let scaled = (f32::from_bits(a) * f32::from_bits(F32_F16_REBIAS)).to_bits();
-    let magnitude = if a >= 0x7c00 << 13 {
-        a | 0x7f80_0000
+    let sign = (h & 0x8000) << 16;
+    let a = h & 0x7fff;
+    // Normal: rebias the exponent (15 -> 127). Subnormal (and zero): the integer mantissa times
+    // 2^-24, exact, without touching an `f32` subnormal (which costs a microcode assist per
+    // value on some x86 cores, and f16 gradients are often subnormal). Infinity and NaN: all
+    // exponent bits.
+    let normal = (a << 13) + ((127 - 15) << 23);
+    let sub = (a as f32 * f32::from_bits((127 - 24) << 23)).to_bits();
+    let special = (a << 13) | 0x7f80_0000;
+    let magnitude = if a >= 0x7c00 {
+        special
+    } else if a < 0x400 {
+        sub
     } else {
-        scaled
+        normal
     };
-    f32::from_bits(magnitude | ((h & 0x8000) << 16))
+    f32::from_bits(magnitude | sign)
 }
 
 /// A 16-bit format, for the conversions of the element-wise kernels: plain lane-wise code
