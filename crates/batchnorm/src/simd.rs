@@ -29,45 +29,44 @@ pub enum Isa {
 impl Isa {
     /// The best path this machine supports (detected once).
     pub fn detect() -> Isa {
-        *Isa::available()
+        *Isa::paths()
             .last()
             .expect("the baseline is always available")
     }
 
     /// Every path this machine supports, baseline first (detected once).
     pub fn available() -> Vec<Isa> {
+        Isa::paths().to_vec()
+    }
+
+    /// Whether this machine can run the path.
+    pub fn is_supported(self) -> bool {
+        Isa::paths().contains(&self)
+    }
+
+    /// The paths this machine supports, baseline first, detected on the first call.
+    fn paths() -> &'static [Isa] {
         static PATHS: OnceLock<Vec<Isa>> = OnceLock::new();
-        PATHS
-            .get_or_init(|| {
-                let mut v = vec![Isa::Baseline];
-                #[cfg(target_arch = "x86_64")]
-                {
-                    use std::is_x86_feature_detected as has;
-                    if has!("avx2") && has!("fma") {
-                        v.push(Isa::Avx2);
-                        if has!("avx512f")
-                            && has!("avx512bw")
-                            && has!("avx512vl")
-                            && has!("avx512dq")
-                        {
-                            v.push(Isa::Avx512);
-                        }
+        PATHS.get_or_init(|| {
+            let mut v = vec![Isa::Baseline];
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::is_x86_feature_detected as has;
+                if has!("avx2") && has!("fma") {
+                    v.push(Isa::Avx2);
+                    if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") {
+                        v.push(Isa::Avx512);
                     }
                 }
-                v
-            })
-            .clone()
+            }
+            v
+        })
     }
 
     /// Whether the path writes with non-temporal stores from vector registers (see
     /// [`crate::stream`]).
     pub(crate) fn streams(self) -> bool {
         self != Isa::Baseline
-    }
-
-    /// Whether this machine can run the path.
-    pub fn is_supported(self) -> bool {
-        Isa::available().contains(&self)
     }
 
     /// Every path, whether or not this machine supports it.
