@@ -98,8 +98,11 @@ pub enum BatchNormError {
         isa: crate::Isa,
     },
     /// A kernel path named by a string that names none.
-    #[error("unknown kernel path {0:?}: use baseline, avx2 or avx512")]
-    UnknownIsa(String),
+    #[error("unknown kernel path {name:?}: use baseline, avx2 or avx512")]
+    UnknownIsa {
+        /// The name given.
+        name: String,
+    },
     /// Moments given to update running statistics hold fewer than 2 values in a channel: the
     /// unbiased variance `M2 / (count - 1)` is undefined.
     #[error("channel {channel} has {count} values: updating running statistics needs at least 2")]

@@ -96,7 +96,9 @@ impl std::str::FromStr for Isa {
         Isa::ALL
             .into_iter()
             .find(|isa| isa.name() == s)
-            .ok_or_else(|| crate::BatchNormError::UnknownIsa(s.to_string()))
+            .ok_or_else(|| crate::BatchNormError::UnknownIsa {
+                name: s.to_string(),
+            })
     }
 }
 
@@ -610,7 +612,7 @@ mod tests {
         }
         assert!(matches!(
             "sse9".parse::<Isa>(),
-            Err(crate::BatchNormError::UnknownIsa(s)) if s == "sse9"
+            Err(crate::BatchNormError::UnknownIsa { name }) if name == "sse9"
         ));
         let available = Isa::available();
         assert_eq!(available[0], Isa::Baseline);
