@@ -124,16 +124,15 @@ impl LrSweepArgs {
     }
 }
 
-/// `bnlab batch-size`.
+/// How the batch-size experiments size their runs of fig1's MLP: the same number of examples
+/// at every batch size, the learning rate scaled linearly with the batch.
 #[derive(Debug, Clone, Args)]
-pub struct BatchSizeArgs {
-    /// Batch sizes (each 2 to 1000), e.g. `2,4` or `2 4`.
-    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [2, 4, 8, 16, 32, 64, 128])]
-    pub batch_sizes: Vec<usize>,
-    /// Training examples every run sees (steps = examples / batch size).
+pub struct ScaledRuns {
+    /// Training examples every run sees (steps = examples / batch size; the global batch under
+    /// SyncBN).
     #[arg(long, default_value_t = 240_000)]
     pub examples: usize,
-    /// Learning rate at batch size --lr-batch; batch B uses lr * B / lr-batch.
+    /// Learning rate at batch size --lr-batch; a (global) batch B uses lr * B / lr-batch.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub lr: f64,
     /// The batch size --lr refers to.
@@ -142,6 +141,16 @@ pub struct BatchSizeArgs {
     /// Standard deviation of the Gaussian initial weights (fig1's); biases 0.
     #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub init_std: f64,
+}
+
+/// `bnlab batch-size`.
+#[derive(Debug, Clone, Args)]
+pub struct BatchSizeArgs {
+    /// Batch sizes (each 2 to 1000), e.g. `2,4` or `2 4`.
+    #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [2, 4, 8, 16, 32, 64, 128])]
+    pub batch_sizes: Vec<usize>,
+    #[command(flatten)]
+    pub scaled: ScaledRuns,
     /// Test-accuracy evaluations per run, evenly spaced.
     #[arg(long, default_value_t = 10)]
     pub evals: usize,
@@ -158,10 +167,10 @@ impl BatchSizeArgs {
     pub fn config(&self) -> batch_size::Config {
         batch_size::Config {
             batch_sizes: self.batch_sizes.clone(),
-            examples: self.examples,
-            lr: self.lr,
-            lr_batch: self.lr_batch,
-            init_std: self.init_std,
+            examples: self.scaled.examples,
+            lr: self.scaled.lr,
+            lr_batch: self.scaled.lr_batch,
+            init_std: self.scaled.init_std,
             evals: self.evals,
             seed: self.common.seed,
             threads: self.common.threads,
@@ -177,18 +186,8 @@ pub struct SmallBatchArgs {
     /// Batch sizes of BN, Batch Renorm and GroupNorm (each 2 to 1000), e.g. `2,4` or `2 4`.
     #[arg(long, num_args = 1.., value_delimiter = ',', default_values_t = [2, 4, 8, 16, 32])]
     pub batch_sizes: Vec<usize>,
-    /// Training examples every run sees (steps = examples / global batch size).
-    #[arg(long, default_value_t = 240_000)]
-    pub examples: usize,
-    /// Learning rate at batch size --lr-batch; a (global) batch B uses lr * B / lr-batch.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub lr: f64,
-    /// The batch size --lr refers to.
-    #[arg(long, default_value_t = 128)]
-    pub lr_batch: usize,
-    /// Standard deviation of the Gaussian initial weights (fig1's); biases 0.
-    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
-    pub init_std: f64,
+    #[command(flatten)]
+    pub scaled: ScaledRuns,
     /// GroupNorm's groups per 100-unit hidden layer (a divisor of 100).
     #[arg(long, default_value_t = 10)]
     pub groups: usize,
@@ -226,10 +225,10 @@ impl SmallBatchArgs {
     pub fn config(&self) -> small_batch::Config {
         small_batch::Config {
             batch_sizes: self.batch_sizes.clone(),
-            examples: self.examples,
-            lr: self.lr,
-            lr_batch: self.lr_batch,
-            init_std: self.init_std,
+            examples: self.scaled.examples,
+            lr: self.scaled.lr,
+            lr_batch: self.scaled.lr_batch,
+            init_std: self.scaled.init_std,
             groups: self.groups,
             rmax: self.rmax,
             dmax: self.dmax,
