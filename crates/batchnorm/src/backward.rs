@@ -3,12 +3,13 @@
 use std::ops::Range;
 
 use crate::element::{to_f64_pair, Element};
+use crate::gate::{Gate, Gates, Open, ReluGate};
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
 use crate::plan::{
     column_strips, fold_widened_in_place, map_channels, map_per_channel, reduce_per_channel,
-    step_sum, strip_step, strips, widen, Apply, Disjoint, Exec, FourCoefficients, Span,
-    StripPrefetch, UnitRuns, WideMaps,
+    step_sum, strip_step, strips, widen, Apply, Coefficients, Disjoint, Exec, Span, StripPrefetch,
+    UnitRuns, WideMaps,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead, MAP_CHUNK};
@@ -60,41 +61,66 @@ impl GradSums {
 multiversion! {
     /// The sums of `out.len()` neighbouring channels over the runs `u` of channels-first input:
     /// `x` and `dy` start at the first channel's run in the first block; `mean` holds those
-    /// channels' means.
+    /// channels' means, `gates` (if any) their ReLU gates.
+    #[allow(clippy::too_many_arguments)]
     fn unit_grad_sums<T>(
         x: &[T],
         dy: &[T],
         u: UnitRuns,
         mean: &[f64],
+        gates: Option<&[ReluGate]>,
         out: &mut [GradSums],
         scratch: &mut [f64],
     ) {
-        let (g, inner) = (out.len(), u.inner);
-        let (lanes, _) = scratch.as_chunks_mut::<LANES>();
-        let (s, sx) = lanes.split_at_mut(g);
-        for k in 0..u.count {
-            let r = k * u.stride..k * u.stride + g * inner;
-            let runs = x[r.clone()].chunks_exact(inner).zip(dy[r].chunks_exact(inner));
-            for (j, (xr, dr)) in runs.enumerate() {
-                let ahead = u.ahead::<T>(g, j, k);
-                add_grad_lanes(&mut s[j], &mut sx[j], xr, dr, mean[j], ahead);
-            }
-        }
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = GradSums { dy: s[j].iter().sum(), dy_xmu: sx[j].iter().sum() };
+        match gates {
+            None => unit_sums(x, dy, u, mean, |_| Open, out, scratch),
+            Some(g) => unit_sums(x, dy, u, mean, |j| g[j], out, scratch),
         }
     }
 }
 
-/// `s[l] += dy[i]`, `sx[l] += dy[i] * (x[i] - mean)` (in `f64`) for `i % LANES == l`, in order;
-/// prefetching as `ahead` says.
+/// [`unit_grad_sums`] with the gate `gate(j)` on channel `j`'s gradient.
 #[inline(always)]
-fn add_grad_lanes<T: Element>(
+fn unit_sums<T: Element, G: Gate>(
+    x: &[T],
+    dy: &[T],
+    u: UnitRuns,
+    mean: &[f64],
+    gate: impl Fn(usize) -> G,
+    out: &mut [GradSums],
+    scratch: &mut [f64],
+) {
+    let (g, inner) = (out.len(), u.inner);
+    let (lanes, _) = scratch.as_chunks_mut::<LANES>();
+    let (s, sx) = lanes.split_at_mut(g);
+    for k in 0..u.count {
+        let r = k * u.stride..k * u.stride + g * inner;
+        let runs = x[r.clone()]
+            .chunks_exact(inner)
+            .zip(dy[r].chunks_exact(inner));
+        for (j, (xr, dr)) in runs.enumerate() {
+            let ahead = u.ahead::<T>(g, j, k);
+            add_grad_lanes(&mut s[j], &mut sx[j], xr, dr, mean[j], gate(j), ahead);
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = GradSums {
+            dy: s[j].iter().sum(),
+            dy_xmu: sx[j].iter().sum(),
+        };
+    }
+}
+
+/// `s[l] += dy[i]`, `sx[l] += dy[i] * (x[i] - mean)` (in `f64`, `dy[i]` taken as 0 where the
+/// gate stops it) for `i % LANES == l`, in order; prefetching as `ahead` says.
+#[inline(always)]
+fn add_grad_lanes<T: Element, G: Gate>(
     s: &mut [f64; LANES],
     sx: &mut [f64; LANES],
     x: &[T],
     dy: &[T],
     mean: f64,
+    gate: G,
     ahead: RunAhead,
 ) {
     let (xc, xt) = x.as_chunks::<LANES>();
@@ -105,83 +131,138 @@ fn add_grad_lanes<T: Element>(
         ahead.prefetch(ds, at);
         let (x, d) = (to_f64_pair(xs), to_f64_pair(ds));
         for l in 0..LANES {
-            s[l] += d[l];
-            sx[l] += d[l] * (x[l] - mean);
+            let d = gated(gate, x[l], d[l]);
+            s[l] += d;
+            sx[l] += d * (x[l] - mean);
         }
     }
     for (l, (&xv, &dv)) in xt.iter().zip(dt).enumerate() {
-        let d = dv.to_f64();
+        let x = xv.to_f64();
+        let d = gated(gate, x, dv.to_f64());
         s[l] += d;
-        sx[l] += d * (xv.to_f64() - mean);
+        sx[l] += d * (x - mean);
+    }
+}
+
+/// `dy` where `gate` lets it through at `x`, else +0 (what a masked copy of `dy` would hold).
+#[inline(always)]
+fn gated<G: Gate>(gate: G, x: f64, dy: f64) -> f64 {
+    if gate.stops(x) {
+        0.0
+    } else {
+        dy
     }
 }
 
 multiversion! {
     /// The per-channel sums over a block of rows, vectorised along widened rows; `mean` is the
-    /// per-channel mean repeated over one widened row.
+    /// per-channel mean repeated over one widened row, `gates` (if any) the ReLU gates' signs
+    /// and bounds likewise.
     fn block_grad_sums<T>(
         x: &[T],
         dy: &[T],
         mean: &[f64],
+        gates: Option<[&[f64]; 2]>,
         out: &mut [GradSums],
         scratch: &mut [f64],
     ) {
-        let (c, w) = (out.len(), mean.len());
-        let (s, sx) = scratch.split_at_mut(w);
-        let row = |s: &mut [f64], sx: &mut [f64], mean: &[f64], xr: &[T], dr: &[T]| {
-            prefetch_ahead(xr);
-            prefetch_ahead(dr);
-            let acc = s.iter_mut().zip(sx.iter_mut()).zip(mean);
-            for (((s, sx), &m), (&xv, &dv)) in acc.zip(xr.iter().zip(dr)) {
-                add_grad_terms(s, sx, m, [xv], [dv]);
+        match gates {
+            None => block_sums(x, dy, [mean], |[m]| (m, Open), out, scratch),
+            Some([sign, bound]) => {
+                let split = |[m, sign, bound]: [f64; 3]| (m, ReluGate { sign, bound });
+                block_sums(x, dy, [mean, sign, bound], split, out, scratch)
             }
-        };
-        // Two widened rows per step, read side by side with their dy (four streams, as the
-        // statistics' four rows; four rows of both inputs ran out of registers): their terms
-        // are added together first, so the accumulators (in L1, too many for registers) are
-        // loaded and stored once per two. Wide rows go one column strip at a time (the same
-        // sums per position, in the same order).
-        let pairs = x.len() / (2 * w);
-        let split = x.len() / w * w;
-        for cols in column_strips(w) {
-            // A step reads two rows of each input.
-            let size = size_of::<T>();
-            let ahead = StripPrefetch::new(pairs, 2 * cols.len() * size, 2 * w * size);
-            let (s, sx, mean) = (&mut s[cols.clone()], &mut sx[cols.clone()], &mean[cols.clone()]);
-            for p in 0..pairs {
-                let ([x0, x1], [d0, d1]) = (strips(x, w, &cols, 2 * p), strips(dy, w, &cols, 2 * p));
-                strip_step([x0, x1, d0, d1], s, sx, mean, ahead.far(p), |s, sx, m, [u0, u1, e0, e1]| {
-                    add_grad_terms(s, sx, m, [u0, u1], [e0, e1])
-                });
-            }
-            for r in 2 * pairs..split / w {
-                let ([xr], [dr]) = (strips(x, w, &cols, r), strips(dy, w, &cols, r));
-                row(s, sx, mean, xr, dr);
-            }
-        }
-        for (xr, dr) in x[split..].chunks_exact(c).zip(dy[split..].chunks_exact(c)) {
-            row(s, sx, mean, xr, dr);
-        }
-        fold_widened_in_place(s, c);
-        fold_widened_in_place(sx, c);
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = GradSums { dy: s[i], dy_xmu: sx[i] };
         }
     }
 }
 
-/// Adds the terms of one position of `R` rows (values `x`, `dy`; one row, or two added first,
-/// see [`step_sum`]): `s += sum(dy)`, `sx += sum(dy * (x - mean))`, in `f64`.
+/// [`block_grad_sums`] with the `K` per-position coefficients `coefs`, which `split` turns into
+/// the mean and the gate of a position.
 #[inline(always)]
-fn add_grad_terms<T: Element, const R: usize>(
+fn block_sums<T: Element, G: Gate, const K: usize>(
+    x: &[T],
+    dy: &[T],
+    coefs: [&[f64]; K],
+    split: impl Fn([f64; K]) -> (f64, G) + Copy,
+    out: &mut [GradSums],
+    scratch: &mut [f64],
+) {
+    let (c, w) = (out.len(), coefs[0].len());
+    let (s, sx) = scratch.split_at_mut(w);
+    let row = |s: &mut [f64], sx: &mut [f64], coefs: [&[f64]; K], xr: &[T], dr: &[T]| {
+        prefetch_ahead(xr);
+        prefetch_ahead(dr);
+        let acc = s.iter_mut().zip(sx.iter_mut());
+        for (k, ((s, sx), (&xv, &dv))) in acc.zip(xr.iter().zip(dr)).enumerate() {
+            add_grad_terms(
+                s,
+                sx,
+                split(std::array::from_fn(|i| coefs[i][k])),
+                [xv],
+                [dv],
+            );
+        }
+    };
+    // Two widened rows per step, read side by side with their dy (four streams, as the
+    // statistics' four rows; four rows of both inputs ran out of registers): their terms are
+    // added together first, so the accumulators (in L1, too many for registers) are loaded and
+    // stored once per two. Wide rows go one column strip at a time (the same sums per position,
+    // in the same order).
+    let pairs = x.len() / (2 * w);
+    let split_at = x.len() / w * w;
+    for cols in column_strips(w) {
+        // A step reads two rows of each input.
+        let size = size_of::<T>();
+        let ahead = StripPrefetch::new(pairs, 2 * cols.len() * size, 2 * w * size);
+        let (s, sx) = (&mut s[cols.clone()], &mut sx[cols.clone()]);
+        let coefs: [_; K] = std::array::from_fn(|i| &coefs[i][cols.clone()]);
+        for p in 0..pairs {
+            let ([x0, x1], [d0, d1]) = (strips(x, w, &cols, 2 * p), strips(dy, w, &cols, 2 * p));
+            let rows = [x0, x1, d0, d1];
+            strip_step(
+                rows,
+                s,
+                sx,
+                coefs,
+                ahead.far(p),
+                |s, sx, c, [u0, u1, e0, e1]| add_grad_terms(s, sx, split(c), [u0, u1], [e0, e1]),
+            );
+        }
+        for r in 2 * pairs..split_at / w {
+            let ([xr], [dr]) = (strips(x, w, &cols, r), strips(dy, w, &cols, r));
+            row(s, sx, coefs, xr, dr);
+        }
+    }
+    let tail = x[split_at..]
+        .chunks_exact(c)
+        .zip(dy[split_at..].chunks_exact(c));
+    for (xr, dr) in tail {
+        row(s, sx, coefs, xr, dr);
+    }
+    fold_widened_in_place(s, c);
+    fold_widened_in_place(sx, c);
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = GradSums {
+            dy: s[i],
+            dy_xmu: sx[i],
+        };
+    }
+}
+
+/// Adds the terms of one position of `R` rows (values `x`, `dy`; one row, or two added first,
+/// see [`step_sum`]) with that position's mean and gate: `s += sum(dy)`,
+/// `sx += sum(dy * (x - mean))`, in `f64`, `dy` taken as 0 where the gate stops it.
+#[inline(always)]
+fn add_grad_terms<T: Element, G: Gate, const R: usize>(
     s: &mut f64,
     sx: &mut f64,
-    mean: f64,
+    (mean, gate): (f64, G),
     x: [T; R],
     dy: [T; R],
 ) {
-    let d = dy.map(T::to_f64);
-    let t: [f64; R] = std::array::from_fn(|r| d[r] * (x[r].to_f64() - mean));
+    let x = x.map(T::to_f64);
+    let d: [f64; R] = std::array::from_fn(|r| gated(gate, x[r], dy[r].to_f64()));
+    let t: [f64; R] = std::array::from_fn(|r| d[r] * (x[r] - mean));
     *s += step_sum(d);
     *sx += step_sum(t);
 }
@@ -205,12 +286,13 @@ pub(crate) fn grad_sums<T: Element>(
     if geo.is_rows() {
         widen(mean, wide_mean);
     }
-    let kernel = grad_sums_kernel(x, dy, geo, exec.isa, mean, wide_mean);
+    let kernel = grad_sums_kernel(x, dy, geo, exec.isa, mean, wide_mean, None);
     reduce_per_channel(geo, range, exec, parts, out, kernel, std::ops::Add::add);
 }
 
 /// The partial gradient sums of one unit of work (a [`Span`] of `x` and `dy`), one per channel
-/// it covers; `wide_mean` is `mean` widened (channels-last input only).
+/// it covers; `wide_mean` is `mean` widened (channels-last input only); with `gates`, of the
+/// gradient through each channel's ReLU.
 pub(crate) fn grad_sums_kernel<'a, T: Element>(
     x: &'a [T],
     dy: &'a [T],
@@ -218,10 +300,12 @@ pub(crate) fn grad_sums_kernel<'a, T: Element>(
     isa: Isa,
     mean: &'a [f64],
     wide_mean: &'a [f64],
+    gates: Option<&'a Gates>,
 ) -> impl Fn(Span, &mut [GradSums]) + Sync + 'a {
     move |span: Span, p: &mut [GradSums]| match span {
         Span::Rows(r) => with_zeroed(2 * wide_mean.len(), |s| {
-            block_grad_sums(isa, &x[r.clone()], &dy[r], wide_mean, p, s)
+            let g = gates.map(Gates::wide);
+            block_grad_sums(isa, &x[r.clone()], &dy[r], wide_mean, g, p, s)
         }),
         Span::Runs {
             elems,
@@ -229,11 +313,13 @@ pub(crate) fn grad_sums_kernel<'a, T: Element>(
             count,
             follow,
         } => {
-            let m = &mean[first..first + p.len()];
+            let channels = first..first + p.len();
+            let m = &mean[channels.clone()];
+            let g = gates.map(|g| &g.per_channel[channels]);
             let (xs, ds) = (&x[elems.clone()], &dy[elems]);
             let u = UnitRuns::new(geo, count, follow);
             with_zeroed(2 * p.len() * LANES, |s| {
-                unit_grad_sums(isa, xs, ds, u, m, p, s)
+                unit_grad_sums(isa, xs, ds, u, m, g, p, s)
             })
         }
     }
@@ -269,7 +355,7 @@ impl GradMap {
     }
 }
 
-impl FourCoefficients<f64> for GradMap {
+impl Coefficients<f64, 4> for GradMap {
     #[inline(always)]
     fn coefficients(&self) -> [f64; 4] {
         [self.mean, self.p, self.q, self.r]
@@ -281,23 +367,107 @@ impl FourCoefficients<f64> for GradMap {
     }
 }
 
-impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64> for GradMap {
+impl GradMap {
+    /// dx at one value.
+    #[inline(always)]
+    fn dx<T: Element>(self, x: f64, dy: f64) -> T {
+        let (p, q, r, mean) = (self.p, self.q, self.r, self.mean);
+        T::from_f64(p.mul_add(dy, q.mul_add(x - mean, r)))
+    }
+}
+
+/// dx of a step, lane `l` with the coefficients `c[k][l]` ([`GradMap::dx`]'s arithmetic).
+#[inline(always)]
+fn dx_lanes<T: Element>(
+    [mean, p, q, r]: [[f64; MAP_CHUNK]; 4],
+    x: [f64; MAP_CHUNK],
+    dy: [f64; MAP_CHUNK],
+) -> [T; MAP_CHUNK] {
+    T::from_f64_step(std::array::from_fn(|l| {
+        p[l].mul_add(dy[l], q[l].mul_add(x[l] - mean[l], r[l]))
+    }))
+}
+
+impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 4> for GradMap {
     #[inline(always)]
     fn apply(self, (x, dy): (T, T)) -> T {
-        let (p, q, r, mean) = (self.p, self.q, self.r, self.mean);
-        T::from_f64(p.mul_add(dy.to_f64(), q.mul_add(x.to_f64() - mean, r)))
+        self.dx(x.to_f64(), dy.to_f64())
     }
 
     #[inline(always)]
     fn apply_lanes(
-        [mean, p, q, r]: [[f64; MAP_CHUNK]; 4],
+        c: [[f64; MAP_CHUNK]; 4],
+        (x, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
+    ) -> [T; MAP_CHUNK] {
+        dx_lanes(c, T::to_f64_step(*x), T::to_f64_step(*dy))
+    }
+}
+
+/// A channel's dx map after a ReLU: [`GradMap`] of `dy` where the gate lets it through, of 0
+/// elsewhere (the same bits as the map of a masked copy of `dy`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct GatedGradMap {
+    pub grad: GradMap,
+    pub gate: ReluGate,
+}
+
+impl Coefficients<f64, 6> for GatedGradMap {
+    #[inline(always)]
+    fn coefficients(&self) -> [f64; 6] {
+        let [mean, p, q, r] = self.grad.coefficients();
+        [mean, p, q, r, self.gate.sign, self.gate.bound]
+    }
+
+    #[inline(always)]
+    fn from_coefficients([mean, p, q, r, sign, bound]: [f64; 6]) -> Self {
+        Self {
+            grad: GradMap { mean, p, q, r },
+            gate: ReluGate { sign, bound },
+        }
+    }
+}
+
+impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 6> for GatedGradMap {
+    #[inline(always)]
+    fn apply(self, (x, dy): (T, T)) -> T {
+        let x = x.to_f64();
+        self.grad.dx(x, gated(self.gate, x, dy.to_f64()))
+    }
+
+    #[inline(always)]
+    fn apply_lanes(
+        [mean, p, q, r, sign, bound]: [[f64; MAP_CHUNK]; 6],
         (x, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
     ) -> [T; MAP_CHUNK] {
         let (x, dy) = (T::to_f64_step(*x), T::to_f64_step(*dy));
-        T::from_f64_step(std::array::from_fn(|l| {
-            p[l].mul_add(dy[l], q[l].mul_add(x[l] - mean[l], r[l]))
-        }))
+        let dy = std::array::from_fn(|l| {
+            let gate = ReluGate {
+                sign: sign[l],
+                bound: bound[l],
+            };
+            gated(gate, x[l], dy[l])
+        });
+        dx_lanes([mean, p, q, r], x, dy)
     }
+}
+
+/// A per-channel dx map the passes below run: [`GradMap`], or [`GatedGradMap`] after a ReLU.
+pub(crate) trait DxMap: Copy + Default + Send + Sync {
+    /// The maps laid out over a widened row.
+    type Wide: Default + Sync;
+    /// Lays out `maps` over a widened row.
+    fn set_wide(wide: &mut Self::Wide, maps: &[Self]);
+    /// dx over consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
+    fn runs<T: Element>(
+        isa: Isa,
+        x: (&[T], &[T]),
+        dx: &mut [T],
+        inner: usize,
+        maps: &[Self],
+        stream: bool,
+    );
+    /// dx over rows of channels-last input.
+    fn rows<T: Element>(isa: Isa, x: (&[T], &[T]), dx: &mut [T], wide: &Self::Wide, stream: bool);
 }
 
 multiversion! {
@@ -310,33 +480,105 @@ multiversion! {
 multiversion! {
     /// dx over rows of channels-last input as one run whose positions cycle through the
     /// widened maps (see [`map_cyclic`]); `stream` as in [`map_runs`].
-    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideMaps<f64, GradMap>, stream: bool) {
+    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideMaps<f64, GradMap, 4>, stream: bool) {
         map_cyclic((x, dy), dx, stream, maps);
+    }
+}
+
+multiversion! {
+    /// [`runs_input_grad`] through the channels' ReLU gates.
+    fn runs_gated_grad<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[GatedGradMap], stream: bool) {
+        map_runs((x, dy), dx, inner, maps, stream);
+    }
+}
+
+multiversion! {
+    /// [`rows_input_grad`] through the channels' ReLU gates.
+    fn rows_gated_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideMaps<f64, GatedGradMap, 6>, stream: bool) {
+        map_cyclic((x, dy), dx, stream, maps);
+    }
+}
+
+impl DxMap for GradMap {
+    type Wide = WideMaps<f64, GradMap, 4>;
+
+    fn set_wide(wide: &mut Self::Wide, maps: &[Self]) {
+        wide.set(maps);
+    }
+
+    fn runs<T: Element>(
+        isa: Isa,
+        (x, dy): (&[T], &[T]),
+        dx: &mut [T],
+        inner: usize,
+        maps: &[Self],
+        stream: bool,
+    ) {
+        runs_input_grad(isa, x, dy, dx, inner, maps, stream);
+    }
+
+    fn rows<T: Element>(
+        isa: Isa,
+        (x, dy): (&[T], &[T]),
+        dx: &mut [T],
+        wide: &Self::Wide,
+        stream: bool,
+    ) {
+        rows_input_grad(isa, x, dy, dx, wide, stream);
+    }
+}
+
+impl DxMap for GatedGradMap {
+    type Wide = WideMaps<f64, GatedGradMap, 6>;
+
+    fn set_wide(wide: &mut Self::Wide, maps: &[Self]) {
+        wide.set(maps);
+    }
+
+    fn runs<T: Element>(
+        isa: Isa,
+        (x, dy): (&[T], &[T]),
+        dx: &mut [T],
+        inner: usize,
+        maps: &[Self],
+        stream: bool,
+    ) {
+        runs_gated_grad(isa, x, dy, dx, inner, maps, stream);
+    }
+
+    fn rows<T: Element>(
+        isa: Isa,
+        (x, dy): (&[T], &[T]),
+        dx: &mut [T],
+        wide: &Self::Wide,
+        stream: bool,
+    ) {
+        rows_gated_grad(isa, x, dy, dx, wide, stream);
     }
 }
 
 /// Writes the channels in `range` (all channels for channels-last input) of `dx`. `maps` holds
 /// every channel's map.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn input_grad<T: Element>(
+pub(crate) fn input_grad<T: Element, M: DxMap>(
     x: &[T],
     dy: &[T],
     dx: &mut [T],
     geo: Geometry,
     range: Range<usize>,
     exec: Exec,
-    maps: &[GradMap],
-    wide: &mut WideMaps<f64, GradMap>,
+    maps: &[M],
+    wide: &mut M::Wide,
 ) {
     if geo.is_rows() {
-        wide.set(maps);
+        M::set_wide(wide, maps);
     }
     let (wide, inner) = (&*wide, geo.inner);
     map_per_channel(geo, range, exec, dx, |span, gs, w| match span {
-        Span::Rows(r) => rows_input_grad(exec.isa, &x[r.clone()], &dy[r], gs, wide, w.streams()),
+        Span::Rows(r) => M::rows(exec.isa, (&x[r.clone()], &dy[r]), gs, wide, w.streams()),
         Span::Runs { elems, first, .. } => {
-            let (xs, ds) = (&x[elems.clone()], &dy[elems]);
-            runs_input_grad(exec.isa, xs, ds, gs, inner, &maps[first..], w.streams())
+            let xs = (&x[elems.clone()], &dy[elems]);
+            M::runs(exec.isa, xs, gs, inner, &maps[first..], w.streams())
         }
     });
 }
@@ -344,7 +586,7 @@ pub(crate) fn input_grad<T: Element>(
 /// Writes the channels in `range` of channels-first `dx` in outer blocks `blocks` with `maps`
 /// (one per channel of `range`), on this thread.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn input_grad_channels<T: Element>(
+pub(crate) fn input_grad_channels<T: Element, M: DxMap>(
     x: &[T],
     dy: &[T],
     dx: &Disjoint<'_, T>,
@@ -352,11 +594,11 @@ pub(crate) fn input_grad_channels<T: Element>(
     range: Range<usize>,
     blocks: Range<usize>,
     exec: Exec,
-    maps: &[GradMap],
+    maps: &[M],
 ) {
     map_channels(geo, range, blocks, exec, dx, |run, gs, w| {
-        let (xs, ds) = (&x[run.clone()], &dy[run]);
-        runs_input_grad(exec.isa, xs, ds, gs, geo.inner, maps, w.streams())
+        let xs = (&x[run.clone()], &dy[run]);
+        M::runs(exec.isa, xs, gs, geo.inner, maps, w.streams())
     });
 }
 

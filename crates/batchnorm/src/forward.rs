@@ -7,7 +7,7 @@ use std::ops::Range;
 use crate::element::{Element, Float};
 use crate::layout::Geometry;
 use crate::plan::{
-    map_channels, map_per_channel, Apply, Disjoint, Exec, FourCoefficients, Span, WideMaps,
+    map_channels, map_per_channel, Apply, Coefficients, Disjoint, Exec, Span, WideMaps,
 };
 use crate::simd::{map_cyclic, map_runs, multiversion, Isa, MAP_CHUNK};
 
@@ -54,6 +54,26 @@ impl<C: Float> ChannelMap<C> {
     fn pre(self, x: C) -> C {
         ((x - self.mean_hi) - self.mean_lo) * self.scale + self.shift
     }
+}
+
+impl<C: Float> ChannelMap<C> {
+    /// Whether the map increases (`Some(true)`) or decreases (`Some(false)`) with `x`, over
+    /// every value, infinities included: when its coefficients are finite and its slope is not
+    /// zero. Each of its operations is then a correctly rounded subtraction, multiplication or
+    /// addition with a finite non-zero constant, monotonic in the same direction, and none gives
+    /// NaN for an input that is not NaN. `None` otherwise (a zero weight, non-finite statistics
+    /// or parameters).
+    pub(crate) fn direction(self) -> Option<bool> {
+        let coefficients = [self.mean_hi, self.mean_lo, self.scale, self.shift];
+        let finite = coefficients.iter().all(|c| c.to_f64().is_finite());
+        (finite && self.scale != C::ZERO).then(|| self.scale > C::ZERO)
+    }
+}
+
+/// Whether the fused forward with a ReLU (`y = relu(map(x))`, rounded to `T`) gives `y <= 0`
+/// at `x`, exactly as its kernels do.
+pub(crate) fn relu_zeroes<T: Element>(map: NormMap<T>, x: T) -> bool {
+    Relu(map).apply(x).to_f64() <= 0.0
 }
 
 /// The map of a step, lane `l` with the coefficients `c[k][l]`, before rounding: the same
@@ -115,7 +135,7 @@ fn add_relu_maps<M>(maps: &[M]) -> &[AddRelu<M>] {
 
 macro_rules! forward_coefficients {
     ($wrapper:ident) => {
-        impl<C: Copy, M: FourCoefficients<C>> FourCoefficients<C> for $wrapper<M> {
+        impl<C: Copy, M: Coefficients<C, 4>> Coefficients<C, 4> for $wrapper<M> {
             #[inline(always)]
             fn coefficients(&self) -> [C; 4] {
                 self.0.coefficients()
@@ -131,7 +151,7 @@ macro_rules! forward_coefficients {
 forward_coefficients!(Relu);
 forward_coefficients!(AddRelu);
 
-impl<C: Copy> FourCoefficients<C> for ChannelMap<C> {
+impl<C: Copy> Coefficients<C, 4> for ChannelMap<C> {
     #[inline(always)]
     fn coefficients(&self) -> [C; 4] {
         [self.mean_hi, self.mean_lo, self.scale, self.shift]
@@ -148,7 +168,7 @@ impl<C: Copy> FourCoefficients<C> for ChannelMap<C> {
     }
 }
 
-impl<T: Element> Apply<&[T], T, T::Compute> for NormMap<T> {
+impl<T: Element> Apply<&[T], T, T::Compute, 4> for NormMap<T> {
     #[inline(always)]
     fn apply(self, x: T) -> T {
         T::from_compute(self.pre(x.to_compute()))
@@ -160,7 +180,7 @@ impl<T: Element> Apply<&[T], T, T::Compute> for NormMap<T> {
     }
 }
 
-impl<T: Element> Apply<&[T], T, T::Compute> for Relu<NormMap<T>> {
+impl<T: Element> Apply<&[T], T, T::Compute, 4> for Relu<NormMap<T>> {
     #[inline(always)]
     fn apply(self, x: T) -> T {
         T::from_compute(relu(self.0.pre(x.to_compute())))
@@ -175,7 +195,7 @@ impl<T: Element> Apply<&[T], T, T::Compute> for Relu<NormMap<T>> {
 /// The residual is added in the compute type: for `f32` tensors `bn(x)` is rounded to `f32`
 /// before the addition rounds again (as PyTorch's separate ops do), for the others the sum is
 /// exact up to `f64` roundings and rounded once to the storage type.
-impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, T::Compute> for AddRelu<NormMap<T>> {
+impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, T::Compute, 4> for AddRelu<NormMap<T>> {
     #[inline(always)]
     fn apply(self, (x, r): (T, T)) -> T {
         T::from_compute(relu(self.0.pre(x.to_compute()) + r.to_compute()))
@@ -202,7 +222,7 @@ multiversion! {
 multiversion! {
     /// Rows of channels-last input as one run whose positions cycle through the widened maps
     /// `wide` (see [`map_cyclic`]); `stream` as in [`map_runs`].
-    fn normalize_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T::Compute, NormMap<T>>, stream: bool) {
+    fn normalize_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T::Compute, NormMap<T>, 4>, stream: bool) {
         map_cyclic(x, y, stream, wide);
     }
 }
@@ -216,7 +236,7 @@ multiversion! {
 
 multiversion! {
     /// [`normalize_rows`] followed by a ReLU.
-    fn relu_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T::Compute, Relu<NormMap<T>>>, stream: bool) {
+    fn relu_rows<T>(x: &[T], y: &mut [T], wide: &WideMaps<T::Compute, Relu<NormMap<T>>, 4>, stream: bool) {
         map_cyclic(x, y, stream, wide);
     }
 }
@@ -241,7 +261,7 @@ multiversion! {
         x: &[T],
         r: &[T],
         y: &mut [T],
-        wide: &WideMaps<T::Compute, AddRelu<NormMap<T>>>,
+        wide: &WideMaps<T::Compute, AddRelu<NormMap<T>>, 4>,
         stream: bool,
     ) {
         map_cyclic((x, r), y, stream, wide);
@@ -279,7 +299,7 @@ fn rows_with<T: Element>(
     epi: Epilogue<'_, T>,
     elems: Range<usize>,
     y: &mut [T],
-    wide: &WideMaps<T::Compute, NormMap<T>>,
+    wide: &WideMaps<T::Compute, NormMap<T>, 4>,
     stream: bool,
 ) {
     match epi {
@@ -303,7 +323,7 @@ pub(crate) fn normalize<T: Element>(
     range: Range<usize>,
     exec: Exec,
     maps: &[NormMap<T>],
-    wide: &mut WideMaps<T::Compute, NormMap<T>>,
+    wide: &mut WideMaps<T::Compute, NormMap<T>, 4>,
 ) {
     if geo.is_rows() {
         wide.set(maps);

@@ -48,6 +48,7 @@ mod config;
 mod element;
 mod error;
 mod forward;
+mod gate;
 mod layout;
 mod par;
 mod plan;

@@ -340,13 +340,18 @@ impl<'a, T: Copy> Inputs for (&'a [T], &'a [T]) {
 /// short runs still fill whole cache lines; a step that straddles two runs maps its values
 /// both ways and keeps the right ones.
 #[inline(always)]
-pub(crate) fn map_runs<I: Inputs, U: Copy + Default, V: Copy, M: Apply<I, U, V>>(
+pub(crate) fn map_runs<I, U, V, M, const K: usize>(
     x: I,
     y: &mut [U],
     inner: usize,
     maps: &[M],
     stream: bool,
-) {
+) where
+    I: Inputs,
+    U: Copy + Default,
+    V: Copy,
+    M: Apply<I, U, V, K>,
+{
     let stream = stream && streams_steps::<U>();
     let mut run = Runs::new(inner);
     let head = aligned_head(y, stream);
@@ -359,9 +364,9 @@ pub(crate) fn map_runs<I: Inputs, U: Copy + Default, V: Copy, M: Apply<I, U, V>>
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     let steps = yc.iter_mut().zip(xc);
     if stream {
-        run_steps::<I, U, V, M, true>(steps, &mut run, maps);
+        run_steps::<I, U, V, M, K, true>(steps, &mut run, maps);
     } else {
-        run_steps::<I, U, V, M, false>(steps, &mut run, maps);
+        run_steps::<I, U, V, M, K, false>(steps, &mut run, maps);
     }
     for (yv, xv) in yt.iter_mut().zip(xt.values()) {
         *yv = maps[run.next()].apply(xv);
@@ -371,7 +376,7 @@ pub(crate) fn map_runs<I: Inputs, U: Copy + Default, V: Copy, M: Apply<I, U, V>>
 /// The whole steps of [`map_runs`], from where `run` is, with the choice of stores fixed for
 /// the loop.
 #[inline(always)]
-fn run_steps<'a, I, U, V, M, const STREAM: bool>(
+fn run_steps<'a, I, U, V, M, const K: usize, const STREAM: bool>(
     mut steps: impl ExactSizeIterator<Item = (&'a mut [U; MAP_CHUNK], I::Step)>,
     run: &mut Runs,
     maps: &[M],
@@ -379,7 +384,7 @@ fn run_steps<'a, I, U, V, M, const STREAM: bool>(
     I: Inputs,
     U: Copy + Default + 'a,
     V: Copy,
-    M: Apply<I, U, V>,
+    M: Apply<I, U, V, K>,
 {
     while steps.len() > 0 {
         match run.steps(steps.len()) {

@@ -251,7 +251,9 @@ multiversion! {
             let (dev, sq, shift) = (&mut dev[cols.clone()], &mut sq[cols.clone()], &shift[cols.clone()]);
             for q in 0..quads {
                 let rows = strips(wide, w, &cols, 4 * q);
-                strip_step(rows, dev, sq, shift, ahead.far(q), add_shifted_terms);
+                strip_step(rows, dev, sq, [shift], ahead.far(q), |d, q, [c], v| {
+                    add_shifted_terms(d, q, c, v)
+                });
             }
             for r in 4 * quads..wide.len() / w {
                 let [row] = strips(wide, w, &cols, r);

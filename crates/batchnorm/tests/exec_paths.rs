@@ -1,7 +1,8 @@
 //! Every execution path gives bitwise the same results: each instruction set this CPU supports,
 //! sequential or on 1, 2 and 3 rayon threads, fresh or reused buffers. The work is cut the same
 //! way whatever the threads, and no path fuses or reorders floating-point operations. Batch
-//! Renormalization goes through the same passes with corrected coefficients: checked the same way.
+//! Renormalization goes through the same passes with corrected coefficients, and the fused
+//! ReLU's backward through its gates: checked the same way.
 
 mod common;
 
@@ -16,6 +17,9 @@ struct Outcome {
     grads: Grads<f32>,
     y_eval: Vec<f32>,
     dx_eval: Vec<f32>,
+    y_relu: Vec<f32>,
+    dx_relu: Vec<f32>,
+    grads_relu: Grads<f32>,
 }
 
 fn run(cfg: BatchNormConfig, shape: &Shape, x: &[f32], dy: &[f32], isa: Isa, par: Par) -> Outcome {
@@ -44,6 +48,30 @@ fn run(cfg: BatchNormConfig, shape: &Shape, x: &[f32], dy: &[f32], isa: Isa, par
     let mut dx_eval = vec![0.0; n];
     bn.backward(x, dy, shape, &eval_saved, &mut dx_eval)
         .unwrap();
+    // The fused ReLU: its backward stops dy by each channel's gate on x, which must give the
+    // bits of the plain backward of dy masked by the forward's y > 0, on every cut.
+    let mut y_relu = vec![0.0; n];
+    let relu_saved = bn.forward_relu(x, shape, Mode::Train, &mut y_relu).unwrap();
+    let mut dx_relu = vec![0.0; n];
+    let grads_relu = bn
+        .backward_relu(x, &y_relu, dy, shape, &relu_saved, &mut dx_relu)
+        .unwrap();
+    let masked: Vec<f32> = y_relu
+        .iter()
+        .zip(dy)
+        .map(|(&y, &d)| if y > 0.0 { d } else { 0.0 })
+        .collect();
+    // (Renormalised outputs are near d, about 100: the ReLU zeroes nothing there.)
+    if cfg.renorm.is_none() {
+        assert!(y_relu.contains(&0.0), "the ReLU zeroes some");
+    }
+    let mut dx_masked = vec![0.0; n];
+    let grads_masked = bn
+        .backward(x, &masked, shape, &relu_saved, &mut dx_masked)
+        .unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&dx_relu) == bits(&dx_masked), "backward_relu dx");
+    assert_eq!(grads_relu, grads_masked, "backward_relu grads");
     Outcome {
         y,
         running,
@@ -52,6 +80,9 @@ fn run(cfg: BatchNormConfig, shape: &Shape, x: &[f32], dy: &[f32], isa: Isa, par
         grads,
         y_eval,
         dx_eval,
+        y_relu,
+        dx_relu,
+        grads_relu,
     }
 }
 
@@ -71,6 +102,9 @@ fn assert_same(a: &Outcome, b: &Outcome, label: &str) {
     assert!(a.grads == b.grads, "{label}: grads");
     assert!(bits(&a.y_eval) == bits(&b.y_eval), "{label}: eval y");
     assert!(bits(&a.dx_eval) == bits(&b.dx_eval), "{label}: eval dx");
+    assert!(bits(&a.y_relu) == bits(&b.y_relu), "{label}: relu y");
+    assert!(bits(&a.dx_relu) == bits(&b.dx_relu), "{label}: relu dx");
+    assert!(a.grads_relu == b.grads_relu, "{label}: relu grads");
 }
 
 #[test]

@@ -587,6 +587,55 @@ mod fused {
         fused_forms::<f16>();
     }
 
+    /// A channel whose map is flat (weight 0) or not finite (a NaN input) has no gate on x: the
+    /// ReLU's backward then reads y, and gives the bits of the plain backward of dy masked by
+    /// y > 0 all the same, on every path and both layouts.
+    #[test]
+    fn relu_backward_without_a_gate_masks_by_y() {
+        let mut rng = Rng::new(5);
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let shape = Shape::new(&[16, 3, 5], layout).unwrap();
+            let n = shape.len();
+            for flaw in ["zero weight", "nan input"] {
+                let mut x: Vec<f32> = narrow(&rng.normals(n, 1.0, 2.0));
+                let dy: Vec<f32> = narrow(&rng.normals(n, 0.0, 1.0));
+                let mut bn = BatchNorm::<f32>::new(3, BatchNormConfig::default()).unwrap();
+                bn.bias = vec![-0.5, 0.0, 0.5];
+                match flaw {
+                    "zero weight" => bn.weight[1] = 0.0,
+                    _ => x[7] = f32::NAN,
+                }
+                for isa in Isa::available() {
+                    for par in [Par::Seq, Par::Rayon] {
+                        let what = format!("{layout:?} {flaw} {isa:?} {par:?}");
+                        let mut bn = bn.clone();
+                        bn.set_isa(isa).unwrap();
+                        bn.set_par(par);
+                        let mut y = vec![0.0f32; n];
+                        let saved = bn.forward_relu(&x, &shape, Mode::Train, &mut y).unwrap();
+                        let (mut dx, mut dx_masked) = (vec![0.0f32; n], vec![0.0f32; n]);
+                        let grads = bn
+                            .backward_relu(&x, &y, &dy, &shape, &saved, &mut dx)
+                            .unwrap();
+                        let masked: Vec<f32> = y
+                            .iter()
+                            .zip(&dy)
+                            .map(|(&y, &d)| if y <= 0.0 { 0.0 } else { d }) // NaN passes
+                            .collect();
+                        let plain = bn
+                            .backward(&x, &masked, &shape, &saved, &mut dx_masked)
+                            .unwrap();
+                        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert!(bits(&dx) == bits(&dx_masked), "{what}: dx");
+                        let bits_of = |g: &batchnorm::Grads<f32>| (bits(&g.weight), bits(&g.bias));
+                        assert!(bits_of(&grads) == bits_of(&plain), "{what}: grads");
+                        assert!(y.iter().any(|v| v.is_nan()) == (flaw == "nan input"));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn fused_calls_report_bad_lengths_and_write_nothing() {
         let shape = Shape::new(&[4, 2], Layout::ChannelsFirst).unwrap();

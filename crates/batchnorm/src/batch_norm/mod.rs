@@ -1,12 +1,14 @@
 //! The BatchNorm module: parameters, running statistics, forward and backward.
 
 use crate::backward::{
-    grad_sums_kernel, input_grad, input_grad_channels, relu_grad, GradMap, GradSums,
+    grad_sums_kernel, input_grad, input_grad_channels, relu_grad, DxMap, GatedGradMap, GradMap,
+    GradSums,
 };
 use crate::config::{BatchNormConfig, Mode, Statistics};
 use crate::element::{Element, Float};
 use crate::error::{BatchNormError, Result};
 use crate::forward::{normalize, normalize_channels, Epilogue, NormMap};
+use crate::gate::Gates;
 use crate::layout::Shape;
 use crate::par::Par;
 use crate::plan::{two_passes, widen, Exec, WideMaps};
@@ -103,18 +105,28 @@ struct Workspace<T: Element> {
     moment_parts: Vec<Moments>,
     maps: Vec<NormMap<T>>,
     /// `maps` repeated over one widened row (channels-last input).
-    wide_maps: WideMaps<T::Compute, NormMap<T>>,
+    wide_maps: WideMaps<T::Compute, NormMap<T>, 4>,
     sums: Vec<GradSums>,
     sum_parts: Vec<GradSums>,
-    grad_maps: Vec<GradMap>,
+    grad_maps: DxMaps<GradMap>,
+    /// The dx maps through a ReLU (`backward_relu`), and its gates.
+    gated_maps: DxMaps<GatedGradMap>,
+    gates: Gates,
     /// The per-channel mean repeated over one widened row, for the gradient sums
     /// (channels-last input).
     wide_mean: Vec<f64>,
-    wide_grad_maps: WideMaps<f64, GradMap>,
     /// Where the threads of a team sharing each channel meet.
     board: Board,
-    /// The upstream gradient masked by a ReLU's output (`backward_relu`).
+    /// The upstream gradient masked by a ReLU's output (`backward_add_relu`, and
+    /// `backward_relu` where a channel has no gate).
     masked: Vec<T>,
+}
+
+/// Every channel's dx map, and the same laid out over a widened row.
+#[derive(Debug, Clone, Default)]
+struct DxMaps<M: DxMap> {
+    maps: Vec<M>,
+    wide: M::Wide,
 }
 
 impl<T: Element> Default for Workspace<T> {
@@ -126,9 +138,10 @@ impl<T: Element> Default for Workspace<T> {
             wide_maps: WideMaps::default(),
             sums: Vec::new(),
             sum_parts: Vec::new(),
-            grad_maps: Vec::new(),
+            grad_maps: DxMaps::default(),
+            gated_maps: DxMaps::default(),
+            gates: Gates::default(),
             wide_mean: Vec::new(),
-            wide_grad_maps: WideMaps::default(),
             board: Board::default(),
             masked: Vec::new(),
         }
@@ -624,8 +637,11 @@ impl<T: Element> BatchNorm<T> {
         result
     }
 
-    /// Validates, masks `dy` by `y > 0` into `dresidual` (or the workspace's buffer), then runs
-    /// the backward of the normalisation on it.
+    /// Validates, then runs the backward through the ReLU. With a ReLU alone, and a gate for
+    /// every channel (see `crate::gate`), the two passes of [`backward`](Self::backward) read
+    /// x and dy and stop dy where the forward's ReLU gave 0; otherwise (a residual, or a
+    /// channel whose map has no gate) `dy` is masked by `y > 0` into `dresidual` (or the
+    /// workspace's buffer) and the backward of the normalisation runs on that.
     #[allow(clippy::too_many_arguments)]
     fn backward_relu_impl(
         &self,
@@ -639,7 +655,7 @@ impl<T: Element> BatchNorm<T> {
         grads: &mut Grads<T>,
         ws: &mut Workspace<T>,
     ) -> Result<()> {
-        self.check_backward(x, dy, shape, saved, dx)?;
+        let statistics = self.check_backward(x, dy, shape, saved, dx)?;
         check_len("y", y.len(), shape.len())?;
         let exec = self.exec(shape);
         match dresidual {
@@ -649,11 +665,29 @@ impl<T: Element> BatchNorm<T> {
                 self.backward_impl(x, dr, shape, saved, dx, grads, ws)
             }
             None => {
-                let mut masked = std::mem::take(&mut ws.masked);
-                masked.resize(shape.len(), T::default());
-                relu_grad(y, dy, &mut masked, exec);
-                let result = self.backward_impl(x, &masked, shape, saved, dx, grads, ws);
-                ws.masked = masked;
+                let mut gates = std::mem::take(&mut ws.gates);
+                let norms = (0..self.channels).map(|ch| self.saved_normalization(saved, ch));
+                let result = if gates.set::<T>(norms, shape.geometry().is_rows()) {
+                    let mut maps = std::mem::take(&mut ws.gated_maps);
+                    let gated = |ch: usize, grad| GatedGradMap {
+                        grad,
+                        gate: gates.per_channel[ch],
+                    };
+                    let (data, g) = ((x, dy, dx), Some(&gates));
+                    self.backward_passes(
+                        data, shape, saved, statistics, grads, ws, &mut maps, g, gated,
+                    );
+                    ws.gated_maps = maps;
+                    Ok(())
+                } else {
+                    let mut masked = std::mem::take(&mut ws.masked);
+                    masked.resize(shape.len(), T::default());
+                    relu_grad(y, dy, &mut masked, exec);
+                    let result = self.backward_impl(x, &masked, shape, saved, dx, grads, ws);
+                    ws.masked = masked;
+                    result
+                };
+                ws.gates = gates;
                 result
             }
         }
@@ -909,6 +943,45 @@ impl<T: Element> BatchNorm<T> {
         ws: &mut Workspace<T>,
     ) -> Result<()> {
         let statistics = self.check_backward(x, dy, shape, saved, dx)?;
+        let mut maps = std::mem::take(&mut ws.grad_maps);
+        let plain = |_, grad| grad;
+        let data = (x, dy, dx);
+        self.backward_passes(
+            data, shape, saved, statistics, grads, ws, &mut maps, None, plain,
+        );
+        ws.grad_maps = maps;
+        Ok(())
+    }
+
+    /// The channel's normalisation as the forward that gave `saved` applied it.
+    fn saved_normalization(&self, saved: &Saved<T>, ch: usize) -> Normalization {
+        let corr = saved.renorm.get(ch).copied();
+        let corr = corr.unwrap_or(RenormCorrection::NONE);
+        let (weight, bias) = corr.affine(self.gamma(ch), self.beta(ch));
+        Normalization {
+            mean: saved.mean64[ch],
+            invstd: saved.invstd64[ch],
+            weight,
+            bias,
+        }
+    }
+
+    /// The two passes of a validated backward over `(x, dy, dx)`: the gradient sums (of `dy`
+    /// through `gates`, if any), then dx with the maps `to_map` makes of each channel's
+    /// [`GradMap`]; then the parameter gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_passes<M: DxMap>(
+        &self,
+        (x, dy, dx): (&[T], &[T], &mut [T]),
+        shape: &Shape,
+        saved: &Saved<T>,
+        statistics: Statistics,
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+        maps: &mut DxMaps<M>,
+        gates: Option<&Gates>,
+        to_map: impl Fn(usize, GradMap) -> M + Sync,
+    ) {
         let c = self.channels;
         let geo = shape.geometry();
         let exec = self.exec(shape);
@@ -918,25 +991,20 @@ impl<T: Element> BatchNorm<T> {
             corr.copied().unwrap_or(RenormCorrection::NONE)
         };
         let grad_map = |ch: usize, sums: GradSums| {
-            let (weight, bias) = correction(ch).affine(self.gamma(ch), self.beta(ch));
-            let norm = Normalization {
-                mean: saved.mean64[ch],
-                invstd: saved.invstd64[ch],
-                weight,
-                bias,
-            };
+            let norm = self.saved_normalization(saved, ch);
             let grad = match statistics {
                 Statistics::Batch => InputGrad::batch(&norm, sums, count),
                 Statistics::Running => InputGrad::frozen(&norm),
             };
-            grad.0
+            to_map(ch, grad.0)
         };
         ws.sums.resize(c, GradSums::default());
-        ws.grad_maps.resize(c, GradMap::default());
+        maps.maps.resize(c, M::default());
         if geo.is_rows() {
             widen(&saved.mean64, &mut ws.wide_mean);
         }
         let seq = exec.sequential();
+        let wide = &mut maps.wide;
         two_passes(
             exec,
             geo,
@@ -944,13 +1012,13 @@ impl<T: Element> BatchNorm<T> {
             &mut ws.sum_parts,
             &mut ws.board,
             &mut ws.sums,
-            &mut ws.grad_maps,
+            &mut maps.maps,
             dx,
-            grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &ws.wide_mean),
+            grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &ws.wide_mean, gates),
             std::ops::Add::add,
             grad_map,
             |dx, range, blocks, maps| input_grad_channels(x, dy, dx, geo, range, blocks, seq, maps),
-            |dx, range, maps| input_grad(x, dy, dx, geo, range, exec, maps, &mut ws.wide_grad_maps),
+            |dx, range, maps| input_grad(x, dy, dx, geo, range, exec, maps, wide),
         );
         grads.weight.clear();
         grads.bias.clear();
@@ -964,7 +1032,6 @@ impl<T: Element> BatchNorm<T> {
             let bias = ws.sums.iter().map(|s| T::Param::from_f64(s.bias_grad()));
             grads.bias.extend(bias);
         }
-        Ok(())
     }
 }
 

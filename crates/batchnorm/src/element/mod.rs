@@ -20,12 +20,43 @@ pub(crate) mod rounding;
 
 use rounding::HalfFormat;
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
-    impl Sealed for half::bf16 {}
-    impl Sealed for half::f16 {}
+pub(crate) mod sealed {
+    /// What only this crate's element types have: their values in order, as integers.
+    pub trait Sealed: Sized {
+        /// The position of a value that is not NaN among the values of its type in increasing
+        /// order, -0 and +0 both at 0: `a < b` exactly when `a.ordinal() < b.ordinal()`, and
+        /// neighbours are one apart.
+        fn ordinal(self) -> i64;
+        /// The value at position `o` (+0 at 0), for `o` between the ordinals of -inf and +inf.
+        fn from_ordinal(o: i64) -> Self;
+    }
+
+    macro_rules! sealed {
+        ($t:ty, $bits:ty, $sign:expr) => {
+            impl Sealed for $t {
+                #[inline]
+                fn ordinal(self) -> i64 {
+                    let bits = self.to_bits();
+                    let magnitude = (bits & !$sign) as i64;
+                    if bits & $sign == 0 {
+                        magnitude
+                    } else {
+                        -magnitude
+                    }
+                }
+
+                #[inline]
+                fn from_ordinal(o: i64) -> Self {
+                    let magnitude = o.unsigned_abs() as $bits;
+                    <$t>::from_bits(if o < 0 { magnitude | $sign } else { magnitude })
+                }
+            }
+        };
+    }
+    sealed!(f32, u32, 1u32 << 31);
+    sealed!(f64, u64, 1u64 << 63);
+    sealed!(half::bf16, u16, 1u16 << 15);
+    sealed!(half::f16, u16, 1u16 << 15);
 }
 
 /// A storage type of tensors: `f32`, `f64`, [`bf16`] or [`f16`](struct@f16).

@@ -89,30 +89,31 @@ impl<V: Copy, const K: usize> Wrapped<V, K> {
     }
 }
 
-/// A per-channel map of four coefficients of type `V`, which the channels-last passes lay out
+/// A per-channel map of `K` coefficients of type `V`, which the channels-last passes lay out
 /// over a widened row ([`WideMaps`]).
-pub(crate) trait FourCoefficients<V>: Copy {
+pub(crate) trait Coefficients<V, const K: usize>: Copy {
     /// The coefficients, in a fixed order.
-    fn coefficients(&self) -> [V; 4];
+    fn coefficients(&self) -> [V; K];
     /// The map with these coefficients.
-    fn from_coefficients(c: [V; 4]) -> Self;
+    fn from_coefficients(c: [V; K]) -> Self;
 }
 
 /// A per-channel map of coefficients `V` applied to its inputs `I` (x, or x and dy side by
 /// side), giving values `U`: one value, or a step of them converted and computed lane by lane
 /// (which the compiler vectorises; per value, the 16-bit conversions would not be).
-pub(crate) trait Apply<I: Inputs, U, V: Copy>: FourCoefficients<V> {
+pub(crate) trait Apply<I: Inputs, U, V: Copy, const K: usize>: Coefficients<V, K> {
     /// One value.
     fn apply(self, v: I::Value) -> U;
 
     /// A step, lane `l` mapped with the coefficients `c[k][l]` (the same arithmetic as
     /// [`apply`](Self::apply), so the same bits).
-    fn apply_lanes(c: [[V; MAP_CHUNK]; 4], xs: I::Step) -> [U; MAP_CHUNK];
+    fn apply_lanes(c: [[V; MAP_CHUNK]; K], xs: I::Step) -> [U; MAP_CHUNK];
 
     /// A step, every lane with this map.
     #[inline(always)]
     fn apply_step(self, xs: I::Step) -> [U; MAP_CHUNK] {
-        Self::apply_lanes(self.coefficients().map(|c| [c; MAP_CHUNK]), xs)
+        let c = self.coefficients();
+        Self::apply_lanes(std::array::from_fn(|k| [c[k]; MAP_CHUNK]), xs)
     }
 }
 
@@ -123,15 +124,15 @@ pub(crate) trait Apply<I: Inputs, U, V: Copy>: FourCoefficients<V> {
 /// [`reinterpret`](WideMaps::reinterpret) reads the same coefficients as other maps.
 #[derive(Debug, Clone)]
 #[repr(transparent)]
-pub(crate) struct WideMaps<V, M>(Wrapped<V, 4>, PhantomData<M>);
+pub(crate) struct WideMaps<V, M, const K: usize>(Wrapped<V, K>, PhantomData<M>);
 
-impl<V, M> Default for WideMaps<V, M> {
+impl<V, M, const K: usize> Default for WideMaps<V, M, K> {
     fn default() -> Self {
         Self(Wrapped::default(), PhantomData)
     }
 }
 
-impl<V: Copy, M: FourCoefficients<V>> WideMaps<V, M> {
+impl<V: Copy, M: Coefficients<V, K>, const K: usize> WideMaps<V, M, K> {
     /// Lays out every channel's map.
     pub fn set(&mut self, maps: &[M]) {
         self.0.set(maps, M::coefficients);
@@ -139,15 +140,17 @@ impl<V: Copy, M: FourCoefficients<V>> WideMaps<V, M> {
 
     /// The same coefficients, applied as maps `N` (which must read them in the order `M`
     /// lays them out: a wrapper that applies more after `M`).
-    pub fn reinterpret<N: FourCoefficients<V>>(&self) -> &WideMaps<V, N> {
+    pub fn reinterpret<N: Coefficients<V, K>>(&self) -> &WideMaps<V, N, K> {
         // SAFETY: `WideMaps` is `#[repr(transparent)]` over its `Wrapped`, the only field that
         // is not zero-sized; the maps type only appears in `PhantomData`. Both types therefore
-        // have the layout of `Wrapped<V, 4>`, and the reference keeps its lifetime.
-        unsafe { &*std::ptr::from_ref(self).cast::<WideMaps<V, N>>() }
+        // have the layout of `Wrapped<V, K>`, and the reference keeps its lifetime.
+        unsafe { &*std::ptr::from_ref(self).cast::<WideMaps<V, N, K>>() }
     }
 }
 
-impl<I: Inputs, U, V: Copy, M: Apply<I, U, V>> Cyclic<I, U> for WideMaps<V, M> {
+impl<I: Inputs, U, V: Copy, M: Apply<I, U, V, K>, const K: usize> Cyclic<I, U>
+    for WideMaps<V, M, K>
+{
     fn width(&self) -> usize {
         self.0.width()
     }
@@ -156,7 +159,7 @@ impl<I: Inputs, U, V: Copy, M: Apply<I, U, V>> Cyclic<I, U> for WideMaps<V, M> {
     unsafe fn step(&self, xs: I::Step, j: usize) -> [U; MAP_CHUNK] {
         // SAFETY: `j < width`, this function's own contract.
         let coefs = unsafe { self.0.chunks(j) };
-        M::apply_lanes(coefs.map(|c| *c), xs)
+        M::apply_lanes(std::array::from_fn(|k| *coefs[k]), xs)
     }
 
     #[inline(always)]
@@ -201,33 +204,44 @@ pub(crate) fn strips<'a, T, const R: usize>(
 pub(crate) const STRIP_CHUNK: usize = 16;
 
 /// One step of a strip walk over four row strips side by side: `add(a[k], b[k], c[k], v)` at
-/// every position `k` of the strip, `v` the four rows' values there, a chunk of
+/// every position `k` of the strip, `c[k]` the `K` per-position coefficients there (one array
+/// each), `v` the four rows' values there, a chunk of
 /// [`STRIP_CHUNK`] positions at a time, each chunk first prefetching the same chunk of the
 /// rows `far` bytes on ([`StripPrefetch::far`]).
 #[inline(always)]
-pub(crate) fn strip_step<T: Copy>(
+pub(crate) fn strip_step<T: Copy, const K: usize>(
     rows: [&[T]; 4],
     a: &mut [f64],
     b: &mut [f64],
-    c: &[f64],
+    c: [&[f64]; K],
     far: usize,
-    add: impl Fn(&mut f64, &mut f64, f64, [T; 4]),
+    add: impl Fn(&mut f64, &mut f64, [f64; K], [T; 4]),
 ) {
     let split = rows.map(<[T]>::as_chunks::<STRIP_CHUNK>);
     let (rc, rt) = (split.map(|(c, _)| c), split.map(|(_, t)| t));
     let (ac, at) = a.as_chunks_mut::<STRIP_CHUNK>();
     let (bc, bt) = b.as_chunks_mut::<STRIP_CHUNK>();
-    let (cc, ct) = c.as_chunks::<STRIP_CHUNK>();
-    let acc = ac.iter_mut().zip(bc.iter_mut()).zip(cc);
-    for (((a, b), c), rs) in acc.zip(side_by_side(rc)) {
+    let split: [_; K] = std::array::from_fn(|k| c[k].as_chunks::<STRIP_CHUNK>());
+    let (cc, ct): ([_; K], [_; K]) = (
+        std::array::from_fn(|k| split[k].0),
+        std::array::from_fn(|k| split[k].1),
+    );
+    let acc = ac.iter_mut().zip(bc.iter_mut()).enumerate();
+    for ((i, (a, b)), rs) in acc.zip(side_by_side(rc)) {
         rs.iter().for_each(|r| prefetch_past(*r, far));
+        let c: [_; K] = std::array::from_fn(|k| &cc[k][i]);
         for l in 0..STRIP_CHUNK {
-            add(&mut a[l], &mut b[l], c[l], rs.map(|r| r[l]));
+            add(
+                &mut a[l],
+                &mut b[l],
+                std::array::from_fn(|k| c[k][l]),
+                rs.map(|r| r[l]),
+            );
         }
     }
     rt.iter().for_each(|t| prefetch_past(t, far));
-    for (k, ((a, b), &c)) in at.iter_mut().zip(bt.iter_mut()).zip(ct).enumerate() {
-        add(a, b, c, rt.map(|r| r[k]));
+    for (k, (a, b)) in at.iter_mut().zip(bt.iter_mut()).enumerate() {
+        add(a, b, std::array::from_fn(|i| ct[i][k]), rt.map(|r| r[k]));
     }
 }
 
