@@ -542,9 +542,11 @@ impl<T: Element> BatchNorm<T> {
 
     /// The gradients of [`forward_relu`](Self::forward_relu), given its output `y` and the
     /// upstream gradient `dy`: [`backward`](Self::backward) of `dy` where `y > 0`, 0 where
-    /// `y <= 0` (PyTorch's convention at exactly 0), bit for bit. See `docs/design.md` ("Fused
-    /// ReLU") for why the ReLU's gradient is read from `y`. Example at
-    /// [`forward_relu`](Self::forward_relu).
+    /// `y <= 0` (PyTorch's convention at exactly 0; NaN passes), bit for bit. It runs the
+    /// plain backward's two passes over x and dy, finding where the ReLU zeroed from x itself
+    /// (a threshold per channel, exact: see `docs/design.md`, "Fused ReLU and residual add");
+    /// `y` is read only when a channel's map has no such threshold (a zero weight, or
+    /// non-finite statistics). Example at [`forward_relu`](Self::forward_relu).
     ///
     /// # Errors
     /// As [`backward`](Self::backward), and [`BatchNormError::LengthMismatch`] for `y`.
