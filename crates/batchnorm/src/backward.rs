@@ -470,92 +470,58 @@ pub(crate) trait DxMap: Copy + Default + Send + Sync {
     fn rows<T: Element>(isa: Isa, x: (&[T], &[T]), dx: &mut [T], wide: &Self::Wide, stream: bool);
 }
 
-multiversion! {
-    /// dx over consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
-    fn runs_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[GradMap], stream: bool) {
-        map_runs((x, dy), dx, inner, maps, stream);
-    }
+/// Implements [`DxMap`] for `$map` (`$k` coefficients) with its two kernels, `$runs` over
+/// consecutive runs and `$rows` over channels-last rows as one run whose positions cycle through
+/// the widened maps (see [`map_cyclic`]), each compiled for every instruction set.
+macro_rules! dx_map {
+    ($map:ty, $k:literal, $runs:ident, $rows:ident) => {
+        multiversion! {
+            #[doc = concat!("dx over consecutive runs of `inner` values, run `j` mapped by `maps[j]` (`", stringify!($map), "`).")]
+            fn $runs<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[$map], stream: bool) {
+                map_runs((x, dy), dx, inner, maps, stream);
+            }
+        }
+
+        multiversion! {
+            #[doc = concat!("dx over rows of channels-last input (`", stringify!($map), "`); `stream` as in [`map_runs`].")]
+            fn $rows<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideMaps<f64, $map, $k>, stream: bool) {
+                map_cyclic((x, dy), dx, stream, maps);
+            }
+        }
+
+        impl DxMap for $map {
+            type Wide = WideMaps<f64, $map, $k>;
+
+            fn set_wide(wide: &mut Self::Wide, maps: &[Self]) {
+                wide.set(maps);
+            }
+
+            fn runs<T: Element>(
+                isa: Isa,
+                (x, dy): (&[T], &[T]),
+                dx: &mut [T],
+                inner: usize,
+                maps: &[Self],
+                stream: bool,
+            ) {
+                $runs(isa, x, dy, dx, inner, maps, stream);
+            }
+
+            fn rows<T: Element>(
+                isa: Isa,
+                (x, dy): (&[T], &[T]),
+                dx: &mut [T],
+                wide: &Self::Wide,
+                stream: bool,
+            ) {
+                $rows(isa, x, dy, dx, wide, stream);
+            }
+        }
+    };
 }
 
-multiversion! {
-    /// dx over rows of channels-last input as one run whose positions cycle through the
-    /// widened maps (see [`map_cyclic`]); `stream` as in [`map_runs`].
-    fn rows_input_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideMaps<f64, GradMap, 4>, stream: bool) {
-        map_cyclic((x, dy), dx, stream, maps);
-    }
-}
-
-multiversion! {
-    /// [`runs_input_grad`] through the channels' ReLU gates.
-    fn runs_gated_grad<T>(x: &[T], dy: &[T], dx: &mut [T], inner: usize, maps: &[GatedGradMap], stream: bool) {
-        map_runs((x, dy), dx, inner, maps, stream);
-    }
-}
-
-multiversion! {
-    /// [`rows_input_grad`] through the channels' ReLU gates.
-    fn rows_gated_grad<T>(x: &[T], dy: &[T], dx: &mut [T], maps: &WideMaps<f64, GatedGradMap, 6>, stream: bool) {
-        map_cyclic((x, dy), dx, stream, maps);
-    }
-}
-
-impl DxMap for GradMap {
-    type Wide = WideMaps<f64, GradMap, 4>;
-
-    fn set_wide(wide: &mut Self::Wide, maps: &[Self]) {
-        wide.set(maps);
-    }
-
-    fn runs<T: Element>(
-        isa: Isa,
-        (x, dy): (&[T], &[T]),
-        dx: &mut [T],
-        inner: usize,
-        maps: &[Self],
-        stream: bool,
-    ) {
-        runs_input_grad(isa, x, dy, dx, inner, maps, stream);
-    }
-
-    fn rows<T: Element>(
-        isa: Isa,
-        (x, dy): (&[T], &[T]),
-        dx: &mut [T],
-        wide: &Self::Wide,
-        stream: bool,
-    ) {
-        rows_input_grad(isa, x, dy, dx, wide, stream);
-    }
-}
-
-impl DxMap for GatedGradMap {
-    type Wide = WideMaps<f64, GatedGradMap, 6>;
-
-    fn set_wide(wide: &mut Self::Wide, maps: &[Self]) {
-        wide.set(maps);
-    }
-
-    fn runs<T: Element>(
-        isa: Isa,
-        (x, dy): (&[T], &[T]),
-        dx: &mut [T],
-        inner: usize,
-        maps: &[Self],
-        stream: bool,
-    ) {
-        runs_gated_grad(isa, x, dy, dx, inner, maps, stream);
-    }
-
-    fn rows<T: Element>(
-        isa: Isa,
-        (x, dy): (&[T], &[T]),
-        dx: &mut [T],
-        wide: &Self::Wide,
-        stream: bool,
-    ) {
-        rows_gated_grad(isa, x, dy, dx, wide, stream);
-    }
-}
+dx_map!(GradMap, 4, runs_input_grad, rows_input_grad);
+dx_map!(GatedGradMap, 6, runs_gated_grad, rows_gated_grad);
 
 /// Writes the channels in `range` (all channels for channels-last input) of `dx`. `maps` holds
 /// every channel's map.
