@@ -157,7 +157,8 @@ fn gated<G: Gate>(gate: G, x: f64, dy: f64) -> f64 {
 multiversion! {
     /// The per-channel sums over a block of rows, vectorised along widened rows; `mean` is the
     /// per-channel mean repeated over one widened row, `gates` (if any) the ReLU gates' signs
-    /// and bounds likewise.
+    /// and bounds likewise; software prefetches only when `prefetch` (tensors beyond the cache).
+    #[allow(clippy::too_many_arguments)]
     fn block_grad_sums<T>(
         x: &[T],
         dy: &[T],
@@ -165,12 +166,13 @@ multiversion! {
         gates: Option<[&[f64]; 2]>,
         out: &mut [GradSums],
         scratch: &mut [f64],
+        prefetch: bool,
     ) {
         match gates {
-            None => block_sums(x, dy, [mean], |[m]| (m, Open), out, scratch),
+            None => block_sums(x, dy, [mean], |[m]| (m, Open), out, scratch, prefetch),
             Some([sign, bound]) => {
                 let split = |[m, sign, bound]: [f64; 3]| (m, ReluGate { sign, bound });
-                block_sums(x, dy, [mean, sign, bound], split, out, scratch)
+                block_sums(x, dy, [mean, sign, bound], split, out, scratch, prefetch)
             }
         }
     }
@@ -186,6 +188,7 @@ fn block_sums<T: Element, G: Gate, const K: usize>(
     split: impl Fn([f64; K]) -> (f64, G) + Copy,
     out: &mut [GradSums],
     scratch: &mut [f64],
+    prefetch: bool,
 ) {
     let (c, w) = (out.len(), coefs[0].len());
     let (s, sx) = scratch.split_at_mut(w);
@@ -213,7 +216,7 @@ fn block_sums<T: Element, G: Gate, const K: usize>(
     for cols in column_strips(w) {
         // A step reads two rows of each input.
         let size = size_of::<T>();
-        let ahead = StripPrefetch::new(pairs, 2 * cols.len() * size, 2 * w * size);
+        let ahead = StripPrefetch::new(pairs, 2 * cols.len() * size, 2 * w * size, prefetch);
         let (s, sx) = (&mut s[cols.clone()], &mut sx[cols.clone()]);
         let coefs: [_; K] = std::array::from_fn(|i| &coefs[i][cols.clone()]);
         for p in 0..pairs {
@@ -286,7 +289,7 @@ pub(crate) fn grad_sums<T: Element>(
     if geo.is_rows() {
         widen(mean, wide_mean);
     }
-    let kernel = grad_sums_kernel(x, dy, geo, exec.isa, mean, wide_mean, None);
+    let kernel = grad_sums_kernel(x, dy, geo, exec, mean, wide_mean, None);
     reduce_per_channel(geo, range, exec, parts, out, kernel, std::ops::Add::add);
 }
 
@@ -297,15 +300,16 @@ pub(crate) fn grad_sums_kernel<'a, T: Element>(
     x: &'a [T],
     dy: &'a [T],
     geo: Geometry,
-    isa: Isa,
+    exec: Exec,
     mean: &'a [f64],
     wide_mean: &'a [f64],
     gates: Option<&'a Gates>,
 ) -> impl Fn(Span, &mut [GradSums]) + Sync + 'a {
+    let isa = exec.isa;
     move |span: Span, p: &mut [GradSums]| match span {
         Span::Rows(r) => with_zeroed(2 * wide_mean.len(), |s| {
             let g = gates.map(Gates::wide);
-            block_grad_sums(isa, &x[r.clone()], &dy[r], wide_mean, g, p, s)
+            block_grad_sums(isa, &x[r.clone()], &dy[r], wide_mean, g, p, s, exec.stream)
         }),
         Span::Runs {
             elems,

@@ -493,7 +493,9 @@ pub(crate) trait Cyclic<I: Inputs, U> {
 }
 
 /// `y[i] = maps(x[i])` at position `i % maps.width()` over inputs `x` of `y`'s length, a step at
-/// a time, prefetching ahead; when `stream`, `y` is written with non-temporal stores.
+/// a time; when `stream` (a tensor beyond the cache), prefetching ahead and writing `y` with
+/// non-temporal stores. Cache-resident rows are left to the hardware prefetchers (see
+/// `STRIP_CHUNK` in `plan/rows.rs`).
 #[inline(always)]
 pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
     x: I,
@@ -501,6 +503,7 @@ pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
     stream: bool,
     maps: &impl Cyclic<I, U>,
 ) {
+    let prefetch = stream;
     let stream = stream && streams_steps::<U>();
     let w = maps.width();
     assert!(
@@ -516,10 +519,10 @@ pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
     let (xc, xt) = x.steps();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     let steps = yc.iter_mut().zip(xc);
-    let j = if stream {
-        cyclic_steps::<I, U, true>(steps, head % w, maps)
-    } else {
-        cyclic_steps::<I, U, false>(steps, head % w, maps)
+    let j = match (stream, prefetch) {
+        (true, _) => cyclic_steps::<I, U, true, true>(steps, head % w, maps),
+        (false, true) => cyclic_steps::<I, U, false, true>(steps, head % w, maps),
+        (false, false) => cyclic_steps::<I, U, false, false>(steps, head % w, maps),
     };
     for (k, (yv, xv)) in yt.iter_mut().zip(xt.values()).enumerate() {
         *yv = maps.one(xv, (j + k) % w);
@@ -530,17 +533,22 @@ pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
 /// choice of stores fixed for the loop; returns the position after the last. The period is at
 /// least a step long (checked by [`map_cyclic`]).
 #[inline(always)]
-fn cyclic_steps<'a, I: Inputs, U: Copy + 'a, const STREAM: bool>(
+fn cyclic_steps<'a, I: Inputs, U: Copy + 'a, const STREAM: bool, const PREFETCH: bool>(
     steps: impl Iterator<Item = (&'a mut [U; MAP_CHUNK], I::Step)>,
     mut j: usize,
     maps: &impl Cyclic<I, U>,
 ) -> usize {
     let w = maps.width();
     for (ys, xs) in steps {
-        I::prefetch(xs);
         // SAFETY: `j < w` on entry, and a step of `MAP_CHUNK <= w` positions followed by the
         // wrap below leaves it below `w`.
-        put(ys, unsafe { maps.step(xs, j) }, STREAM);
+        let v = unsafe { maps.step(xs, j) };
+        if PREFETCH {
+            I::prefetch(xs);
+            put(ys, v, STREAM);
+        } else {
+            *ys = v;
+        }
         j += MAP_CHUNK;
         if j >= w {
             j -= w;

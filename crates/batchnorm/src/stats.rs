@@ -24,7 +24,7 @@ use crate::plan::{
     strips, Exec, Span, StripPrefetch, UnitRuns,
 };
 use crate::scratch::with_zeroed;
-use crate::simd::{multiversion, prefetch_ahead, Isa, RunAhead};
+use crate::simd::{multiversion, prefetch_ahead, RunAhead};
 use crate::tuning::{LANES, RUN_CHUNK};
 
 /// Summary statistics of a set of values: count, mean, and M2 = sum((x - mean)^2).
@@ -223,7 +223,7 @@ multiversion! {
 multiversion! {
     /// The per-channel moments of a block of rows of `out.len()` channels, in one pass shifted
     /// by the block's first row. Vectorised along widened rows.
-    fn block_moments<T>(block: &[T], out: &mut [Moments], scratch: &mut [f64]) {
+    fn block_moments<T>(block: &[T], out: &mut [Moments], scratch: &mut [f64], prefetch: bool) {
         let c = out.len();
         let rows = block.len() / c;
         let w = row_width(c);
@@ -247,7 +247,7 @@ multiversion! {
         let quads = wide.len() / (4 * w);
         for cols in column_strips(w) {
             let size = size_of::<T>();
-            let ahead = StripPrefetch::new(quads, 4 * cols.len() * size, 4 * w * size);
+            let ahead = StripPrefetch::new(quads, 4 * cols.len() * size, 4 * w * size, prefetch);
             let (dev, sq, shift) = (&mut dev[cols.clone()], &mut sq[cols.clone()], &shift[cols.clone()]);
             for q in 0..quads {
                 let rows = strips(wide, w, &cols, 4 * q);
@@ -282,7 +282,7 @@ pub(crate) fn channel_moments<T: Element>(
     parts: &mut [Moments],
     out: &mut [Moments],
 ) {
-    let kernel = moments_kernel(x, geo, exec.isa);
+    let kernel = moments_kernel(x, geo, exec);
     reduce_per_channel(geo, range, exec, parts, out, kernel, Moments::merge);
 }
 
@@ -290,11 +290,12 @@ pub(crate) fn channel_moments<T: Element>(
 pub(crate) fn moments_kernel<T: Element>(
     x: &[T],
     geo: Geometry,
-    isa: Isa,
+    exec: Exec,
 ) -> impl Fn(Span, &mut [Moments]) + Sync + '_ {
+    let isa = exec.isa;
     move |span: Span, p: &mut [Moments]| match span {
         Span::Rows(r) => with_zeroed(3 * row_width(geo.channels), |s| {
-            block_moments(isa, &x[r], p, s)
+            block_moments(isa, &x[r], p, s, exec.stream)
         }),
         Span::Runs {
             elems,
@@ -313,6 +314,7 @@ pub(crate) fn moments_kernel<T: Element>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::Isa;
 
     #[test]
     fn huge_offset_keeps_the_variance() {

@@ -855,7 +855,7 @@ impl<T: Element> BatchNorm<T> {
                     &mut ws.moments,
                     &mut ws.maps,
                     y,
-                    moments_kernel(x, geo, exec.isa),
+                    moments_kernel(x, geo, exec),
                     Moments::merge,
                     |ch, m| self.channel_map(ch, m.mean, m.variance(), renorm),
                     |y, range, blocks, maps| {
@@ -1016,7 +1016,7 @@ impl<T: Element> BatchNorm<T> {
             &mut ws.sums,
             &mut maps.maps,
             dx,
-            grad_sums_kernel(x, dy, geo, exec.isa, &saved.mean64, &ws.wide_mean, gates),
+            grad_sums_kernel(x, dy, geo, exec, &saved.mean64, &ws.wide_mean, gates),
             std::ops::Add::add,
             grad_map,
             |dx, range, blocks, maps| input_grad_channels(x, dy, dx, geo, range, blocks, seq, maps),
