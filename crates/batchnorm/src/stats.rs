@@ -230,8 +230,10 @@ multiversion! {
         let (wide, tail) = block.split_at(block.len() / w * w);
         let (shift, rest) = scratch.split_at_mut(w);
         let (dev, sq) = rest.split_at_mut(w);
-        for (i, s) in shift.iter_mut().enumerate() {
-            *s = shift_of(block[i % c]);
+        // The first row's values, repeated over the widened row (`cycle`: no integer division
+        // per position; 256x1024 training forward on one thread 0.132 -> 0.128 ms).
+        for (s, &v) in shift.iter_mut().zip(block[..c].iter().cycle()) {
+            *s = shift_of(v);
         }
         let shifted = |dev: &mut [f64], sq: &mut [f64], shift: &[f64], row: &[T]| {
             prefetch_ahead(row);
