@@ -408,49 +408,66 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 4> for GradMap {
 }
 
 /// A channel's dx map after a ReLU: [`GradMap`] of `dy` where the gate lets it through, of 0
-/// elsewhere (the same bits as the map of a masked copy of `dy`).
+/// elsewhere (the same bits as the map of a masked copy of `dy`). The gate's sign is the sign of
+/// `p = weight * invstd`, the same product whose rounding is the forward map's slope (whose
+/// sign gives the gate's direction, see [`ReluGate::of`]): five coefficients, not six.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct GatedGradMap {
-    pub grad: GradMap,
-    pub gate: ReluGate,
+    grad: GradMap,
+    bound: f64,
 }
 
-impl Coefficients<f64, 6> for GatedGradMap {
-    #[inline(always)]
-    fn coefficients(&self) -> [f64; 6] {
-        let [mean, p, q, r] = self.grad.coefficients();
-        [mean, p, q, r, self.gate.sign, self.gate.bound]
-    }
-
-    #[inline(always)]
-    fn from_coefficients([mean, p, q, r, sign, bound]: [f64; 6]) -> Self {
+impl GatedGradMap {
+    /// `grad` through `gate`, whose sign must be `p`'s.
+    pub fn new(grad: GradMap, gate: ReluGate) -> Self {
+        debug_assert_eq!(gate.sign, 1f64.copysign(grad.p));
         Self {
-            grad: GradMap { mean, p, q, r },
-            gate: ReluGate { sign, bound },
+            grad,
+            bound: gate.bound,
         }
     }
 }
 
-impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 6> for GatedGradMap {
+/// The gate of a channel whose dx map has coefficient `p`, with `bound`.
+#[inline(always)]
+fn gate_of(p: f64, bound: f64) -> ReluGate {
+    ReluGate {
+        sign: 1f64.copysign(p),
+        bound,
+    }
+}
+
+impl Coefficients<f64, 5> for GatedGradMap {
+    #[inline(always)]
+    fn coefficients(&self) -> [f64; 5] {
+        let [mean, p, q, r] = self.grad.coefficients();
+        [mean, p, q, r, self.bound]
+    }
+
+    #[inline(always)]
+    fn from_coefficients([mean, p, q, r, bound]: [f64; 5]) -> Self {
+        Self {
+            grad: GradMap { mean, p, q, r },
+            bound,
+        }
+    }
+}
+
+impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 5> for GatedGradMap {
     #[inline(always)]
     fn apply(self, (x, dy): (T, T)) -> T {
         let x = x.to_f64();
-        self.grad.dx(x, gated(self.gate, x, dy.to_f64()))
+        let gate = gate_of(self.grad.p, self.bound);
+        self.grad.dx(x, gated(gate, x, dy.to_f64()))
     }
 
     #[inline(always)]
     fn apply_lanes(
-        [mean, p, q, r, sign, bound]: [[f64; MAP_CHUNK]; 6],
+        [mean, p, q, r, bound]: [[f64; MAP_CHUNK]; 5],
         (x, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
     ) -> [T; MAP_CHUNK] {
         let (x, dy) = (T::to_f64_step(*x), T::to_f64_step(*dy));
-        let dy = std::array::from_fn(|l| {
-            let gate = ReluGate {
-                sign: sign[l],
-                bound: bound[l],
-            };
-            gated(gate, x[l], dy[l])
-        });
+        let dy = std::array::from_fn(|l| gated(gate_of(p[l], bound[l]), x[l], dy[l]));
         dx_lanes([mean, p, q, r], x, dy)
     }
 }
@@ -525,7 +542,7 @@ macro_rules! dx_map {
 }
 
 dx_map!(GradMap, 4, runs_input_grad, rows_input_grad);
-dx_map!(GatedGradMap, 6, runs_gated_grad, rows_gated_grad);
+dx_map!(GatedGradMap, 5, runs_gated_grad, rows_gated_grad);
 
 /// Writes the channels in `range` (all channels for channels-last input) of `dx`. `maps` holds
 /// every channel's map.

@@ -671,10 +671,7 @@ impl<T: Element> BatchNorm<T> {
                 let norms = (0..self.channels).map(|ch| self.saved_normalization(saved, ch));
                 let result = if gates.set::<T>(norms, shape.geometry().is_rows()) {
                     let mut maps = std::mem::take(&mut ws.gated_maps);
-                    let gated = |ch: usize, grad| GatedGradMap {
-                        grad,
-                        gate: gates.per_channel[ch],
-                    };
+                    let gated = |ch: usize, grad| GatedGradMap::new(grad, gates.per_channel[ch]);
                     let (data, g) = ((x, dy, dx), Some(&gates));
                     self.backward_passes(
                         data, shape, saved, statistics, grads, ws, &mut maps, g, gated,
