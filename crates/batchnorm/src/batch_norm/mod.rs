@@ -954,9 +954,7 @@ impl<T: Element> BatchNorm<T> {
 
     /// The channel's normalisation as the forward that gave `saved` applied it.
     fn saved_normalization(&self, saved: &Saved<T>, ch: usize) -> Normalization {
-        let corr = saved.renorm.get(ch).copied();
-        let corr = corr.unwrap_or(RenormCorrection::NONE);
-        let (weight, bias) = corr.affine(self.gamma(ch), self.beta(ch));
+        let (weight, bias) = saved.correction(ch).affine(self.gamma(ch), self.beta(ch));
         Normalization {
             mean: saved.mean64[ch],
             invstd: saved.invstd64[ch],
@@ -985,10 +983,6 @@ impl<T: Element> BatchNorm<T> {
         let geo = shape.geometry();
         let exec = self.exec(shape);
         let count = shape.per_channel() as u64;
-        let correction = |ch: usize| {
-            let corr = saved.renorm.get(ch);
-            corr.copied().unwrap_or(RenormCorrection::NONE)
-        };
         let grad_map = |ch: usize, sums: GradSums| {
             let norm = self.saved_normalization(saved, ch);
             let grad = match statistics {
@@ -1024,7 +1018,9 @@ impl<T: Element> BatchNorm<T> {
         if self.config.affine {
             let sums = ws.sums.iter().zip(&saved.invstd64).enumerate();
             let weight = sums.map(|(ch, (s, &invstd))| {
-                let grad = correction(ch).weight_grad(s.weight_grad(invstd), s.bias_grad());
+                let grad = saved
+                    .correction(ch)
+                    .weight_grad(s.weight_grad(invstd), s.bias_grad());
                 T::Param::from_f64(grad)
             });
             grads.weight.extend(weight);
@@ -1035,6 +1031,12 @@ impl<T: Element> BatchNorm<T> {
 }
 
 impl<T: Element> Saved<T> {
+    /// Batch Renormalization's correction of channel `ch` (none without renormalisation).
+    fn correction(&self, ch: usize) -> RenormCorrection {
+        let corr = self.renorm.get(ch).copied();
+        corr.unwrap_or(RenormCorrection::NONE)
+    }
+
     /// Empties every buffer, keeping their allocations.
     fn clear(&mut self) {
         self.mean.clear();
