@@ -2,7 +2,8 @@
 
 use std::ops::Range;
 
-use crate::element::{to_f64_pair, Element};
+use crate::element::{quick_factor, to_f64_pair, Element};
+use crate::forward::floor;
 use crate::gate::{Gate, Gates, Open, ReluGate};
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
@@ -392,6 +393,61 @@ fn dx_lanes<T: Element>(
     }))
 }
 
+impl GradMap {
+    /// Bounds of the exact dx of this map at a step of `x` and `dy` (as `f32`, exact), gated
+    /// by `gate`, from an evaluation in `f32`, for bf16's [`Element::round_step`]: each lane's
+    /// interval around `M = p dy + q (x - mean) + r`.
+    ///
+    /// As the forward's quick evaluation ([`ChannelMap`](crate::forward::ChannelMap)), with
+    /// `u = 2^-24`: `p` and `q` rounded within `u` of themselves ([`quick_factor`]), `r` within
+    /// `u|r| + 2^-150`, `d = (x - mh) - ml` within `2.01u|d| + u|ml| + 2^-150` of `x - mean`;
+    /// then `a = q d` is within `4.1u|a| + |q| (u|ml| + 2^-150)` of `q (x - mean)`, `t = a + r`
+    /// adds `u(|a| + 2|r|)`, `b = p dy` is within `2u|b|` of `p dy`, `z = b + t` adds
+    /// `u(|a| + |b| + |r|)`, and the ends `z -+ e` round by as much again: at most
+    /// `u(7.1|a| + 4|b| + 4|r| + |q ml|)` and `2^-148 |q|`, plus the `f64` evaluation's `2^-52`
+    /// of the same terms. `e = 2^-20 (|a| + |b| + |r| + |q ml|) + 2^-146 |q| + 2^-126` is `16u`
+    /// of each, and covers the roundings in `f32`'s subnormal range.
+    #[inline(always)]
+    fn bounds<G: Gate>(
+        self,
+        gate: G,
+        x: [f32; MAP_CHUNK],
+        dy: [f32; MAP_CHUNK],
+    ) -> ([f32; MAP_CHUNK], [f32; MAP_CHUNK]) {
+        const REL: f32 = 1.0 / (1u32 << 20) as f32;
+        let mh = self.mean as f32;
+        let ml = (self.mean - f64::from(mh)) as f32;
+        let (p, q, r) = (quick_factor(self.p), quick_factor(self.q), self.r as f32);
+        let floor = floor([r, q * ml], q);
+        let (mut lo, mut hi) = ([0.0f32; MAP_CHUNK], [0.0f32; MAP_CHUNK]);
+        for l in 0..MAP_CHUNK {
+            let dy = if gate.stops_f32(x[l]) { 0.0 } else { dy[l] };
+            let a = q * ((x[l] - mh) - ml);
+            let b = p * dy;
+            let z = b + (a + r);
+            let e = (a.abs() + b.abs()) * REL + floor;
+            (lo[l], hi[l]) = (z - e, z + e);
+        }
+        (lo, hi)
+    }
+
+    /// dx at a step with this map in every lane, gated by `gate`: bf16 evaluates in `f32`
+    /// first ([`GradMap::bounds`]), and every type gives the bits of [`dx_lanes`].
+    #[inline(always)]
+    fn dx_step<T: Element, G: Gate>(
+        self,
+        gate: G,
+        (x, dy): (&[T; MAP_CHUNK], &[T; MAP_CHUNK]),
+    ) -> [T; MAP_CHUNK] {
+        let bounds = self.bounds(gate, T::to_f32_step(*x), T::to_f32_step(*dy));
+        T::round_step(bounds, move || {
+            let (x, dy) = (T::to_f64_step(*x), T::to_f64_step(*dy));
+            let dy = std::array::from_fn(|l| gated(gate, x[l], dy[l]));
+            dx_lanes(self.coefficients().map(|c| [c; MAP_CHUNK]), x, dy)
+        })
+    }
+}
+
 impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 4> for GradMap {
     #[inline(always)]
     fn apply(self, (x, dy): (T, T)) -> T {
@@ -404,6 +460,11 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 4> for GradMap {
         (x, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
     ) -> [T; MAP_CHUNK] {
         dx_lanes(c, T::to_f64_step(*x), T::to_f64_step(*dy))
+    }
+
+    #[inline(always)]
+    fn apply_step(self, xs: (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK])) -> [T; MAP_CHUNK] {
+        self.dx_step(Open, xs)
     }
 }
 
@@ -469,6 +530,11 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 5> for GatedGradMap {
         let (x, dy) = (T::to_f64_step(*x), T::to_f64_step(*dy));
         let dy = std::array::from_fn(|l| gated(gate_of(p[l], bound[l]), x[l], dy[l]));
         dx_lanes([mean, p, q, r], x, dy)
+    }
+
+    #[inline(always)]
+    fn apply_step(self, xs: (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK])) -> [T; MAP_CHUNK] {
+        self.grad.dx_step(gate_of(self.grad.p, self.bound), xs)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use crate::element::{Element, Float};
+use crate::element::{quick_factor, Element, Float};
 use crate::layout::Geometry;
 use crate::plan::{
     map_channels, map_per_channel, Apply, Coefficients, Disjoint, Exec, Span, WideMaps,
@@ -84,6 +84,73 @@ fn pre_lanes<C: Float>(
     x: [C; MAP_CHUNK],
 ) -> [C; MAP_CHUNK] {
     std::array::from_fn(|l| ((x[l] - hi[l]) - lo[l]) * scale[l] + shift[l])
+}
+
+impl<C: Float> ChannelMap<C> {
+    /// [`pre_lanes`] with this map in every lane.
+    #[inline(always)]
+    fn pre_step(self, x: [C; MAP_CHUNK]) -> [C; MAP_CHUNK] {
+        pre_lanes(self.coefficients().map(|c| [c; MAP_CHUNK]), x)
+    }
+
+    /// Bounds of [`pre_step`](Self::pre_step)'s exact results from an evaluation in `f32`,
+    /// for bf16's [`Element::round_step`]: each lane's `f32` value `y` and a bound `e` of its
+    /// distance to the exact map `M = (x - mean) * scale + shift` (`mean = mean_hi + mean_lo`).
+    ///
+    /// The coefficients are rounded to `f32` (unit `u = 2^-24`): the scale within `u` of itself
+    /// ([`quick_factor`]), the mean as a high part `mh` and a low part `ml` within `u|ml| +
+    /// 2^-150` of the rest, the shift within `u|shift| + 2^-150`. Then `d = (x - mh) - ml`,
+    /// `p = d * scale`, `y = p + shift`, each rounded to `f32`. The first subtraction is exact
+    /// unless `x` and `mh` are a factor two apart (Sterbenz), and then `|x - mh|` is within
+    /// `2^-22` of `|d|`: `d` is within `2.01u|d| + u|ml| + 2^-150` of `x - mean`, and `p`
+    /// within `4.1u|p| + |scale| (u|ml| + 2^-150)` of `(x - mean) * scale` (the product's and
+    /// the scale's roundings add `u|p|` each). The sum and the shift's rounding add
+    /// `u(|y| + |shift|) <= u(|p| + 2|shift|)`; the ends `y -+ e` round by `u|y|` more, and the
+    /// `f64` evaluation errs by `2^-52` of the same terms. `e = 2^-20 (|p| + |ml scale| +
+    /// |shift|) + 2^-146 |scale| + 2^-126` is `16u` of each term against at most `6.1u`, and
+    /// the last term covers the roundings in `f32`'s subnormal range (at most 2^-149 each). A
+    /// larger `e` only sends more steps to the exact path: an interval holds a bf16 rounding
+    /// boundary with probability about `2^-11 (|p| + |shift|) / |y|`.
+    #[inline(always)]
+    fn bounds(self, x: [f32; MAP_CHUNK]) -> ([f32; MAP_CHUNK], [f32; MAP_CHUNK]) {
+        const REL: f32 = 1.0 / (1u32 << 20) as f32;
+        let [hi, lo, scale, shift] = self.coefficients().map(|c| [c; MAP_CHUNK]);
+        let (mut y, mut e) = ([0.0f32; MAP_CHUNK], [0.0f32; MAP_CHUNK]);
+        for l in 0..MAP_CHUNK {
+            let mean = hi[l].to_f64() + lo[l].to_f64();
+            let mh = mean as f32;
+            let ml = (mean - f64::from(mh)) as f32;
+            let (scale, shift) = (quick_factor(scale[l].to_f64()), shift[l].to_f64() as f32);
+            let p = ((x[l] - mh) - ml) * scale;
+            y[l] = p + shift;
+            e[l] = p.abs() * REL + floor([ml * scale, shift], scale);
+        }
+        (y, e)
+    }
+}
+
+/// The part of a quick evaluation's error bound that does not depend on the lane:
+/// `2^-20 (|terms|) + 2^-146 |factor| + 2^-126` (see [`ChannelMap::bounds`]), in `f64` and
+/// rounded to `f32` (its rounding is covered by the bound's slack).
+#[inline(always)]
+pub(crate) fn floor<const N: usize>(terms: [f32; N], factor: f32) -> f32 {
+    let terms: f64 = terms.iter().map(|t| f64::from(t.abs())).sum();
+    let factor = f64::from(factor.abs());
+    (terms * 2f64.powi(-20) + factor * 2f64.powi(-146) + 2f64.powi(-126)) as f32
+}
+
+/// The interval `[y - e, y + e]` of each lane, through the non-decreasing `f`.
+#[inline(always)]
+fn interval(
+    (y, e): ([f32; MAP_CHUNK], [f32; MAP_CHUNK]),
+    f: impl Fn(f32) -> f32,
+) -> ([f32; MAP_CHUNK], [f32; MAP_CHUNK]) {
+    let (mut lo, mut hi) = ([0.0f32; MAP_CHUNK], [0.0f32; MAP_CHUNK]);
+    for l in 0..MAP_CHUNK {
+        lo[l] = f(y[l] - e[l]);
+        hi[l] = f(y[l] + e[l]);
+    }
+    (lo, hi)
 }
 
 /// `max(v, 0)`, with NaN kept (as `torch.relu`); negative values and -0 give +0.
@@ -178,6 +245,14 @@ impl<T: Element> Apply<&[T], T, T::Compute, 4> for NormMap<T> {
     fn apply_lanes(c: [[T::Compute; MAP_CHUNK]; 4], xs: &[T; MAP_CHUNK]) -> [T; MAP_CHUNK] {
         T::from_compute_step(pre_lanes(c, T::to_compute_step(*xs)))
     }
+
+    #[inline(always)]
+    fn apply_step(self, xs: &[T; MAP_CHUNK]) -> [T; MAP_CHUNK] {
+        let bounds = interval(self.bounds(T::to_f32_step(*xs)), |v| v);
+        T::round_step(bounds, move || {
+            T::from_compute_step(self.pre_step(T::to_compute_step(*xs)))
+        })
+    }
 }
 
 impl<T: Element> Apply<&[T], T, T::Compute, 4> for Relu<NormMap<T>> {
@@ -189,6 +264,14 @@ impl<T: Element> Apply<&[T], T, T::Compute, 4> for Relu<NormMap<T>> {
     #[inline(always)]
     fn apply_lanes(c: [[T::Compute; MAP_CHUNK]; 4], xs: &[T; MAP_CHUNK]) -> [T; MAP_CHUNK] {
         T::from_compute_step(pre_lanes(c, T::to_compute_step(*xs)).map(relu))
+    }
+
+    #[inline(always)]
+    fn apply_step(self, xs: &[T; MAP_CHUNK]) -> [T; MAP_CHUNK] {
+        let bounds = interval(self.0.bounds(T::to_f32_step(*xs)), relu);
+        T::round_step(bounds, move || {
+            T::from_compute_step(self.0.pre_step(T::to_compute_step(*xs)).map(relu))
+        })
     }
 }
 
@@ -207,9 +290,31 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, T::Compute, 4> for AddRelu<Nor
         (xs, rs): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
     ) -> [T; MAP_CHUNK] {
         let pre = pre_lanes(c, T::to_compute_step(*xs));
-        let r = T::to_compute_step(*rs);
-        T::from_compute_step(std::array::from_fn(|l| relu(pre[l] + r[l])))
+        T::from_compute_step(add_relu_lanes(pre, T::to_compute_step(*rs)))
     }
+
+    /// The quick evaluation's sum `z = y + r` rounds once more in `f32`, by at most `2^-24 |z|`
+    /// (its bound takes `2^-22 |z|`).
+    #[inline(always)]
+    fn apply_step(self, (xs, rs): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK])) -> [T; MAP_CHUNK] {
+        let (y, e) = self.0.bounds(T::to_f32_step(*xs));
+        let r = T::to_f32_step(*rs);
+        let (mut z, mut ez) = ([0.0f32; MAP_CHUNK], [0.0f32; MAP_CHUNK]);
+        for l in 0..MAP_CHUNK {
+            z[l] = y[l] + r[l];
+            ez[l] = e[l] + z[l].abs() * (1.0 / (1u32 << 22) as f32);
+        }
+        T::round_step(interval((z, ez), relu), move || {
+            let pre = self.0.pre_step(T::to_compute_step(*xs));
+            T::from_compute_step(add_relu_lanes(pre, T::to_compute_step(*rs)))
+        })
+    }
+}
+
+/// `relu(pre + r)` lane by lane.
+#[inline(always)]
+fn add_relu_lanes<C: Float>(pre: [C; MAP_CHUNK], r: [C; MAP_CHUNK]) -> [C; MAP_CHUNK] {
+    std::array::from_fn(|l| relu(pre[l] + r[l]))
 }
 
 multiversion! {

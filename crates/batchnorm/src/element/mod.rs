@@ -8,8 +8,9 @@
 //!
 //! This is PyTorch's mixed-type convention for reduced precision: activations and their
 //! gradients in 16 bits, parameters and statistics in `f32`. Statistics and gradient sums are
-//! accumulated in `f64` whatever the storage type, and every 16-bit result is rounded once, from
-//! an `f64` value, to the nearest representable value ([`rounding`]).
+//! accumulated in `f64` whatever the storage type, and every 16-bit result is the nearest
+//! representable value to an `f64` one ([`rounding`]); for bf16, a quick evaluation in `f32`
+//! with a proven error bound usually settles it first ([`Element::round_step`]).
 
 use std::fmt::Debug;
 use std::ops::{Add, Mul, Sub};
@@ -112,6 +113,33 @@ pub trait Element:
     fn from_compute_step(v: [Self::Compute; STEP]) -> [Self; STEP] {
         v.map(Self::from_compute)
     }
+
+    /// A step of values as `f32` (exact for the 16-bit types): the input of the quick
+    /// evaluation whose bounds [`round_step`](Self::round_step) takes.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn to_f32_step(xs: [Self; STEP]) -> [f32; STEP] {
+        xs.map(|x| x.to_f64() as f32)
+    }
+
+    /// The step of values `exact` computes (in the compute type or `f64`, rounded once to
+    /// this type). bf16 first tries `bounds`: intervals of `f32` values around each lane's
+    /// exact result, from a cheaper evaluation in `f32` (twice the lanes of `f64` per
+    /// instruction). When each lane's interval rounds to one bf16 value, that value is the
+    /// result, the same bits `exact` would give (see [`rounding::bf16_interval`]); else, about
+    /// one step in a few hundred, `exact` runs. The other types ignore `bounds` (the compiler
+    /// drops its evaluation): `f32` and `f64` compute exactly what they store, and for f16 the
+    /// checks of its narrower range and subnormals cost more than the `f64` arithmetic they
+    /// save.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn round_step(
+        bounds: ([f32; STEP], [f32; STEP]),
+        exact: impl FnOnce() -> [Self; STEP],
+    ) -> [Self; STEP] {
+        let _ = bounds;
+        exact()
+    }
 }
 
 /// Values per step of the element-wise kernels ([`crate::simd::MAP_CHUNK`]).
@@ -132,6 +160,28 @@ pub(crate) fn to_f64_pair<T: Element>(xs: &[T; 2 * STEP]) -> [f64; 2 * STEP] {
 #[inline(never)]
 fn from_f64_rare<T: Element>(v: [f64; STEP]) -> [T; STEP] {
     v.map(T::from_f64)
+}
+
+/// A coefficient that multiplies in a quick evaluation for [`Element::round_step`], rounded to
+/// `f32` within `2^-24` of itself: zero, or a magnitude in `f32`'s normal range; else NaN,
+/// which sends every step to the exact path (below that range the rounding error is not
+/// relative; above it the value is infinite, which does the same).
+#[inline(always)]
+pub(crate) fn quick_factor(c: f64) -> f32 {
+    let a = c.abs();
+    if a == 0.0 || a >= f64::from(f32::MIN_POSITIVE) {
+        c as f32
+    } else {
+        f32::NAN
+    }
+}
+
+/// `exact()`, out of the way of the kernels' loops: bf16's [`Element::round_step`] falls back
+/// on it.
+#[cold]
+#[inline(never)]
+fn round_rare<T: Element>(exact: impl FnOnce() -> [T; STEP]) -> [T; STEP] {
+    exact()
 }
 
 /// A storage type that is also an arithmetic type: `f32` and `f64`. Parameters, statistics
@@ -188,7 +238,7 @@ float!(f32, "f32");
 float!(f64, "f64");
 
 macro_rules! half_float {
-    ($t:ty, $name:literal) => {
+    ($t:ty, $name:literal $(, $round_step:item)?) => {
         impl Element for $t {
             type Param = f32;
             type Compute = f64;
@@ -238,9 +288,36 @@ macro_rules! half_float {
             fn from_compute_step(v: [f64; STEP]) -> [Self; STEP] {
                 Self::from_f64_step(v)
             }
+
+            #[inline(always)]
+            fn to_f32_step(xs: [Self; STEP]) -> [f32; STEP] {
+                let mut v = [0.0; STEP];
+                for (v, x) in v.iter_mut().zip(&xs) {
+                    *v = <$t as HalfFormat>::widen(x.to_bits());
+                }
+                v
+            }
+
+            $($round_step)?
         }
     };
 }
 
-half_float!(bf16, "bf16");
+half_float!(
+    bf16,
+    "bf16",
+    #[inline(always)]
+    fn round_step(
+        (lo, hi): ([f32; STEP], [f32; STEP]),
+        exact: impl FnOnce() -> [Self; STEP],
+    ) -> [Self; STEP] {
+        match rounding::bf16_interval(lo, hi) {
+            Some(bits) => bits.map(bf16::from_bits),
+            None => round_rare(exact),
+        }
+    }
+);
 half_float!(f16, "f16");
+
+#[cfg(test)]
+mod quick_tests;

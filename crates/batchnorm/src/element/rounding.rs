@@ -162,6 +162,33 @@ pub(crate) trait HalfFormat {
     }
 }
 
+/// The bf16 value every point of each lane's interval `[lo, hi]` rounds to, as bits; `None`
+/// when some lane's interval holds a rounding boundary or NaN. The intervals bound exact results
+/// that a cheaper evaluation in `f32` approximated (see [`crate::Element::round_step`]): when the
+/// whole interval rounds to one value, that value is the exact result's (rounding is
+/// monotonic), and the `f64` result's, which lies in the interval too.
+///
+/// Adding half a unit of bf16 (`1 << 15`) to an `f32`'s bits and truncating rounds its
+/// magnitude to nearest with ties away from zero, monotonically, on every finite value
+/// (subnormals and infinity included: bf16 is `f32`'s top half). The two ends round alike
+/// exactly when no midpoint lies in `(lo, hi]`, and then every point rounds to nearest with ties
+/// to even alike (a tie would be a midpoint). An interval across zero has ends of two signs and
+/// never passes.
+#[inline(always)]
+pub(crate) fn bf16_interval<const N: usize>(lo: [f32; N], hi: [f32; N]) -> Option<[u16; N]> {
+    let half = 1u32 << 15;
+    let (mut bits, mut ok) = ([0; N], true);
+    for ((b, &l), &h) in bits.iter_mut().zip(&lo).zip(&hi) {
+        let (lk, hk) = (
+            l.to_bits().wrapping_add(half),
+            h.to_bits().wrapping_add(half),
+        );
+        ok &= ((lk ^ hk) >> 16 == 0) & !l.is_nan() & !h.is_nan();
+        *b = (hk >> 16) as u16;
+    }
+    ok.then_some(bits)
+}
+
 impl HalfFormat for half::bf16 {
     const DROPPED: u32 = 16;
     const MIN_NORMAL: u32 = 0;
