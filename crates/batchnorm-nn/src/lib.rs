@@ -30,6 +30,7 @@ pub mod data;
 mod data_parallel;
 mod error;
 pub mod fold;
+mod indirect_gemm;
 mod init;
 pub mod layers;
 mod loss;

@@ -30,6 +30,16 @@ pub trait Scalar:
     fn max(self, other: Self) -> Self;
     /// Converts a small integer or a pixel value exactly (`f32` holds every integer below 2^24).
     fn from_f32(v: f32) -> Self;
+    /// The slice as `f32`s, if `Self` is `f32` (for kernels written for `f32` alone).
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        let _ = s;
+        None
+    }
+    /// The slice as `f32`s, if `Self` is `f32`.
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        let _ = s;
+        None
+    }
 
     /// `y_i = 1 / (1 + e^{-x_i})` over a slice. `f64` uses `f64::exp`; `f32` uses a polynomial
     /// exponential the compiler vectorises (see [`exp_f32`]), within 5.2e-7 relative of the exact
@@ -67,9 +77,9 @@ pub trait Scalar:
 }
 
 macro_rules! impl_scalar {
-    ($t:ty, $gemm:path $(, $extra:item)?) => {
+    ($t:ty, $gemm:path $(, $extra:item)*) => {
         impl Scalar for $t {
-            $($extra)?
+            $($extra)*
             #[inline(always)]
             fn exp(self) -> Self {
                 <$t>::exp(self)
@@ -113,6 +123,12 @@ macro_rules! impl_scalar {
 impl_scalar!(
     f32,
     matrixmultiply::sgemm,
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    },
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
+    },
     fn sigmoid_slice(x: &[f32], y: &mut [f32]) {
         for (o, &i) in y.iter_mut().zip(x) {
             *o = 1.0 / (1.0 + exp_f32(-i));
