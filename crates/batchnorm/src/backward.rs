@@ -3,14 +3,14 @@
 use std::ops::Range;
 
 use crate::element::{quick_factor, to_f64_pair, Element};
-use crate::forward::floor;
+use crate::forward::{quick_floor, QUICK_REL};
 use crate::gate::{Gate, Gates, Open, ReluGate};
 use crate::layout::Geometry;
 use crate::par::for_each_chunk;
 use crate::plan::{
     column_strips, fold_widened_in_place, map_channels, map_per_channel, reduce_per_channel,
     step_sum, strip_step, strips, widen, Apply, Coefficients, Disjoint, Exec, Span, StripPrefetch,
-    UnitRuns, WideMaps,
+    UnitRuns, WideMaps, QUICK,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead, MAP_CHUNK};
@@ -370,6 +370,11 @@ impl Coefficients<f64, 4> for GradMap {
     fn from_coefficients([mean, p, q, r]: [f64; 4]) -> Self {
         Self { mean, p, q, r }
     }
+
+    #[inline(always)]
+    fn quick(&self) -> [f32; QUICK] {
+        self.quick_coefficients()
+    }
 }
 
 impl GradMap {
@@ -394,58 +399,53 @@ fn dx_lanes<T: Element>(
 }
 
 impl GradMap {
-    /// Bounds of the exact dx of this map at a step of `x` and `dy` (as `f32`, exact), gated
-    /// by `gate`, from an evaluation in `f32`, for bf16's [`Element::round_step`]: each lane's
-    /// interval around `M = p dy + q (x - mean) + r`.
-    ///
-    /// As the forward's quick evaluation ([`ChannelMap`](crate::forward::ChannelMap)), with
-    /// `u = 2^-24`: `p` and `q` rounded within `u` of themselves ([`quick_factor`]), `r` within
-    /// `u|r| + 2^-150`, `d = (x - mh) - ml` within `2.01u|d| + u|ml| + 2^-150` of `x - mean`;
-    /// then `a = q d` is within `4.1u|a| + |q| (u|ml| + 2^-150)` of `q (x - mean)`, `t = a + r`
-    /// adds `u(|a| + 2|r|)`, `b = p dy` is within `2u|b|` of `p dy`, `z = b + t` adds
-    /// `u(|a| + |b| + |r|)`, and the ends `z -+ e` round by as much again: at most
-    /// `u(7.1|a| + 4|b| + 4|r| + |q ml|)` and `2^-148 |q|`, plus the `f64` evaluation's `2^-52`
-    /// of the same terms. `e = 2^-20 (|a| + |b| + |r| + |q ml|) + 2^-146 |q| + 2^-126` is `16u`
-    /// of each, and covers the roundings in `f32`'s subnormal range.
+    /// The coefficients of [`dx_bounds`]: the mean as high and low `f32` parts, `p` and `q`
+    /// ([`quick_factor`]) and `r` rounded to `f32`, the part of the error bound that does not
+    /// depend on the values ([`quick_floor`]), and the ReLU gate's bound (0 here).
     #[inline(always)]
-    fn bounds<G: Gate>(
-        self,
-        gate: G,
-        x: [f32; MAP_CHUNK],
-        dy: [f32; MAP_CHUNK],
-    ) -> ([f32; MAP_CHUNK], [f32; MAP_CHUNK]) {
-        const REL: f32 = 1.0 / (1u32 << 20) as f32;
+    fn quick_coefficients(&self) -> [f32; QUICK] {
         let mh = self.mean as f32;
         let ml = (self.mean - f64::from(mh)) as f32;
         let (p, q, r) = (quick_factor(self.p), quick_factor(self.q), self.r as f32);
-        let floor = floor([r, q * ml], q);
-        let (mut lo, mut hi) = ([0.0f32; MAP_CHUNK], [0.0f32; MAP_CHUNK]);
-        for l in 0..MAP_CHUNK {
-            let dy = if gate.stops_f32(x[l]) { 0.0 } else { dy[l] };
-            let a = q * ((x[l] - mh) - ml);
-            let b = p * dy;
-            let z = b + (a + r);
-            let e = (a.abs() + b.abs()) * REL + floor;
-            (lo[l], hi[l]) = (z - e, z + e);
-        }
-        (lo, hi)
+        [mh, ml, p, q, r, quick_floor([r, q * ml], q), 0.0]
     }
+}
 
-    /// dx at a step with this map in every lane, gated by `gate`: bf16 evaluates in `f32`
-    /// first ([`GradMap::bounds`]), and every type gives the bits of [`dx_lanes`].
-    #[inline(always)]
-    fn dx_step<T: Element, G: Gate>(
-        self,
-        gate: G,
-        (x, dy): (&[T; MAP_CHUNK], &[T; MAP_CHUNK]),
-    ) -> [T; MAP_CHUNK] {
-        let bounds = self.bounds(gate, T::to_f32_step(*x), T::to_f32_step(*dy));
-        T::round_step(bounds, move || {
-            let (x, dy) = (T::to_f64_step(*x), T::to_f64_step(*dy));
-            let dy = std::array::from_fn(|l| gated(gate, x[l], dy[l]));
-            dx_lanes(self.coefficients().map(|c| [c; MAP_CHUNK]), x, dy)
-        })
+/// Bounds of the exact dx at a step of `x` and `dy` (as `f32`, exact), `dy` stopped where
+/// `stops(quick coefficients, x)`, from an evaluation in `f32` with the quick coefficients `q(l)` of each lane
+/// ([`GradMap::quick_coefficients`]), for bf16's [`Element::round_step`]: each lane's interval
+/// around `M = p dy + q (x - mean) + r`.
+///
+/// As the forward's quick evaluation (`forward::pre_bounds`), with `u = 2^-24`: `p` and `q`
+/// rounded within `u` of themselves ([`quick_factor`]), `r` within `u|r| + 2^-150`,
+/// `d = (x - mh) - ml` within `2.01u|d| + u|ml| + 2^-150` of `x - mean`; then `a = q d` is
+/// within `4.01u|a| + |q| (u|ml| + 2^-150)` of `q (x - mean)`, `t = a + r` adds
+/// `u(|a| + 2|r|)`, `b = p dy` is within `2u|b|` of `p dy`, `z = b + t` adds
+/// `u(|a| + |b| + |r|)`, and the ends `z -+ e` round by as much again: at most
+/// `u(7.01|a| + 4|b| + 4|r| + |q ml|)` and `2^-148 |q|`, plus the `f64` evaluation's `2^-52`
+/// of the same terms. `e = 2^-21 (|a| + |b| + |r| + |q ml|) + 2^-147 |q| + 2^-126` is `8u` of
+/// each, and covers the roundings in `f32`'s subnormal range.
+#[inline(always)]
+fn dx_bounds(
+    q: impl Fn(usize) -> [f32; QUICK],
+    stops: impl Fn([f32; QUICK], f32) -> bool,
+    x: [f32; MAP_CHUNK],
+    dy: [f32; MAP_CHUNK],
+) -> ([f32; MAP_CHUNK], [f32; MAP_CHUNK]) {
+    let (mut lo, mut hi) = ([0.0f32; MAP_CHUNK], [0.0f32; MAP_CHUNK]);
+    for l in 0..MAP_CHUNK {
+        let c = q(l);
+        let [mh, ml, p, q, r, floor, _] = c;
+        // +0 where stopped, by masking the bits: with a select, the compiler branched per lane.
+        let keep = u32::from(!stops(c, x[l])).wrapping_neg();
+        let dy = f32::from_bits(dy[l].to_bits() & keep);
+        let a = q * ((x[l] - mh) - ml);
+        let b = p * dy;
+        let z = b + (a + r);
+        let e = (a.abs() + b.abs()) * QUICK_REL + floor;
+        (lo[l], hi[l]) = (z - e, z + e);
     }
+    (lo, hi)
 }
 
 impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 4> for GradMap {
@@ -462,9 +462,16 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 4> for GradMap {
         dx_lanes(c, T::to_f64_step(*x), T::to_f64_step(*dy))
     }
 
+    const QUICK: bool = T::QUICK;
+
     #[inline(always)]
-    fn apply_step(self, xs: (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK])) -> [T; MAP_CHUNK] {
-        self.dx_step(Open, xs)
+    fn apply_quick_lanes(
+        q: impl Fn(usize) -> [f32; QUICK],
+        c: impl FnOnce() -> [[f64; MAP_CHUNK]; 4],
+        (x, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
+    ) -> [T; MAP_CHUNK] {
+        let bounds = dx_bounds(q, |_, _| false, T::to_f32_step(*x), T::to_f32_step(*dy));
+        T::round_step(bounds, move || Self::apply_lanes(c(), (x, dy)))
     }
 }
 
@@ -512,6 +519,14 @@ impl Coefficients<f64, 5> for GatedGradMap {
             bound,
         }
     }
+
+    /// The dx map's, and the gate's bound (a value of the storage type, exact in `f32`).
+    #[inline(always)]
+    fn quick(&self) -> [f32; QUICK] {
+        let mut q = self.grad.quick_coefficients();
+        q[6] = self.bound as f32;
+        q
+    }
 }
 
 impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 5> for GatedGradMap {
@@ -532,9 +547,19 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 5> for GatedGradMap {
         dx_lanes([mean, p, q, r], x, dy)
     }
 
+    const QUICK: bool = T::QUICK;
+
+    /// The gate `x * sign <= bound` ([`ReluGate`], the sign `p`'s) decides in `f32` exactly
+    /// as in `f64`: `x` and the bound are values of the storage type, and `x * sign` is exact.
     #[inline(always)]
-    fn apply_step(self, xs: (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK])) -> [T; MAP_CHUNK] {
-        self.grad.dx_step(gate_of(self.grad.p, self.bound), xs)
+    fn apply_quick_lanes(
+        q: impl Fn(usize) -> [f32; QUICK],
+        c: impl FnOnce() -> [[f64; MAP_CHUNK]; 5],
+        (x, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
+    ) -> [T; MAP_CHUNK] {
+        let stops = |[_, _, p, _, _, _, bound]: [f32; QUICK], x: f32| x * 1f32.copysign(p) <= bound;
+        let bounds = dx_bounds(q, stops, T::to_f32_step(*x), T::to_f32_step(*dy));
+        T::round_step(bounds, move || Self::apply_lanes(c(), (x, dy)))
     }
 }
 
@@ -542,8 +567,8 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 5> for GatedGradMap {
 pub(crate) trait DxMap: Copy + Default + Send + Sync {
     /// The maps laid out over a widened row.
     type Wide: Default + Sync;
-    /// Lays out `maps` over a widened row.
-    fn set_wide(wide: &mut Self::Wide, maps: &[Self]);
+    /// Lays out `maps` over a widened row, with their quick coefficients when `quick`.
+    fn set_wide(wide: &mut Self::Wide, maps: &[Self], quick: bool);
     /// dx over consecutive runs of `inner` values, run `j` mapped by `maps[j]`.
     fn runs<T: Element>(
         isa: Isa,
@@ -579,8 +604,8 @@ macro_rules! dx_map {
         impl DxMap for $map {
             type Wide = WideMaps<f64, $map, $k>;
 
-            fn set_wide(wide: &mut Self::Wide, maps: &[Self]) {
-                wide.set(maps);
+            fn set_wide(wide: &mut Self::Wide, maps: &[Self], quick: bool) {
+                wide.set(maps, quick);
             }
 
             fn runs<T: Element>(
@@ -624,7 +649,7 @@ pub(crate) fn input_grad<T: Element, M: DxMap>(
     wide: &mut M::Wide,
 ) {
     if geo.is_rows() {
-        M::set_wide(wide, maps);
+        M::set_wide(wide, maps, T::QUICK);
     }
     let (wide, inner) = (&*wide, geo.inner);
     map_per_channel(geo, range, exec, dx, |span, gs, w| match span {

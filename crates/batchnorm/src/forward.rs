@@ -7,7 +7,7 @@ use std::ops::Range;
 use crate::element::{quick_factor, Element, Float};
 use crate::layout::Geometry;
 use crate::plan::{
-    map_channels, map_per_channel, Apply, Coefficients, Disjoint, Exec, Span, WideMaps,
+    map_channels, map_per_channel, Apply, Coefficients, Disjoint, Exec, Span, WideMaps, QUICK,
 };
 use crate::simd::{map_cyclic, map_runs, multiversion, Isa, MAP_CHUNK};
 
@@ -87,56 +87,78 @@ fn pre_lanes<C: Float>(
 }
 
 impl<C: Float> ChannelMap<C> {
-    /// [`pre_lanes`] with this map in every lane.
+    /// The coefficients of [`pre_bounds`]: the mean as high and low `f32` parts, the scale
+    /// ([`quick_factor`]) and shift rounded to `f32`, and the part of the error bound that does
+    /// not depend on the value ([`quick_floor`]).
     #[inline(always)]
-    fn pre_step(self, x: [C; MAP_CHUNK]) -> [C; MAP_CHUNK] {
-        pre_lanes(self.coefficients().map(|c| [c; MAP_CHUNK]), x)
-    }
-
-    /// Bounds of [`pre_step`](Self::pre_step)'s exact results from an evaluation in `f32`,
-    /// for bf16's [`Element::round_step`]: each lane's `f32` value `y` and a bound `e` of its
-    /// distance to the exact map `M = (x - mean) * scale + shift` (`mean = mean_hi + mean_lo`).
-    ///
-    /// The coefficients are rounded to `f32` (unit `u = 2^-24`): the scale within `u` of itself
-    /// ([`quick_factor`]), the mean as a high part `mh` and a low part `ml` within `u|ml| +
-    /// 2^-150` of the rest, the shift within `u|shift| + 2^-150`. Then `d = (x - mh) - ml`,
-    /// `p = d * scale`, `y = p + shift`, each rounded to `f32`. The first subtraction is exact
-    /// unless `x` and `mh` are a factor two apart (Sterbenz), and then `|x - mh|` is within
-    /// `2^-22` of `|d|`: `d` is within `2.01u|d| + u|ml| + 2^-150` of `x - mean`, and `p`
-    /// within `4.1u|p| + |scale| (u|ml| + 2^-150)` of `(x - mean) * scale` (the product's and
-    /// the scale's roundings add `u|p|` each). The sum and the shift's rounding add
-    /// `u(|y| + |shift|) <= u(|p| + 2|shift|)`; the ends `y -+ e` round by `u|y|` more, and the
-    /// `f64` evaluation errs by `2^-52` of the same terms. `e = 2^-20 (|p| + |ml scale| +
-    /// |shift|) + 2^-146 |scale| + 2^-126` is `16u` of each term against at most `6.1u`, and
-    /// the last term covers the roundings in `f32`'s subnormal range (at most 2^-149 each). A
-    /// larger `e` only sends more steps to the exact path: an interval holds a bf16 rounding
-    /// boundary with probability about `2^-11 (|p| + |shift|) / |y|`.
-    #[inline(always)]
-    fn bounds(self, x: [f32; MAP_CHUNK]) -> ([f32; MAP_CHUNK], [f32; MAP_CHUNK]) {
-        const REL: f32 = 1.0 / (1u32 << 20) as f32;
-        let [hi, lo, scale, shift] = self.coefficients().map(|c| [c; MAP_CHUNK]);
-        let (mut y, mut e) = ([0.0f32; MAP_CHUNK], [0.0f32; MAP_CHUNK]);
-        for l in 0..MAP_CHUNK {
-            let mean = hi[l].to_f64() + lo[l].to_f64();
-            let mh = mean as f32;
-            let ml = (mean - f64::from(mh)) as f32;
-            let (scale, shift) = (quick_factor(scale[l].to_f64()), shift[l].to_f64() as f32);
-            let p = ((x[l] - mh) - ml) * scale;
-            y[l] = p + shift;
-            e[l] = p.abs() * REL + floor([ml * scale, shift], scale);
-        }
-        (y, e)
+    fn quick_coefficients(&self) -> [f32; QUICK] {
+        let mean = self.mean_hi.to_f64() + self.mean_lo.to_f64();
+        let mh = mean as f32;
+        let ml = (mean - f64::from(mh)) as f32;
+        let (scale, shift) = (
+            quick_factor(self.scale.to_f64()),
+            self.shift.to_f64() as f32,
+        );
+        [
+            mh,
+            ml,
+            scale,
+            shift,
+            quick_floor([ml * scale, shift], scale),
+            0.0,
+            0.0,
+        ]
     }
 }
 
-/// The part of a quick evaluation's error bound that does not depend on the lane:
-/// `2^-20 (|terms|) + 2^-146 |factor| + 2^-126` (see [`ChannelMap::bounds`]), in `f64` and
-/// rounded to `f32` (its rounding is covered by the bound's slack).
+/// Bounds of [`pre_lanes`]'s exact results from an evaluation in `f32`, for bf16's
+/// [`Element::round_step`]: each lane's `f32` value `y` and a bound `e` of its distance to the
+/// exact map `M = (x - mean) * scale + shift` (`mean = mean_hi + mean_lo`), from the quick
+/// coefficients `q(l)` of each lane ([`ChannelMap::quick_coefficients`]).
+///
+/// The coefficients are rounded to `f32` (unit `u = 2^-24`): the scale within `u` of itself
+/// ([`quick_factor`]), the mean as a high part `mh` and a low part `ml` within `u|ml| + 2^-150`
+/// of the rest, the shift within `u|shift| + 2^-150`. Then `d = (x - mh) - ml`, `p = d * scale`,
+/// `y = p + shift`, each rounded to `f32`. The first subtraction is exact unless `x` and `mh`
+/// are a factor two apart (Sterbenz), and then `|x - mh|` is within `2^-22` of `|d|`: `d` is
+/// within `2.01u|d| + u|ml| + 2^-150` of `x - mean`, and `p` within `4.1u|p| + |scale| (u|ml| +
+/// 2^-150)` of `(x - mean) * scale` (the product's and the scale's roundings add `u|p|` each).
+/// The sum and the shift's rounding add `u(|y| + |shift|) <= u(|p| + 2|shift|)`; the ends
+/// `y -+ e` round by `u|y|` more, and the `f64` evaluation errs by `2^-52` of the same terms.
+/// `e = 2^-21 (|p| + |ml scale| + |shift|) + 2^-147 |scale| + 2^-126` is `8u` of each term
+/// against at most `6.1u` (the rest covers the roundings of `e` itself, `2u e`), and the last
+/// term covers the roundings in `f32`'s subnormal range (at most 2^-149 each). A larger `e` only
+/// sends more steps to the exact path: an interval holds a bf16 rounding boundary with
+/// probability about `2^-12 (|p| + |shift|) / |y|`.
 #[inline(always)]
-pub(crate) fn floor<const N: usize>(terms: [f32; N], factor: f32) -> f32 {
+fn pre_bounds(
+    q: impl Fn(usize) -> [f32; QUICK],
+    x: [f32; MAP_CHUNK],
+) -> ([f32; MAP_CHUNK], [f32; MAP_CHUNK]) {
+    let (mut y, mut e) = ([0.0f32; MAP_CHUNK], [0.0f32; MAP_CHUNK]);
+    for l in 0..MAP_CHUNK {
+        let [mh, ml, scale, shift, floor, ..] = q(l);
+        let p = ((x[l] - mh) - ml) * scale;
+        y[l] = p + shift;
+        e[l] = p.abs() * QUICK_REL + floor;
+    }
+    (y, e)
+}
+
+/// `2^-21`: a quick evaluation's error bound relative to its terms (8 units of `f32`; the
+/// analyses ask for at most 7.01). Halving it from 2^-20 halved the steps that take the exact
+/// path, about one in ten in the 16x64x56x56 backward after a ReLU.
+pub(crate) const QUICK_REL: f32 = 1.0 / (1u32 << 21) as f32;
+
+/// The part of a quick evaluation's error bound that does not depend on the lane:
+/// `QUICK_REL |terms| + 2^-147 |factor| + 2^-126` (see [`pre_bounds`]), in `f64` and rounded to
+/// `f32` (its rounding is covered by the bound's slack).
+#[inline(always)]
+pub(crate) fn quick_floor<const N: usize>(terms: [f32; N], factor: f32) -> f32 {
     let terms: f64 = terms.iter().map(|t| f64::from(t.abs())).sum();
     let factor = f64::from(factor.abs());
-    (terms * 2f64.powi(-20) + factor * 2f64.powi(-146) + 2f64.powi(-126)) as f32
+    let rel = f64::from(QUICK_REL);
+    (terms * rel + factor * 2f64.powi(-147) + 2f64.powi(-126)) as f32
 }
 
 /// The interval `[y - e, y + e]` of each lane, through the non-decreasing `f`.
@@ -212,16 +234,26 @@ macro_rules! forward_coefficients {
             fn from_coefficients(c: [C; 4]) -> Self {
                 Self(M::from_coefficients(c))
             }
+
+            #[inline(always)]
+            fn quick(&self) -> [f32; QUICK] {
+                self.0.quick()
+            }
         }
     };
 }
 forward_coefficients!(Relu);
 forward_coefficients!(AddRelu);
 
-impl<C: Copy> Coefficients<C, 4> for ChannelMap<C> {
+impl<C: Float> Coefficients<C, 4> for ChannelMap<C> {
     #[inline(always)]
     fn coefficients(&self) -> [C; 4] {
         [self.mean_hi, self.mean_lo, self.scale, self.shift]
+    }
+
+    #[inline(always)]
+    fn quick(&self) -> [f32; QUICK] {
+        self.quick_coefficients()
     }
 
     #[inline(always)]
@@ -246,12 +278,16 @@ impl<T: Element> Apply<&[T], T, T::Compute, 4> for NormMap<T> {
         T::from_compute_step(pre_lanes(c, T::to_compute_step(*xs)))
     }
 
+    const QUICK: bool = T::QUICK;
+
     #[inline(always)]
-    fn apply_step(self, xs: &[T; MAP_CHUNK]) -> [T; MAP_CHUNK] {
-        let bounds = interval(self.bounds(T::to_f32_step(*xs)), |v| v);
-        T::round_step(bounds, move || {
-            T::from_compute_step(self.pre_step(T::to_compute_step(*xs)))
-        })
+    fn apply_quick_lanes(
+        q: impl Fn(usize) -> [f32; QUICK],
+        c: impl FnOnce() -> [[T::Compute; MAP_CHUNK]; 4],
+        xs: &[T; MAP_CHUNK],
+    ) -> [T; MAP_CHUNK] {
+        let bounds = interval(pre_bounds(q, T::to_f32_step(*xs)), |v| v);
+        T::round_step(bounds, move || Self::apply_lanes(c(), xs))
     }
 }
 
@@ -266,12 +302,16 @@ impl<T: Element> Apply<&[T], T, T::Compute, 4> for Relu<NormMap<T>> {
         T::from_compute_step(pre_lanes(c, T::to_compute_step(*xs)).map(relu))
     }
 
+    const QUICK: bool = T::QUICK;
+
     #[inline(always)]
-    fn apply_step(self, xs: &[T; MAP_CHUNK]) -> [T; MAP_CHUNK] {
-        let bounds = interval(self.0.bounds(T::to_f32_step(*xs)), relu);
-        T::round_step(bounds, move || {
-            T::from_compute_step(self.0.pre_step(T::to_compute_step(*xs)).map(relu))
-        })
+    fn apply_quick_lanes(
+        q: impl Fn(usize) -> [f32; QUICK],
+        c: impl FnOnce() -> [[T::Compute; MAP_CHUNK]; 4],
+        xs: &[T; MAP_CHUNK],
+    ) -> [T; MAP_CHUNK] {
+        let bounds = interval(pre_bounds(q, T::to_f32_step(*xs)), relu);
+        T::round_step(bounds, move || Self::apply_lanes(c(), xs))
     }
 }
 
@@ -293,11 +333,17 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, T::Compute, 4> for AddRelu<Nor
         T::from_compute_step(add_relu_lanes(pre, T::to_compute_step(*rs)))
     }
 
+    const QUICK: bool = T::QUICK;
+
     /// The quick evaluation's sum `z = y + r` rounds once more in `f32`, by at most `2^-24 |z|`
     /// (its bound takes `2^-22 |z|`).
     #[inline(always)]
-    fn apply_step(self, (xs, rs): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK])) -> [T; MAP_CHUNK] {
-        let (y, e) = self.0.bounds(T::to_f32_step(*xs));
+    fn apply_quick_lanes(
+        q: impl Fn(usize) -> [f32; QUICK],
+        c: impl FnOnce() -> [[T::Compute; MAP_CHUNK]; 4],
+        (xs, rs): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
+    ) -> [T; MAP_CHUNK] {
+        let (y, e) = pre_bounds(q, T::to_f32_step(*xs));
         let r = T::to_f32_step(*rs);
         let (mut z, mut ez) = ([0.0f32; MAP_CHUNK], [0.0f32; MAP_CHUNK]);
         for l in 0..MAP_CHUNK {
@@ -305,8 +351,7 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, T::Compute, 4> for AddRelu<Nor
             ez[l] = e[l] + z[l].abs() * (1.0 / (1u32 << 22) as f32);
         }
         T::round_step(interval((z, ez), relu), move || {
-            let pre = self.0.pre_step(T::to_compute_step(*xs));
-            T::from_compute_step(add_relu_lanes(pre, T::to_compute_step(*rs)))
+            Self::apply_lanes(c(), (xs, rs))
         })
     }
 }
@@ -431,7 +476,7 @@ pub(crate) fn normalize<T: Element>(
     wide: &mut WideMaps<T::Compute, NormMap<T>, 4>,
 ) {
     if geo.is_rows() {
-        wide.set(maps);
+        wide.set(maps, T::QUICK);
     }
     let (wide, inner) = (&*wide, geo.inner);
     map_per_channel(geo, range, exec, y, |span, ys, w| match span {

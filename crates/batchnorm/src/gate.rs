@@ -18,10 +18,6 @@ use crate::stages::Normalization;
 /// Whether the upstream gradient stops at an input value (as `f64`, exact).
 pub(crate) trait Gate: Copy {
     fn stops(self, x: f64) -> bool;
-
-    /// [`stops`](Self::stops) at an input value as `f32`, for storage types whose values are
-    /// all `f32` values (the gate's bound is one of them): the same answer.
-    fn stops_f32(self, x: f32) -> bool;
 }
 
 /// Everything passes: the plain backward.
@@ -31,11 +27,6 @@ pub(crate) struct Open;
 impl Gate for Open {
     #[inline(always)]
     fn stops(self, _: f64) -> bool {
-        false
-    }
-
-    #[inline(always)]
-    fn stops_f32(self, _: f32) -> bool {
         false
     }
 }
@@ -54,11 +45,6 @@ impl Gate for ReluGate {
     #[inline(always)]
     fn stops(self, x: f64) -> bool {
         x * self.sign <= self.bound
-    }
-
-    #[inline(always)]
-    fn stops_f32(self, x: f32) -> bool {
-        x * self.sign as f32 <= self.bound as f32
     }
 }
 

@@ -114,6 +114,11 @@ pub trait Element:
         v.map(Self::from_compute)
     }
 
+    /// Whether [`round_step`](Self::round_step) tries its bounds: the element-wise kernels then
+    /// compute them (and lay out the quick coefficients they need for channels-last passes).
+    #[doc(hidden)]
+    const QUICK: bool = false;
+
     /// A step of values as `f32` (exact for the 16-bit types): the input of the quick
     /// evaluation whose bounds [`round_step`](Self::round_step) takes.
     #[doc(hidden)]
@@ -176,13 +181,12 @@ pub(crate) fn quick_factor(c: f64) -> f32 {
     }
 }
 
-/// `exact()`, out of the way of the kernels' loops: bf16's [`Element::round_step`] falls back
-/// on it.
+/// Marks the path that calls it as rarely taken, so that the compiler lays it out of the way of
+/// the kernels' loops while still compiling it inline, for the kernel's instruction set (out of
+/// line, the `f64` fallback's fused multiply-adds became calls to the C library's `fma`).
 #[cold]
 #[inline(never)]
-fn round_rare<T: Element>(exact: impl FnOnce() -> [T; STEP]) -> [T; STEP] {
-    exact()
-}
+fn rarely() {}
 
 /// A storage type that is also an arithmetic type: `f32` and `f64`. Parameters, statistics
 /// and the normalising map are of this kind.
@@ -238,7 +242,7 @@ float!(f32, "f32");
 float!(f64, "f64");
 
 macro_rules! half_float {
-    ($t:ty, $name:literal $(, $round_step:item)?) => {
+    ($t:ty, $name:literal $(, $item:item)*) => {
         impl Element for $t {
             type Param = f32;
             type Compute = f64;
@@ -298,7 +302,7 @@ macro_rules! half_float {
                 v
             }
 
-            $($round_step)?
+            $($item)*
         }
     };
 }
@@ -306,6 +310,7 @@ macro_rules! half_float {
 half_float!(
     bf16,
     "bf16",
+    const QUICK: bool = true;,
     #[inline(always)]
     fn round_step(
         (lo, hi): ([f32; STEP], [f32; STEP]),
@@ -313,7 +318,10 @@ half_float!(
     ) -> [Self; STEP] {
         match rounding::bf16_interval(lo, hi) {
             Some(bits) => bits.map(bf16::from_bits),
-            None => round_rare(exact),
+            None => {
+                rarely();
+                exact()
+            }
         }
     }
 );

@@ -5,7 +5,7 @@ use crate::backward::{GatedGradMap, GradMap};
 use crate::element::bf16;
 use crate::forward::{AddRelu, ChannelMap, NormMap, Relu};
 use crate::gate::ReluGate;
-use crate::plan::{Apply, Coefficients};
+use crate::plan::{Apply, Coefficients, QUICK};
 use crate::simd::MAP_CHUNK;
 
 /// SplitMix64: deterministic values in [0, 1).
@@ -32,8 +32,12 @@ fn every_bf16() -> (Vec<bf16>, Vec<bf16>) {
     (xs, rs)
 }
 
+/// The same bits, or both NaN: which NaN a sum of two NaNs gives depends on the order the
+/// compiler puts the operands in, so the payload may differ where the kernels are inlined.
 fn same(a: [bf16; MAP_CHUNK], b: [bf16; MAP_CHUNK]) -> bool {
-    a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits())
+    a.iter()
+        .zip(&b)
+        .all(|(a, b)| a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan())
 }
 
 /// Maps over many scales: means from 0 to far off, spreads from tiny to huge, weights of both
@@ -62,10 +66,12 @@ fn normalising_steps_are_the_exact_bits() {
     let (xs, rs) = every_bf16();
     let (steps, _) = xs.as_chunks::<MAP_CHUNK>();
     let (rsteps, _) = rs.as_chunks::<MAP_CHUNK>();
-    for map in maps {
+    for (i, &map) in maps.iter().enumerate() {
         let exact = map.coefficients().map(|c| [c; MAP_CHUNK]);
         let relu = Relu::<NormMap<bf16>>::from_coefficients(map.coefficients());
         let add_relu = AddRelu::<NormMap<bf16>>::from_coefficients(map.coefficients());
+        // Channels-last steps: lane `l` with map `i + l`.
+        let (q, c) = lanes(&maps, i);
         for (x, r) in steps.iter().zip(rsteps) {
             let want = NormMap::<bf16>::apply_lanes(exact, x);
             assert!(same(map.apply_step(x), want), "{map:?} at {x:?}");
@@ -74,8 +80,23 @@ fn normalising_steps_are_the_exact_bits() {
             let want = AddRelu::<NormMap<bf16>>::apply_lanes(exact, (x, r));
             let got = add_relu.apply_step((x, r));
             assert!(same(got, want), "add relu {map:?} at {x:?} + {r:?}");
+            let want = NormMap::<bf16>::apply_lanes(c, x);
+            let got = NormMap::<bf16>::apply_quick_lanes(|l| q[l], || c, x);
+            assert!(same(got, want), "maps from {i} at {x:?}");
         }
     }
+}
+
+/// The quick and exact coefficients of the maps `first..first + MAP_CHUNK` (cyclically), lane
+/// by lane, as a channels-last step reads them.
+fn lanes<V: Copy, M: Coefficients<V, K>, const K: usize>(
+    maps: &[M],
+    first: usize,
+) -> ([[f32; QUICK]; MAP_CHUNK], [[V; MAP_CHUNK]; K]) {
+    let map = |l: usize| maps[(first + l) % maps.len()];
+    let q = std::array::from_fn(|l| map(l).quick());
+    let c = std::array::from_fn(|k| std::array::from_fn(|l| map(l).coefficients()[k]));
+    (q, c)
 }
 
 /// dx maps over the same scales, plain and behind ReLU gates of both directions: every bf16 x
@@ -100,6 +121,33 @@ fn dx_steps_are_the_exact_bits() {
     let (xs, dys) = every_bf16();
     let (steps, _) = xs.as_chunks::<MAP_CHUNK>();
     let (dsteps, _) = dys.as_chunks::<MAP_CHUNK>();
+    let gated: Vec<GatedGradMap> = maps
+        .iter()
+        .map(|&map| {
+            let [mean, p, ..] = map.coefficients();
+            let bound = bf16::from_f64(mean).to_f64();
+            GatedGradMap::new(
+                map,
+                ReluGate {
+                    sign: 1f64.copysign(p),
+                    bound: bound * 1f64.copysign(p),
+                },
+            )
+        })
+        .collect();
+    for i in 0..maps.len() {
+        // Channels-last steps: lane `l` with map `i + l`.
+        let (q, c) = lanes(&maps, i);
+        let (gq, gc) = lanes(&gated, i);
+        for (x, dy) in steps.iter().zip(dsteps) {
+            let want = GradMap::apply_lanes(c, (x, dy));
+            let got = GradMap::apply_quick_lanes(|l| q[l], || c, (x, dy));
+            assert!(same(got, want), "maps from {i} at {x:?}, {dy:?}");
+            let want = GatedGradMap::apply_lanes(gc, (x, dy));
+            let got = GatedGradMap::apply_quick_lanes(|l| gq[l], || gc, (x, dy));
+            assert!(same(got, want), "gated maps from {i} at {x:?}, {dy:?}");
+        }
+    }
     for map in maps {
         let [mean, p, ..] = map.coefficients();
         // A rising gate at the mean, and a falling one just above it.

@@ -96,7 +96,16 @@ pub(crate) trait Coefficients<V, const K: usize>: Copy {
     fn coefficients(&self) -> [V; K];
     /// The map with these coefficients.
     fn from_coefficients(c: [V; K]) -> Self;
+
+    /// The coefficients of the map's quick evaluation in `f32`, for the storage types that
+    /// have one ([`Apply::QUICK`]); zeros for maps without it.
+    fn quick(&self) -> [f32; QUICK] {
+        [0.0; QUICK]
+    }
 }
+
+/// The most coefficients a quick evaluation in `f32` takes per channel (the gated dx map's).
+pub(crate) const QUICK: usize = 7;
 
 /// A per-channel map of coefficients `V` applied to its inputs `I` (x, or x and dy side by
 /// side), giving values `U`: one value, or a step of them converted and computed lane by lane
@@ -109,41 +118,84 @@ pub(crate) trait Apply<I: Inputs, U, V: Copy, const K: usize>: Coefficients<V, K
     /// [`apply`](Self::apply), so the same bits).
     fn apply_lanes(c: [[V; MAP_CHUNK]; K], xs: I::Step) -> [U; MAP_CHUNK];
 
+    /// Whether steps go through [`apply_quick_lanes`](Self::apply_quick_lanes): an evaluation
+    /// in `f32` from the [`quick`](Coefficients::quick) coefficients, checked, with the exact
+    /// coefficients read only when the check fails (bf16, see
+    /// [`Element::round_step`](crate::Element::round_step)).
+    const QUICK: bool = false;
+
+    /// A step, lane `l` mapped with the quick coefficients `q(l)`, or with the exact ones
+    /// `c()` where that does not settle the result: the bits of
+    /// [`apply_lanes`](Self::apply_lanes).
+    #[inline(always)]
+    fn apply_quick_lanes(
+        q: impl Fn(usize) -> [f32; QUICK],
+        c: impl FnOnce() -> [[V; MAP_CHUNK]; K],
+        xs: I::Step,
+    ) -> [U; MAP_CHUNK] {
+        let _ = q;
+        Self::apply_lanes(c(), xs)
+    }
+
     /// A step, every lane with this map.
     #[inline(always)]
     fn apply_step(self, xs: I::Step) -> [U; MAP_CHUNK] {
         let c = self.coefficients();
-        Self::apply_lanes(std::array::from_fn(|k| [c[k]; MAP_CHUNK]), xs)
+        let c: [[V; MAP_CHUNK]; K] = std::array::from_fn(|k| [c[k]; MAP_CHUNK]);
+        if Self::QUICK {
+            // Each lane's quick coefficients from its exact ones, inside the lane loop (hoisted
+            // out of the caller's loop): made once and copied to every lane, the compiler
+            // vectorised half of each step and left the rest to scalar code.
+            let q = |l| Self::from_coefficients(std::array::from_fn(|k| c[k][l])).quick();
+            Self::apply_quick_lanes(q, move || c, xs)
+        } else {
+            Self::apply_lanes(c, xs)
+        }
     }
 }
 
 /// Per-channel maps `M` of coefficients `V` repeated over one widened row and wrapped, one
 /// array per coefficient: the coefficients of a channels-last pass (see
-/// [`crate::simd::map_cyclic`]).
-/// `#[repr(transparent)]`: the maps type is only a marker, and
-/// [`reinterpret`](WideMaps::reinterpret) reads the same coefficients as other maps.
+/// [`crate::simd::map_cyclic`]), and those of the maps' quick evaluation when they have one.
+/// `#[repr(C)]`: the maps type is only a marker, and [`reinterpret`](WideMaps::reinterpret)
+/// reads the same coefficients as other maps.
 #[derive(Debug, Clone)]
-#[repr(transparent)]
-pub(crate) struct WideMaps<V, M, const K: usize>(Wrapped<V, K>, PhantomData<M>);
+#[repr(C)]
+pub(crate) struct WideMaps<V, M, const K: usize> {
+    exact: Wrapped<V, K>,
+    quick: Wrapped<f32, QUICK>,
+    maps: PhantomData<M>,
+}
 
 impl<V, M, const K: usize> Default for WideMaps<V, M, K> {
     fn default() -> Self {
-        Self(Wrapped::default(), PhantomData)
+        Self {
+            exact: Wrapped::default(),
+            quick: Wrapped::default(),
+            maps: PhantomData,
+        }
     }
 }
 
 impl<V: Copy, M: Coefficients<V, K>, const K: usize> WideMaps<V, M, K> {
-    /// Lays out every channel's map.
-    pub fn set(&mut self, maps: &[M]) {
-        self.0.set(maps, M::coefficients);
+    /// Lays out every channel's map, and its quick coefficients when `quick` (the maps'
+    /// [`Apply::QUICK`]).
+    pub fn set(&mut self, maps: &[M], quick: bool) {
+        self.exact.set(maps, M::coefficients);
+        if quick {
+            self.quick.set(maps, M::quick);
+        } else {
+            self.quick = Wrapped::default();
+        }
     }
 
     /// The same coefficients, applied as maps `N` (which must read them in the order `M`
     /// lays them out: a wrapper that applies more after `M`).
     pub fn reinterpret<N: Coefficients<V, K>>(&self) -> &WideMaps<V, N, K> {
-        // SAFETY: `WideMaps` is `#[repr(transparent)]` over its `Wrapped`, the only field that
-        // is not zero-sized; the maps type only appears in `PhantomData`. Both types therefore
-        // have the layout of `Wrapped<V, K>`, and the reference keeps its lifetime.
+        // SAFETY: `WideMaps` is `#[repr(C)]` and its maps type only appears in `PhantomData`,
+        // a zero-sized field: `WideMaps<V, M, K>` and `WideMaps<V, N, K>` have the same fields
+        // of the same types in the same order, hence the same layout, and the reference keeps
+        // its lifetime.
         unsafe { &*std::ptr::from_ref(self).cast::<WideMaps<V, N, K>>() }
     }
 }
@@ -151,20 +203,40 @@ impl<V: Copy, M: Coefficients<V, K>, const K: usize> WideMaps<V, M, K> {
 impl<I: Inputs, U, V: Copy, M: Apply<I, U, V, K>, const K: usize> Cyclic<I, U>
     for WideMaps<V, M, K>
 {
+    /// Checks (once per pass) that the maps' quick coefficients are laid out when they have
+    /// some, which [`step`](Cyclic::step) relies on.
     fn width(&self) -> usize {
-        self.0.width()
+        let w = self.exact.width();
+        assert!(
+            !M::QUICK || self.quick.width() == w,
+            "quick coefficients laid out for {} positions of {w}",
+            self.quick.width()
+        );
+        w
     }
 
     #[inline(always)]
     unsafe fn step(&self, xs: I::Step, j: usize) -> [U; MAP_CHUNK] {
-        // SAFETY: `j < width`, this function's own contract.
-        let coefs = unsafe { self.0.chunks(j) };
-        M::apply_lanes(std::array::from_fn(|k| *coefs[k]), xs)
+        // (`from_fn`, not `map`: the compiler left `map` out of line in these loops.)
+        let c = move || {
+            // SAFETY: `j < width`, this function's own contract.
+            let c = unsafe { self.exact.chunks(j) };
+            std::array::from_fn(|k| *c[k])
+        };
+        if M::QUICK {
+            // SAFETY: `j < width`, this function's own contract, and the quick coefficients
+            // span the same width when `M::QUICK` (checked by `width`, which `map_cyclic`
+            // calls before any step).
+            let q = unsafe { self.quick.chunks(j) };
+            M::apply_quick_lanes(|l| std::array::from_fn(|k| q[k][l]), c, xs)
+        } else {
+            M::apply_lanes(c(), xs)
+        }
     }
 
     #[inline(always)]
     fn one(&self, x: I::Value, j: usize) -> U {
-        M::from_coefficients(self.0.at(j)).apply(x)
+        M::from_coefficients(self.exact.at(j)).apply(x)
     }
 }
 
