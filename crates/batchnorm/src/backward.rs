@@ -10,7 +10,7 @@ use crate::par::for_each_chunk;
 use crate::plan::{
     column_strips, fold_widened_in_place, map_channels, map_per_channel, reduce_per_channel,
     step_sum, strip_step, strips, widen, Apply, Coefficients, Disjoint, Exec, Span, StripPrefetch,
-    UnitRuns, WideMaps, QUICK,
+    UnitRuns, WideMaps, QUICK_LEN,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead, MAP_CHUNK};
@@ -372,7 +372,7 @@ impl Coefficients<f64, 4> for GradMap {
     }
 
     #[inline(always)]
-    fn quick(&self) -> [f32; QUICK] {
+    fn quick(&self) -> [f32; QUICK_LEN] {
         self.quick_coefficients()
     }
 }
@@ -411,7 +411,7 @@ impl GradMap {
     /// path (one in 130 centred). `x0` itself is within `2^-53 (|r / q| + |x0|)` of its value: `2^-53 (|r| + |q x0|)`
     /// once multiplied, which the floor takes with `2^-50`. Else the mean and `r`.
     #[inline(always)]
-    fn quick_coefficients(&self) -> [f32; QUICK] {
+    fn quick_coefficients(&self) -> [f32; QUICK_LEN] {
         let x0 = self.mean - self.r / self.q;
         let (centre, offset, moved) = if x0.abs() <= f64::from(f32::MAX) {
             (
@@ -447,8 +447,8 @@ impl GradMap {
 /// subnormal range.
 #[inline(always)]
 fn dx_bounds(
-    q: impl Fn(usize) -> [f32; QUICK],
-    stops: impl Fn([f32; QUICK], f32) -> bool,
+    q: impl Fn(usize) -> [f32; QUICK_LEN],
+    stops: impl Fn([f32; QUICK_LEN], f32) -> bool,
     x: [f32; MAP_CHUNK],
     dy: [f32; MAP_CHUNK],
 ) -> ([f32; MAP_CHUNK], [f32; MAP_CHUNK]) {
@@ -486,7 +486,7 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 4> for GradMap {
 
     #[inline(always)]
     fn apply_quick_lanes(
-        q: impl Fn(usize) -> [f32; QUICK],
+        q: impl Fn(usize) -> [f32; QUICK_LEN],
         c: impl FnOnce() -> [[f64; MAP_CHUNK]; 4],
         (x, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
     ) -> [T; MAP_CHUNK] {
@@ -542,7 +542,7 @@ impl Coefficients<f64, 5> for GatedGradMap {
 
     /// The dx map's, and the gate's bound (a value of the storage type, exact in `f32`).
     #[inline(always)]
-    fn quick(&self) -> [f32; QUICK] {
+    fn quick(&self) -> [f32; QUICK_LEN] {
         let mut q = self.grad.quick_coefficients();
         q[6] = self.bound as f32;
         q
@@ -573,11 +573,12 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 5> for GatedGradMap {
     /// as in `f64`: `x` and the bound are values of the storage type, and `x * sign` is exact.
     #[inline(always)]
     fn apply_quick_lanes(
-        q: impl Fn(usize) -> [f32; QUICK],
+        q: impl Fn(usize) -> [f32; QUICK_LEN],
         c: impl FnOnce() -> [[f64; MAP_CHUNK]; 5],
         (x, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
     ) -> [T; MAP_CHUNK] {
-        let stops = |[_, _, p, _, _, _, bound]: [f32; QUICK], x: f32| x * 1f32.copysign(p) <= bound;
+        let stops =
+            |[_, _, p, _, _, _, bound]: [f32; QUICK_LEN], x: f32| x * 1f32.copysign(p) <= bound;
         let bounds = dx_bounds(q, stops, T::to_f32_step(*x), T::to_f32_step(*dy));
         T::round_step(bounds, move || Self::apply_lanes(c(), (x, dy)))
     }

@@ -7,7 +7,7 @@ use std::ops::Range;
 use crate::element::{quick_factor, Element, Float};
 use crate::layout::Geometry;
 use crate::plan::{
-    map_channels, map_per_channel, Apply, Coefficients, Disjoint, Exec, Span, WideMaps, QUICK,
+    map_channels, map_per_channel, Apply, Coefficients, Disjoint, Exec, Span, WideMaps, QUICK_LEN,
 };
 use crate::simd::{map_cyclic, map_runs, multiversion, Isa, MAP_CHUNK};
 
@@ -91,7 +91,7 @@ impl<C: Float> ChannelMap<C> {
     /// ([`quick_factor`]) and shift rounded to `f32`, and the part of the error bound that does
     /// not depend on the value ([`quick_floor`]).
     #[inline(always)]
-    fn quick_coefficients(&self) -> [f32; QUICK] {
+    fn quick_coefficients(&self) -> [f32; QUICK_LEN] {
         let mean = self.mean_hi.to_f64() + self.mean_lo.to_f64();
         let mh = mean as f32;
         let ml = (mean - f64::from(mh)) as f32;
@@ -132,7 +132,7 @@ impl<C: Float> ChannelMap<C> {
 /// probability about `2^-12 (|p| + |shift|) / |y|`.
 #[inline(always)]
 fn pre_bounds(
-    q: impl Fn(usize) -> [f32; QUICK],
+    q: impl Fn(usize) -> [f32; QUICK_LEN],
     x: [f32; MAP_CHUNK],
 ) -> ([f32; MAP_CHUNK], [f32; MAP_CHUNK]) {
     let (mut y, mut e) = ([0.0f32; MAP_CHUNK], [0.0f32; MAP_CHUNK]);
@@ -236,7 +236,7 @@ macro_rules! forward_coefficients {
             }
 
             #[inline(always)]
-            fn quick(&self) -> [f32; QUICK] {
+            fn quick(&self) -> [f32; QUICK_LEN] {
                 self.0.quick()
             }
         }
@@ -252,7 +252,7 @@ impl<C: Float> Coefficients<C, 4> for ChannelMap<C> {
     }
 
     #[inline(always)]
-    fn quick(&self) -> [f32; QUICK] {
+    fn quick(&self) -> [f32; QUICK_LEN] {
         self.quick_coefficients()
     }
 
@@ -282,7 +282,7 @@ impl<T: Element> Apply<&[T], T, T::Compute, 4> for NormMap<T> {
 
     #[inline(always)]
     fn apply_quick_lanes(
-        q: impl Fn(usize) -> [f32; QUICK],
+        q: impl Fn(usize) -> [f32; QUICK_LEN],
         c: impl FnOnce() -> [[T::Compute; MAP_CHUNK]; 4],
         xs: &[T; MAP_CHUNK],
     ) -> [T; MAP_CHUNK] {
@@ -306,7 +306,7 @@ impl<T: Element> Apply<&[T], T, T::Compute, 4> for Relu<NormMap<T>> {
 
     #[inline(always)]
     fn apply_quick_lanes(
-        q: impl Fn(usize) -> [f32; QUICK],
+        q: impl Fn(usize) -> [f32; QUICK_LEN],
         c: impl FnOnce() -> [[T::Compute; MAP_CHUNK]; 4],
         xs: &[T; MAP_CHUNK],
     ) -> [T; MAP_CHUNK] {
@@ -339,7 +339,7 @@ impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, T::Compute, 4> for AddRelu<Nor
     /// (its bound takes `2^-22 |z|`).
     #[inline(always)]
     fn apply_quick_lanes(
-        q: impl Fn(usize) -> [f32; QUICK],
+        q: impl Fn(usize) -> [f32; QUICK_LEN],
         c: impl FnOnce() -> [[T::Compute; MAP_CHUNK]; 4],
         (xs, rs): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
     ) -> [T; MAP_CHUNK] {

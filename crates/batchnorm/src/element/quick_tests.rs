@@ -5,7 +5,7 @@ use crate::backward::{GatedGradMap, GradMap};
 use crate::element::bf16;
 use crate::forward::{AddRelu, ChannelMap, NormMap, Relu};
 use crate::gate::ReluGate;
-use crate::plan::{Apply, Coefficients, QUICK};
+use crate::plan::{Apply, Coefficients, QUICK_LEN};
 use crate::simd::MAP_CHUNK;
 
 /// SplitMix64: deterministic values in [0, 1).
@@ -92,7 +92,7 @@ fn normalising_steps_are_the_exact_bits() {
 fn lanes<V: Copy, M: Coefficients<V, K>, const K: usize>(
     maps: &[M],
     first: usize,
-) -> ([[f32; QUICK]; MAP_CHUNK], [[V; MAP_CHUNK]; K]) {
+) -> ([[f32; QUICK_LEN]; MAP_CHUNK], [[V; MAP_CHUNK]; K]) {
     let map = |l: usize| maps[(first + l) % maps.len()];
     let q = std::array::from_fn(|l| map(l).quick());
     let c = std::array::from_fn(|k| std::array::from_fn(|l| map(l).coefficients()[k]));

@@ -18,7 +18,7 @@ pub(crate) use disjoint::Disjoint;
 pub(crate) use drivers::{map_channels, map_per_channel, reduce_per_channel, two_passes};
 pub(crate) use rows::{
     column_strips, fold_widened_in_place, step_sum, strip_step, strips, widen, widen_iter, Apply,
-    Coefficients, StripPrefetch, WideMaps, QUICK,
+    Coefficients, StripPrefetch, WideMaps, QUICK_LEN,
 };
 
 use std::ops::Range;

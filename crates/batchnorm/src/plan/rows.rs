@@ -99,13 +99,13 @@ pub(crate) trait Coefficients<V, const K: usize>: Copy {
 
     /// The coefficients of the map's quick evaluation in `f32`, for the storage types that
     /// have one ([`Apply::QUICK`]); zeros for maps without it.
-    fn quick(&self) -> [f32; QUICK] {
-        [0.0; QUICK]
+    fn quick(&self) -> [f32; QUICK_LEN] {
+        [0.0; QUICK_LEN]
     }
 }
 
 /// The most coefficients a quick evaluation in `f32` takes per channel (the gated dx map's).
-pub(crate) const QUICK: usize = 7;
+pub(crate) const QUICK_LEN: usize = 7;
 
 /// A per-channel map of coefficients `V` applied to its inputs `I` (x, or x and dy side by
 /// side), giving values `U`: one value, or a step of them converted and computed lane by lane
@@ -129,7 +129,7 @@ pub(crate) trait Apply<I: Inputs, U, V: Copy, const K: usize>: Coefficients<V, K
     /// [`apply_lanes`](Self::apply_lanes).
     #[inline(always)]
     fn apply_quick_lanes(
-        q: impl Fn(usize) -> [f32; QUICK],
+        q: impl Fn(usize) -> [f32; QUICK_LEN],
         c: impl FnOnce() -> [[V; MAP_CHUNK]; K],
         xs: I::Step,
     ) -> [U; MAP_CHUNK] {
@@ -163,7 +163,7 @@ pub(crate) trait Apply<I: Inputs, U, V: Copy, const K: usize>: Coefficients<V, K
 #[repr(C)]
 pub(crate) struct WideMaps<V, M, const K: usize> {
     exact: Wrapped<V, K>,
-    quick: Wrapped<f32, QUICK>,
+    quick: Wrapped<f32, QUICK_LEN>,
     maps: PhantomData<M>,
 }
 
