@@ -88,6 +88,17 @@ impl<'a, T> Rows<'a, T> {
         Ok(Rows { data, starts, len })
     }
 
+    /// The same rows of `data`, a view of this buffer as another element type (the `f32`
+    /// kernels' view of a generic buffer, see [`Scalar::as_f32`]).
+    #[cfg(target_arch = "x86_64")]
+    fn over<U>(&self, data: &'a [U]) -> Rows<'a, U> {
+        Rows {
+            data,
+            starts: self.starts,
+            len: self.len,
+        }
+    }
+
     fn row(&self, r: usize) -> &'a [T] {
         &self.data[self.starts[r]..][..self.len]
     }
@@ -119,14 +130,9 @@ pub(crate) fn product<T: Scalar>(
             rs: a.rs,
             cs: a.cs,
         };
-        let b32 = Rows {
-            data: b32,
-            starts: b.starts,
-            len: b.len,
-        };
         if vector(isa) {
             // SAFETY: `vector` found AVX2 and FMA on this machine.
-            unsafe { avx2::product(a32, b32, c32, ldc) };
+            unsafe { avx2::product(a32, b.over(b32), c32, ldc) };
             return Ok(());
         }
     }
@@ -164,19 +170,9 @@ pub(crate) fn add_dots<T: Scalar>(
     if let (Some(g32), Some(b32), Some(d32)) =
         (T::as_f32(g.data), T::as_f32(b.data), T::as_f32_mut(d))
     {
-        let g32 = Rows {
-            data: g32,
-            starts: g.starts,
-            len: g.len,
-        };
-        let b32 = Rows {
-            data: b32,
-            starts: b.starts,
-            len: b.len,
-        };
         if vector(isa) {
             // SAFETY: `vector` found AVX2 and FMA on this machine.
-            unsafe { avx2::add_dots(g32, b32, d32, ldd) };
+            unsafe { avx2::add_dots(g.over(g32), b.over(b32), d32, ldd) };
             return Ok(());
         }
     }
