@@ -532,29 +532,52 @@ pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
 /// The whole steps of [`map_cyclic`], the first at position `j < maps.width()`, with the
 /// choice of stores fixed for the loop; returns the position after the last. The period is at
 /// least a step long (checked by [`map_cyclic`]).
+///
+/// The steps go a period at a time: an inner loop over the steps that start before the period
+/// ends, whose position is a plain induction variable, then one wrap. Wrapping after every step
+/// chained each step's coefficient addresses to the last step's through a compare and a
+/// conditional move (256x1024 evaluation on one thread, AMD EPYC Zen 4: 0.062 -> 0.044-0.047 ms,
+/// 2.8 -> 2.0 times a copy of the same bytes).
 #[inline(always)]
 fn cyclic_steps<'a, I: Inputs, U: Copy + 'a, const STREAM: bool, const PREFETCH: bool>(
-    steps: impl Iterator<Item = (&'a mut [U; MAP_CHUNK], I::Step)>,
+    mut steps: impl ExactSizeIterator<Item = (&'a mut [U; MAP_CHUNK], I::Step)>,
     mut j: usize,
     maps: &impl Cyclic<I, U>,
 ) -> usize {
     let w = maps.width();
-    for (ys, xs) in steps {
-        // SAFETY: `j < w` on entry, and a step of `MAP_CHUNK <= w` positions followed by the
-        // wrap below leaves it below `w`.
-        let v = unsafe { maps.step(xs, j) };
-        if PREFETCH {
-            I::prefetch(xs);
-            put(ys, v, STREAM);
-        } else {
-            *ys = v;
+    while steps.len() > 0 {
+        // The steps starting at j, j + MAP_CHUNK, ... below w.
+        let n = (w - j).div_ceil(MAP_CHUNK).min(steps.len());
+        let mut at = j;
+        for (ys, xs) in steps.by_ref().take(n) {
+            // SAFETY: `at < w` for each of the `n` steps that fit before `w`.
+            let v = unsafe { maps.step(xs, at) };
+            keep_steps();
+            if PREFETCH {
+                I::prefetch(xs);
+                put(ys, v, STREAM);
+            } else {
+                *ys = v;
+            }
+            at += MAP_CHUNK;
         }
-        j += MAP_CHUNK;
+        // Below `2w` (the last step started below `w`, and `MAP_CHUNK <= w`); below `w` after.
+        j = at;
         if j >= w {
             j -= w;
         }
     }
     j
+}
+
+/// Marks a loop over steps, each already vectorised over its lanes, as not to be vectorised
+/// again across steps: an empty `asm!` block, which the loop vectoriser cannot widen and which
+/// emits no instruction. Vectorised across steps, the dx map's loop read its coefficients with
+/// gathers (256x1024 backward 2.6x slower).
+#[inline(always)]
+fn keep_steps() {
+    // SAFETY: an empty assembly block touches no memory, stack or flags.
+    unsafe { std::arch::asm!("", options(nomem, nostack, preserves_flags)) };
 }
 
 /// Elements of `y` before its first aligned address when streaming (non-temporal stores need
