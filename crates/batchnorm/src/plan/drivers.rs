@@ -12,7 +12,7 @@ use crate::layout::Geometry;
 use crate::par::for_each_chunk;
 use crate::stream::{streaming, Writer};
 use crate::team::{two_passes_shared, Board};
-use crate::tuning::{MAP_TASK_ELEMS, MERGE_TASK_CHANNELS, PAR_MERGE_MIN};
+use crate::tuning::{MAP_TASK_ELEMS, MERGE_TASK_CHANNELS, PAR_MAPS_MIN, PAR_MERGE_MIN};
 
 /// Reduces per channel: `kernel(span, partial)` fills one unit's partial results (one per
 /// channel it covers) into `parts` (at least [`parts_len`] long), in parallel when `exec.par`;
@@ -270,9 +270,19 @@ pub(crate) fn two_passes<T: Element, P: Copy + Default + Send + Sync, M: Send>(
                     &kernel,
                     &merge,
                 );
-                for ch in group.clone() {
-                    maps[ch] = to_map(ch, merged[ch]);
-                }
+                let merged = &merged[group.clone()];
+                let maps_of = |k: usize, maps: &mut [M]| {
+                    let first = k * MERGE_TASK_CHANNELS;
+                    for (i, (map, &m)) in maps.iter_mut().zip(&merged[first..]).enumerate() {
+                        *map = to_map(group.start + first + i, m);
+                    }
+                };
+                // The maps on several threads only after a reduction of several pieces per
+                // channel (which kept them busy): a thread idle since the call began may be
+                // asleep, and waking it cost more than it saved (32x1024, one block: 1.4x).
+                let pieces = parts_len(geo, group.len()) / group.len().max(1);
+                let par = exec.par && group.len() >= PAR_MAPS_MIN && pieces >= 2;
+                for_each_chunk(par, &mut maps[group.clone()], MERGE_TASK_CHANNELS, maps_of);
                 write(out, group, maps);
             }
         }
