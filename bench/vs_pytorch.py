@@ -92,7 +92,8 @@ def main():
     for (shape, layout, op, thr), o, t, y in rows:
         dims = "x".join(map(str, shape))
         if a.markdown:
-            print(f"| {dims} | {layout} | {op} | {thr} | {o:.3f} | {t:.3f} | **{o / t:.2f}** | {y:.3f} |")
+            ratio = f"**{o / t:.2f}**" if o > t else f"{o / t:.2f}"
+            print(f"| {dims} | {layout} | {op} | {thr} | {o:.3f} | {t:.3f} | {ratio} | {y:.3f} |")
         else:
             print(f"{dims:<16}{layout:<16}{op:<15}{thr:>4}{o:>10.3f}{t:>10.3f}{o / t:>8.2f}{y:>10.3f}")
     ratios = [o / t for _, o, t, _ in rows]

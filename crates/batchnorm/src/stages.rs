@@ -53,6 +53,8 @@
 //! # Ok::<(), batchnorm::BatchNormError>(())
 //! ```
 
+use std::marker::PhantomData;
+
 use crate::backward::{grad_sums, input_grad, relu_grad, GradMap};
 use crate::config::BatchNormConfig;
 use crate::element::Element;
@@ -61,7 +63,7 @@ use crate::forward::{normalize, Epilogue, NormMap};
 use crate::layout::Shape;
 use crate::par::Par;
 use crate::plan::{parts_len, Exec, WideMaps};
-use crate::simd::Isa;
+use crate::simd::{multiversion, Isa};
 use crate::stats::{channel_moments, Moments};
 
 pub use crate::backward::GradSums;
@@ -122,6 +124,18 @@ impl Normalization {
 #[inline]
 pub(crate) fn invstd(var: f64, eps: f64) -> f64 {
     1.0 / (var + eps).sqrt()
+}
+
+multiversion! {
+    /// [`invstd`] of every variance in `v`, in place, on the kernel path: correctly rounded
+    /// square roots and divisions, so the same bits on every path, eight at a time on AVX-512
+    /// against two on the baseline (1024 channels: a quarter of an evaluation's fixed cost).
+    /// (`T` only picks the instantiation.)
+    fn invstd_in_place<T>(v: &mut [f64], eps: f64, _of: PhantomData<T>) {
+        for v in v.iter_mut() {
+            *v = invstd(*v, eps);
+        }
+    }
 }
 
 /// The per-channel map of the input gradient, `dx = k * ((dy - a) - (x - mean) * b)`.

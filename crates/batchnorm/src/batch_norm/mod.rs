@@ -1,5 +1,7 @@
 //! The BatchNorm module: parameters, running statistics, forward and backward.
 
+use std::marker::PhantomData;
+
 use crate::backward::{
     grad_sums_kernel, input_grad, input_grad_channels, relu_grad, DxMap, GatedGradMap, GradMap,
     GradSums,
@@ -715,16 +717,17 @@ impl<T: Element> BatchNorm<T> {
         Normalization::from_mean_var(mean, var, self.config.eps, weight, bias)
     }
 
-    /// Fills `saved`'s `f64` means and invstds from each channel's mean and biased variance, in
-    /// one loop over the channels (no per-channel call: the square roots and divisions
-    /// vectorise). The same invstd as [`normalization`](Self::normalization)'s.
+    /// Fills `saved`'s `f64` means and invstds from each channel's mean and biased variance, the
+    /// invstds in one loop on the kernel path (the square roots and divisions vectorise). The
+    /// same invstd as [`normalization`](Self::normalization)'s.
     fn saved_statistics(&self, saved: &mut Saved<T>, stats: impl Iterator<Item = (f64, f64)>) {
-        let eps = self.config.eps;
         let out = saved.mean64.iter_mut().zip(saved.invstd64.iter_mut());
-        for ((mean, invstd), (m, v)) in out.zip(stats) {
+        for ((mean, var), (m, v)) in out.zip(stats) {
             *mean = m;
-            *invstd = stages::invstd(v, eps);
+            *var = v;
         }
+        let (isa, eps) = (self.isa(), self.config.eps);
+        stages::invstd_in_place::<T>(isa, &mut saved.invstd64, eps, PhantomData);
     }
 
     /// Its map for `T` tensors.
