@@ -9,8 +9,8 @@
 
 use std::sync::OnceLock;
 
-use crate::plan::Apply;
-use crate::tuning::PREFETCH_BYTES;
+use crate::plan::{column_strips, Apply};
+use crate::tuning::{PREFETCH_BYTES, STRIP_COEFFICIENT_BYTES};
 
 /// A kernel path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -490,6 +490,8 @@ pub(crate) trait Cyclic<I: Inputs, U> {
     unsafe fn step(&self, xs: I::Step, j: usize) -> [U; MAP_CHUNK];
     /// Maps one value at position `j < width`.
     fn one(&self, x: I::Value, j: usize) -> U;
+    /// Bytes of coefficients a pass over one period reads.
+    fn period_bytes(&self) -> usize;
 }
 
 /// `y[i] = maps(x[i])` at position `i % maps.width()` over inputs `x` of `y`'s length, a step at
@@ -510,6 +512,11 @@ pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
         w >= MAP_CHUNK,
         "a period of {w} positions is shorter than a step"
     );
+    // (Streamed tensors are bound by memory, not by their coefficients.)
+    if !prefetch && maps.period_bytes() > STRIP_COEFFICIENT_BYTES && y.len().is_multiple_of(w) {
+        strip_rows(x, y, maps);
+        return;
+    }
     let head = aligned_head(y, stream);
     let (xh, x) = x.split_at(head);
     let (yh, y) = y.split_at_mut(head);
@@ -526,6 +533,34 @@ pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
     };
     for (k, (yv, xv)) in yt.iter_mut().zip(xt.values()).enumerate() {
         *yv = maps.one(xv, (j + k) % w);
+    }
+}
+
+/// [`map_cyclic`] over whole periods (rows) of a cache-resident tensor whose coefficients
+/// outgrow half of L1 ([`STRIP_COEFFICIENT_BYTES`]), one column strip of every row after the
+/// other (see [`column_strips`]), so that the strip's coefficients stay in L1 while the rows
+/// stream past: a 1024-channel row's four `f64` dx coefficient arrays fill 32 KiB, all of L1,
+/// and each step read four times more bytes of them, from L2, than of the data (256x1024
+/// backward, AMD EPYC Zen 4, medians of six alternating runs: 0.169 -> 0.141 ms on one thread,
+/// 0.099 -> 0.084 on two).
+#[inline(always)]
+fn strip_rows<I: Inputs, U: Copy>(x: I, y: &mut [U], maps: &impl Cyclic<I, U>) {
+    let w = maps.width();
+    for cols in column_strips(w) {
+        for (r, yr) in y.chunks_exact_mut(w).enumerate() {
+            let (xs, ys) = (x.split_at(r * w + cols.start).1, &mut yr[cols.clone()]);
+            let (xc, xt) = xs.split_at(cols.len()).0.steps();
+            let (yc, yt) = ys.as_chunks_mut::<MAP_CHUNK>();
+            for (s, (yv, xv)) in yc.iter_mut().zip(xc).enumerate() {
+                // SAFETY: `cols.start + s * MAP_CHUNK < cols.end <= w`: the step lies in the strip.
+                *yv = unsafe { maps.step(xv, cols.start + s * MAP_CHUNK) };
+                keep_steps();
+            }
+            let j = cols.start + yc.len() * MAP_CHUNK;
+            for (k, (yv, xv)) in yt.iter_mut().zip(xt.values()).enumerate() {
+                *yv = maps.one(xv, j + k);
+            }
+        }
     }
 }
 

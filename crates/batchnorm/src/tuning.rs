@@ -19,6 +19,12 @@ pub(crate) const MIN_ROW_BLOCKS: usize = 16;
 /// for very wide rows.
 pub(crate) const MIN_BLOCK_ROWS: usize = 64;
 
+/// Coefficient bytes per widened row above which a cache-resident channels-last element-wise
+/// pass walks its rows one column strip of [`COLUMN_STRIP`] positions at a time, so that the
+/// strip's coefficients stay in L1 (half of a 32 KiB L1): 1024 channels' `f64` dx maps (32 KiB)
+/// go by strips, their `f32` normalising maps (16 KiB) by rows, which strips made 4-10% slower.
+pub(crate) const STRIP_COEFFICIENT_BYTES: usize = 16 * 1024;
+
 /// Positions of a widened row whose accumulators a channels-last reduction keeps at a time:
 /// 512 `f64` per accumulator, 12 KiB for three, stay in L1 next to the streamed rows; wider rows
 /// (C > 512) are walked strip by strip.

@@ -131,8 +131,9 @@ fn nan_propagates_to_its_channel_only() {
 
 #[test]
 fn wide_rows_walked_in_column_strips() {
-    // C = 1100: channels-last rows are reduced in column strips (512, 512, 76), over 105 rows
-    // (not a multiple of the four rows per step) in two row blocks.
+    // C = 1100: channels-last rows are reduced, and normalised and mapped to dx, in column
+    // strips (512, 512, 76), over 105 rows (not a multiple of the four rows per step) in two
+    // row blocks.
     let dims = [7, 1100, 3, 5];
     let x = Rng::new(11).normals(dims.iter().product(), 1e3, 2.0);
     assert_exact_in_both_layouts(&format!("{dims:?}"), &x, &dims, 12);

@@ -143,13 +143,15 @@ cases!(
 /// reference on every path and thread setting.
 fn random_cases<T: Element<Param = f32>>() {
     let mut rng = Rng::new(0x5eed ^ T::NAME.len() as u64);
-    let shapes: [(&[usize], Layout); 6] = [
+    let shapes: [(&[usize], Layout); 7] = [
         (&[2, 3], Layout::ChannelsFirst),
         (&[64, 17], Layout::ChannelsFirst),
         (&[5, 4, 9, 11], Layout::ChannelsFirst),
         (&[3, 7, 6, 5], Layout::ChannelsLast),
         (&[16, 3, 40, 41], Layout::ChannelsFirst),
         (&[8, 70, 12, 12], Layout::ChannelsLast),
+        // Rows whose coefficients outgrow half of L1: mapped one column strip at a time.
+        (&[6, 600], Layout::ChannelsLast),
     ];
     for (dims, layout) in shapes {
         for (offset, spread) in [(0.0, 1.0), (30.0, 0.5), (-2.0, 1e-2)] {

@@ -260,6 +260,17 @@ impl<I: Inputs, U, V: Copy, M: Apply<I, U, V, K>, const K: usize> Cyclic<I, U>
     fn one(&self, x: I::Value, j: usize) -> U {
         M::from_coefficients(self.exact.at(j)).apply(x)
     }
+
+    fn period_bytes(&self) -> usize {
+        // The quick coefficients when the maps have them (the exact ones are read only when
+        // a step falls back).
+        let per_position = if M::QUICK {
+            QUICK_LEN * size_of::<f32>()
+        } else {
+            K * size_of::<V>()
+        };
+        per_position * self.exact.width()
+    }
 }
 
 /// The column strips of a widened row of `w` positions: the channels-last reductions walk a
