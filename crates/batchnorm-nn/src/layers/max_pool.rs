@@ -1,6 +1,6 @@
 //! Two-dimensional max pooling (PyTorch's `MaxPool2d`, floor mode, dilation 1).
 
-use super::{check_batch, Layer, Mode};
+use super::{check_batch, window_output_hw, Layer, Mode};
 use crate::error::{NnError, Result};
 use crate::scalar::Scalar;
 
@@ -62,8 +62,7 @@ impl MaxPool2dConfig {
                 what: "max_pool2d channels, input size, kernel or stride",
             });
         }
-        let mut out = [0; 2];
-        for (d, out_d) in out.iter_mut().enumerate() {
+        for d in 0..2 {
             if self.padding[d] > self.kernel[d] / 2 {
                 return Err(NnError::InvalidConfig {
                     what: "max_pool2d padding",
@@ -71,24 +70,12 @@ impl MaxPool2dConfig {
                     why: "must be at most half the kernel size",
                 });
             }
-            // padding <= kernel / 2, so this cannot overflow unless input + kernel does.
-            let padded =
-                self.input_hw[d]
-                    .checked_add(2 * self.padding[d])
-                    .ok_or(NnError::TooLarge {
-                        what: "max_pool2d padded input (size + 2 x padding)",
-                        sizes: vec![self.input_hw[d], self.padding[d]],
-                    })?;
-            if self.kernel[d] > padded {
-                return Err(NnError::InvalidConfig {
-                    what: "max_pool2d kernel size",
-                    value: self.kernel[d] as f64,
-                    why: "larger than the padded input",
-                });
-            }
-            *out_d = (padded - self.kernel[d]) / self.stride[d] + 1;
         }
-        Ok(out)
+        let names = (
+            "max_pool2d padded input (size + 2 x padding)",
+            "max_pool2d kernel size",
+        );
+        window_output_hw(self.input_hw, self.kernel, self.stride, self.padding, names)
     }
 }
 

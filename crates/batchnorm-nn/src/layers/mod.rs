@@ -103,6 +103,38 @@ pub(crate) fn widen<T: Scalar>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
 }
 
+/// The output height and width of a sliding window (convolution, pooling):
+/// `(input + 2 padding - kernel) / stride + 1` along each, strides not zero. `names` are what
+/// the errors call the padded input and the kernel size: [`NnError::TooLarge`] when the padded
+/// input overflows, [`NnError::InvalidConfig`] for a kernel larger than it.
+pub(crate) fn window_output_hw(
+    input: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    (padded_name, kernel_name): (&'static str, &'static str),
+) -> Result<[usize; 2]> {
+    let mut out = [0; 2];
+    for (d, out_d) in out.iter_mut().enumerate() {
+        let padded = padding[d]
+            .checked_mul(2)
+            .and_then(|p| p.checked_add(input[d]))
+            .ok_or(NnError::TooLarge {
+                what: padded_name,
+                sizes: vec![input[d], padding[d]],
+            })?;
+        if kernel[d] > padded {
+            return Err(NnError::InvalidConfig {
+                what: kernel_name,
+                value: kernel[d] as f64,
+                why: "larger than the padded input",
+            });
+        }
+        *out_d = (padded - kernel[d]) / stride[d] + 1;
+    }
+    Ok(out)
+}
+
 /// One differentiable stage of a network.
 ///
 /// Layers are `'static` ([`std::any::Any`]), so a `dyn Layer` can be inspected as its concrete

@@ -5,7 +5,9 @@ mod lowering;
 use batchnorm::Isa;
 use lowering::{Geometry, Lowering};
 
-use super::{check_batch, widen, BatchNorm, Layer, Mode, Param, StateEntry, StateValue};
+use super::{
+    check_batch, widen, window_output_hw, BatchNorm, Layer, Mode, Param, StateEntry, StateValue,
+};
 use crate::error::{NnError, Result};
 use crate::fold::{fold_into_conv2d, FoldError};
 use crate::indirect_gemm::{self, Rows};
@@ -82,25 +84,11 @@ impl Conv2dConfig {
                 what: "conv2d channels, input size, kernel or stride",
             });
         }
-        let mut out = [0; 2];
-        for (d, out_d) in out.iter_mut().enumerate() {
-            let padded = self.padding[d]
-                .checked_mul(2)
-                .and_then(|p| p.checked_add(self.input_hw[d]))
-                .ok_or(NnError::TooLarge {
-                    what: "conv2d padded input (size + 2 x padding)",
-                    sizes: vec![self.input_hw[d], self.padding[d]],
-                })?;
-            if self.kernel[d] > padded {
-                return Err(NnError::InvalidConfig {
-                    what: "conv2d kernel size",
-                    value: self.kernel[d] as f64,
-                    why: "larger than the padded input",
-                });
-            }
-            *out_d = (padded - self.kernel[d]) / self.stride[d] + 1;
-        }
-        Ok(out)
+        let names = (
+            "conv2d padded input (size + 2 x padding)",
+            "conv2d kernel size",
+        );
+        window_output_hw(self.input_hw, self.kernel, self.stride, self.padding, names)
     }
 }
 
