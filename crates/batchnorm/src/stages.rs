@@ -129,8 +129,7 @@ pub(crate) fn invstd(var: f64, eps: f64) -> f64 {
 multiversion! {
     /// [`invstd`] of every variance in `v`, in place, on the kernel path: correctly rounded
     /// square roots and divisions, so the same bits on every path, eight at a time on AVX-512
-    /// against two on the baseline (1024 channels: a quarter of an evaluation's fixed cost).
-    /// (`T` only picks the instantiation.)
+    /// against two on the baseline. (`T` only picks the instantiation.)
     fn invstd_in_place<T>(v: &mut [f64], eps: f64, _of: PhantomData<T>) {
         for v in v.iter_mut() {
             *v = invstd(*v, eps);

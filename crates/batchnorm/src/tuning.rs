@@ -100,11 +100,12 @@ pub(crate) const MIN_CHANNEL_RUN_BYTES: usize = PREFETCH_BYTES;
 /// channels, about 10 microseconds, a tenth of its training forward on two threads.
 pub(crate) const PAR_MERGE_MIN: usize = 4 * 1024;
 
-/// Channels from which the per-channel maps of a channels-last training step (the normalising
-/// maps after the statistics, the dx maps after the gradient sums) are made on several threads,
-/// [`MERGE_TASK_CHANNELS`] per task: two tasks at least, each a few microseconds of square roots
-/// and divisions (256x1024 on two threads: training forward and backward 7-9% faster with the
-/// split merge, medians of eight alternating runs).
+/// Channels from which the per-channel maps of a training step cut in waves (channels-last
+/// input, channels-first groups from L3: the normalising maps after the statistics, the dx maps
+/// after the gradient sums) are made on several threads, [`MERGE_TASK_CHANNELS`] per task: two
+/// tasks at least, each a few microseconds of square roots and divisions (256x1024 on two
+/// threads, with the split merge: training forward 0.75x and backward 0.86x the time, medians
+/// of four alternating `bnlab bench` runs).
 pub(crate) const PAR_MAPS_MIN: usize = 2 * MERGE_TASK_CHANNELS;
 
 /// Channels per task of a split merge.
