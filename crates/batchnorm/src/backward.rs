@@ -14,6 +14,7 @@ use crate::plan::{
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead, MAP_CHUNK};
+use crate::stream::streaming;
 use crate::tuning::{LANES, MAP_TASK_ELEMS};
 
 /// The gradient sums of one channel (or of a piece of it), in `f64`: what the backward pass
@@ -701,30 +702,60 @@ pub(crate) fn input_grad_channels<T: Element, M: DxMap>(
     });
 }
 
-multiversion! {
-    /// `out = dy` where `y > 0`, 0 elsewhere (also where `y` is 0 exactly); where `y` is NaN,
-    /// `dy` passes (PyTorch's `threshold_backward`).
-    fn relu_mask<T>(y: &[T], dy: &[T], out: &mut [T]) {
-        let (yc, yt) = y.as_chunks::<MAP_CHUNK>();
-        let (dc, dt) = dy.as_chunks::<MAP_CHUNK>();
-        let (oc, ot) = out.as_chunks_mut::<MAP_CHUNK>();
-        for ((o, ys), ds) in oc.iter_mut().zip(yc).zip(dc) {
-            prefetch_ahead(ys);
-            prefetch_ahead(ds);
-            let yv = T::to_f64_step(*ys);
-            *o = std::array::from_fn(|l| if yv[l] <= 0.0 { T::default() } else { ds[l] });
-        }
-        for ((o, &yv), &dv) in ot.iter_mut().zip(yt).zip(dt) {
-            *o = if yv.to_f64() <= 0.0 { T::default() } else { dv };
-        }
+/// The gradient through a ReLU, as a map of `(y, dy)` with no coefficients: `dy` where `y > 0`,
+/// +0 elsewhere (also where `y` is 0 exactly); where `y` is NaN, `dy` passes (PyTorch's
+/// `threshold_backward`). A map, so that it runs through [`map_runs`]: streamed stores for
+/// outputs beyond the cache, as every other element-wise pass.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReluPass;
+
+impl Coefficients<f64, 0> for ReluPass {
+    #[inline(always)]
+    fn coefficients(&self) -> [f64; 0] {
+        []
+    }
+
+    #[inline(always)]
+    fn from_coefficients(_: [f64; 0]) -> Self {
+        Self
     }
 }
 
-/// The gradient through a ReLU whose output is `y`: `out = dy` where `y > 0`, else 0, in
-/// parallel when `exec.par` (element-wise, so the same bits on every cut).
+impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 0> for ReluPass {
+    #[inline(always)]
+    fn apply(self, (y, dy): (T, T)) -> T {
+        if y.to_f64() <= 0.0 {
+            T::default()
+        } else {
+            dy
+        }
+    }
+
+    #[inline(always)]
+    fn apply_lanes(
+        _: [[f64; MAP_CHUNK]; 0],
+        (y, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
+    ) -> [T; MAP_CHUNK] {
+        let yv = T::to_f64_step(*y);
+        std::array::from_fn(|l| if yv[l] <= 0.0 { T::default() } else { dy[l] })
+    }
+}
+
+multiversion! {
+    /// [`ReluPass`] over `y` and `dy` into `out`; `stream` as in [`map_runs`].
+    fn relu_pass<T>(y: &[T], dy: &[T], out: &mut [T], stream: bool) {
+        map_runs((y, dy), out, out.len().max(1), &[ReluPass], stream);
+    }
+}
+
+/// The gradient through a ReLU whose output is `y`: `out = dy` where `y > 0`, else 0
+/// ([`ReluPass`]), in parallel when `exec.par` (element-wise, so the same bits on every cut),
+/// streamed when `exec.stream`.
 pub(crate) fn relu_grad<T: Element>(y: &[T], dy: &[T], out: &mut [T], exec: Exec) {
     for_each_chunk(exec.par, out, MAP_TASK_ELEMS, |k, o| {
         let r = k * MAP_TASK_ELEMS..k * MAP_TASK_ELEMS + o.len();
-        relu_mask(exec.isa, &y[r.clone()], &dy[r], o);
+        streaming(exec.isa, exec.stream, |w| {
+            relu_pass(exec.isa, &y[r.clone()], &dy[r], o, w.streams())
+        });
     });
 }

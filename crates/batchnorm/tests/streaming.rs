@@ -5,7 +5,8 @@
 
 use batchnorm::{bf16, f16, BatchNorm, BatchNormConfig, Element, Isa, Layout, Mode, Par, Shape};
 
-type Outputs<T> = (Vec<T>, Vec<T>, Vec<T>);
+/// y, dx and the evaluation's y; then y, dx and dresidual of BN + add + ReLU.
+type Outputs<T> = [Vec<T>; 6];
 
 fn run<T: Element>(shape: &Shape, isa: Isa, par: Par) -> Outputs<T> {
     let n = shape.len();
@@ -15,18 +16,24 @@ fn run<T: Element>(shape: &Shape, isa: Isa, par: Par) -> Outputs<T> {
     let dy: Vec<T> = (0..n)
         .map(|i| T::from_f64(((i * 31) % 97) as f64 * 0.01 - 0.5))
         .collect();
+    // A residual that lifts about half of the values above the ReLU's threshold.
+    let residual: Vec<T> = (0..n)
+        .map(|i| T::from_f64(((i * 13) % 29) as f64 * 0.1 - 1.4))
+        .collect();
     let mut bn = BatchNorm::<T>::new(shape.channels(), BatchNormConfig::default()).unwrap();
     bn.set_isa(isa).unwrap();
     bn.set_par(par);
-    let (mut y, mut dx, mut y_eval) = (
-        vec![T::default(); n],
-        vec![T::default(); n],
-        vec![T::default(); n],
-    );
-    let saved = bn.forward(&x, shape, Mode::Train, &mut y).unwrap();
-    bn.backward(&x, &dy, shape, &saved, &mut dx).unwrap();
-    bn.forward(&x, shape, Mode::Eval, &mut y_eval).unwrap();
-    (y, dx, y_eval)
+    let mut out: Outputs<T> = std::array::from_fn(|_| vec![T::default(); n]);
+    let [y, dx, y_eval, y_add, dx_add, dr] = &mut out;
+    let saved = bn.forward(&x, shape, Mode::Train, y).unwrap();
+    bn.backward(&x, &dy, shape, &saved, dx).unwrap();
+    bn.forward(&x, shape, Mode::Eval, y_eval).unwrap();
+    let saved = bn
+        .forward_add_relu(&x, &residual, shape, Mode::Train, y_add)
+        .unwrap();
+    bn.backward_add_relu(&x, y_add, &dy, shape, &saved, dx_add, dr)
+        .unwrap();
+    out
 }
 
 #[test]
