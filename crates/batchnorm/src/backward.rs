@@ -702,10 +702,25 @@ pub(crate) fn input_grad_channels<T: Element, M: DxMap>(
     });
 }
 
-/// The gradient through a ReLU, as a map of `(y, dy)` with no coefficients: `dy` where `y > 0`,
-/// +0 elsewhere (also where `y` is 0 exactly); where `y` is NaN, `dy` passes (PyTorch's
-/// `threshold_backward`). A map, so that it runs through [`map_runs`]: streamed stores for
-/// outputs beyond the cache, as every other element-wise pass.
+/// `dy` where `y > 0`, +0 elsewhere (also where `y` is 0 exactly); where `y` is NaN, `dy`
+/// passes (PyTorch's `threshold_backward`).
+#[inline(always)]
+fn relu_pass_one<T: Element>(y: T, dy: T) -> T {
+    if y.to_f64() <= 0.0 {
+        T::default()
+    } else {
+        dy
+    }
+}
+
+/// [`relu_pass_one`] as a map of pairs of values `(y, dy)`, with no coefficients, so that it
+/// runs through [`map_runs`], streamed beyond the cache as every other element-wise pass. Pairs:
+/// a step of eight is 32 bytes of a 16-bit type, one streamed store, where a step of eight
+/// single values would be 16 bytes, which are not streamed (see `map_runs`); y is compared in
+/// `f32` where that is exact (widening f16 to `f64` cost more than the pass's memory). Against
+/// single values compared in `f64`, `backward_add_relu` over the plain backward went from 1.79
+/// to 1.25 (bf16) and 2.10 to 1.58 (f16), `f32` unchanged (64x64x56x56 channels-first, two
+/// threads, AMD EPYC Zen 4, three alternating runs).
 #[derive(Debug, Clone, Copy, Default)]
 struct ReluPass;
 
@@ -721,30 +736,49 @@ impl Coefficients<f64, 0> for ReluPass {
     }
 }
 
-impl<'a, T: Element> Apply<(&'a [T], &'a [T]), T, f64, 0> for ReluPass {
+impl<'a, T: Element> Apply<(&'a [[T; 2]], &'a [[T; 2]]), [T; 2], f64, 0> for ReluPass {
     #[inline(always)]
-    fn apply(self, (y, dy): (T, T)) -> T {
-        if y.to_f64() <= 0.0 {
-            T::default()
-        } else {
-            dy
-        }
+    fn apply(self, (y, dy): ([T; 2], [T; 2])) -> [T; 2] {
+        [relu_pass_one(y[0], dy[0]), relu_pass_one(y[1], dy[1])]
     }
 
     #[inline(always)]
     fn apply_lanes(
         _: [[f64; MAP_CHUNK]; 0],
-        (y, dy): (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]),
-    ) -> [T; MAP_CHUNK] {
-        let yv = T::to_f64_step(*y);
-        std::array::from_fn(|l| if yv[l] <= 0.0 { T::default() } else { dy[l] })
+        (y, dy): (&'a [[T; 2]; MAP_CHUNK], &'a [[T; 2]; MAP_CHUNK]),
+    ) -> [[T; 2]; MAP_CHUNK] {
+        // The step's 16 values as two steps of eight, in memory order.
+        let step = |i: usize| {
+            let at = |v: &[[T; 2]; MAP_CHUNK]| -> [T; MAP_CHUNK] {
+                std::array::from_fn(|l| v[(i * MAP_CHUNK + l) / 2][l % 2])
+            };
+            let (yi, di) = (at(y), at(dy));
+            // In `f32` where that is exact (every type but `f64`).
+            let pass = if size_of::<T>() <= 4 {
+                T::to_f32_step(yi).map(|v| v > 0.0 || v.is_nan())
+            } else {
+                T::to_f64_step(yi).map(|v| v > 0.0 || v.is_nan())
+            };
+            std::array::from_fn::<T, MAP_CHUNK, _>(|l| if pass[l] { di[l] } else { T::default() })
+        };
+        let (a, b) = (step(0), step(1));
+        std::array::from_fn(|l| {
+            let v = if l < MAP_CHUNK / 2 { &a } else { &b };
+            let k = 2 * l % MAP_CHUNK;
+            [v[k], v[k + 1]]
+        })
     }
 }
 
 multiversion! {
     /// [`ReluPass`] over `y` and `dy` into `out`; `stream` as in [`map_runs`].
     fn relu_pass<T>(y: &[T], dy: &[T], out: &mut [T], stream: bool) {
-        map_runs((y, dy), out, out.len().max(1), &[ReluPass], stream);
+        let ((yp, yt), (dp, dt)) = (y.as_chunks::<2>(), dy.as_chunks::<2>());
+        let (op, ot) = out.as_chunks_mut::<2>();
+        map_runs((yp, dp), op, op.len().max(1), &[ReluPass], stream);
+        for ((o, &y), &d) in ot.iter_mut().zip(yt).zip(dt) {
+            *o = relu_pass_one(y, d);
+        }
     }
 }
 

@@ -636,6 +636,61 @@ mod fused {
         }
     }
 
+    /// `relu_grad` passes dy exactly where `y > 0` or y is NaN, and gives +0 elsewhere (-0,
+    /// +0, negative values, -inf), whatever the value's size (subnormals, infinities), for
+    /// every storage type, path and threading, at lengths that end mid-step and mid-pair
+    /// (`streaming.rs` checks the same pass with its output streamed).
+    fn relu_grad_masks<T: Element>() {
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -f64::NAN,
+            1e-40,
+            -1e-40,
+            1e-300,
+            -1e-300,
+            65504.0,
+            3e38,
+        ];
+        let mut rng = Rng::new(9);
+        for n in [1usize, 2, 15, 16, 17, 257, 4099] {
+            let shape = Shape::new(&[n, 1], Layout::ChannelsFirst).unwrap();
+            let y: Vec<T> = (0..n)
+                .map(|i| T::from_f64(specials[(i + n) % specials.len()]))
+                .collect();
+            let dy: Vec<T> = narrow(&rng.normals(n, 0.0, 1.0));
+            let want: Vec<T> = y
+                .iter()
+                .zip(&dy)
+                .map(|(&y, &d)| if y.to_f64() <= 0.0 { T::default() } else { d })
+                .collect();
+            for isa in Isa::available() {
+                for par in [Par::Seq, Par::Rayon] {
+                    let k = Kernels::new(par).with_isa(isa).unwrap();
+                    let mut out = vec![T::from_f64(7.0); n];
+                    k.relu_grad(&y, &dy, &shape, &mut out).unwrap();
+                    let what = format!("{} n = {n} {isa:?} {par:?}", T::NAME);
+                    // Compared as bits: +0, not -0, where the gradient stops.
+                    let bits = |v: &[T]| v.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
+                    assert!(bits(&out) == bits(&want), "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn relu_grad_passes_dy_where_y_is_positive_or_nan() {
+        relu_grad_masks::<f32>();
+        relu_grad_masks::<f64>();
+        relu_grad_masks::<bf16>();
+        relu_grad_masks::<f16>();
+    }
+
     #[test]
     fn fused_calls_report_bad_lengths_and_write_nothing() {
         let shape = Shape::new(&[4, 2], Layout::ChannelsFirst).unwrap();
