@@ -59,7 +59,8 @@ fn streamed_outputs_are_the_normal_ones() {
         let shape = Shape::new(dims, layout).unwrap();
         same_as_baseline::<f32>(&shape, &streaming);
         same_as_baseline::<f64>(&shape, &streaming);
-        // 16-bit steps are one 16-byte store each.
+        // 16-bit maps store normally (steps of 16 bytes); their ReLU masking pass streams
+        // pairs of values.
         same_as_baseline::<bf16>(&shape, &streaming);
         same_as_baseline::<f16>(&shape, &streaming);
     }
