@@ -131,7 +131,8 @@ pub(crate) trait HalfFormat {
     }
 
     /// The step of values rounded to nearest (ties to even), as bits: rounded to `f32` first
-    /// (to nearest), then to 16 bits, when that is rounding once, else `None`.
+    /// (to nearest), then to 16 bits; and whether that is rounding once (else the bits mean
+    /// nothing).
     ///
     /// Every midpoint between two 16-bit values is an `f32`, so rounding to the nearest `f32`
     /// never carries a value across one (rounding is monotonic): it can only land on one. The
@@ -141,7 +142,7 @@ pub(crate) trait HalfFormat {
     /// activations), is left to the caller, who rounds it the general way ([`f64_to_f32_odd`]).
     /// Infinities, NaN and overflow need no exception.
     #[inline(always)]
-    fn narrow_step<const N: usize>(v: [f64; N]) -> Option<[u16; N]> {
+    fn narrow_step<const N: usize>(v: [f64; N]) -> ([u16; N], bool) {
         let mut near = [0.0f32; N];
         for (n, &v) in near.iter_mut().zip(&v) {
             *n = v as f32;
@@ -151,19 +152,17 @@ pub(crate) trait HalfFormat {
             let a = n.to_bits() & 0x7fff_ffff;
             any | (a & low == half) | ((a != 0) & (a < Self::MIN_NORMAL))
         });
-        if suspect {
-            return None;
-        }
         let mut bits = [0; N];
         for (b, &n) in bits.iter_mut().zip(&near) {
             *b = Self::narrow_normal(n);
         }
-        Some(bits)
+        (bits, !suspect)
     }
 }
 
-/// The bf16 value every point of each lane's interval `[lo, hi]` rounds to, as bits; `None`
-/// when some lane's interval holds a rounding boundary or NaN. The intervals bound exact results
+/// The bf16 value every point of each lane's interval `[lo, hi]` rounds to, as bits, and
+/// whether there is one for every lane: false when some lane's interval holds a rounding
+/// boundary or NaN (the bits then mean nothing). The intervals bound exact results
 /// that a cheaper evaluation in `f32` approximated (see [`crate::Element::round_step`]): when the
 /// whole interval rounds to one value, that value is the exact result's (rounding is
 /// monotonic), and the `f64` result's, which lies in the interval too.
@@ -175,7 +174,7 @@ pub(crate) trait HalfFormat {
 /// to even alike (a tie would be a midpoint). An interval across zero has ends of two signs and
 /// never passes.
 #[inline(always)]
-pub(crate) fn bf16_interval<const N: usize>(lo: [f32; N], hi: [f32; N]) -> Option<[u16; N]> {
+pub(crate) fn bf16_interval<const N: usize>(lo: [f32; N], hi: [f32; N]) -> ([u16; N], bool) {
     let half = 1u32 << 15;
     let (mut bits, mut ok) = ([0; N], true);
     for ((b, &l), &h) in bits.iter_mut().zip(&lo).zip(&hi) {
@@ -186,7 +185,7 @@ pub(crate) fn bf16_interval<const N: usize>(lo: [f32; N], hi: [f32; N]) -> Optio
         ok &= ((lk ^ hk) >> 16 == 0) & !l.is_nan() & !h.is_nan();
         *b = (hk >> 16) as u16;
     }
-    ok.then_some(bits)
+    (bits, ok)
 }
 
 impl HalfFormat for half::bf16 {
@@ -370,6 +369,12 @@ mod tests {
         }
     }
 
+    /// [`HalfFormat::narrow_step`] of one value, where it applies.
+    fn narrowed<H: HalfFormat>(v: f64) -> Option<u16> {
+        let ([b], ok) = H::narrow_step([v]);
+        ok.then_some(b)
+    }
+
     /// The step rounding gives the bits of the general one wherever it applies, applies to
     /// all but about one value in 2^16 of random bits, and declines a value whose nearest
     /// `f32` is a midpoint (where rounding twice errs).
@@ -380,7 +385,7 @@ mod tests {
             let near_midpoints = around_every_value(fmt, 1).chain(around_every_value(fmt, 1 << 30));
             let mut fast = 0;
             for v in near_midpoints {
-                if let Some([b]) = H::narrow_step([v]) {
+                if let Some(b) = narrowed::<H>(v) {
                     fast += 1;
                     assert_eq!(b, general(v), "{v:e}");
                 }
@@ -394,8 +399,8 @@ mod tests {
             });
             let mut declined = 0;
             for v in random {
-                match H::narrow_step([v]) {
-                    Some([b]) => assert_eq!(b, general(v), "{v:e}"),
+                match narrowed::<H>(v) {
+                    Some(b) => assert_eq!(b, general(v), "{v:e}"),
                     None => declined += 1,
                 }
             }
@@ -404,7 +409,7 @@ mod tests {
             assert!(declined < n >> 11, "{declined} of {n} declined");
             for raw in patterns(4, 1 << 18) {
                 let v = f64::from_bits(raw);
-                if let Some([b]) = H::narrow_step([v]) {
+                if let Some(b) = narrowed::<H>(v) {
                     assert_eq!(b, general(v), "{v:e}");
                 }
             }
@@ -412,16 +417,10 @@ mod tests {
         check::<half::bf16>(BF16);
         check::<half::f16>(F16);
         let just_above = f64::from_bits(((1.0f64 + 1.0 / 256.0).to_bits()) + 1);
-        assert_eq!(<half::bf16 as HalfFormat>::narrow_step([just_above]), None);
+        assert_eq!(narrowed::<half::bf16>(just_above), None);
         // f16's subnormal range is left to the general rounding; zero is not.
-        assert_eq!(
-            <half::f16 as HalfFormat>::narrow_step([2f64.powi(-23)]),
-            None
-        );
-        assert_eq!(
-            <half::f16 as HalfFormat>::narrow_step([-0.0]),
-            Some([0x8000])
-        );
+        assert_eq!(narrowed::<half::f16>(2f64.powi(-23)), None);
+        assert_eq!(narrowed::<half::f16>(-0.0), Some(0x8000));
     }
 
     /// Rounding an `f64` through `f32` to odd, then to 16 bits, is rounding it directly: also a
