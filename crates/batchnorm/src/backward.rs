@@ -6,6 +6,7 @@ use crate::element::{quick_factor, to_f64_pair, Element};
 use crate::forward::{quick_floor, QUICK_REL};
 use crate::gate::{Gate, Gates, Open, ReluGate};
 use crate::layout::Geometry;
+use crate::mask::PairBits;
 use crate::par::for_each_chunk;
 use crate::plan::{
     column_strips, fold_widened_in_place, map_channels, map_per_channel, reduce_per_channel,
@@ -780,6 +781,80 @@ multiversion! {
             *o = relu_pass_one(y, d);
         }
     }
+}
+
+/// The gradient through a ReLU whose mask the forward wrote ([`crate::mask`]): `dy` where its
+/// bit is set, +0 elsewhere, by pairs of values (a pair's two bits, the first value's lowest) as
+/// [`ReluPass`], whose bits it gives where the mask is `y`'s.
+#[derive(Debug, Clone, Copy, Default)]
+struct MaskPass;
+
+impl Coefficients<f64, 0> for MaskPass {
+    #[inline(always)]
+    fn coefficients(&self) -> [f64; 0] {
+        []
+    }
+
+    #[inline(always)]
+    fn from_coefficients(_: [f64; 0]) -> Self {
+        Self
+    }
+}
+
+/// `dy` where `bit` is set, else +0.
+#[inline(always)]
+fn kept<T: Element>(bit: u32, dy: T) -> T {
+    if bit & 1 != 0 {
+        dy
+    } else {
+        T::default()
+    }
+}
+
+impl<'a, T: Element> Apply<(&'a [[T; 2]], PairBits<'a>), [T; 2], f64, 0> for MaskPass {
+    #[inline(always)]
+    fn apply(self, (dy, bits): ([T; 2], u32)) -> [T; 2] {
+        [kept(bits, dy[0]), kept(bits >> 1, dy[1])]
+    }
+
+    #[inline(always)]
+    fn apply_lanes(
+        _: [[f64; MAP_CHUNK]; 0],
+        (dy, bits): (&'a [[T; 2]; MAP_CHUNK], u32),
+    ) -> [[T; 2]; MAP_CHUNK] {
+        std::array::from_fn(|p| {
+            let b = bits >> (2 * p);
+            [kept(b, dy[p][0]), kept(b >> 1, dy[p][1])]
+        })
+    }
+}
+
+multiversion! {
+    /// [`MaskPass`] over `dy` (values `at..at + dy.len()` of the tensor) with the mask `mask`
+    /// into `out`; `stream` as in [`map_runs`].
+    fn mask_pass<T>(mask: &[u64], at: usize, dy: &[T], out: &mut [T], stream: bool) {
+        let (dp, dt) = dy.as_chunks::<2>();
+        let (op, ot) = out.as_chunks_mut::<2>();
+        let bits = PairBits::new(mask, at, dp.len());
+        map_runs((dp, bits), op, op.len().max(1), &[MaskPass], stream);
+        let tail = at + 2 * dp.len();
+        for (k, (o, &d)) in ot.iter_mut().zip(dt).enumerate() {
+            let i = tail + k;
+            *o = kept((mask[i / 64] >> (i % 64)) as u32, d);
+        }
+    }
+}
+
+/// The gradient through the ReLU of the residual forward whose mask is `mask`: `out = dy` where
+/// its bit is set, else 0, as [`relu_grad`] of that forward's `y` gives; in parallel when
+/// `exec.par`, streamed when `exec.stream`.
+pub(crate) fn relu_grad_masked<T: Element>(mask: &[u64], dy: &[T], out: &mut [T], exec: Exec) {
+    for_each_chunk(exec.par, out, MAP_TASK_ELEMS, |k, o| {
+        let at = k * MAP_TASK_ELEMS;
+        streaming(exec.isa, exec.stream, |w| {
+            mask_pass(exec.isa, mask, at, &dy[at..at + o.len()], o, w.streams())
+        });
+    });
 }
 
 /// The gradient through a ReLU whose output is `y`: `out = dy` where `y > 0`, else 0

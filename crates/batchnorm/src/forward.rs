@@ -6,10 +6,13 @@ use std::ops::Range;
 
 use crate::element::{quick_factor, Element, Float};
 use crate::layout::Geometry;
+use crate::mask::{MaskWriter, SharedMask};
 use crate::plan::{
     map_channels, map_per_channel, Apply, Coefficients, Disjoint, Exec, Span, WideMaps, QUICK_LEN,
 };
-use crate::simd::{map_cyclic, map_runs, multiversion, Isa, MAP_CHUNK};
+use crate::simd::{
+    map_cyclic, map_cyclic_recorded, map_runs, map_runs_recorded, multiversion, Isa, MAP_CHUNK,
+};
 
 /// The coefficients of one channel's `y = ((x - mean_hi) - mean_lo) * scale + shift`, evaluated
 /// in the compute type `C` of the storage type ([`Element::Compute`]: `f32` for `f32` tensors,
@@ -193,8 +196,9 @@ pub(crate) enum Epilogue<'a, T> {
     None,
     /// `y = relu(bn(x))`.
     Relu,
-    /// `y = relu(bn(x) + residual)`, the residual in the memory order of `x`.
-    AddRelu(&'a [T]),
+    /// `y = relu(bn(x) + residual)`, the residual in the memory order of `x`; with a mask,
+    /// where `y` is not zero is written to it, a bit per value ([`crate::mask`]).
+    AddRelu(&'a [T], Option<SharedMask<'a>>),
 }
 
 /// A map followed by a ReLU. `#[repr(transparent)]`: a slice of maps is read as a slice of
@@ -406,6 +410,22 @@ multiversion! {
 }
 
 multiversion! {
+    /// [`add_relu_runs`], writing where `y` is not zero to `mask`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_relu_runs_masked<T>(
+        x: &[T],
+        r: &[T],
+        y: &mut [T],
+        inner: usize,
+        maps: &[AddRelu<NormMap<T>>],
+        stream: bool,
+        mask: MaskWriter<'_>,
+    ) {
+        map_runs_recorded((x, r), y, inner, maps, stream, mask).finish();
+    }
+}
+
+multiversion! {
     /// [`normalize_rows`] plus the residual `r`, followed by a ReLU.
     fn add_relu_rows<T>(
         x: &[T],
@@ -416,6 +436,27 @@ multiversion! {
     ) {
         map_cyclic((x, r), y, stream, wide);
     }
+}
+
+multiversion! {
+    /// [`add_relu_rows`], writing where `y` is not zero to `mask`.
+    fn add_relu_rows_masked<T>(
+        x: &[T],
+        r: &[T],
+        y: &mut [T],
+        wide: &WideMaps<T::Compute, AddRelu<NormMap<T>>, 4>,
+        stream: bool,
+        mask: MaskWriter<'_>,
+    ) {
+        map_cyclic_recorded((x, r), y, stream, wide, mask).finish();
+    }
+}
+
+/// The writer of the mask bits of the values at `elems`, the span of one task.
+fn span_writer<'a>(mask: SharedMask<'a>, elems: &Range<usize>) -> MaskWriter<'a> {
+    // SAFETY: each span of an element-wise pass is written by one task (`map_per_channel`
+    // and `map_channels` hand out disjoint spans), and its writer lives as long as the task.
+    unsafe { mask.writer(elems.start, elems.end) }
 }
 
 /// Runs of `inner` values at `elems` of the inputs (channels-first), run `j` mapped by
@@ -434,9 +475,15 @@ fn runs_with<T: Element>(
     match epi {
         Epilogue::None => normalize_runs(isa, &x[elems], y, inner, maps, stream),
         Epilogue::Relu => relu_runs(isa, &x[elems], y, inner, relu_maps(maps), stream),
-        Epilogue::AddRelu(r) => {
-            let (xs, rs) = (&x[elems.clone()], &r[elems]);
-            add_relu_runs(isa, xs, rs, y, inner, add_relu_maps(maps), stream)
+        Epilogue::AddRelu(r, mask) => {
+            let (xs, rs, maps) = (&x[elems.clone()], &r[elems.clone()], add_relu_maps(maps));
+            match mask {
+                None => add_relu_runs(isa, xs, rs, y, inner, maps, stream),
+                Some(mask) => {
+                    let w = span_writer(mask, &elems);
+                    add_relu_runs_masked(isa, xs, rs, y, inner, maps, stream, w);
+                }
+            }
         }
     }
 }
@@ -455,9 +502,15 @@ fn rows_with<T: Element>(
     match epi {
         Epilogue::None => normalize_rows(isa, &x[elems], y, wide, stream),
         Epilogue::Relu => relu_rows(isa, &x[elems], y, wide.reinterpret(), stream),
-        Epilogue::AddRelu(r) => {
-            let (xs, rs) = (&x[elems.clone()], &r[elems]);
-            add_relu_rows(isa, xs, rs, y, wide.reinterpret(), stream)
+        Epilogue::AddRelu(r, mask) => {
+            let (xs, rs, wide) = (&x[elems.clone()], &r[elems.clone()], wide.reinterpret());
+            match mask {
+                None => add_relu_rows(isa, xs, rs, y, wide, stream),
+                Some(mask) => {
+                    let w = span_writer(mask, &elems);
+                    add_relu_rows_masked(isa, xs, rs, y, wide, stream, w);
+                }
+            }
         }
     }
 }

@@ -50,6 +50,7 @@ mod error;
 mod forward;
 mod gate;
 mod layout;
+mod mask;
 mod par;
 mod plan;
 pub mod renorm;

@@ -299,9 +299,9 @@ impl<'a, T: Copy> Inputs for &'a [T] {
     }
 }
 
-impl<'a, T: Copy> Inputs for (&'a [T], &'a [T]) {
-    type Value = (T, T);
-    type Step = (&'a [T; MAP_CHUNK], &'a [T; MAP_CHUNK]);
+impl<A: Inputs, B: Inputs> Inputs for (A, B) {
+    type Value = (A::Value, B::Value);
+    type Step = (A::Step, B::Step);
 
     #[inline(always)]
     fn split_at(self, mid: usize) -> (Self, Self) {
@@ -310,25 +310,25 @@ impl<'a, T: Copy> Inputs for (&'a [T], &'a [T]) {
     }
 
     #[inline(always)]
-    fn values(self) -> impl Iterator<Item = (T, T)> {
-        self.0.iter().copied().zip(self.1.iter().copied())
+    fn values(self) -> impl Iterator<Item = Self::Value> {
+        self.0.values().zip(self.1.values())
     }
 
     #[inline(always)]
     fn steps(self) -> (impl ExactSizeIterator<Item = Self::Step>, Self) {
-        let ((a, ar), (b, br)) = (self.0.as_chunks(), self.1.as_chunks());
-        (a.iter().zip(b), (ar, br))
+        let ((a, ar), (b, br)) = (self.0.steps(), self.1.steps());
+        (a.zip(b), (ar, br))
     }
 
     #[inline(always)]
-    fn lane(step: Self::Step, l: usize) -> (T, T) {
-        (step.0[l], step.1[l])
+    fn lane(step: Self::Step, l: usize) -> Self::Value {
+        (A::lane(step.0, l), B::lane(step.1, l))
     }
 
     #[inline(always)]
     fn prefetch(step: Self::Step) {
-        prefetch_ahead(step.0);
-        prefetch_ahead(step.1);
+        A::prefetch(step.0);
+        B::prefetch(step.1);
     }
 }
 
@@ -352,6 +352,28 @@ pub(crate) fn map_runs<I, U, V, M, const K: usize>(
     V: Copy,
     M: Apply<I, U, V, K>,
 {
+    map_runs_recorded(x, y, inner, maps, stream, ());
+}
+
+/// [`map_runs`], handing every value of `y` to `record` as it is stored, in order; returns
+/// it. (By value: a recorder behind a reference kept its state in memory, each step's bits
+/// chained to the last through a store and a load.)
+#[inline(always)]
+pub(crate) fn map_runs_recorded<I, U, V, M, R, const K: usize>(
+    x: I,
+    y: &mut [U],
+    inner: usize,
+    maps: &[M],
+    stream: bool,
+    mut record: R,
+) -> R
+where
+    I: Inputs,
+    U: Copy + Default,
+    V: Copy,
+    M: Apply<I, U, V, K>,
+    R: Record<U>,
+{
     let stream = stream && streams_steps::<U>();
     let mut run = Runs::new(inner);
     let head = aligned_head(y, stream);
@@ -359,18 +381,43 @@ pub(crate) fn map_runs<I, U, V, M, const K: usize>(
     let (yh, y) = y.split_at_mut(head);
     for (yv, xv) in yh.iter_mut().zip(xh.values()) {
         *yv = maps[run.next()].apply(xv);
+        record.one(*yv);
     }
     let (xc, xt) = x.steps();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     let steps = yc.iter_mut().zip(xc);
     if stream {
-        run_steps::<I, U, V, M, K, true>(steps, &mut run, maps);
+        run_steps::<I, U, V, M, K, true>(steps, &mut run, maps, &mut record);
     } else {
-        run_steps::<I, U, V, M, K, false>(steps, &mut run, maps);
+        run_steps::<I, U, V, M, K, false>(steps, &mut run, maps, &mut record);
     }
     for (yv, xv) in yt.iter_mut().zip(xt.values()) {
         *yv = maps[run.next()].apply(xv);
+        record.one(*yv);
     }
+    record
+}
+
+/// What an element-wise pass records of its outputs besides storing them, in order: the ReLU
+/// mask of the residual forward ([`crate::mask`]), or nothing (`()`).
+pub(crate) trait Record<U>: Copy {
+    /// Whether anything is recorded: the passes that would visit values out of order (by
+    /// column strips) go in order when so.
+    const RECORDS: bool;
+    /// The next step of values.
+    fn step(&mut self, v: &[U; MAP_CHUNK]);
+    /// The next value.
+    fn one(&mut self, v: U);
+}
+
+impl<U> Record<U> for () {
+    const RECORDS: bool = false;
+
+    #[inline(always)]
+    fn step(&mut self, _: &[U; MAP_CHUNK]) {}
+
+    #[inline(always)]
+    fn one(&mut self, _: U) {}
 }
 
 /// The whole steps of [`map_runs`], from where `run` is, with the choice of stores fixed for
@@ -380,19 +427,25 @@ fn run_steps<'a, I, U, V, M, const K: usize, const STREAM: bool>(
     mut steps: impl ExactSizeIterator<Item = (&'a mut [U; MAP_CHUNK], I::Step)>,
     run: &mut Runs,
     maps: &[M],
+    record: &mut impl Record<U>,
 ) where
     I: Inputs,
     U: Copy + Default + 'a,
     V: Copy,
     M: Apply<I, U, V, K>,
 {
+    // A copy in the loop's own variables, which the compiler keeps in registers (behind the
+    // reference, it stored the recorder's state back after every step).
+    let mut rec = *record;
     while steps.len() > 0 {
         match run.steps(steps.len()) {
             Step::One(r, n) => {
                 let map = maps[r];
                 for (ys, xs) in steps.by_ref().take(n) {
                     I::prefetch(xs);
-                    put(ys, map.apply_step(xs), STREAM);
+                    let v = map.apply_step(xs);
+                    rec.step(&v);
+                    put(ys, v, STREAM);
                 }
             }
             Step::Two(r, k) => {
@@ -401,6 +454,7 @@ fn run_steps<'a, I, U, V, M, const K: usize, const STREAM: bool>(
                 let (m0, m1) = (maps[r], maps[r + 1]);
                 let (a, b) = (m0.apply_step(xs), m1.apply_step(xs));
                 let v = std::array::from_fn(|l| if l < k { a[l] } else { b[l] });
+                rec.step(&v);
                 put(ys, v, STREAM);
             }
             Step::Many => {
@@ -410,10 +464,12 @@ fn run_steps<'a, I, U, V, M, const K: usize, const STREAM: bool>(
                 for (l, o) in v.iter_mut().enumerate() {
                     *o = maps[run.next()].apply(I::lane(xs, l));
                 }
+                rec.step(&v);
                 put(ys, v, STREAM);
             }
         }
     }
+    *record = rec;
 }
 
 /// Where a walk over consecutive runs of `inner` values is: the run, and the values left in it.
@@ -505,6 +561,19 @@ pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
     stream: bool,
     maps: &impl Cyclic<I, U>,
 ) {
+    map_cyclic_recorded(x, y, stream, maps, ());
+}
+
+/// [`map_cyclic`], handing every value of `y` to `record` as it is stored, in order; returns
+/// it (by value, as [`map_runs_recorded`]).
+#[inline(always)]
+pub(crate) fn map_cyclic_recorded<I: Inputs, U: Copy + Default, R: Record<U>>(
+    x: I,
+    y: &mut [U],
+    stream: bool,
+    maps: &impl Cyclic<I, U>,
+    mut record: R,
+) -> R {
     let prefetch = stream;
     let stream = stream && streams_steps::<U>();
     let w = maps.width();
@@ -513,27 +582,34 @@ pub(crate) fn map_cyclic<I: Inputs, U: Copy + Default>(
         "a period of {w} positions is shorter than a step"
     );
     // (Streamed tensors are bound by memory, not by their coefficients.)
-    if !prefetch && maps.period_bytes() > STRIP_COEFFICIENT_BYTES && y.len().is_multiple_of(w) {
+    if !prefetch
+        && !R::RECORDS
+        && maps.period_bytes() > STRIP_COEFFICIENT_BYTES
+        && y.len().is_multiple_of(w)
+    {
         strip_rows(x, y, maps);
-        return;
+        return record;
     }
     let head = aligned_head(y, stream);
     let (xh, x) = x.split_at(head);
     let (yh, y) = y.split_at_mut(head);
     for (i, (yv, xv)) in yh.iter_mut().zip(xh.values()).enumerate() {
         *yv = maps.one(xv, i);
+        record.one(*yv);
     }
     let (xc, xt) = x.steps();
     let (yc, yt) = y.as_chunks_mut::<MAP_CHUNK>();
     let steps = yc.iter_mut().zip(xc);
     let j = match (stream, prefetch) {
-        (true, _) => cyclic_steps::<I, U, true, true>(steps, head % w, maps),
-        (false, true) => cyclic_steps::<I, U, false, true>(steps, head % w, maps),
-        (false, false) => cyclic_steps::<I, U, false, false>(steps, head % w, maps),
+        (true, _) => cyclic_steps::<I, U, true, true>(steps, head % w, maps, &mut record),
+        (false, true) => cyclic_steps::<I, U, false, true>(steps, head % w, maps, &mut record),
+        (false, false) => cyclic_steps::<I, U, false, false>(steps, head % w, maps, &mut record),
     };
     for (k, (yv, xv)) in yt.iter_mut().zip(xt.values()).enumerate() {
         *yv = maps.one(xv, (j + k) % w);
+        record.one(*yv);
     }
+    record
 }
 
 /// [`map_cyclic`] over whole periods (rows) of a cache-resident tensor whose coefficients
@@ -580,20 +656,25 @@ fn cyclic_steps<'a, I: Inputs, U: Copy + 'a, const STREAM: bool, const PREFETCH:
     mut steps: impl ExactSizeIterator<Item = (&'a mut [U; MAP_CHUNK], I::Step)>,
     mut j: usize,
     maps: &impl Cyclic<I, U>,
+    record: &mut impl Record<U>,
 ) -> usize {
     let w = maps.width();
+    // In the loop's own variables, as in `run_steps`.
+    let mut rec = *record;
     if PREFETCH {
         for (ys, xs) in steps {
             // SAFETY: `j < w` on entry, and a step of `MAP_CHUNK <= w` positions followed by
             // the wrap below leaves it below `w`.
             let v = unsafe { maps.step(xs, j) };
             I::prefetch(xs);
+            rec.step(&v);
             put(ys, v, STREAM);
             j += MAP_CHUNK;
             if j >= w {
                 j -= w;
             }
         }
+        *record = rec;
         return j;
     }
     while steps.len() > 0 {
@@ -603,6 +684,7 @@ fn cyclic_steps<'a, I: Inputs, U: Copy + 'a, const STREAM: bool, const PREFETCH:
         for (ys, xs) in steps.by_ref().take(n) {
             // SAFETY: `at < w` for each of the `n` steps that fit before `w`.
             *ys = unsafe { maps.step(xs, at) };
+            rec.step(ys);
             keep_steps();
             at += MAP_CHUNK;
         }
@@ -612,6 +694,7 @@ fn cyclic_steps<'a, I: Inputs, U: Copy + 'a, const STREAM: bool, const PREFETCH:
             j -= w;
         }
     }
+    *record = rec;
     j
 }
 

@@ -265,7 +265,7 @@ impl Kernels {
         y: &mut [T],
     ) -> Result<()> {
         check_len("residual", residual.len(), shape.len())?;
-        self.normalize_with(x, Epilogue::AddRelu(residual), shape, coefficients, y)
+        self.normalize_with(x, Epilogue::AddRelu(residual, None), shape, coefficients, y)
     }
 
     fn normalize_with<T: Element>(

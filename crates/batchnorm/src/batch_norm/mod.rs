@@ -3,8 +3,8 @@
 use std::marker::PhantomData;
 
 use crate::backward::{
-    grad_sums_kernel, input_grad, input_grad_channels, relu_grad, DxMap, GatedGradMap, GradMap,
-    GradSums,
+    grad_sums_kernel, input_grad, input_grad_channels, relu_grad, relu_grad_masked, DxMap,
+    GatedGradMap, GradMap, GradSums,
 };
 use crate::config::{BatchNormConfig, Mode, Statistics};
 use crate::element::{Element, Float};
@@ -12,6 +12,7 @@ use crate::error::{BatchNormError, Result};
 use crate::forward::{normalize, normalize_channels, Epilogue, NormMap};
 use crate::gate::Gates;
 use crate::layout::Shape;
+use crate::mask::{mask_words, SharedMask};
 use crate::par::Par;
 use crate::plan::{two_passes, widen, Exec, WideMaps};
 use crate::renorm::{RenormCorrection, RenormLimits};
@@ -162,6 +163,9 @@ pub struct Saved<T: Element> {
     invstd64: Vec<f64>,
     /// Batch Renormalization's per-channel corrections; empty without renormalisation.
     renorm: Vec<RenormCorrection>,
+    /// Where `forward_add_relu`'s output is not zero, a bit per value ([`crate::mask`]); empty
+    /// after the other forwards.
+    relu_mask: Vec<u64>,
     shape: Option<Shape>,
     statistics: Option<Statistics>,
 }
@@ -174,6 +178,7 @@ impl<T: Element> Default for Saved<T> {
             mean64: Vec::new(),
             invstd64: Vec::new(),
             renorm: Vec::new(),
+            relu_mask: Vec::new(),
             shape: None,
             statistics: None,
         }
@@ -423,7 +428,7 @@ impl<T: Element> BatchNorm<T> {
         y: &mut [T],
     ) -> Result<Saved<T>> {
         let mut saved = Saved::default();
-        let epi = Epilogue::AddRelu(residual);
+        let epi = Epilogue::AddRelu(residual, None);
         self.forward_with(x, epi, shape, mode, y, &mut saved)?;
         Ok(saved)
     }
@@ -442,7 +447,7 @@ impl<T: Element> BatchNorm<T> {
         y: &mut [T],
         saved: &mut Saved<T>,
     ) -> Result<()> {
-        self.forward_with(x, Epilogue::AddRelu(residual), shape, mode, y, saved)
+        self.forward_with(x, Epilogue::AddRelu(residual, None), shape, mode, y, saved)
     }
 
     /// The forward passes with `epi` after the map; updates the running statistics in
@@ -665,7 +670,12 @@ impl<T: Element> BatchNorm<T> {
         match dresidual {
             Some(dr) => {
                 check_len("dresidual", dr.len(), shape.len())?;
-                relu_grad(y, dy, dr, exec);
+                let mask = &saved.relu_mask;
+                if !mask.is_empty() && mask.len() == mask_words(shape.len()) {
+                    relu_grad_masked(mask, dy, dr, exec);
+                } else {
+                    relu_grad(y, dy, dr, exec);
+                }
                 self.backward_impl(x, dr, shape, saved, dx, grads, ws)
             }
             None => {
@@ -810,7 +820,7 @@ impl<T: Element> BatchNorm<T> {
     ) -> Result<()> {
         saved.clear();
         self.check_input(x, shape)?;
-        if let Epilogue::AddRelu(residual) = epi {
+        if let Epilogue::AddRelu(residual, _) = epi {
             check_len("residual", residual.len(), shape.len())?;
         }
         check_len("y", y.len(), shape.len())?;
@@ -835,6 +845,19 @@ impl<T: Element> BatchNorm<T> {
                 .renorm
                 .map(|s| s.limits(self.num_batches_tracked)),
             Statistics::Running => None,
+        };
+        // The residual form writes its mask into `saved`, taken out for the passes; the
+        // others leave none. (Every word is written: a mask of the same length is not cleared.)
+        let mut mask = std::mem::take(&mut saved.relu_mask);
+        let epi = match epi {
+            Epilogue::AddRelu(residual, _) => {
+                mask.resize(mask_words(shape.len()), 0);
+                Epilogue::AddRelu(residual, Some(SharedMask::new(&mut mask)))
+            }
+            other => {
+                mask.clear();
+                other
+            }
         };
         let c = self.channels;
         let geo = shape.geometry();
@@ -900,6 +923,15 @@ impl<T: Element> BatchNorm<T> {
         saved
             .invstd
             .extend(saved.invstd64.iter().map(|&v| T::Param::from_f64(v)));
+        // The bits past the last value, left from an earlier use, cleared: equal masks are
+        // equal words.
+        if let Some(last) = mask.last_mut() {
+            let used = shape.len() % 64;
+            if used != 0 {
+                *last &= (1 << used) - 1;
+            }
+        }
+        saved.relu_mask = mask;
         saved.shape = Some(*shape);
         saved.statistics = Some(statistics);
         Ok(())
