@@ -10,7 +10,7 @@ use batchnorm::stages::{
 };
 use batchnorm::{
     bf16, f16, BatchNorm, BatchNormConfig, BatchNormError, Element, Isa, Layout, Mode, Moments,
-    Par, Shape,
+    Par, Saved, Shape,
 };
 use common::{narrow, Rng};
 
@@ -394,11 +394,19 @@ mod fused {
         );
         let grads = match r {
             Some(r) => {
-                let saved = bn
-                    .forward_add_relu(&case.x, r, shape, mode, &mut y)
+                // The reusing forms, `saved` first filled by a call with the residual negated:
+                // the mask it keeps, reused without clearing, gives the same bits.
+                let mut saved = Saved::default();
+                let other: Vec<T> = r.iter().map(|v| T::from_f64(-v.to_f64())).collect();
+                bn.forward_add_relu_into(&case.x, &other, shape, mode, &mut y, &mut saved)
                     .unwrap();
-                bn.backward_add_relu(&case.x, &y, &case.dy, shape, &saved, &mut dx, &mut dr)
-                    .unwrap()
+                bn.forward_add_relu_into(&case.x, r, shape, mode, &mut y, &mut saved)
+                    .unwrap();
+                let mut grads = Default::default();
+                let (x, dy) = (&case.x, &case.dy);
+                bn.backward_add_relu_into(x, &y, dy, shape, &saved, &mut dx, &mut dr, &mut grads)
+                    .unwrap();
+                grads
             }
             None => {
                 let saved = bn.forward_relu(&case.x, shape, mode, &mut y).unwrap();

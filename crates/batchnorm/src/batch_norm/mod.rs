@@ -120,8 +120,8 @@ struct Workspace<T: Element> {
     wide_mean: Vec<f64>,
     /// Where the threads of a team sharing each channel meet.
     board: Board,
-    /// The upstream gradient masked by a ReLU's output (`backward_add_relu`, and
-    /// `backward_relu` where a channel has no gate).
+    /// The upstream gradient masked by a ReLU's output (`backward_relu` where a channel has
+    /// no gate).
     masked: Vec<T>,
 }
 
@@ -399,7 +399,8 @@ impl<T: Element> BatchNorm<T> {
     /// the memory order of `x`. For `f32` tensors `bn(x)` is rounded to `f32` before the
     /// addition, as separate operations would; for the others the sum is formed in `f64` and
     /// rounded once (16-bit outputs are correctly rounded). Statistics, running statistics
-    /// and [`Saved`] are those of [`forward`](Self::forward). Its gradient is
+    /// and [`Saved`] are those of [`forward`](Self::forward); `Saved` also keeps where `y` is
+    /// not zero, a bit per value, for the gradient,
     /// [`backward_add_relu`](Self::backward_add_relu).
     ///
     /// ```
@@ -598,7 +599,9 @@ impl<T: Element> BatchNorm<T> {
     /// The gradients of [`forward_add_relu`](Self::forward_add_relu), given its output `y` and
     /// the upstream gradient `dy`: the residual's gradient `dresidual = dy` where `y > 0`, 0
     /// where `y <= 0` (PyTorch's convention at exactly 0), and [`backward`](Self::backward) of
-    /// `dresidual` into `dx` and the parameter gradients, bit for bit. Example at
+    /// `dresidual` into `dx` and the parameter gradients, bit for bit. Where `y > 0` is read
+    /// from the mask the forward kept in `saved` (a bit per value), not from `y`, which is read
+    /// only when `saved` came from another forward. Example at
     /// [`forward_add_relu`](Self::forward_add_relu).
     ///
     /// # Errors
