@@ -452,11 +452,13 @@ multiversion! {
     }
 }
 
-/// The writer of the mask bits of the values at `elems`, the span of one task.
-fn span_writer<'a>(mask: SharedMask<'a>, elems: &Range<usize>) -> MaskWriter<'a> {
+/// The writer of the mask bits of the values at `elems`, the span of one task; streamed when
+/// the task's outputs are.
+fn span_writer<'a>(mask: SharedMask<'a>, elems: &Range<usize>, stream: bool) -> MaskWriter<'a> {
     // SAFETY: each span of an element-wise pass is written by one task (`map_per_channel`
-    // and `map_channels` hand out disjoint spans), and its writer lives as long as the task.
-    unsafe { mask.writer(elems.start, elems.end) }
+    // and `map_channels` hand out disjoint spans), and its writer lives as long as the task,
+    // inside its `streaming` call, which fences.
+    unsafe { mask.writer(elems.start, elems.end, stream) }
 }
 
 /// Runs of `inner` values at `elems` of the inputs (channels-first), run `j` mapped by
@@ -480,7 +482,7 @@ fn runs_with<T: Element>(
             match mask {
                 None => add_relu_runs(isa, xs, rs, y, inner, maps, stream),
                 Some(mask) => {
-                    let w = span_writer(mask, &elems);
+                    let w = span_writer(mask, &elems, stream);
                     add_relu_runs_masked(isa, xs, rs, y, inner, maps, stream, w);
                 }
             }
@@ -507,7 +509,7 @@ fn rows_with<T: Element>(
             match mask {
                 None => add_relu_rows(isa, xs, rs, y, wide, stream),
                 Some(mask) => {
-                    let w = span_writer(mask, &elems);
+                    let w = span_writer(mask, &elems, stream);
                     add_relu_rows_masked(isa, xs, rs, y, wide, stream, w);
                 }
             }

@@ -90,11 +90,13 @@ impl<'a> SharedMask<'a> {
         }
     }
 
-    /// A writer of the bits of values `start..end`, in order.
+    /// A writer of the bits of values `start..end`, in order; with non-temporal stores when
+    /// `stream` (the task that writes them fences them when it ends, see
+    /// [`crate::stream::streaming`]).
     ///
     /// # Safety
     /// No other writer of values in `start..end` may be alive at the same time.
-    pub unsafe fn writer(self, start: usize, end: usize) -> MaskWriter<'a> {
+    pub unsafe fn writer(self, start: usize, end: usize, stream: bool) -> MaskWriter<'a> {
         assert!(start <= end && mask_words(end) <= self.words);
         MaskWriter {
             mask: self,
@@ -102,6 +104,7 @@ impl<'a> SharedMask<'a> {
             start,
             end,
             word: 0,
+            stream,
         }
     }
 }
@@ -120,6 +123,7 @@ pub(crate) struct MaskWriter<'a> {
     end: usize,
     /// The bits of the word `next` is in, gathered so far.
     word: u64,
+    stream: bool,
 }
 
 impl MaskWriter<'_> {
@@ -147,7 +151,18 @@ impl MaskWriter<'_> {
             // SAFETY: `w` is in bounds (`writer` checked the span's end against the mask),
             // and every value of word `w` is in this writer's span, which no other writer
             // covers (`writer`'s contract).
-            unsafe { self.mask.ptr.add(w).write(self.word) };
+            let at = unsafe { self.mask.ptr.add(w) };
+            #[cfg(target_arch = "x86_64")]
+            if self.stream {
+                // Streamed, as the pass's outputs are: a normal store that misses the cache
+                // reads the line first and holds back the pass's later stores until it has.
+                // SAFETY: as above; SSE2 is part of the x86-64 baseline, and the task fences
+                // its streamed stores when it ends (`writer`'s `stream`).
+                unsafe { std::arch::x86_64::_mm_stream_si64(at.cast::<i64>(), self.word as i64) };
+                return;
+            }
+            // SAFETY: as above.
+            unsafe { at.write(self.word) };
         } else {
             let (from, to) = (self.start.max(first) - first, self.end.min(last) - first);
             let ours = (u64::MAX >> (64 - (to - from))) << from;
@@ -280,7 +295,7 @@ mod tests {
                 let (start, end) = (span[0], span[1]);
                 s.spawn(move || {
                     // SAFETY: the spans are disjoint.
-                    let mut w = unsafe { shared.writer(start, end) };
+                    let mut w = unsafe { shared.writer(start, end, false) };
                     let ones = (end - start).min(3);
                     for &v in &values[start..start + ones] {
                         Record::<T>::one(&mut w, v);
