@@ -703,6 +703,23 @@ pub(crate) fn input_grad_channels<T: Element, M: DxMap>(
     });
 }
 
+/// Implements [`Coefficients`] for a map that has none (a masking pass).
+macro_rules! no_coefficients {
+    ($pass:ty) => {
+        impl Coefficients<f64, 0> for $pass {
+            #[inline(always)]
+            fn coefficients(&self) -> [f64; 0] {
+                []
+            }
+
+            #[inline(always)]
+            fn from_coefficients(_: [f64; 0]) -> Self {
+                Self
+            }
+        }
+    };
+}
+
 /// `dy` where `y > 0`, +0 elsewhere (also where `y` is 0 exactly); where `y` is NaN, `dy`
 /// passes (PyTorch's `threshold_backward`).
 #[inline(always)]
@@ -719,23 +736,14 @@ fn relu_pass_one<T: Element>(y: T, dy: T) -> T {
 /// a step of eight is 32 bytes of a 16-bit type, one streamed store, where a step of eight
 /// single values would be 16 bytes, which are not streamed (see `map_runs`); y is compared in
 /// `f32` where that is exact (widening f16 to `f64` cost more than the pass's memory). Against
-/// single values compared in `f64`, `backward_add_relu` over the plain backward went from 1.79
-/// to 1.25 (bf16) and 2.10 to 1.58 (f16), `f32` unchanged (64x64x56x56 channels-first, two
-/// threads, AMD EPYC Zen 4, three alternating runs).
+/// single values compared in `f64`, the residual backward that ran it (before the forward kept
+/// a mask) went from 1.79 to 1.25 (bf16) and 2.10 to 1.58 (f16) times the plain backward, `f32`
+/// unchanged (64x64x56x56 channels-first, two threads, AMD EPYC Zen 4, three alternating
+/// runs). It serves [`relu_grad`]: `Kernels::relu_grad`, and `backward_relu`'s channels without
+/// a gate.
 #[derive(Debug, Clone, Copy, Default)]
 struct ReluPass;
-
-impl Coefficients<f64, 0> for ReluPass {
-    #[inline(always)]
-    fn coefficients(&self) -> [f64; 0] {
-        []
-    }
-
-    #[inline(always)]
-    fn from_coefficients(_: [f64; 0]) -> Self {
-        Self
-    }
-}
+no_coefficients!(ReluPass);
 
 impl<'a, T: Element> Apply<(&'a [[T; 2]], &'a [[T; 2]]), [T; 2], f64, 0> for ReluPass {
     #[inline(always)]
@@ -788,18 +796,7 @@ multiversion! {
 /// [`ReluPass`], whose bits it gives where the mask is `y`'s.
 #[derive(Debug, Clone, Copy, Default)]
 struct MaskPass;
-
-impl Coefficients<f64, 0> for MaskPass {
-    #[inline(always)]
-    fn coefficients(&self) -> [f64; 0] {
-        []
-    }
-
-    #[inline(always)]
-    fn from_coefficients(_: [f64; 0]) -> Self {
-        Self
-    }
-}
+no_coefficients!(MaskPass);
 
 /// `dy` where `bit` is set, else +0.
 #[inline(always)]

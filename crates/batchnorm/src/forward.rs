@@ -396,7 +396,9 @@ multiversion! {
 }
 
 multiversion! {
-    /// [`normalize_runs`] plus the residual `r`, followed by a ReLU.
+    /// [`normalize_runs`] plus the residual `r`, followed by a ReLU; where `y` is not zero
+    /// written to `mask`, if any.
+    #[allow(clippy::too_many_arguments)]
     fn add_relu_runs<T>(
         x: &[T],
         r: &[T],
@@ -404,51 +406,30 @@ multiversion! {
         inner: usize,
         maps: &[AddRelu<NormMap<T>>],
         stream: bool,
+        mask: Option<MaskWriter<'_>>,
     ) {
-        map_runs((x, r), y, inner, maps, stream);
+        match mask {
+            None => map_runs((x, r), y, inner, maps, stream),
+            Some(mask) => map_runs_recorded((x, r), y, inner, maps, stream, mask).finish(),
+        }
     }
 }
 
 multiversion! {
-    /// [`add_relu_runs`], writing where `y` is not zero to `mask`.
-    #[allow(clippy::too_many_arguments)]
-    fn add_relu_runs_masked<T>(
-        x: &[T],
-        r: &[T],
-        y: &mut [T],
-        inner: usize,
-        maps: &[AddRelu<NormMap<T>>],
-        stream: bool,
-        mask: MaskWriter<'_>,
-    ) {
-        map_runs_recorded((x, r), y, inner, maps, stream, mask).finish();
-    }
-}
-
-multiversion! {
-    /// [`normalize_rows`] plus the residual `r`, followed by a ReLU.
+    /// [`normalize_rows`] plus the residual `r`, followed by a ReLU; where `y` is not zero
+    /// written to `mask`, if any.
     fn add_relu_rows<T>(
         x: &[T],
         r: &[T],
         y: &mut [T],
         wide: &WideMaps<T::Compute, AddRelu<NormMap<T>>, 4>,
         stream: bool,
+        mask: Option<MaskWriter<'_>>,
     ) {
-        map_cyclic((x, r), y, stream, wide);
-    }
-}
-
-multiversion! {
-    /// [`add_relu_rows`], writing where `y` is not zero to `mask`.
-    fn add_relu_rows_masked<T>(
-        x: &[T],
-        r: &[T],
-        y: &mut [T],
-        wide: &WideMaps<T::Compute, AddRelu<NormMap<T>>, 4>,
-        stream: bool,
-        mask: MaskWriter<'_>,
-    ) {
-        map_cyclic_recorded((x, r), y, stream, wide, mask).finish();
+        match mask {
+            None => map_cyclic((x, r), y, stream, wide),
+            Some(mask) => map_cyclic_recorded((x, r), y, stream, wide, mask).finish(),
+        }
     }
 }
 
@@ -479,13 +460,8 @@ fn runs_with<T: Element>(
         Epilogue::Relu => relu_runs(isa, &x[elems], y, inner, relu_maps(maps), stream),
         Epilogue::AddRelu(r, mask) => {
             let (xs, rs, maps) = (&x[elems.clone()], &r[elems.clone()], add_relu_maps(maps));
-            match mask {
-                None => add_relu_runs(isa, xs, rs, y, inner, maps, stream),
-                Some(mask) => {
-                    let w = span_writer(mask, &elems, stream);
-                    add_relu_runs_masked(isa, xs, rs, y, inner, maps, stream, w);
-                }
-            }
+            let mask = mask.map(|m| span_writer(m, &elems, stream));
+            add_relu_runs(isa, xs, rs, y, inner, maps, stream, mask)
         }
     }
 }
@@ -506,13 +482,8 @@ fn rows_with<T: Element>(
         Epilogue::Relu => relu_rows(isa, &x[elems], y, wide.reinterpret(), stream),
         Epilogue::AddRelu(r, mask) => {
             let (xs, rs, wide) = (&x[elems.clone()], &r[elems.clone()], wide.reinterpret());
-            match mask {
-                None => add_relu_rows(isa, xs, rs, y, wide, stream),
-                Some(mask) => {
-                    let w = span_writer(mask, &elems, stream);
-                    add_relu_rows_masked(isa, xs, rs, y, wide, stream, w);
-                }
-            }
+            let mask = mask.map(|m| span_writer(m, &elems, stream));
+            add_relu_rows(isa, xs, rs, y, wide, stream, mask)
         }
     }
 }
