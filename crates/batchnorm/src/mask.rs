@@ -167,7 +167,7 @@ impl MaskWriter<'_> {
             let (from, to) = (self.start.max(first) - first, self.end.min(last) - first);
             let ours = (u64::MAX >> (64 - (to - from))) << from;
             // SAFETY: in bounds, as above; `AtomicU64` has the layout and alignment of `u64`
-            // (checked below), and every access to a word shared by two spans is atomic.
+            // (asserted above), and every access to a word shared by two spans is atomic.
             let atomic = unsafe { AtomicU64::from_ptr(self.mask.ptr.add(w)) };
             atomic.fetch_and(!ours, Ordering::Relaxed);
             atomic.fetch_or(self.word & ours, Ordering::Relaxed);
