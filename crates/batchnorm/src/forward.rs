@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use crate::element::{quick_factor, Element, Float};
 use crate::layout::Geometry;
-use crate::mask::{MaskWriter, SharedMask};
+use crate::mask::{MaskSpan, MaskWriter, SharedMask};
 use crate::plan::{
     map_channels, map_per_channel, Apply, Coefficients, Disjoint, Exec, Span, WideMaps, QUICK_LEN,
 };
@@ -433,13 +433,13 @@ multiversion! {
     }
 }
 
-/// The writer of the mask bits of the values at `elems`, the span of one task; streamed when
-/// the task's outputs are.
-fn span_writer<'a>(mask: SharedMask<'a>, elems: &Range<usize>, stream: bool) -> MaskWriter<'a> {
+/// The mask bits of the values at `elems`, the span of one task; streamed when the task's
+/// outputs are.
+fn task_span<'a>(mask: SharedMask<'a>, elems: &Range<usize>, stream: bool) -> MaskSpan<'a> {
     // SAFETY: each span of an element-wise pass is written by one task (`map_per_channel`
-    // and `map_channels` hand out disjoint spans), and its writer lives as long as the task,
+    // and `map_channels` hand out disjoint spans), and its span lives as long as the task,
     // inside its `streaming` call, which fences.
-    unsafe { mask.writer(elems.start, elems.end, stream) }
+    unsafe { mask.span(elems.start, elems.end, stream) }
 }
 
 /// Runs of `inner` values at `elems` of the inputs (channels-first), run `j` mapped by
@@ -460,7 +460,8 @@ fn runs_with<T: Element>(
         Epilogue::Relu => relu_runs(isa, &x[elems], y, inner, relu_maps(maps), stream),
         Epilogue::AddRelu(r, mask) => {
             let (xs, rs, maps) = (&x[elems.clone()], &r[elems.clone()], add_relu_maps(maps));
-            let mask = mask.map(|m| span_writer(m, &elems, stream));
+            let span = mask.map(|m| task_span(m, &elems, stream));
+            let mask = span.as_ref().map(MaskSpan::writer);
             add_relu_runs(isa, xs, rs, y, inner, maps, stream, mask)
         }
     }
@@ -482,7 +483,8 @@ fn rows_with<T: Element>(
         Epilogue::Relu => relu_rows(isa, &x[elems], y, wide.reinterpret(), stream),
         Epilogue::AddRelu(r, mask) => {
             let (xs, rs, wide) = (&x[elems.clone()], &r[elems.clone()], wide.reinterpret());
-            let mask = mask.map(|m| span_writer(m, &elems, stream));
+            let span = mask.map(|m| task_span(m, &elems, stream));
+            let mask = span.as_ref().map(MaskSpan::writer);
             add_relu_rows(isa, xs, rs, y, wide, stream, mask)
         }
     }

@@ -90,47 +90,64 @@ impl<'a> SharedMask<'a> {
         }
     }
 
-    /// A writer of the bits of values `start..end`, in order; with non-temporal stores when
-    /// `stream` (the task that writes them fences them when it ends, see
+    /// The span of values `start..end` of one task; its words are stored with non-temporal
+    /// stores when `stream` (the task fences them when it ends, see
     /// [`crate::stream::streaming`]).
     ///
     /// # Safety
-    /// No other writer of values in `start..end` may be alive at the same time.
-    pub unsafe fn writer(self, start: usize, end: usize, stream: bool) -> MaskWriter<'a> {
+    /// No other span overlapping `start..end` may be written at the same time.
+    pub unsafe fn span(self, start: usize, end: usize, stream: bool) -> MaskSpan<'a> {
         assert!(start <= end && mask_words(end) <= self.words);
-        MaskWriter {
+        MaskSpan {
             mask: self,
-            next: start,
             start,
             end,
-            word: 0,
             stream,
+        }
+    }
+}
+
+/// The values `start..end` of a [`SharedMask`] that one task writes: what its writer reads only
+/// when it stores a word.
+#[derive(Debug)]
+pub(crate) struct MaskSpan<'a> {
+    mask: SharedMask<'a>,
+    start: usize,
+    end: usize,
+    stream: bool,
+}
+
+impl MaskSpan<'_> {
+    /// The writer of the span's bits, in order.
+    pub fn writer(&self) -> MaskWriter<'_> {
+        MaskWriter {
+            span: self,
+            next: self.start,
+            word: 0,
         }
     }
 }
 
 const _: () = assert!(align_of::<AtomicU64>() == align_of::<u64>());
 
-/// Writes the bits of consecutive values of one span of a [`SharedMask`], a word at a time.
-/// `Copy`, so that the passes keep it in registers ([`Record`]); each span has one, finished
-/// once.
+/// Writes the bits of consecutive values of a [`MaskSpan`], a word at a time. `Copy` and
+/// small, so that the passes keep it in registers ([`Record`]; with the span's fields besides,
+/// they spilled their own pointers, and cache-resident passes slowed down); one per span,
+/// finished once.
 #[derive(Clone, Copy)]
 pub(crate) struct MaskWriter<'a> {
-    mask: SharedMask<'a>,
+    span: &'a MaskSpan<'a>,
     /// The index of the next value.
     next: usize,
-    start: usize,
-    end: usize,
     /// The bits of the word `next` is in, gathered so far.
     word: u64,
-    stream: bool,
 }
 
 impl MaskWriter<'_> {
     /// Adds the `n <= 8` bits `bits` (the next `n` values').
     #[inline(always)]
     fn push(&mut self, bits: u64, n: usize) {
-        debug_assert!(n <= MAP_CHUNK && self.next + n <= self.end);
+        debug_assert!(n <= MAP_CHUNK && self.next + n <= self.span.end);
         let (w, at) = (self.next / 64, self.next % 64);
         self.word |= bits << at;
         self.next += n;
@@ -145,30 +162,36 @@ impl MaskWriter<'_> {
     /// the span's bits replaced, atomically (the others are another span's).
     #[inline(always)]
     fn flush(&mut self, w: usize) {
-        debug_assert!(w < self.mask.words);
+        let MaskSpan {
+            mask,
+            start,
+            end,
+            stream,
+        } = *self.span;
+        debug_assert!(w < mask.words);
         let (first, last) = (w * 64, w * 64 + 64);
-        if first >= self.start && last <= self.end {
-            // SAFETY: `w` is in bounds (`writer` checked the span's end against the mask),
-            // and every value of word `w` is in this writer's span, which no other writer
-            // covers (`writer`'s contract).
-            let at = unsafe { self.mask.ptr.add(w) };
+        if first >= start && last <= end {
+            // SAFETY: `w` is in bounds (`span` checked the span's end against the mask), and
+            // every value of word `w` is in this writer's span, which no other task writes
+            // (`span`'s contract).
+            let at = unsafe { mask.ptr.add(w) };
             #[cfg(target_arch = "x86_64")]
-            if self.stream {
+            if stream {
                 // Streamed, as the pass's outputs are: a normal store that misses the cache
                 // reads the line first and holds back the pass's later stores until it has.
                 // SAFETY: as above; SSE2 is part of the x86-64 baseline, and the task fences
-                // its streamed stores when it ends (`writer`'s `stream`).
+                // its streamed stores when it ends (`span`'s `stream`).
                 unsafe { std::arch::x86_64::_mm_stream_si64(at.cast::<i64>(), self.word as i64) };
                 return;
             }
             // SAFETY: as above.
             unsafe { at.write(self.word) };
         } else {
-            let (from, to) = (self.start.max(first) - first, self.end.min(last) - first);
+            let (from, to) = (start.max(first) - first, end.min(last) - first);
             let ours = (u64::MAX >> (64 - (to - from))) << from;
             // SAFETY: in bounds, as above; `AtomicU64` has the layout and alignment of `u64`
             // (asserted above), and every access to a word shared by two spans is atomic.
-            let atomic = unsafe { AtomicU64::from_ptr(self.mask.ptr.add(w)) };
+            let atomic = unsafe { AtomicU64::from_ptr(mask.ptr.add(w)) };
             atomic.fetch_and(!ours, Ordering::Relaxed);
             atomic.fetch_or(self.word & ours, Ordering::Relaxed);
         }
@@ -176,7 +199,7 @@ impl MaskWriter<'_> {
 
     /// Writes the bits of the last, partial word.
     pub fn finish(mut self) {
-        debug_assert_eq!(self.next, self.end, "every value of the span recorded");
+        debug_assert_eq!(self.next, self.span.end, "every value of the span recorded");
         if !self.next.is_multiple_of(64) {
             self.flush(self.next / 64);
         }
@@ -295,7 +318,8 @@ mod tests {
                 let (start, end) = (span[0], span[1]);
                 s.spawn(move || {
                     // SAFETY: the spans are disjoint.
-                    let mut w = unsafe { shared.writer(start, end, false) };
+                    let span = unsafe { shared.span(start, end, false) };
+                    let mut w = span.writer();
                     let ones = (end - start).min(3);
                     for &v in &values[start..start + ones] {
                         Record::<T>::one(&mut w, v);

@@ -683,8 +683,9 @@ fn cyclic_steps<'a, I: Inputs, U: Copy + 'a, const STREAM: bool, const PREFETCH:
         let mut at = j;
         for (ys, xs) in steps.by_ref().take(n) {
             // SAFETY: `at < w` for each of the `n` steps that fit before `w`.
-            *ys = unsafe { maps.step(xs, at) };
-            rec.step(ys);
+            let v = unsafe { maps.step(xs, at) };
+            rec.step(&v);
+            *ys = v;
             keep_steps();
             at += MAP_CHUNK;
         }
