@@ -356,8 +356,8 @@ pub(crate) fn map_runs<I, U, V, M, const K: usize>(
 }
 
 /// [`map_runs`], handing every value of `y` to `record` as it is stored, in order; returns
-/// it. (By value: a recorder behind a reference kept its state in memory, each step's bits
-/// chained to the last through a store and a load.)
+/// it. (The step loop works on a copy of it in its own variables: behind a reference, its
+/// state went through memory at every step.)
 #[inline(always)]
 pub(crate) fn map_runs_recorded<I, U, V, M, R, const K: usize>(
     x: I,
