@@ -846,11 +846,22 @@ multiversion! {
 /// its bit is set, else 0, as [`relu_grad`] of that forward's `y` gives; in parallel when
 /// `exec.par`, streamed when `exec.stream`.
 pub(crate) fn relu_grad_masked<T: Element>(mask: &[u64], dy: &[T], out: &mut [T], exec: Exec) {
+    masking_tasks(out, exec, |r, o, stream| {
+        mask_pass(exec.isa, mask, r.start, &dy[r], o, stream)
+    });
+}
+
+/// Runs an element-wise masking pass over `out` in tasks of [`MAP_TASK_ELEMS`] values:
+/// `pass(range, out, stream)` writes the values at `range`, streamed when `stream`; in
+/// parallel when `exec.par` (element-wise, so the same bits on every cut).
+fn masking_tasks<T: Element>(
+    out: &mut [T],
+    exec: Exec,
+    pass: impl Fn(Range<usize>, &mut [T], bool) + Sync,
+) {
     for_each_chunk(exec.par, out, MAP_TASK_ELEMS, |k, o| {
-        let at = k * MAP_TASK_ELEMS;
-        streaming(exec.isa, exec.stream, |w| {
-            mask_pass(exec.isa, mask, at, &dy[at..at + o.len()], o, w.streams())
-        });
+        let r = k * MAP_TASK_ELEMS..k * MAP_TASK_ELEMS + o.len();
+        streaming(exec.isa, exec.stream, |w| pass(r, o, w.streams()));
     });
 }
 
@@ -858,10 +869,7 @@ pub(crate) fn relu_grad_masked<T: Element>(mask: &[u64], dy: &[T], out: &mut [T]
 /// ([`ReluPass`]), in parallel when `exec.par` (element-wise, so the same bits on every cut),
 /// streamed when `exec.stream`.
 pub(crate) fn relu_grad<T: Element>(y: &[T], dy: &[T], out: &mut [T], exec: Exec) {
-    for_each_chunk(exec.par, out, MAP_TASK_ELEMS, |k, o| {
-        let r = k * MAP_TASK_ELEMS..k * MAP_TASK_ELEMS + o.len();
-        streaming(exec.isa, exec.stream, |w| {
-            relu_pass(exec.isa, &y[r.clone()], &dy[r], o, w.streams())
-        });
+    masking_tasks(out, exec, |r, o, stream| {
+        relu_pass(exec.isa, &y[r.clone()], &dy[r], o, stream)
     });
 }
