@@ -1,11 +1,13 @@
-//! Every cut of a training step gives the bits of channel groups; non-finite input as PyTorch.
+//! Every cut of a training step (plain and residual) gives the bits of channel groups;
+//! non-finite input as PyTorch.
 
 use super::*;
 use crate::plan::{channel_cut, Cut};
 use crate::stages::GradSums;
 use crate::Layout;
 
-/// y and running statistics of a training forward, and dx, dweight, dbias of its backward.
+/// y and running statistics of a training forward, and dx, dweight, dbias of its backward;
+/// then y, dx, dresidual, dweight and dbias of the residual form.
 type Outputs<T> = (
     Vec<T>,
     Vec<<T as Element>::Param>,
@@ -13,7 +15,23 @@ type Outputs<T> = (
     Vec<T>,
     Vec<<T as Element>::Param>,
     Vec<<T as Element>::Param>,
+    Residual<T>,
 );
+
+/// y, dx, dresidual, dweight and dbias of `relu(bn(x) + r)`.
+type Residual<T> = (
+    Vec<T>,
+    Vec<T>,
+    Vec<T>,
+    Vec<<T as Element>::Param>,
+    Vec<<T as Element>::Param>,
+);
+
+/// A residual of `n` values that lifts about half of the pre-activations above 0.
+fn residual<T: Element>(n: usize) -> Vec<T> {
+    let r = (0..n).map(|i| T::from_f64(((i * 13) % 29) as f64 * 0.1 - 1.4));
+    r.collect()
+}
 
 /// The test data of `n` values: x spread over [-100, 275) with a large offset, and dy.
 fn inputs<T: Element>(n: usize) -> (Vec<T>, Vec<T>) {
@@ -37,7 +55,21 @@ fn train_step<T: Element>(dims: &[usize], par: Par, isa: Isa, l2: usize) -> Outp
     let saved = bn.forward(&x, &shape, Mode::Train, &mut y).unwrap();
     let grads = bn.backward(&x, &dy, &shape, &saved, &mut dx).unwrap();
     let running = (bn.running_mean.clone(), bn.running_var.clone());
-    (y, running.0, running.1, dx, grads.weight, grads.bias)
+    // The residual form: its backward reads dy through the mask its forward kept.
+    let (mut ya, mut dxa, mut dr) = (
+        vec![T::default(); n],
+        vec![T::default(); n],
+        vec![T::default(); n],
+    );
+    let r = residual::<T>(n);
+    let saved = bn
+        .forward_add_relu(&x, &r, &shape, Mode::Train, &mut ya)
+        .unwrap();
+    let ga = bn
+        .backward_add_relu(&x, &ya, &dy, &shape, &saved, &mut dxa, &mut dr)
+        .unwrap();
+    let res = (ya, dxa, dr, ga.weight, ga.bias);
+    (y, running.0, running.1, dx, grads.weight, grads.bias, res)
 }
 
 /// [`train_step`] composed from the public stages, on this thread with the baseline kernels.
@@ -73,7 +105,23 @@ fn stage_step<T: Element>(dims: &[usize]) -> Outputs<T> {
         .iter()
         .map(|s| T::Param::from_f64(s.bias_grad()))
         .collect();
-    (y, rm, rv, dx, weight, bias)
+    // The residual form, from its stages: dresidual masks dy by y, the plain backward of it.
+    let mut ya = vec![T::default(); n];
+    k.normalize_add_relu(&x, &residual::<T>(n), &shape, &norms, &mut ya)
+        .unwrap();
+    let mut dr = vec![T::default(); n];
+    k.relu_grad(&ya, &dy, &shape, &mut dr).unwrap();
+    let mut sums = vec![GradSums::default(); c];
+    k.grad_sums(&x, &dr, &shape, &mean, &mut sums).unwrap();
+    let grads: Vec<InputGrad> = (0..c)
+        .map(|ch| InputGrad::batch(&norms[ch], sums[ch], count))
+        .collect();
+    let mut dxa = vec![T::default(); n];
+    k.input_grad(&x, &dr, &shape, &grads, &mut dxa).unwrap();
+    let wa = (0..c).map(|ch| T::Param::from_f64(sums[ch].weight_grad(norms[ch].invstd)));
+    let ba = sums.iter().map(|s| T::Param::from_f64(s.bias_grad()));
+    let res = (ya, dxa, dr, wa.collect(), ba.collect());
+    (y, rm, rv, dx, weight, bias, res)
 }
 
 fn channel_by_channel_is_bitwise_blocked<T: Element>() {
