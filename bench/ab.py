@@ -10,9 +10,11 @@ temporary worktree into `target/ab-base` (kept, so the next build of a revision 
 
 Runs go base, new, base, new, ...: on a shared machine whose speed drifts over minutes, each
 pair of runs sees about the same machine. Prints per row the median time of each build over
-the runs, new / base of those medians and the range of the per-run ratios; for fused rows also
-each build's median `vs_plain` (fused over plain, measured in the same run). A change is worth
-believing where the range stays on one side of 1.
+the runs, new / base of those medians and the range of the per-run ratios, each build's median
+time over its yardstick (measured in the same process, samples alternating: it moves less with
+the machine than times do), and for fused rows each build's median `vs_plain` (fused over
+plain, measured likewise). A change is worth believing where the range stays on one side of 1
+and the yardstick ratios agree.
 """
 import argparse
 import json
@@ -77,21 +79,22 @@ def main():
         runs["base"].append(bench(base, a.bench_args))
         runs["new"].append(bench(new, a.bench_args))
     print(f"{'shape':14} {'layout':15} {'dtype':5} {'op':23} {'thr':>3} {'base ms':>9} {'new ms':>9} "
-          f"{'new/base':>8} {'range':>11} {'vs_plain':>11}")
+          f"{'new/base':>8} {'range':>11} {'/ yardstick':>11} {'vs_plain':>11}")
     for k in runs["base"][0]:
         if any(k not in r for r in runs["new"]):
             continue
         b = [r[k]["median_ms"] for r in runs["base"]]
         n = [r[k]["median_ms"] for r in runs["new"]]
         ratios = [y / x for x, y in zip(b, n)]
-        plain = ""
-        if runs["base"][0][k].get("vs_plain") is not None:
-            vb = statistics.median(r[k]["vs_plain"] for r in runs["base"])
-            vn = statistics.median(r[k]["vs_plain"] for r in runs["new"])
-            plain = f"{vb:.2f}->{vn:.2f}"
+        def both(field):
+            if runs["base"][0][k].get(field) is None:
+                return ""
+            vb = statistics.median(r[k][field] for r in runs["base"])
+            vn = statistics.median(r[k][field] for r in runs["new"])
+            return f"{vb:.2f}->{vn:.2f}"
         bm, nm = statistics.median(b), statistics.median(n)
         print(f"{k[0]:14} {k[1]:15} {k[2]:5} {k[3]:23} {k[4]:3} {bm:9.3f} {nm:9.3f} {nm / bm:8.2f} "
-              f"{min(ratios):5.2f}-{max(ratios):5.2f} {plain:>11}")
+              f"{min(ratios):5.2f}-{max(ratios):5.2f} {both('ratio'):>11} {both('vs_plain'):>11}")
 
 
 if __name__ == "__main__":

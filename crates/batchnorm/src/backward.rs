@@ -9,9 +9,9 @@ use crate::layout::Geometry;
 use crate::mask::PairBits;
 use crate::par::for_each_chunk;
 use crate::plan::{
-    column_strips, fold_widened_in_place, map_channels, map_per_channel, reduce_per_channel,
-    step_sum, strip_step, strips, widen, Apply, Coefficients, Disjoint, Exec, Span, StripPrefetch,
-    UnitRuns, WideMaps, QUICK_LEN,
+    column_strips, fold_widened_in_place, map_channels, map_per_channel, narrow_walk,
+    reduce_per_channel, step_sum, strip_step, strips, widen, Apply, Coefficients, Disjoint, Exec,
+    Span, StripPrefetch, UnitRuns, WideMaps, NARROW_ROW, QUICK_LEN,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead, MAP_CHUNK};
@@ -209,34 +209,45 @@ fn block_sums<T: Element, G: Gate, const K: usize>(
             );
         }
     };
-    // Two widened rows per step, read side by side with their dy (four streams, as the
-    // statistics' four rows; four rows of both inputs ran out of registers): their terms are
-    // added together first, so the accumulators (in L1, too many for registers) are loaded and
-    // stored once per two. Wide rows go one column strip at a time (the same sums per position,
-    // in the same order).
-    let pairs = x.len() / (2 * w);
     let split_at = x.len() / w * w;
-    for cols in column_strips(w) {
-        // A step reads two rows of each input.
-        let size = size_of::<T>();
-        let ahead = StripPrefetch::new(pairs, 2 * cols.len() * size, 2 * w * size, prefetch);
-        let (s, sx) = (&mut s[cols.clone()], &mut sx[cols.clone()]);
-        let coefs: [_; K] = std::array::from_fn(|i| &coefs[i][cols.clone()]);
-        for p in 0..pairs {
-            let ([x0, x1], [d0, d1]) = (strips(x, w, &cols, 2 * p), strips(dy, w, &cols, 2 * p));
-            let rows = [x0, x1, d0, d1];
-            strip_step(
-                rows,
-                s,
-                sx,
-                coefs,
-                ahead.far(p),
-                |s, sx, c, [u0, u1, e0, e1]| add_grad_terms(s, sx, split(c), [u0, u1], [e0, e1]),
-            );
-        }
-        for r in 2 * pairs..split_at / w {
-            let ([xr], [dr]) = (strips(x, w, &cols, r), strips(dy, w, &cols, r));
-            row(s, sx, coefs, xr, dr);
+    if w == NARROW_ROW {
+        // Rows of 64 positions: their accumulators in registers, row by row.
+        let (xw, dw) = (&x[..split_at], &dy[..split_at]);
+        narrow_walk([xw, dw], s, sx, coefs, prefetch, |s, sx, c, [u, e]| {
+            add_grad_terms(s, sx, split(c), [u], [e])
+        });
+    } else {
+        // Two widened rows per step, read side by side with their dy (four streams, as the
+        // statistics' four rows; four rows of both inputs ran out of registers): their terms
+        // are added together first, so the accumulators (in L1, too many for registers) are
+        // loaded and stored once per two. Wide rows go one column strip at a time (the same
+        // sums per position, in the same order).
+        let pairs = x.len() / (2 * w);
+        for cols in column_strips(w) {
+            // A step reads two rows of each input.
+            let size = size_of::<T>();
+            let ahead = StripPrefetch::new(pairs, 2 * cols.len() * size, 2 * w * size, prefetch);
+            let (s, sx) = (&mut s[cols.clone()], &mut sx[cols.clone()]);
+            let coefs: [_; K] = std::array::from_fn(|i| &coefs[i][cols.clone()]);
+            for p in 0..pairs {
+                let ([x0, x1], [d0, d1]) =
+                    (strips(x, w, &cols, 2 * p), strips(dy, w, &cols, 2 * p));
+                let rows = [x0, x1, d0, d1];
+                strip_step(
+                    rows,
+                    s,
+                    sx,
+                    coefs,
+                    ahead.far(p),
+                    |s, sx, c, [u0, u1, e0, e1]| {
+                        add_grad_terms(s, sx, split(c), [u0, u1], [e0, e1])
+                    },
+                );
+            }
+            for r in 2 * pairs..split_at / w {
+                let ([xr], [dr]) = (strips(x, w, &cols, r), strips(dy, w, &cols, r));
+                row(s, sx, coefs, xr, dr);
+            }
         }
     }
     let tail = x[split_at..]

@@ -20,8 +20,8 @@ use std::ops::Range;
 use crate::element::{to_f64_pair, Element};
 use crate::layout::Geometry;
 use crate::plan::{
-    column_strips, fold_widened_in_place, reduce_per_channel, row_width, step_sum, strip_step,
-    strips, Exec, Span, StripPrefetch, UnitRuns,
+    column_strips, fold_widened_in_place, narrow_walk, reduce_per_channel, row_width, step_sum,
+    strip_step, strips, Exec, Span, StripPrefetch, UnitRuns, NARROW_ROW,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{multiversion, prefetch_ahead, RunAhead};
@@ -242,24 +242,30 @@ multiversion! {
                 add_shifted_terms(d, q, s, [v]);
             }
         };
-        // Four widened rows per step: their terms are added together first, so the
-        // accumulators (in L1, too many for registers) are loaded and stored once per four.
-        // Wide rows go one column strip at a time (the same sums per position, in the same
-        // order).
-        let quads = wide.len() / (4 * w);
-        for cols in column_strips(w) {
-            let size = size_of::<T>();
-            let ahead = StripPrefetch::new(quads, 4 * cols.len() * size, 4 * w * size, prefetch);
-            let (dev, sq, shift) = (&mut dev[cols.clone()], &mut sq[cols.clone()], &shift[cols.clone()]);
-            for q in 0..quads {
-                let rows = strips(wide, w, &cols, 4 * q);
-                strip_step(rows, dev, sq, [shift], ahead.far(q), |d, q, [c], v| {
-                    add_shifted_terms(d, q, c, v)
-                });
-            }
-            for r in 4 * quads..wide.len() / w {
-                let [row] = strips(wide, w, &cols, r);
-                shifted(dev, sq, shift, row);
+        // Rows of 64 positions: their accumulators in registers, row by row. Wider rows go
+        // four per step: their terms are added together first, so the accumulators (in L1,
+        // too many for registers) are loaded and stored once per four; one column strip at a
+        // time (the same sums per position, in the same order).
+        if w == NARROW_ROW {
+            narrow_walk([wide], dev, sq, [shift], prefetch, |d, q, [c], v| {
+                add_shifted_terms(d, q, c, v)
+            });
+        } else {
+            let quads = wide.len() / (4 * w);
+            for cols in column_strips(w) {
+                let size = size_of::<T>();
+                let ahead = StripPrefetch::new(quads, 4 * cols.len() * size, 4 * w * size, prefetch);
+                let (dev, sq, shift) = (&mut dev[cols.clone()], &mut sq[cols.clone()], &shift[cols.clone()]);
+                for q in 0..quads {
+                    let rows = strips(wide, w, &cols, 4 * q);
+                    strip_step(rows, dev, sq, [shift], ahead.far(q), |d, q, [c], v| {
+                        add_shifted_terms(d, q, c, v)
+                    });
+                }
+                for r in 4 * quads..wide.len() / w {
+                    let [row] = strips(wide, w, &cols, r);
+                    shifted(dev, sq, shift, row);
+                }
             }
         }
         for row in tail.chunks_exact(c) {

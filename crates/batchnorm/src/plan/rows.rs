@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 
 use super::row_width;
-use crate::simd::{prefetch_past, Cyclic, Inputs, MAP_CHUNK};
+use crate::simd::{prefetch_ahead, prefetch_past, Cyclic, Inputs, MAP_CHUNK};
 use crate::tuning::{COLUMN_STRIP, PREFETCH_BYTES};
 
 /// `pattern[i] = per_channel[i % C]` over one widened row.
@@ -359,6 +359,55 @@ pub(crate) fn strip_step<T: Copy, const K: usize>(
     for (k, (a, b)) in at.iter_mut().zip(bt.iter_mut()).enumerate() {
         add(a, b, std::array::from_fn(|i| ct[i][k]), rt.map(|r| r[k]));
     }
+}
+
+/// Positions of the widened rows (those of up to 64 channels that divide 64, the common
+/// power-of-two counts) whose reductions keep every accumulator in registers ([`narrow_walk`]).
+pub(crate) const NARROW_ROW: usize = 64;
+
+/// A reduction over the whole rows of `rows` (`R` inputs side by side, each rows of
+/// [`NARROW_ROW`] positions): `add(a[k], b[k], c[k], v)` at every position `k` of every row, in
+/// row order, `c[k]` the `K` per-position coefficients there, `v` the inputs' values there;
+/// software prefetches when `prefetch`. The accumulators and coefficients stay in registers
+/// (eight vectors each), where the strip walk ([`strip_step`]) loads and stores its accumulators
+/// at every step. 64x64x56x56 channels-last `f32`, AMD EPYC Zen 4, time over a plain read of
+/// the same inputs in the same process (`Kernels::moments`, `Kernels::grad_sums`, medians of 31):
+/// the statistics 2.14-2.18 -> 1.25-1.31 on one thread, 1.61-1.66 -> 1.14-1.23 on two; the
+/// gradient sums 1.38-1.41 -> 1.22 and 1.15-1.23 -> 1.03-1.05 (8x32x112x112, one thread:
+/// 2.21 -> 1.61 and 1.82 -> 1.06).
+#[inline(always)]
+pub(crate) fn narrow_walk<T: Copy, const K: usize, const R: usize>(
+    rows: [&[T]; R],
+    a: &mut [f64],
+    b: &mut [f64],
+    c: [&[f64]; K],
+    prefetch: bool,
+    add: impl Fn(&mut f64, &mut f64, [f64; K], [T; R]),
+) {
+    let row = |v: &[f64]| -> [f64; NARROW_ROW] { v.try_into().expect("one widened row") };
+    let (mut la, mut lb) = (row(a), row(b));
+    let cs: [[f64; NARROW_ROW]; K] = std::array::from_fn(|k| row(c[k]));
+    let split = rows.map(|r| r.as_chunks::<NARROW_ROW>().0);
+    let n = split[0].len();
+    let split = split.map(|s| &s[..n]);
+    // Row `i` of every input: `R` slices indexed together (no zip for an array of them).
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..n {
+        let rs: [&[T; NARROW_ROW]; R] = std::array::from_fn(|r| &split[r][i]);
+        if prefetch {
+            rs.iter().for_each(|r| prefetch_ahead(*r));
+        }
+        for l in 0..NARROW_ROW {
+            add(
+                &mut la[l],
+                &mut lb[l],
+                std::array::from_fn(|k| cs[k][l]),
+                rs.map(|r| r[l]),
+            );
+        }
+    }
+    a.copy_from_slice(&la);
+    b.copy_from_slice(&lb);
 }
 
 /// The chunks of four row strips side by side (see [`STRIP_CHUNK`]).
