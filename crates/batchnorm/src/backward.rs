@@ -210,8 +210,9 @@ fn block_sums<T: Element, G: Gate, const K: usize>(
         }
     };
     let split_at = x.len() / w * w;
-    if w == NARROW_ROW {
-        // Rows of 64 positions: their accumulators in registers, row by row.
+    if w.is_multiple_of(NARROW_ROW) {
+        // Rows of a multiple of 64 positions: 64 columns at a time down the rows, their
+        // accumulators in registers (`narrow_walk`).
         let (xw, dw) = (&x[..split_at], &dy[..split_at]);
         narrow_walk([xw, dw], s, sx, coefs, prefetch, |s, sx, c, [u, e]| {
             add_grad_terms(s, sx, split(c), [u], [e])

@@ -242,11 +242,11 @@ multiversion! {
                 add_shifted_terms(d, q, s, [v]);
             }
         };
-        // Rows of 64 positions: their accumulators in registers, row by row. Wider rows go
-        // four per step: their terms are added together first, so the accumulators (in L1,
+        // Rows of a multiple of 64 positions: 64 columns at a time down the rows, their
+        // accumulators in registers (`narrow_walk`). Other rows go four per step: their terms are added together first, so the accumulators (in L1,
         // too many for registers) are loaded and stored once per four; one column strip at a
         // time (the same sums per position, in the same order).
-        if w == NARROW_ROW {
+        if w.is_multiple_of(NARROW_ROW) {
             narrow_walk([wide], dev, sq, [shift], prefetch, |d, q, [c], v| {
                 add_shifted_terms(d, q, c, v)
             });

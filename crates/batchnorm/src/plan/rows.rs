@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 
 use super::row_width;
-use crate::simd::{prefetch_ahead, prefetch_past, Cyclic, Inputs, MAP_CHUNK};
+use crate::simd::{prefetch_past, Cyclic, Inputs, MAP_CHUNK};
 use crate::tuning::{COLUMN_STRIP, PREFETCH_BYTES};
 
 /// `pattern[i] = per_channel[i % C]` over one widened row.
@@ -361,20 +361,24 @@ pub(crate) fn strip_step<T: Copy, const K: usize>(
     }
 }
 
-/// Positions of the widened rows (those of up to 64 channels that divide 64, the common
-/// power-of-two counts) whose reductions keep every accumulator in registers ([`narrow_walk`]).
+/// Positions of a column chunk of [`narrow_walk`], whose accumulators stay in registers.
 pub(crate) const NARROW_ROW: usize = 64;
 
-/// A reduction over the whole rows of `rows` (`R` inputs side by side, each rows of
-/// [`NARROW_ROW`] positions): `add(a[k], b[k], c[k], v)` at every position `k` of every row, in
-/// row order, `c[k]` the `K` per-position coefficients there, `v` the inputs' values there;
-/// software prefetches when `prefetch`. The accumulators and coefficients stay in registers
-/// (eight vectors each), where the strip walk ([`strip_step`]) loads and stores its accumulators
-/// at every step. 64x64x56x56 channels-last `f32`, AMD EPYC Zen 4, time over a plain read of
-/// the same inputs in the same process (`Kernels::moments`, `Kernels::grad_sums`, medians of 31):
-/// the statistics 2.14-2.18 -> 1.25-1.31 on one thread, 1.61-1.66 -> 1.14-1.23 on two; the
-/// gradient sums 1.38-1.41 -> 1.22 and 1.15-1.23 -> 1.03-1.05 (8x32x112x112, one thread:
-/// 2.21 -> 1.61 and 1.82 -> 1.06).
+/// A reduction over the whole rows of `rows` (`R` inputs side by side, rows as long as `a`, a
+/// multiple of [`NARROW_ROW`]: C = 1, 2, 4, ..., 64 widened, and every multiple of 64):
+/// `add(a[k], b[k], c[k], v)` at every position `k` of every row, in row order, `c[k]` the `K`
+/// per-position coefficients there, `v` the inputs' values there; software prefetches when
+/// `prefetch`. It goes a chunk of [`NARROW_ROW`] columns at a time down all the rows, the
+/// chunk's accumulators and coefficients in registers (eight vectors each), where the strip
+/// walk ([`strip_step`]) loads and stores its accumulators at every step. Time over a plain
+/// read of the same inputs in the same process (`Kernels::moments`, `Kernels::grad_sums`,
+/// channels-last `f32`, medians of 31, AMD EPYC Zen 4), strip walk -> this, one thread:
+/// statistics of 64x64x56x56 2.14-2.18 -> 1.25-1.31, of 32x128x28x28 4.08 -> 2.01, of
+/// 32x256x14x14 3.38 -> 3.04, of 256x1024 4.12 -> 3.93; gradient sums 1.38-1.41 -> 1.22,
+/// 2.54 -> 1.57, 2.61 -> 2.29, 2.88 -> 2.64; on two threads likewise (statistics 1.61-1.66
+/// -> 1.12-1.23, 2.93 -> 2.11, 2.93 -> 2.04, 3.75 -> 3.42). Its chunks read 256 contiguous
+/// bytes of `f32` per row: narrower ones, 16 positions, down 4 KiB rows, ran slower than the
+/// strip walk.
 #[inline(always)]
 pub(crate) fn narrow_walk<T: Copy, const K: usize, const R: usize>(
     rows: [&[T]; R],
@@ -382,32 +386,34 @@ pub(crate) fn narrow_walk<T: Copy, const K: usize, const R: usize>(
     b: &mut [f64],
     c: [&[f64]; K],
     prefetch: bool,
-    add: impl Fn(&mut f64, &mut f64, [f64; K], [T; R]),
+    add: impl Fn(&mut f64, &mut f64, [f64; K], [T; R]) + Copy,
 ) {
-    let row = |v: &[f64]| -> [f64; NARROW_ROW] { v.try_into().expect("one widened row") };
-    let (mut la, mut lb) = (row(a), row(b));
-    let cs: [[f64; NARROW_ROW]; K] = std::array::from_fn(|k| row(c[k]));
-    let split = rows.map(|r| r.as_chunks::<NARROW_ROW>().0);
-    let n = split[0].len();
-    let split = split.map(|s| &s[..n]);
-    // Row `i` of every input: `R` slices indexed together (no zip for an array of them).
-    #[allow(clippy::needless_range_loop)]
-    for i in 0..n {
-        let rs: [&[T; NARROW_ROW]; R] = std::array::from_fn(|r| &split[r][i]);
-        if prefetch {
-            rs.iter().for_each(|r| prefetch_ahead(*r));
+    let w = a.len();
+    let n = rows[0].len() / w;
+    // About `PREFETCH_BYTES` on, in whole rows: the same chunk of a later row.
+    let far = PREFETCH_BYTES.div_ceil(w * size_of::<T>()).max(1) * w * size_of::<T>();
+    for j in (0..w).step_by(NARROW_ROW) {
+        let row = |v: &[f64]| -> [f64; NARROW_ROW] { *v[j..].first_chunk().expect("whole chunks") };
+        let (mut la, mut lb) = (row(a), row(b));
+        let cs: [[f64; NARROW_ROW]; K] = std::array::from_fn(|k| row(c[k]));
+        for i in 0..n {
+            let rs: [&[T; NARROW_ROW]; R] =
+                std::array::from_fn(|r| rows[r][i * w + j..].first_chunk().expect("whole rows"));
+            if prefetch {
+                rs.iter().for_each(|r| prefetch_past(*r, far));
+            }
+            for l in 0..NARROW_ROW {
+                add(
+                    &mut la[l],
+                    &mut lb[l],
+                    std::array::from_fn(|k| cs[k][l]),
+                    rs.map(|r| r[l]),
+                );
+            }
         }
-        for l in 0..NARROW_ROW {
-            add(
-                &mut la[l],
-                &mut lb[l],
-                std::array::from_fn(|k| cs[k][l]),
-                rs.map(|r| r[l]),
-            );
-        }
+        a[j..j + NARROW_ROW].copy_from_slice(&la);
+        b[j..j + NARROW_ROW].copy_from_slice(&lb);
     }
-    a.copy_from_slice(&la);
-    b.copy_from_slice(&lb);
 }
 
 /// The chunks of four row strips side by side (see [`STRIP_CHUNK`]).
