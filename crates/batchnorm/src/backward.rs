@@ -9,9 +9,9 @@ use crate::layout::Geometry;
 use crate::mask::PairBits;
 use crate::par::for_each_chunk;
 use crate::plan::{
-    column_strips, fold_widened_in_place, map_channels, map_per_channel, narrow_walk,
+    column_strips, fold_widened_in_place, map_channels, map_per_channel, narrow_rows, narrow_walk,
     reduce_per_channel, step_sum, strip_step, strips, widen, Apply, Coefficients, Disjoint, Exec,
-    Span, StripPrefetch, UnitRuns, WideMaps, NARROW_ROW, QUICK_LEN,
+    Span, StripPrefetch, UnitRuns, WideMaps, QUICK_LEN,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{map_cyclic, map_runs, multiversion, prefetch_ahead, Isa, RunAhead, MAP_CHUNK};
@@ -210,9 +210,9 @@ fn block_sums<T: Element, G: Gate, const K: usize>(
         }
     };
     let split_at = x.len() / w * w;
-    if w.is_multiple_of(NARROW_ROW) {
-        // Rows of a multiple of 64 positions: 64 columns at a time down the rows, their
-        // accumulators in registers (`narrow_walk`).
+    if narrow_rows(w, prefetch) {
+        // Most rows of a multiple of 64 positions: 64 columns at a time down the rows, their
+        // accumulators in registers (`narrow_rows`).
         let (xw, dw) = (&x[..split_at], &dy[..split_at]);
         narrow_walk([xw, dw], s, sx, coefs, prefetch, |s, sx, c, [u, e]| {
             add_grad_terms(s, sx, split(c), [u], [e])

@@ -20,8 +20,8 @@ use std::ops::Range;
 use crate::element::{to_f64_pair, Element};
 use crate::layout::Geometry;
 use crate::plan::{
-    column_strips, fold_widened_in_place, narrow_walk, reduce_per_channel, row_width, step_sum,
-    strip_step, strips, Exec, Span, StripPrefetch, UnitRuns, NARROW_ROW,
+    column_strips, fold_widened_in_place, narrow_rows, narrow_walk, reduce_per_channel, row_width,
+    step_sum, strip_step, strips, Exec, Span, StripPrefetch, UnitRuns,
 };
 use crate::scratch::with_zeroed;
 use crate::simd::{multiversion, prefetch_ahead, RunAhead};
@@ -242,11 +242,12 @@ multiversion! {
                 add_shifted_terms(d, q, s, [v]);
             }
         };
-        // Rows of a multiple of 64 positions: 64 columns at a time down the rows, their
-        // accumulators in registers (`narrow_walk`). Other rows go four per step: their terms are added together first, so the accumulators (in L1,
-        // too many for registers) are loaded and stored once per four; one column strip at a
-        // time (the same sums per position, in the same order).
-        if w.is_multiple_of(NARROW_ROW) {
+        // Most rows of a multiple of 64 positions: 64 columns at a time down the rows, their
+        // accumulators in registers (`narrow_rows`). Others go four per step: their terms are
+        // added together first, so the accumulators (in L1, too many for registers) are loaded
+        // and stored once per four; one column strip at a time (the same sums per position, in
+        // the same order).
+        if narrow_rows(w, prefetch) {
             narrow_walk([wide], dev, sq, [shift], prefetch, |d, q, [c], v| {
                 add_shifted_terms(d, q, c, v)
             });

@@ -17,8 +17,8 @@ mod rows;
 pub(crate) use disjoint::Disjoint;
 pub(crate) use drivers::{map_channels, map_per_channel, reduce_per_channel, two_passes};
 pub(crate) use rows::{
-    column_strips, fold_widened_in_place, narrow_walk, step_sum, strip_step, strips, widen,
-    widen_iter, Apply, Coefficients, StripPrefetch, WideMaps, NARROW_ROW, QUICK_LEN,
+    column_strips, fold_widened_in_place, narrow_rows, narrow_walk, step_sum, strip_step, strips,
+    widen, widen_iter, Apply, Coefficients, StripPrefetch, WideMaps, QUICK_LEN,
 };
 
 use std::ops::Range;
