@@ -121,7 +121,7 @@ fn every_path_gives_the_same_bits() {
     // Small (sequential), channel-first runs long and short, channels-last rows, several
     // channel groups (the largest is 15 MB of f32, above one wave), enough partial results for
     // a merge split over threads, odd sizes everywhere.
-    let shapes: [(&[usize], Layout); 9] = [
+    let shapes: [(&[usize], Layout); 10] = [
         (&[3, 5], Layout::ChannelsFirst),
         (&[7, 3, 33, 35], Layout::ChannelsFirst),
         (&[64, 37, 3, 5], Layout::ChannelsFirst),
@@ -129,6 +129,7 @@ fn every_path_gives_the_same_bits() {
         (&[1000, 70], Layout::ChannelsLast),
         (&[7, 1100, 3, 5], Layout::ChannelsLast), // rows in column strips
         (&[5, 16, 20, 21], Layout::ChannelsLast), // widened rows of exactly 64 values
+        (&[6, 48, 5, 7], Layout::ChannelsLast),   // rows of 96: 64 columns, then 16 and 16
         (&[2, 16, 400, 300], Layout::ChannelsFirst),
         (&[64, 2048, 4, 4], Layout::ChannelsLast), // 16 blocks x 2048 partials, merged in parallel
     ];

@@ -544,11 +544,13 @@ mod fused {
 
     fn fused_forms<T: Element>() {
         let mut rng = Rng::new(21);
-        let shapes: [(&[usize], Layout); 4] = [
+        let shapes: [(&[usize], Layout); 5] = [
             (&[5, 3], Layout::ChannelsFirst),
             (&[16, 5, 9, 7], Layout::ChannelsFirst),
             (&[6, 9, 5, 5], Layout::ChannelsLast),
             (&[32, 130, 4, 4], Layout::ChannelsLast),
+            // Rows of 96 positions: reduced 64 columns, then 16 and 16, at a time.
+            (&[5, 48, 3, 3], Layout::ChannelsLast),
         ];
         for (dims, layout) in shapes {
             let case = Case::<T>::new(dims, layout, &mut rng);

@@ -365,20 +365,26 @@ pub(crate) fn strip_step<T: Copy, const K: usize>(
 const NARROW_ROW: usize = 64;
 
 /// Whether a reduction over widened rows of `w` positions goes by [`narrow_walk`] (else by the
-/// strip walk, [`strip_step`]): rows of a multiple of 64 positions, except streamed ones (tensors
-/// beyond the cache, `prefetch`) wider than 256, which the column chunks walk once per chunk:
-/// their statistics took 2.28 -> 2.69 times a read of x at 512 positions (32x512x28x28), 2.20 ->
-/// 2.80 at 2048 (128x2048x7x7), one thread; at 256 (64x256x28x28) 2.82 -> 2.55.
+/// strip walk, [`strip_step`]). Rows of a tensor in cache: any multiple of [`NARROW_TAIL`]
+/// positions (8x80x28x28, statistics over a read of x 4.15 -> 2.96, gradient sums 2.82 ->
+/// 2.27, one thread). Streamed rows (tensors beyond the cache, `prefetch`), which the column
+/// chunks walk from memory once per chunk: multiples of 64 up to 256 positions (64x256x28x28,
+/// statistics 2.82 -> 2.55); wider ones measured slower (statistics 2.28 -> 2.69 at 512
+/// positions, 2.20 -> 2.80 at 2048), and so did a chunk of 16 after the whole ones (gradient
+/// sums of 32x96x56x56 1.54 -> 2.05).
 pub(crate) fn narrow_rows(w: usize, prefetch: bool) -> bool {
-    w.is_multiple_of(NARROW_ROW) && (w <= 4 * NARROW_ROW || !prefetch)
+    if prefetch {
+        w.is_multiple_of(NARROW_ROW) && w <= 4 * NARROW_ROW
+    } else {
+        w.is_multiple_of(NARROW_TAIL)
+    }
 }
 
 /// A reduction over the whole rows of `rows` (`R` inputs side by side, rows as long as `a`, a
-/// multiple of [`NARROW_ROW`]: C = 1, 2, 4, ..., 64 widened, and every multiple of 64; see
-/// [`narrow_rows`]):
-/// `add(a[k], b[k], c[k], v)` at every position `k` of every row, in row order, `c[k]` the `K`
-/// per-position coefficients there, `v` the inputs' values there; software prefetches when
-/// `prefetch`. It goes a chunk of [`NARROW_ROW`] columns at a time down all the rows, the
+/// multiple of [`NARROW_TAIL`]; see [`narrow_rows`]): `add(a[k], b[k], c[k], v)` at every
+/// position `k` of every row, in row order, `c[k]` the `K` per-position coefficients there, `v`
+/// the inputs' values there; software prefetches when `prefetch`. It goes a chunk of
+/// [`NARROW_ROW`] columns at a time down all the rows (then chunks of [`NARROW_TAIL`]), the
 /// chunk's accumulators and coefficients in registers (eight vectors each), where the strip
 /// walk ([`strip_step`]) loads and stores its accumulators at every step. Time over a plain
 /// read of the same inputs in the same process (`Kernels::moments`, `Kernels::grad_sums`,
@@ -399,31 +405,53 @@ pub(crate) fn narrow_walk<T: Copy, const K: usize, const R: usize>(
     add: impl Fn(&mut f64, &mut f64, [f64; K], [T; R]) + Copy,
 ) {
     let w = a.len();
+    let whole = w / NARROW_ROW * NARROW_ROW;
+    for j in (0..whole).step_by(NARROW_ROW) {
+        walk_columns::<T, K, R, NARROW_ROW>(rows, j, a, b, c, prefetch, add);
+    }
+    for j in (whole..w).step_by(NARROW_TAIL) {
+        walk_columns::<T, K, R, NARROW_TAIL>(rows, j, a, b, c, prefetch, add);
+    }
+}
+
+/// Positions of the chunks of [`narrow_walk`] past the last whole [`NARROW_ROW`].
+const NARROW_TAIL: usize = 16;
+
+/// [`narrow_walk`]'s chunk of `N` columns from `j` on, down all the rows.
+#[inline(always)]
+fn walk_columns<T: Copy, const K: usize, const R: usize, const N: usize>(
+    rows: [&[T]; R],
+    j: usize,
+    a: &mut [f64],
+    b: &mut [f64],
+    c: [&[f64]; K],
+    prefetch: bool,
+    add: impl Fn(&mut f64, &mut f64, [f64; K], [T; R]),
+) {
+    let w = a.len();
     let n = rows[0].len() / w;
     // About `PREFETCH_BYTES` on, in whole rows: the same chunk of a later row.
     let far = PREFETCH_BYTES.div_ceil(w * size_of::<T>()).max(1) * w * size_of::<T>();
-    for j in (0..w).step_by(NARROW_ROW) {
-        let row = |v: &[f64]| -> [f64; NARROW_ROW] { *v[j..].first_chunk().expect("whole chunks") };
-        let (mut la, mut lb) = (row(a), row(b));
-        let cs: [[f64; NARROW_ROW]; K] = std::array::from_fn(|k| row(c[k]));
-        for i in 0..n {
-            let rs: [&[T; NARROW_ROW]; R] =
-                std::array::from_fn(|r| rows[r][i * w + j..].first_chunk().expect("whole rows"));
-            if prefetch {
-                rs.iter().for_each(|r| prefetch_past(*r, far));
-            }
-            for l in 0..NARROW_ROW {
-                add(
-                    &mut la[l],
-                    &mut lb[l],
-                    std::array::from_fn(|k| cs[k][l]),
-                    rs.map(|r| r[l]),
-                );
-            }
+    let chunk = |v: &[f64]| -> [f64; N] { *v[j..].first_chunk().expect("whole chunks") };
+    let (mut la, mut lb) = (chunk(a), chunk(b));
+    let cs: [[f64; N]; K] = std::array::from_fn(|k| chunk(c[k]));
+    for i in 0..n {
+        let rs: [&[T; N]; R] =
+            std::array::from_fn(|r| rows[r][i * w + j..].first_chunk().expect("whole rows"));
+        if prefetch {
+            rs.iter().for_each(|r| prefetch_past(*r, far));
         }
-        a[j..j + NARROW_ROW].copy_from_slice(&la);
-        b[j..j + NARROW_ROW].copy_from_slice(&lb);
+        for l in 0..N {
+            add(
+                &mut la[l],
+                &mut lb[l],
+                std::array::from_fn(|k| cs[k][l]),
+                rs.map(|r| r[l]),
+            );
+        }
     }
+    a[j..j + N].copy_from_slice(&la);
+    b[j..j + N].copy_from_slice(&lb);
 }
 
 /// The chunks of four row strips side by side (see [`STRIP_CHUNK`]).
