@@ -211,8 +211,8 @@ fn block_sums<T: Element, G: Gate, const K: usize>(
     };
     let split_at = x.len() / w * w;
     if narrow_rows(w, prefetch) {
-        // Most rows of a multiple of 64 positions: 64 columns at a time down the rows, their
-        // accumulators in registers (`narrow_rows`).
+        // Rows that `narrow_rows` picks: 64 (then 16) columns at a time down the rows, their
+        // accumulators in registers.
         let (xw, dw) = (&x[..split_at], &dy[..split_at]);
         narrow_walk([xw, dw], s, sx, coefs, prefetch, |s, sx, c, [u, e]| {
             add_grad_terms(s, sx, split(c), [u], [e])

@@ -242,8 +242,8 @@ multiversion! {
                 add_shifted_terms(d, q, s, [v]);
             }
         };
-        // Most rows of a multiple of 64 positions: 64 columns at a time down the rows, their
-        // accumulators in registers (`narrow_rows`). Others go four per step: their terms are
+        // Rows that `narrow_rows` picks: 64 (then 16) columns at a time down the rows, their
+        // accumulators in registers. Others go four per step: their terms are
         // added together first, so the accumulators (in L1, too many for registers) are loaded
         // and stored once per four; one column strip at a time (the same sums per position, in
         // the same order).
