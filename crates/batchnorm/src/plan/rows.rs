@@ -343,15 +343,7 @@ pub(crate) fn strip_step<T: Copy, const K: usize>(
         if let Some(far) = far {
             rs.iter().for_each(|r| prefetch_past(*r, far));
         }
-        let c: [_; K] = std::array::from_fn(|k| &cc[k][i]);
-        for l in 0..STRIP_CHUNK {
-            add(
-                &mut a[l],
-                &mut b[l],
-                std::array::from_fn(|k| c[k][l]),
-                rs.map(|r| r[l]),
-            );
-        }
+        add_lanes(a, b, std::array::from_fn(|k| &cc[k][i]), rs, &add);
     }
     if let Some(far) = far {
         rt.iter().for_each(|t| prefetch_past(t, far));
@@ -392,9 +384,9 @@ pub(crate) fn narrow_rows(w: usize, prefetch: bool) -> bool {
 /// statistics of 64x64x56x56 2.14-2.18 -> 1.25-1.31, of 32x128x28x28 4.08 -> 2.01, of
 /// 32x256x14x14 3.38 -> 3.04, of 256x1024 4.12 -> 3.93; gradient sums 1.38-1.41 -> 1.22,
 /// 2.54 -> 1.57, 2.61 -> 2.29, 2.88 -> 2.64; on two threads likewise (statistics 1.61-1.66
-/// -> 1.12-1.23, 2.93 -> 2.11, 2.93 -> 2.04, 3.75 -> 3.42). Its chunks read 256 contiguous
-/// bytes of `f32` per row: narrower ones, 16 positions, down 4 KiB rows, ran slower than the
-/// strip walk.
+/// -> 1.12-1.23, 2.93 -> 2.11, 2.93 -> 2.04, 3.75 -> 3.42). Its chunks of 64 read 256
+/// contiguous bytes of `f32` per row; chunks of 16 over whole rows (4 KiB rows of 256x1024)
+/// ran slower than the strip walk, so they only follow the last whole chunk of 64.
 #[inline(always)]
 pub(crate) fn narrow_walk<T: Copy, const K: usize, const R: usize>(
     rows: [&[T]; R],
@@ -441,17 +433,30 @@ fn walk_columns<T: Copy, const K: usize, const R: usize, const N: usize>(
         if prefetch {
             rs.iter().for_each(|r| prefetch_past(*r, far));
         }
-        for l in 0..N {
-            add(
-                &mut la[l],
-                &mut lb[l],
-                std::array::from_fn(|k| cs[k][l]),
-                rs.map(|r| r[l]),
-            );
-        }
+        add_lanes(&mut la, &mut lb, std::array::from_fn(|k| &cs[k]), rs, &add);
     }
     a[j..j + N].copy_from_slice(&la);
     b[j..j + N].copy_from_slice(&lb);
+}
+
+/// `add(a[l], b[l], c[l], v[l])` at each position `l` of a chunk of `N` positions of a strip
+/// or column walk: `c` the chunks of the `K` coefficient arrays, `v` those of the `R` rows.
+#[inline(always)]
+fn add_lanes<T: Copy, const K: usize, const R: usize, const N: usize>(
+    a: &mut [f64; N],
+    b: &mut [f64; N],
+    c: [&[f64; N]; K],
+    rows: [&[T; N]; R],
+    add: &impl Fn(&mut f64, &mut f64, [f64; K], [T; R]),
+) {
+    for l in 0..N {
+        add(
+            &mut a[l],
+            &mut b[l],
+            std::array::from_fn(|k| c[k][l]),
+            rows.map(|r| r[l]),
+        );
+    }
 }
 
 /// The chunks of four row strips side by side (see [`STRIP_CHUNK`]).
