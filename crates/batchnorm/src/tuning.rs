@@ -25,13 +25,6 @@ pub(crate) const MIN_BLOCK_ROWS: usize = 64;
 /// go by strips, their `f32` normalising maps (16 KiB) by rows, which strips made 4-10% slower.
 pub(crate) const STRIP_COEFFICIENT_BYTES: usize = 16 * 1024;
 
-/// Bytes past whole cache lines between the coefficient arrays of a channels-last pass
-/// ([`crate::plan::Wrapped`], one allocation): each step reads all of them at the same
-/// position. Allocated apart, the four `f64` arrays of a 1024-channel dx map made the
-/// 256x1024 dx pass 1.15-1.2x slower than one allocation with this stagger (one thread, AMD
-/// EPYC Zen 4, in-process medians of 31; no stagger was 1.05x slower).
-pub(crate) const WRAPPED_STAGGER: usize = 512;
-
 /// Positions of a widened row whose accumulators a channels-last reduction keeps at a time:
 /// 512 `f64` per accumulator, 12 KiB for three, stay in L1 next to the streamed rows; wider rows
 /// (C > 512) are walked strip by strip.

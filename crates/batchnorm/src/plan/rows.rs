@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use super::row_width;
 use crate::simd::{prefetch_past, Cyclic, Inputs, MAP_CHUNK};
-use crate::tuning::{COLUMN_STRIP, PREFETCH_BYTES, WRAPPED_STAGGER};
+use crate::tuning::{COLUMN_STRIP, PREFETCH_BYTES};
 
 /// `pattern[i] = per_channel[i % C]` over one widened row.
 pub(crate) fn widen<V: Copy>(per_channel: &[V], pattern: &mut Vec<V>) {
@@ -40,22 +40,19 @@ fn repeat_to<V: Copy>(pattern: &mut Vec<V>, width: usize) {
 /// `K` coefficients per channel repeated over one widened row and wrapped: array `a` holds
 /// coefficient `a` of channel `i % C` at every position `i` of the row, then its first
 /// [`MAP_CHUNK`] values again, so that a step of [`crate::simd::map_cyclic`] starting anywhere
-/// in the row reads each coefficient contiguously ([`Wrapped::chunks`]). The arrays share one
-/// allocation, [`Wrapped::stride`] values apart.
+/// in the row reads each coefficient contiguously ([`Wrapped::chunks`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Wrapped<V, const K: usize> {
     width: usize,
-    stride: usize,
-    /// `K` arrays, `stride >= width + MAP_CHUNK` values apart: [`Wrapped::chunks`] relies on it.
-    values: Vec<V>,
+    /// Each `width + MAP_CHUNK` long: [`Wrapped::chunks`] relies on it.
+    arrays: [Vec<V>; K],
 }
 
 impl<V, const K: usize> Default for Wrapped<V, K> {
     fn default() -> Self {
         Self {
             width: 0,
-            stride: 0,
-            values: Vec::new(),
+            arrays: std::array::from_fn(|_| Vec::new()),
         }
     }
 }
@@ -68,36 +65,23 @@ impl<V: Copy, const K: usize> Wrapped<V, K> {
             *self = Self::default();
             return;
         };
-        let stride = Self::stride(width);
-        self.values.clear();
-        self.values.resize(K * stride, field(first)[0]);
-        // One pass over the maps, writing through a slice (pushing stored the length back to
-        // memory after every value: a third of a 1024-channel evaluation's fixed cost).
-        let values = self.values.as_mut_slice();
+        for (out, v) in self.arrays.iter_mut().zip(field(first)) {
+            out.clear();
+            out.resize(c, v);
+        }
+        // One pass over the maps, writing through slices: pushing stored each array's length
+        // back to memory after every value (a third of a 1024-channel evaluation's fixed cost).
+        let mut arrays = self.arrays.each_mut().map(|a| a.as_mut_slice());
         for (i, m) in maps.iter().enumerate() {
-            for (a, v) in field(m).into_iter().enumerate() {
-                values[a * stride + i] = v;
+            for (out, v) in arrays.iter_mut().zip(field(m)) {
+                out[i] = v;
             }
         }
-        for array in values.chunks_exact_mut(stride) {
-            // Doubling copies; `width` is a multiple of `c`, so the pattern stays whole.
-            let mut len = c;
-            while len < width {
-                let copy = len.min(width - len);
-                array.copy_within(..copy, len);
-                len += copy;
-            }
-            array.copy_within(..MAP_CHUNK, width);
+        for out in &mut self.arrays {
+            repeat_to(out, width);
+            out.extend_from_within(..MAP_CHUNK);
         }
-        (self.width, self.stride) = (width, stride);
-    }
-
-    /// Values from one array to the next: the wrapped row rounded up to whole cache lines, and
-    /// [`WRAPPED_STAGGER`] bytes more, so that the arrays' steps do not fall on the same L1
-    /// sets.
-    fn stride(width: usize) -> usize {
-        let line = 64 / size_of::<V>();
-        (width + MAP_CHUNK).next_multiple_of(line) + WRAPPED_STAGGER / size_of::<V>()
+        self.width = width;
     }
 
     /// Positions of one widened row.
@@ -112,19 +96,18 @@ impl<V: Copy, const K: usize> Wrapped<V, K> {
     #[inline(always)]
     pub unsafe fn chunks(&self, j: usize) -> [&[V; MAP_CHUNK]; K] {
         debug_assert!(j < self.width);
-        let base = self.values.as_ptr();
         std::array::from_fn(|a| {
-            // SAFETY: `set` made `values` `K * stride` long with `stride >= width + MAP_CHUNK`
-            // (the fields are private and nothing else changes them), and `j < width` (the
-            // caller's contract): the `MAP_CHUNK` values from `a * stride + j` are in bounds.
-            unsafe { &*base.add(a * self.stride + j).cast::<[V; MAP_CHUNK]>() }
+            // SAFETY: `set` made every array `width + MAP_CHUNK` long (the fields are private
+            // and nothing else changes them), and `j < width` (the caller's contract): the
+            // `MAP_CHUNK` values from `j` are in bounds.
+            unsafe { &*self.arrays[a].as_ptr().add(j).cast::<[V; MAP_CHUNK]>() }
         })
     }
 
     /// The coefficients at position `j` of the row.
     #[inline(always)]
     pub fn at(&self, j: usize) -> [V; K] {
-        std::array::from_fn(|a| self.values[a * self.stride + j])
+        std::array::from_fn(|a| self.arrays[a][j])
     }
 }
 
