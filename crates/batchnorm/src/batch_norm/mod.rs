@@ -991,6 +991,7 @@ impl<T: Element> BatchNorm<T> {
     }
 
     /// The channel's normalisation as the forward that gave `saved` applied it.
+    #[inline]
     fn saved_normalization(&self, saved: &Saved<T>, ch: usize) -> Normalization {
         let (weight, bias) = saved.correction(ch).affine(self.gamma(ch), self.beta(ch));
         Normalization {
