@@ -89,39 +89,44 @@ fn stage_step<T: Element>(dims: &[usize]) -> Outputs<T> {
     k.normalize(&x, &shape, &norms, &mut y).unwrap();
     let (mut rm, mut rv) = (vec![T::Param::ZERO; c], vec![T::Param::ONE; c]);
     update_running_stats(&mut rm, &mut rv, &moments, update_factor(Some(0.1), 1)).unwrap();
-    let mut sums = vec![GradSums::default(); c];
-    let mean: Vec<f64> = norms.iter().map(|g| g.mean).collect();
-    k.grad_sums(&x, &dy, &shape, &mean, &mut sums).unwrap();
-    let count = shape.per_channel() as u64;
-    let grads: Vec<InputGrad> = (0..c)
-        .map(|ch| InputGrad::batch(&norms[ch], sums[ch], count))
-        .collect();
-    let mut dx = vec![T::default(); n];
-    k.input_grad(&x, &dy, &shape, &grads, &mut dx).unwrap();
-    let weight = (0..c)
-        .map(|ch| T::Param::from_f64(sums[ch].weight_grad(norms[ch].invstd)))
-        .collect();
-    let bias = sums
-        .iter()
-        .map(|s| T::Param::from_f64(s.bias_grad()))
-        .collect();
+    let (dx, weight, bias) = stage_backward(&k, &x, &dy, &shape, &norms);
     // The residual form, from its stages: dresidual masks dy by y, the plain backward of it.
     let mut ya = vec![T::default(); n];
     k.normalize_add_relu(&x, &residual::<T>(n), &shape, &norms, &mut ya)
         .unwrap();
     let mut dr = vec![T::default(); n];
     k.relu_grad(&ya, &dy, &shape, &mut dr).unwrap();
-    let mut sums = vec![GradSums::default(); c];
-    k.grad_sums(&x, &dr, &shape, &mean, &mut sums).unwrap();
-    let grads: Vec<InputGrad> = (0..c)
-        .map(|ch| InputGrad::batch(&norms[ch], sums[ch], count))
-        .collect();
-    let mut dxa = vec![T::default(); n];
-    k.input_grad(&x, &dr, &shape, &grads, &mut dxa).unwrap();
-    let wa = (0..c).map(|ch| T::Param::from_f64(sums[ch].weight_grad(norms[ch].invstd)));
-    let ba = sums.iter().map(|s| T::Param::from_f64(s.bias_grad()));
-    let res = (ya, dxa, dr, wa.collect(), ba.collect());
+    let (dxa, wa, ba) = stage_backward(&k, &x, &dr, &shape, &norms);
+    let res = (ya, dxa, dr, wa, ba);
     (y, rm, rv, dx, weight, bias, res)
+}
+
+/// dx, dweight and dbias of a backward of `dy` composed from the stages (gradient sums, the
+/// input-gradient maps, the dx pass), after the forward normalised by `norms`.
+fn stage_backward<T: Element>(
+    k: &Kernels,
+    x: &[T],
+    dy: &[T],
+    shape: &Shape,
+    norms: &[Normalization],
+) -> (Vec<T>, Vec<T::Param>, Vec<T::Param>) {
+    let mut sums = vec![GradSums::default(); norms.len()];
+    let mean: Vec<f64> = norms.iter().map(|g| g.mean).collect();
+    k.grad_sums(x, dy, shape, &mean, &mut sums).unwrap();
+    let count = shape.per_channel() as u64;
+    let grads: Vec<InputGrad> = (norms.iter().zip(&sums))
+        .map(|(norm, &s)| InputGrad::batch(norm, s, count))
+        .collect();
+    let mut dx = vec![T::default(); x.len()];
+    k.input_grad(x, dy, shape, &grads, &mut dx).unwrap();
+    let weight = (norms.iter().zip(&sums))
+        .map(|(norm, s)| T::Param::from_f64(s.weight_grad(norm.invstd)))
+        .collect();
+    let bias = sums
+        .iter()
+        .map(|s| T::Param::from_f64(s.bias_grad()))
+        .collect();
+    (dx, weight, bias)
 }
 
 fn channel_by_channel_is_bitwise_blocked<T: Element>() {
