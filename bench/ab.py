@@ -14,11 +14,14 @@ the runs, new / base of those medians and the range of the per-run ratios, each 
 time over its yardstick (measured in the same process, samples alternating: it moves less with
 the machine than times do), and for fused rows each build's median `vs_plain` (fused over
 plain, measured likewise). A change is worth believing where the range stays on one side of 1
-and the yardstick ratios agree.
+and the yardstick ratios agree. Both binaries run from copies at paths of the same length:
+the program's own allocations (its arguments among them) move the heap, and a longer path to
+the same binary changed a cache-resident pass by 20% (`docs/benchmarks.md`).
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,6 +51,15 @@ def build_here():
     return os.path.join(target, "release", "bnlab")
 
 
+def same_length_copies(binaries, where):
+    """Copies of `binaries` in `where`, at paths of the same length."""
+    copies = []
+    for i, binary in enumerate(binaries):
+        os.makedirs(os.path.join(where, str(i)))
+        copies.append(shutil.copy2(binary, os.path.join(where, str(i), "bnlab")))
+    return copies
+
+
 def key(row):
     shape = row["shape"] if isinstance(row["shape"], str) else "x".join(map(str, row["shape"]))
     return (shape, row["layout"], row.get("dtype", "f32"), row["op"], row["threads"])
@@ -74,10 +86,12 @@ def main():
     base = a.base or build_rev(a.base_rev)
     new = a.new or build_here()
     runs = {"base": [], "new": []}
-    for i in range(a.runs):
-        print(f"run {i + 1}/{a.runs}", file=sys.stderr)
-        runs["base"].append(bench(base, a.bench_args))
-        runs["new"].append(bench(new, a.bench_args))
+    with tempfile.TemporaryDirectory() as where:
+        base, new = same_length_copies([base, new], where)
+        for i in range(a.runs):
+            print(f"run {i + 1}/{a.runs}", file=sys.stderr)
+            runs["base"].append(bench(base, a.bench_args))
+            runs["new"].append(bench(new, a.bench_args))
     print(f"{'shape':14} {'layout':15} {'dtype':5} {'op':23} {'thr':>3} {'base ms':>9} {'new ms':>9} "
           f"{'new/base':>8} {'range':>11} {'/ yardstick':>11} {'vs_plain':>11}")
     for k in runs["base"][0]:
